@@ -1,0 +1,179 @@
+"""Target GPUs: memory, bandwidth, arithmetic rates and the architecture that decides kernels.
+
+Figures are the vendors' datasheet values (dense, no sparsity) and the total memory that
+``torch.cuda.get_device_properties(i).total_memory`` reports on each card. They are leads for the
+cost model, not measurements; ``memfit calibrate`` (plan issue) refines rates on a local GPU.
+
+Sources: NVIDIA H100 and H200 Tensor Core GPU datasheets (SXM), A100 datasheet (SXM), L40S, L4,
+RTX 4090 / 3090 (Ada / Ampere GA102 whitepapers), T4, V100 (SXM2 32 GB) datasheets.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, replace
+
+from memfit.errors import DeviceError
+from memfit.units import MiB
+
+__all__ = ["DeviceSpec", "DEVICES", "get_device", "local_device", "device_names"]
+
+_TERA = 10**12
+_GIGA = 10**9
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DeviceSpec:
+    """One GPU model as the memory and cost models see it.
+
+    Attributes:
+        name: the key users pass (``--device h100-80gb``).
+        memory_bytes: total device memory, as PyTorch reports it.
+        bandwidth_bytes_s: DRAM bandwidth.
+        bf16_flops: dense bf16/fp16 tensor-core rate (fp32 accumulate); 0 where bf16 is emulated.
+        fp16_flops: dense fp16 tensor-core rate.
+        tf32_flops: dense tf32 tensor-core rate; 0 where there is none.
+        fp32_flops: plain fp32 (CUDA core) rate.
+        sm: compute capability (major, minor): decides SDPA kernels and cuBLAS workspace size.
+        cuda_context_bytes: memory the CUDA context and kernel images hold outside PyTorch's
+            allocator (measured: see bench/results/device_probe_*.json).
+    """
+
+    name: str
+    display_name: str
+    memory_bytes: int
+    bandwidth_bytes_s: float
+    bf16_flops: float
+    fp16_flops: float
+    tf32_flops: float
+    fp32_flops: float
+    sm: tuple[int, int]
+    cuda_context_bytes: int = 520 * MiB
+
+    @property
+    def arch(self) -> str:
+        return f"sm_{self.sm[0]}{self.sm[1]}"
+
+    @property
+    def supports_bf16(self) -> bool:
+        return self.sm >= (8, 0)
+
+
+def _spec(name: str, display: str, mib: int, gb_s: float, bf16: float, fp16: float, tf32: float,
+          fp32: float, sm: tuple[int, int]) -> DeviceSpec:
+    return DeviceSpec(
+        name=name,
+        display_name=display,
+        memory_bytes=mib * MiB,
+        bandwidth_bytes_s=gb_s * _GIGA,
+        bf16_flops=bf16 * _TERA,
+        fp16_flops=fp16 * _TERA,
+        tf32_flops=tf32 * _TERA,
+        fp32_flops=fp32 * _TERA,
+        sm=sm,
+    )
+
+
+# name, display name, memory (MiB, as torch reports), GB/s, bf16, fp16, tf32, fp32 TFLOP/s, SM
+DEVICES: dict[str, DeviceSpec] = {
+    d.name: d
+    for d in (
+        _spec("h100-80gb", "NVIDIA H100 80GB HBM3 (SXM)", 81_079, 3350, 989, 989, 495, 67, (9, 0)),
+        _spec("h200", "NVIDIA H200 (SXM, 141 GB)", 143_771, 4800, 989, 989, 495, 67, (9, 0)),
+        _spec("a100-80gb", "NVIDIA A100-SXM4-80GB", 81_251, 2039, 312, 312, 156, 19.5, (8, 0)),
+        _spec("a100-40gb", "NVIDIA A100-SXM4-40GB", 40_537, 1555, 312, 312, 156, 19.5, (8, 0)),
+        _spec("l40s", "NVIDIA L40S", 45_596, 864, 362, 362, 183, 91.6, (8, 9)),
+        _spec("l4", "NVIDIA L4", 22_478, 300, 121, 121, 60, 30.3, (8, 9)),
+        _spec("rtx4090", "NVIDIA GeForce RTX 4090", 24_210, 1008, 165, 165, 82.6, 82.6, (8, 9)),
+        _spec("rtx3090", "NVIDIA GeForce RTX 3090", 24_253, 936, 71, 71, 35.6, 35.6, (8, 6)),
+        _spec("t4", "Tesla T4", 14_931, 320, 0, 65, 0, 8.1, (7, 5)),
+        _spec("v100-32gb", "Tesla V100-SXM2-32GB", 32_494, 900, 0, 125, 0, 15.7, (7, 0)),
+    )
+}
+
+_ALIASES = {
+    "h100": "h100-80gb",
+    "h100-sxm": "h100-80gb",
+    "h200-141gb": "h200",
+    "a100": "a100-80gb",
+    "4090": "rtx4090",
+    "rtx-4090": "rtx4090",
+    "3090": "rtx3090",
+    "rtx-3090": "rtx3090",
+    "v100": "v100-32gb",
+}
+
+
+def device_names() -> list[str]:
+    return list(DEVICES)
+
+
+def get_device(name: str | DeviceSpec) -> DeviceSpec:
+    """Look up a device by name (``"h100-80gb"``), or ``"cuda"`` for the local GPU.
+
+    Raises:
+        DeviceError: for an unknown name, with the list of known ones.
+    """
+    if isinstance(name, DeviceSpec):
+        return name
+    if not isinstance(name, str):
+        raise DeviceError(f"device {name!r} must be a name such as 'h100-80gb' or 'cuda'")
+    key = name.strip().lower().replace("_", "-").replace(" ", "-")
+    if key == "cuda" or key.startswith("cuda:"):
+        return local_device(int(key.split(":")[1]) if ":" in key else 0)
+    key = _ALIASES.get(key, key)
+    if key in DEVICES:
+        return DEVICES[key]
+    raise DeviceError(
+        f"unknown device {name!r}; known devices: {', '.join(DEVICES)} (or 'cuda' for the local "
+        f"GPU). Run `memfit devices` for their figures."
+    )
+
+
+def local_device(index: int = 0) -> DeviceSpec:
+    """The local GPU as a DeviceSpec: the table's rates for a known model, its real memory size.
+
+    Raises:
+        DeviceError: when there is no CUDA GPU.
+    """
+    import torch
+
+    if not torch.cuda.is_available():
+        raise DeviceError(
+            "device 'cuda' asks for the local GPU, but torch sees none; name a target instead, "
+            "e.g. --device h100-80gb (see `memfit devices`)"
+        )
+    props = torch.cuda.get_device_properties(index)
+    known = _match_name(props.name)
+    if known is not None:
+        return replace(known, memory_bytes=int(props.total_memory), display_name=props.name)
+    return DeviceSpec(
+        name="cuda",
+        display_name=props.name,
+        memory_bytes=int(props.total_memory),
+        bandwidth_bytes_s=1e12,
+        bf16_flops=100 * _TERA if (props.major, props.minor) >= (8, 0) else 0.0,
+        fp16_flops=100 * _TERA,
+        tf32_flops=50 * _TERA if (props.major, props.minor) >= (8, 0) else 0.0,
+        fp32_flops=20 * _TERA,
+        sm=(props.major, props.minor),
+    )
+
+
+def _match_name(gpu_name: str) -> DeviceSpec | None:
+    lowered = gpu_name.lower()
+    for pattern, key in (
+        (r"h200", "h200"),
+        (r"h100", "h100-80gb"),
+        (r"a100.*40", "a100-40gb"),
+        (r"a100", "a100-80gb"),
+        (r"l40s", "l40s"),
+        (r"\bl4\b", "l4"),
+        (r"4090", "rtx4090"),
+        (r"3090", "rtx3090"),
+        (r"t4\b", "t4"),
+        (r"v100", "v100-32gb"),
+    ):
+        if re.search(pattern, lowered):
+            return DEVICES[key]
+    return None

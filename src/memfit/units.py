@@ -1,0 +1,88 @@
+"""Byte quantities: parsing ("24GiB", "80GB", "0.9") and IEC formatting.
+
+Decimal units (kB, MB, GB, TB) are powers of 1000 and binary units (KiB, MiB, GiB, TiB) powers of
+1024, as in IEC 80000-13. A bare number below or equal to 1 is a fraction of a reference size
+(typically a device's memory); a bare number above 1 is a byte count.
+"""
+
+from __future__ import annotations
+
+import re
+
+from memfit.errors import InvalidInputError
+
+__all__ = ["KiB", "MiB", "GiB", "TiB", "parse_bytes", "format_bytes"]
+
+KiB = 1024
+MiB = 1024**2
+GiB = 1024**3
+TiB = 1024**4
+
+_UNITS = {
+    "b": 1,
+    "kb": 1000,
+    "mb": 1000**2,
+    "gb": 1000**3,
+    "tb": 1000**4,
+    "kib": KiB,
+    "mib": MiB,
+    "gib": GiB,
+    "tib": TiB,
+    "k": KiB,
+    "m": MiB,
+    "g": GiB,
+    "t": TiB,
+}
+_PATTERN = re.compile(r"^\s*([+-]?\d+(?:\.\d*)?|[+-]?\.\d+)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_bytes(text: str | int | float, *, of: int | None = None, what: str = "size") -> int:
+    """Parse a byte quantity.
+
+    Args:
+        text: "24GiB", "80 GB", "512MiB", "1e9" is not accepted; an int is bytes; a number in
+            (0, 1] is a fraction of ``of``.
+        of: the reference size for fractions (e.g. the device's memory).
+        what: the name of the quantity, used in error messages ("budget").
+
+    Returns:
+        The size in bytes, rounded down to an integer.
+
+    Raises:
+        InvalidInputError: for anything that is not a positive size.
+    """
+    if isinstance(text, bool):
+        raise InvalidInputError(f"{what} {text!r} is not a size; give e.g. '24GiB' or '80GB'")
+    if isinstance(text, (int, float)):
+        value, unit = float(text), ""
+    else:
+        match = _PATTERN.match(str(text))
+        if not match:
+            raise InvalidInputError(
+                f"{what} {text!r} is not a size; give a number and a unit such as '24GiB', "
+                f"'80GB' or '512MiB', or a fraction such as '0.9' of the device's memory"
+            )
+        value, unit = float(match.group(1)), match.group(2).lower()
+    if unit and unit not in _UNITS:
+        allowed = ", ".join(sorted({"B", "kB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"}))
+        raise InvalidInputError(f"{what} {text!r} has unknown unit {unit!r}; allowed: {allowed}")
+    if value <= 0:
+        raise InvalidInputError(f"{what} {text!r} must be positive, e.g. '24GiB'")
+    if not unit and value <= 1:
+        if of is None:
+            raise InvalidInputError(
+                f"{what} {text!r} is a fraction but there is no reference size; give bytes "
+                f"with a unit, e.g. '24GiB'"
+            )
+        return int(value * of)
+    return int(value * _UNITS.get(unit, 1))
+
+
+def format_bytes(num_bytes: int | float, *, precision: int = 2) -> str:
+    """Format bytes in IEC units: ``format_bytes(3 * GiB // 2) == '1.50 GiB'``."""
+    sign = "-" if num_bytes < 0 else ""
+    size = abs(float(num_bytes))
+    for unit, scale in (("TiB", TiB), ("GiB", GiB), ("MiB", MiB), ("KiB", KiB)):
+        if size >= scale:
+            return f"{sign}{size / scale:.{precision}f} {unit}"
+    return f"{sign}{int(size)} B"
