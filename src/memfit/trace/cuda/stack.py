@@ -1,0 +1,36 @@
+"""The software on the target GPU machine: what decides kernels beyond the chip itself.
+
+Kernel choice depends on the PyTorch build and cuDNN as well as on the GPU. The defaults describe
+the stack memfit's accuracy benchmark runs on (bench/results/device_probe_*.json records it); pass
+another ``CudaStack`` to ``memfit.estimate(..., stack=...)`` to predict for a different one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = ["CudaStack", "DEFAULT_STACK"]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class CudaStack:
+    """Versions that change which CUDA kernels run and what they allocate.
+
+    Attributes:
+        cudnn_version: cuDNN runtime version as ``torch.backends.cudnn.version()`` reports it.
+        cuda_major: CUDA runtime major version of the torch build.
+        cudnn_sdpa_preferred: whether SDPA tries cuDNN attention first on sm90/sm100
+            (PyTorch does when cuDNN > 9.15 on those chips, see ``check_prefer_cudnn_attention``
+            in ``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp``).
+        cublas_workspace_bytes: cuBLAS workspace per (thread handle, stream) for sm90; other
+            chips use ``cublas_workspace_bytes_pre_sm90``.
+    """
+
+    cudnn_version: int = 91900
+    cuda_major: int = 13
+    cudnn_sdpa_preferred: bool = True
+    cublas_workspace_bytes: int = 32 * 1024 * 1024
+    cublas_workspace_bytes_pre_sm90: int = 4096 * 1024 * 2 + 16 * 1024 * 8
+
+
+DEFAULT_STACK = CudaStack()

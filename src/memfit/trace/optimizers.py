@@ -1,0 +1,112 @@
+"""Optimizers by name, built as PyTorch builds them on a CUDA device.
+
+``torch.optim`` picks its implementation from the parameters' device: on CUDA, Adam, AdamW and
+SGD default to the ``foreach`` kernels, which hold a temporary as large as all parameters of a
+dtype (Adam's ``exp_avg_sq.sqrt()``); on the CPU they default to a per-parameter loop, whose
+temporaries are one parameter at a time. ``cuda_optimizer_defaults()`` makes the traced CPU run
+choose as CUDA would, for optimizers named here and for the user's own factories alike.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import torch
+
+from memfit.errors import InvalidInputError
+
+__all__ = ["OPTIMIZERS", "make_optimizer", "cuda_optimizer_defaults", "optimizer_label"]
+
+OptimizerFactory = Callable[[Sequence[torch.Tensor]], torch.optim.Optimizer]
+
+OPTIMIZERS: dict[str, OptimizerFactory] = {
+    "adamw": lambda params: torch.optim.AdamW(params, lr=1e-4),
+    "adamw-fused": lambda params: torch.optim.AdamW(params, lr=1e-4, fused=True),
+    "adam": lambda params: torch.optim.Adam(params, lr=1e-4),
+    "adam-fused": lambda params: torch.optim.Adam(params, lr=1e-4, fused=True),
+    "sgd": lambda params: torch.optim.SGD(params, lr=0.1, momentum=0.9),
+}
+
+
+def optimizer_label(optimizer: str | OptimizerFactory | None) -> str | None:
+    if optimizer is None or isinstance(optimizer, str):
+        return optimizer
+    return getattr(optimizer, "__name__", "custom")
+
+
+def make_optimizer(
+    optimizer: str | OptimizerFactory | None, params: Sequence[torch.Tensor]
+) -> torch.optim.Optimizer | None:
+    """Build the optimizer over ``params``.
+
+    Args:
+        optimizer: a name from ``OPTIMIZERS``, a factory ``params -> Optimizer``, or None
+            (forward and backward only... or forward only when there is nothing to train).
+
+    Raises:
+        InvalidInputError: for an unknown name or a factory that fails.
+    """
+    if optimizer is None:
+        return None
+    if isinstance(optimizer, str):
+        factory = OPTIMIZERS.get(optimizer.lower())
+        if factory is None:
+            raise InvalidInputError(
+                f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, None (no "
+                f"optimizer step), or pass a factory: lambda params: torch.optim.X(params, ...)"
+            )
+    elif callable(optimizer):
+        factory = optimizer
+    else:
+        raise InvalidInputError(
+            f"optimizer {optimizer!r} must be a name ({', '.join(OPTIMIZERS)}), None, or a "
+            f"factory taking the parameters"
+        )
+    if not params:
+        raise InvalidInputError(
+            "the model has no trainable parameters, so there is nothing to optimize; pass "
+            "optimizer=None to estimate forward and backward only"
+        )
+    try:
+        built = factory(list(params))
+    except Exception as error:  # the user's factory: report it, whatever it raised
+        raise InvalidInputError(
+            f"the optimizer factory raised {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(built, torch.optim.Optimizer):
+        raise InvalidInputError(
+            f"the optimizer factory returned {type(built).__name__}, not a torch.optim.Optimizer"
+        )
+    return built
+
+
+def _cuda_default(params: list[Any], differentiable: bool, use_fused: bool = False) -> Any:
+    # torch.optim.optimizer._default_to_fused_or_foreach, as it decides for CUDA tensors
+    if torch.jit.is_scripting() or differentiable:
+        return False, False
+    fused = use_fused and all(p is None or torch.is_floating_point(p) for p in params)
+    return fused, not fused
+
+
+@contextlib.contextmanager
+def cuda_optimizer_defaults() -> Iterator[None]:
+    """Within the context, torch.optim chooses foreach/fused as it would for CUDA tensors."""
+    patched: list[tuple[Any, Any]] = []
+    for name in ("optimizer", "adam", "adamw", "sgd", "adamax", "adagrad", "adadelta", "asgd",
+                 "nadam", "radam", "rmsprop", "rprop"):
+        try:
+            module = importlib.import_module(f"torch.optim.{name}")
+        except ImportError:
+            continue
+        original = getattr(module, "_default_to_fused_or_foreach", None)
+        if original is not None:
+            patched.append((module, original))
+            module._default_to_fused_or_foreach = _cuda_default  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        for module, original in patched:
+            module._default_to_fused_or_foreach = original  # type: ignore[attr-defined]

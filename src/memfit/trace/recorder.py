@@ -1,0 +1,208 @@
+"""Records every storage a training step allocates and frees, with its module and category.
+
+A ``TorchDispatchMode`` sees each ATen operator's outputs; a storage not seen before is an
+allocation, and a weak reference on it reports the free when PyTorch releases it (the same
+moment the CUDA caching allocator would get the block back). It works on fake tensors (no memory
+is used) and on real CUDA tensors alike, so prediction and measurement share one bookkeeping.
+Module attribution comes from ``torch.utils.module_tracker.ModuleTracker``.
+
+Known limitations:
+    * Storages resized in place (``untyped_storage().resize_()``) keep their first size.
+    * Memory allocated outside ATen operators (custom CUDA extensions calling cudaMalloc,
+      NCCL buffers) is invisible, as it is to PyTorch's own allocator statistics.
+"""
+
+from __future__ import annotations
+
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.module_tracker import ModuleTracker
+
+from memfit.profile import Category, Phase
+
+__all__ = ["Allocation", "MemoryRecorder", "WorkspaceRule"]
+
+# A rule sees each call of its operator after it ran and records the memory the kernel uses
+# beyond its outputs (a cuBLAS/cuDNN workspace, a flash-attention accumulator) through
+# recorder.hidden() or recorder.persistent(): rule(recorder, func, args, kwargs, out).
+WorkspaceRule = Callable[["MemoryRecorder", Any, tuple, dict, Any], None]
+
+_CATEGORY_OF_PHASE = {
+    Phase.SETUP: Category.OTHER,
+    Phase.FORWARD: Category.ACTIVATION,
+    Phase.BACKWARD: Category.TEMPORARY,
+    Phase.OPTIMIZER: Category.TEMPORARY,
+}
+
+
+@dataclass(slots=True)
+class Allocation:
+    """One storage (or hidden workspace) and its life in the event sequence."""
+
+    key: int
+    size: int
+    category: Category
+    phase: Phase
+    module: str
+    op: str
+    shape: tuple[int, ...] = ()
+    dtype: str = ""
+    stream: int = 0
+
+
+@dataclass
+class _Trace:
+    allocations: dict[int, Allocation] = field(default_factory=dict)
+    # +key for an allocation, -key for a free (keys start at 1)
+    events: list[int] = field(default_factory=list)
+    phases: list[Phase] = field(default_factory=list)  # phase of each event
+
+
+class MemoryRecorder(TorchDispatchMode):
+    """Records allocations and frees of tensor storages while active.
+
+    Args:
+        workspace_rules: hidden scratch memory per operator (see ``WorkspaceRule``).
+        on_op: an optional callback ``on_op(func, args, kwargs, out)`` after each operator
+            (the measurement side uses it to read the real allocator's counters).
+    """
+
+    def __init__(
+        self,
+        workspace_rules: dict[Any, WorkspaceRule] | None = None,
+        on_op: Callable[[Any, tuple, dict, Any], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.trace = _Trace()
+        self.phase = Phase.SETUP
+        self.workspace_rules = workspace_rules or {}
+        self.on_op = on_op
+        self._live: dict[int, int] = {}  # storage id -> allocation key
+        self._refs: dict[int, Any] = {}
+        self._next_key = 1
+        self._tracker: ModuleTracker | None = None
+        self.root_name = ""
+
+    # --- module attribution -------------------------------------------------------------
+    def attach(self, tracker: ModuleTracker, root: torch.nn.Module) -> None:
+        self._tracker = tracker
+        self.root_name = type(root).__name__
+
+    def current_module(self) -> str:
+        if self._tracker is None:
+            return ""
+        parents = [p for p in self._tracker.parents if p != "Global"]
+        if not parents:
+            return ""
+        innermost = max(parents, key=lambda name: name.count("."))
+        _, _, fqn = innermost.partition(".")
+        return fqn
+
+    # --- bookkeeping ----------------------------------------------------------------------
+    def _emit(self, key: int) -> None:
+        self.trace.events.append(key)
+        self.trace.phases.append(self.phase)
+
+    def _new_key(self) -> int:
+        key = self._next_key
+        self._next_key += 1
+        return key
+
+    def track(
+        self, tensors: Iterable[torch.Tensor], category: Category, op: str = "", module: str = ""
+    ) -> None:
+        """Register tensors that already exist (parameters, inputs) as allocations now."""
+        for tensor in tensors:
+            self._see(tensor, op, category=category, module=module)
+
+    def recategorize(self, tensors: Iterable[torch.Tensor | None], category: Category) -> None:
+        """Give the storages of ``tensors`` a new category (e.g. gradients, optimizer state)."""
+        for tensor in tensors:
+            if tensor is None:
+                continue
+            key = self._live.get(_storage_id(tensor))
+            if key is not None:
+                self.trace.allocations[key].category = category
+
+    def hidden(self, size: int, op: str, category: Category = Category.TEMPORARY) -> None:
+        """A scratch buffer allocated and freed inside one operator."""
+        if size <= 0:
+            return
+        key = self._new_key()
+        self.trace.allocations[key] = Allocation(
+            key, size, category, self.phase, self.current_module(), op
+        )
+        self._emit(key)
+        self._emit(-key)
+
+    def persistent(self, size: int, op: str, category: Category = Category.OTHER) -> int:
+        """A buffer that outlives the step (a library workspace); never freed."""
+        key = self._new_key()
+        self.trace.allocations[key] = Allocation(key, size, category, self.phase, "", op)
+        self._emit(key)
+        return key
+
+    def _see(
+        self,
+        tensor: torch.Tensor,
+        op: str,
+        *,
+        category: Category | None = None,
+        module: str | None = None,
+    ) -> None:
+        storage = tensor.untyped_storage()
+        sid = storage._cdata
+        if sid in self._live:
+            return
+        size = storage.nbytes()
+        key = self._new_key()
+        self.trace.allocations[key] = Allocation(
+            key=key,
+            size=size,
+            category=category or _CATEGORY_OF_PHASE[self.phase],
+            phase=self.phase,
+            module=self.current_module() if module is None else module,
+            op=op,
+            shape=tuple(tensor.shape),
+            dtype=str(tensor.dtype).removeprefix("torch."),
+        )
+        self._live[sid] = key
+        self._refs[sid] = weakref.ref(storage, self._on_free(sid))
+        self._emit(key)
+
+    def _on_free(self, sid: int) -> Callable[[Any], None]:
+        def free(_: Any) -> None:
+            key = self._live.pop(sid, None)
+            self._refs.pop(sid, None)
+            if key is not None:
+                self._emit(-key)
+
+        return free
+
+    def live_keys(self) -> set[int]:
+        return set(self._live.values())
+
+    # --- dispatch -------------------------------------------------------------------------
+    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        name = func.__name__.removesuffix(".default")
+        for value in tree_flatten(out)[0]:
+            if isinstance(value, torch.Tensor):
+                self._see(value, name)
+        rule = self.workspace_rules.get(func.overloadpacket)
+        if rule is not None:
+            rule(self, func, args, kwargs, out)
+        if self.on_op is not None:
+            self.on_op(func, args, kwargs, out)
+        return out
+
+
+def _storage_id(tensor: torch.Tensor) -> int:
+    return tensor.untyped_storage()._cdata
