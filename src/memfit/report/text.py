@@ -1,0 +1,186 @@
+"""The terminal and JSON faces of a profile: the peak and the verdict first, then tables."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from memfit.profile import Category, MemoryProfile
+from memfit.report.fragmentation import Fragmentation
+from memfit.report.tables import format_table
+from memfit.units import format_bytes
+
+__all__ = [
+    "Verdict",
+    "verdict",
+    "profile_text",
+    "profile_summary",
+    "headline",
+    "fragmentation_text",
+]
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """Whether the step's reserved peak fits a limit (None: no device and no budget known)."""
+
+    fits: bool | None
+    need: int
+    limit: int
+    limit_name: str
+
+    @property
+    def headroom(self) -> int:
+        return self.limit - self.need
+
+    def text(self) -> str:
+        if self.fits is None:
+            return "no verdict: give --device (the GPU it runs on) or --budget"
+        share = f"{100 * self.need / self.limit:.1f}%" if self.limit else "-"
+        if self.fits:
+            return (
+                f"FITS: {format_bytes(self.headroom)} free of {self.limit_name} "
+                f"{format_bytes(self.limit)} (peak is {share})"
+            )
+        return (
+            f"DOES NOT FIT: {format_bytes(-self.headroom)} over {self.limit_name} "
+            f"{format_bytes(self.limit)} (peak is {share})"
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "fits": self.fits,
+            "need_bytes": self.need,
+            "limit_bytes": self.limit,
+            "limit": self.limit_name,
+            "headroom_bytes": self.headroom,
+            "text": self.text(),
+        }
+
+
+def verdict(profile: MemoryProfile, budget: int | None = None) -> Verdict:
+    """Compare the reserved peak with a budget, else with the device's usable memory."""
+    if budget is not None:
+        return Verdict(profile.fits(budget), profile.peak_reserved, budget, "the budget")
+    if profile.device_memory <= 0:
+        return Verdict(None, profile.peak_reserved, 0, "")
+    name = f"{profile.device} usable memory" if profile.outside_pytorch else profile.device
+    return Verdict(profile.fits(), profile.peak_reserved, profile.usable_memory, name)
+
+
+def headline(profile: MemoryProfile) -> str:
+    """``gpt2 on h100-80gb (estimate, bf16-mixed, adamw, batch 8x1024)``."""
+    details = [profile.source, profile.precision, profile.optimizer or "", profile.batch]
+    shown = ", ".join(d for d in details if d and d != "as recorded")
+    if profile.plan:
+        shown += f"; plan: {profile.plan}"
+    return f"{profile.model} on {profile.device} ({shown})"
+
+
+def _where(profile: MemoryProfile) -> str:
+    parts = [profile.peak_phase.value]
+    if profile.peak_module:
+        parts.append(f"in {profile.peak_module}")
+    if profile.peak_op:
+        parts.append(f"at {profile.peak_op}")
+    return " ".join(parts)
+
+
+def profile_text(profile: MemoryProfile, *, budget: int | None = None, top: int = 8) -> str:
+    """The report as aligned text: peak and verdict, the breakdown, the largest modules.
+
+    Args:
+        profile: a predicted or measured profile.
+        budget: a memory limit in bytes to judge against instead of the device.
+        top: how many modules to list.
+    """
+    v = verdict(profile, budget)
+    lines = [
+        headline(profile),
+        f"peak reserved   {format_bytes(profile.peak_reserved)}",
+        f"peak allocated  {format_bytes(profile.peak_allocated)} ({_where(profile)})",
+        f"verdict         {v.text()}",
+        "",
+        _category_table(profile),
+    ]
+    mods = sorted(
+        (m for m in profile.modules if m.self_activation_bytes > 0),
+        key=lambda m: -m.self_activation_bytes,
+    )[:top]
+    if mods:
+        rows = [
+            (
+                m.fqn,
+                m.module_type,
+                format_bytes(m.self_activation_bytes),
+                format_bytes(m.activation_bytes),
+            )
+            for m in mods
+        ]
+        lines += [
+            "",
+            format_table(
+                ("module", "type", "activations (own)", "with children"), rows, align="llrr"
+            ),
+        ]
+    lines += [f"warning: {w}" for w in profile.warnings]
+    return "\n".join(lines)
+
+
+def _category_table(profile: MemoryProfile) -> str:
+    total = max(1, profile.peak_allocated)
+    rows: list[tuple[str, str, str]] = []
+    for category in Category:
+        value = profile.by_category.get(category, 0)
+        if value:
+            rows.append((category.value, format_bytes(value), f"{100 * value / total:.1f}%"))
+    rows.append(("= allocated", format_bytes(profile.peak_allocated), "100.0%"))
+    cache = profile.peak_reserved - profile.peak_allocated
+    rows.append(("+ allocator cache", format_bytes(cache), ""))
+    if profile.outside_pytorch:
+        for name, value in profile.outside_pytorch.items():
+            rows.append((f"+ {name}", format_bytes(value), ""))
+        rows.append(("= on the device", format_bytes(profile.device_total), ""))
+    return format_table(("at the peak", "bytes", "share"), rows)
+
+
+def profile_summary(profile: MemoryProfile, *, budget: int | None = None) -> dict[str, Any]:
+    """What ``--format json`` prints: the verdict, headline numbers and the whole profile."""
+    return {
+        "verdict": verdict(profile, budget).to_dict(),
+        "peak_reserved_bytes": profile.peak_reserved,
+        "peak_allocated_bytes": profile.peak_allocated,
+        "profile": profile.to_dict(),
+    }
+
+
+def fragmentation_text(frag: Fragmentation) -> str:
+    """The fragmentation numbers of a recorded run as a table, and the advice."""
+    floor = max(1, frag.live_peak)
+    rows = [
+        ("live peak (the floor)", format_bytes(frag.live_peak), ""),
+        ("ideal packing", format_bytes(frag.ideal), f"+{100 * (frag.ideal / floor - 1):.1f}%"),
+        (
+            f"reserved ({frag.recorded_settings})",
+            format_bytes(frag.reserved_peak),
+            f"+{100 * (frag.reserved_peak / floor - 1):.1f}%",
+        ),
+    ]
+    if frag.simulated_reserved is not None:
+        rows.append(
+            (
+                "simulated, as run",
+                format_bytes(frag.simulated_reserved),
+                f"+{100 * (frag.simulated_reserved / floor - 1):.1f}%",
+            )
+        )
+    for p in frag.predictions:
+        rows.append(
+            (
+                f"simulated, {p.setting}",
+                format_bytes(p.peak_reserved),
+                f"+{100 * (p.peak_reserved / floor - 1):.1f}%",
+            )
+        )
+    table = format_table(("fragmentation", "bytes", "over the floor"), rows)
+    return f"{table}\nadvice: {frag.advice()}"
