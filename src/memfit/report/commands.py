@@ -58,17 +58,17 @@ def _load_run(
 
 def _estimate(model: str, options: dict[str, Any], show: bool) -> MemoryProfile:
     import memfit
-    from memfit import zoo
 
-    entry = zoo.get(model)
-    batch = entry.make_batch(options["batch_size"], options["seq_len"], device="meta")
-    with Progress(f"tracing {model}", enabled=show):
+    with Progress(f"estimating {model}", enabled=show) as bar:
         return memfit.estimate(
-            entry.build,
-            batch,
-            optimizer=options["optimizer"],
+            model,
+            None,
+            optimizer=None if options["optimizer"] == "none" else options["optimizer"],
             precision=options["precision"],
             device=options["device"] or "h100-80gb",
+            batch_size=options["batch_size"],
+            seq_len=options["seq_len"],
+            progress=bar.set_stage,
         )
 
 

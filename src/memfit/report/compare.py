@@ -138,7 +138,7 @@ def diff_text(diff: ProfileDiff, *, top: int = 15) -> str:
     if changed:
         mod_rows = [
             (
-                m.fqn or "(root)",
+                m.fqn or "(model)",
                 format_bytes(m.before),
                 format_bytes(m.after),
                 *_delta(m.before, m.after),

@@ -147,7 +147,7 @@ def timeline_figure(
     with mpl.style():
         fig, ax = mpl.new_figure(9, 3.6)
         _phase_bands(ax, [events[i].phase for i in keep], x)
-        ax.fill_between(x, y / scale, step="post", color="#4C72B0", alpha=0.25, lw=0)
+        ax.fill_between(x, y / scale, step="post", color="#4C72B0", alpha=0.18, lw=0)
         ax.step(x, y / scale, where="post", color="#4C72B0", lw=1, label="allocated (live)")
         ax.step(
             x,
@@ -229,14 +229,11 @@ def _limit_line(
         else:
             off.append(f"{name} {format_bytes(value)}")
     if off:
-        ax.text(
-            0.995,
-            0.90,
-            "off the chart: " + ", ".join(off),
-            transform=ax.transAxes,
-            ha="right",
-            va="top",
+        ax.set_title(
+            "above the chart: " + ", ".join(off),
+            loc="right",
             fontsize=8,
+            fontweight="normal",
             color="#444444",
         )
 
@@ -284,7 +281,10 @@ def modules_figure(profile: MemoryProfile, *, top: int = 20) -> Figure | None:
     scale, unit = mpl.byte_unit(value(shown[0]))
     with mpl.style():
         fig, ax = mpl.new_figure(9, 1.1 + 0.26 * len(shown))
-        names = [_short(f"{m.fqn} ({m.module_type})" if m.module_type else m.fqn) for m in shown]
+        names = [
+            _short(f"{m.fqn or '(model)'} ({m.module_type})" if m.module_type else m.fqn)
+            for m in shown
+        ]
         widths = [value(m) / scale for m in shown]
         ax.barh(range(len(shown)), widths, color=mpl.CATEGORY_COLORS[Category.ACTIVATION])
         ax.set_yticks(range(len(shown)), names, fontsize=8)

@@ -83,7 +83,7 @@ def compare_modules_figure(diff: ProfileDiff, *, top: int = 15) -> Figure | None
         ax.barh(
             range(len(changed)), values, color=["#C00000" if v > 0 else "#4C72B0" for v in values]
         )
-        ax.set_yticks(range(len(changed)), [m.fqn or "(root)" for m in changed], fontsize=8)
+        ax.set_yticks(range(len(changed)), [m.fqn or "(model)" for m in changed], fontsize=8)
         ax.invert_yaxis()
         ax.axvline(0, color="#333333", lw=0.8)
         ax.set_xlabel(f"B - A ({unit})")

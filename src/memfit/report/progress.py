@@ -41,6 +41,7 @@ class Progress:
         self.label = label
         self.total = total
         self.done = 0
+        self.stage = ""
         self.stream = stream or sys.stderr
         self.enabled = enabled and (stream is not None or self.stream.isatty())
         self.delay = delay
@@ -67,8 +68,13 @@ class Progress:
         if self._ticker is not None:
             self._ticker.join()
         if self._drawn:
-            self.stream.write("\r" + " " * (len(self.label) + _WIDTH + 24) + "\r")
+            self.stream.write("\r" + " " * (len(self.line()) + 2) + "\r")
             self.stream.flush()
+
+    def set_stage(self, stage: str) -> None:
+        """Show what is being done now, after the label ("tracing forward ...")."""
+        with self._lock:
+            self.stage = stage
 
     def advance(self, count: int = 1) -> None:
         """Record ``count`` more units of work done."""
@@ -78,19 +84,20 @@ class Progress:
     def line(self) -> str:
         """The text drawn now: label, bar or clock, elapsed seconds."""
         elapsed = time.monotonic() - self._start
+        label = f"{self.label}: {self.stage}" if self.stage else self.label
         if self.total:
             share = min(1.0, self.done / self.total)
             filled = int(share * _WIDTH)
             bar = "#" * filled + "." * (_WIDTH - filled)
-            return f"{self.label} [{bar}] {100 * share:3.0f}% {elapsed:5.1f}s"
-        return f"{self.label} ... {elapsed:5.1f}s"
+            return f"{label} [{bar}] {100 * share:3.0f}% {elapsed:5.1f}s"
+        return f"{label} ... {elapsed:5.1f}s"
 
     def _tick(self) -> None:
         if self._stop.wait(self.delay):
             return
         while True:
             with self._lock:
-                self.stream.write("\r" + self.line())
+                self.stream.write("\r" + self.line() + "  ")
                 self.stream.flush()
                 self._drawn = True
             if self._stop.wait(0.2):

@@ -169,7 +169,9 @@ def _timeline(trace: DeviceTrace) -> tuple[TimelineEvent, ...]:
     if not trace.num_events:
         return ()
     changes = [i for i in range(1, trace.num_events) if trace.phases[i] is not trace.phases[i - 1]]
-    keep = changes + [i - 1 for i in changes]
+    # keep phase boundaries exact unless there are so many (long recordings) that they would
+    # defeat the thinning; then bands are drawn at the thinned resolution
+    keep = changes + [i - 1 for i in changes] if len(changes) <= TIMELINE_POINTS // 8 else []
     index = thin_indices(trace.allocated, TIMELINE_POINTS, keep=keep)
     return tuple(
         TimelineEvent(

@@ -110,7 +110,7 @@ def profile_text(profile: MemoryProfile, *, budget: int | None = None, top: int 
     if mods:
         rows = [
             (
-                m.fqn,
+                m.fqn or "(model)",
                 m.module_type,
                 format_bytes(m.self_activation_bytes),
                 format_bytes(m.activation_bytes),

@@ -1,0 +1,120 @@
+"""`memfit report` and `memfit compare` through Click, as a user runs them."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import pickle
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from memfit.report.commands import compare, report
+
+GiB = 2**30
+
+
+@pytest.fixture
+def files(tmp_path: Path, make_profile, make_snapshot) -> dict[str, Path]:
+    a = make_profile()
+    bigger = tuple(
+        dataclasses.replace(m, self_activation_bytes=m.self_activation_bytes * 2)
+        if m.fqn == "layers.3.mlp"
+        else m
+        for m in a.modules
+    )
+    b = dataclasses.replace(a, peak_reserved=a.peak_reserved + GiB, modules=bigger)
+    paths = {
+        "a": tmp_path / "a.json",
+        "b": tmp_path / "b.json",
+        "snap": tmp_path / "run.pickle",
+        "evil": tmp_path / "evil.pickle",
+    }
+    paths["a"].write_text(a.to_json())
+    paths["b"].write_text(b.to_json())
+    paths["snap"].write_bytes(pickle.dumps(make_snapshot()))
+
+    class Evil:
+        def __reduce__(self) -> tuple:
+            return (os.system, ("echo pwned",))
+
+    paths["evil"].write_bytes(pickle.dumps(Evil()))
+    return paths
+
+
+def test_report_from_a_profile_json(tmp_path: Path, files) -> None:
+    out = tmp_path / "r.html"
+    result = CliRunner().invoke(report, [str(files["a"]), "--out", str(out), "--budget", "16GiB"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[1].startswith("peak reserved") and lines[3].startswith("verdict         FITS")
+    assert f"wrote {out}" in result.output
+    assert out.read_text().startswith("<!DOCTYPE html>")
+
+
+def test_report_from_a_snapshot_with_pngs(tmp_path: Path, files) -> None:
+    out, png = tmp_path / "s.html", tmp_path / "png"
+    result = CliRunner().invoke(
+        report,
+        [
+            "--snapshot",
+            str(files["snap"]),
+            "--out",
+            str(out),
+            "--png",
+            str(png),
+            "--device",
+            "rtx4090",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    assert "live peak (the floor)" in result.output and "advice:" in result.output
+    assert (png / "fragmentation.png").exists()
+
+
+def test_report_json_and_quiet(tmp_path: Path, files) -> None:
+    result = CliRunner().invoke(
+        report, [str(files["snap"]), "--out", str(tmp_path / "s.html"), "--format", "json"]
+    )
+    data = json.loads(result.output)
+    assert data["peak_allocated_bytes"] == 56 * 2**20 + 512
+    assert data["fragmentation"]["ideal"] >= data["fragmentation"]["live_peak"]
+    quiet = CliRunner().invoke(report, [str(files["a"]), "-q", "--out", str(tmp_path / "q.html")])
+    assert quiet.exit_code == 0 and quiet.output == ""
+
+
+def test_report_refuses_a_malicious_snapshot(tmp_path: Path, files) -> None:
+    result = CliRunner().invoke(
+        report, ["--snapshot", str(files["evil"]), "--out", str(tmp_path / "x.html")]
+    )
+    assert result.exit_code == 1
+    assert "not a memory snapshot or is unsafe" in result.output
+    assert "pwned" not in result.output
+    assert not (tmp_path / "x.html").exists()
+
+
+def test_report_needs_something_to_report_on() -> None:
+    result = CliRunner().invoke(report, [])
+    assert result.exit_code == 1 and "nothing to report on" in result.output
+
+
+def test_compare_two_profiles(tmp_path: Path, files) -> None:
+    out = tmp_path / "c.html"
+    result = CliRunner().invoke(compare, [str(files["a"]), str(files["b"]), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "peak reserved" in result.output and "+1.00 GiB" in result.output
+    first_module = result.output.split("modules that changed most")[1].splitlines()[3]
+    assert first_module.startswith("layers.3.mlp")
+    page = out.read_text()
+    assert page.count("<svg") == 3
+
+
+def test_compare_a_profile_with_a_snapshot_as_json(tmp_path: Path, files) -> None:
+    result = CliRunner().invoke(
+        compare, [str(files["a"]), str(files["snap"]), "--out", "", "--format", "json"]
+    )
+    data = json.loads(result.output)
+    assert data["b"] == "run.pickle" and data["report"] is None
+    assert data["peak_allocated_bytes"][1] == 56 * 2**20 + 512
