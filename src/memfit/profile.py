@@ -143,7 +143,7 @@ class MemoryProfile:
         return self.device_memory - self.outside_pytorch_bytes
 
     def fits(self, memory: int | None = None) -> bool:
-        """Whether the step's reserved peak fits ``memory`` (default: the device's usable memory)."""
+        """Whether the reserved peak fits ``memory`` (default: the device's usable memory)."""
         limit = self.usable_memory if memory is None else memory
         return self.peak_reserved <= limit
 

@@ -31,7 +31,13 @@ from __future__ import annotations
 import bisect
 from dataclasses import dataclass, field
 
-__all__ = ["AllocatorSettings", "CachingAllocatorSim", "SimulatedOOM", "round_size"]
+__all__ = [
+    "AllocatorSettings",
+    "CachingAllocatorSim",
+    "DEFAULT_SETTINGS",
+    "SimulatedOOM",
+    "round_size",
+]
 
 MIN_BLOCK = 512
 SMALL_SIZE = 1 << 20
@@ -58,7 +64,10 @@ class AllocatorSettings:
         return (1 << 62) if self.max_split_size_mb is None else self.max_split_size_mb << 20
 
 
-def round_size(size: int, settings: AllocatorSettings = AllocatorSettings()) -> int:
+DEFAULT_SETTINGS = AllocatorSettings()
+
+
+def round_size(size: int, settings: AllocatorSettings = DEFAULT_SETTINGS) -> int:
     """Size of the block a request of ``size`` bytes gets (``round_size`` in PyTorch)."""
     if size < MIN_BLOCK:
         return MIN_BLOCK
@@ -137,7 +146,7 @@ class CachingAllocatorSim:
     """
 
     def __init__(
-        self, settings: AllocatorSettings = AllocatorSettings(), *, memory_limit: int | None = None
+        self, settings: AllocatorSettings = DEFAULT_SETTINGS, *, memory_limit: int | None = None
     ) -> None:
         self.settings = settings
         self.memory_limit = memory_limit
@@ -175,8 +184,13 @@ class CachingAllocatorSim:
             pool.remove(block)
         if self._should_split(block, size):
             rest = _Block(
-                block.addr + size, block.size - size, stream, small, block.segment,
-                prev=block, next=block.next,
+                block.addr + size,
+                block.size - size,
+                stream,
+                small,
+                block.segment,
+                prev=block,
+                next=block.next,
             )
             if block.next is not None:
                 block.next.prev = rest

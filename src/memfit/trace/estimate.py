@@ -13,6 +13,7 @@ from __future__ import annotations
 import time
 import warnings as _warnings
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,21 +25,21 @@ from torch.utils.module_tracker import ModuleTracker
 from memfit.devices import DeviceSpec, get_device
 from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.profile import Category, MemoryProfile, Phase
-from memfit.trace.allocator import AllocatorSettings
+from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table
 from memfit.trace.cuda.autocast import cuda_autocast
 from memfit.trace.cuda.composites import cuda_composites
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.cuda.workspaces import cuda_workspace_rules
-from memfit.trace.fakeify import prepare_batch, prepare_model
+from memfit.trace.fakeify import FakeModel, prepare_batch, prepare_model
 from memfit.trace.inputs import describe_batch, make_inputs, parse_input_spec
 from memfit.trace.optimizers import cuda_optimizer_defaults, make_optimizer, optimizer_label
 from memfit.trace.precision import Precision
-from memfit.trace.recorder import MemoryRecorder
+from memfit.trace.recorder import MemoryRecorder, _Trace
 from memfit.trace.replay import replay
 from memfit.trace.step import LossFn, training_step
 
-__all__ = ["estimate"]
+__all__ = ["estimate", "trace_step", "StepTrace"]
 
 _PHASE_OF_MARK = {"forward": Phase.FORWARD, "backward": Phase.BACKWARD}
 
@@ -67,11 +68,22 @@ def _resolve(model: Any, batch: Any, batch_size: int | None, seq_len: int | None
     return name, model, batch
 
 
+@dataclass
+class StepTrace:
+    """A traced step: the profile and what it was made of (for the planner and diagnostics)."""
+
+    profile: MemoryProfile
+    trace: _Trace
+    marks: dict[str, int]
+    model: FakeModel
+
+
 def estimate(
     model: nn.Module | Callable[[], nn.Module] | str,
     batch: Any = None,
     *,
     loss_fn: LossFn | None = None,
+    forward: Callable[[Any, Any], Any] | None = None,
     optimizer: str | Callable[..., torch.optim.Optimizer] | None = "adamw",
     precision: str | Precision = "bf16-mixed",
     device: str | DeviceSpec = "h100-80gb",
@@ -79,7 +91,7 @@ def estimate(
     batch_size: int | None = None,
     seq_len: int | None = None,
     stack: CudaStack = DEFAULT_STACK,
-    allocator: AllocatorSettings = AllocatorSettings(),
+    allocator: AllocatorSettings = DEFAULT_SETTINGS,
     progress: Callable[[str], None] | None = None,
 ) -> MemoryProfile:
     """Predict the GPU memory of one steady-state training step, without a GPU.
@@ -92,6 +104,8 @@ def estimate(
             name for its default batch (``batch_size``/``seq_len`` override its size).
         loss_fn: ``(output, batch) -> scalar loss``; default ``output.loss``, else the mean of
             the output in float32.
+        forward: ``(model, batch) -> output`` when the model is not called as ``model(batch)``
+            / ``model(**batch)`` / ``model(*batch)``, e.g. ``lambda m, b: m(b[0])``.
         optimizer: ``"adamw"``, ``"adamw-fused"``, ``"adam"``, ``"adam-fused"``, ``"sgd"``, a
             factory ``params -> Optimizer``, or None for forward and backward only.
         precision: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or ``"bf16"`` (pure).
@@ -115,6 +129,40 @@ def estimate(
           tensors; the error names the operator.
         * One GPU, one stream; distributed training is not modelled.
     """
+    return trace_step(
+        model,
+        batch,
+        loss_fn=loss_fn,
+        forward=forward,
+        optimizer=optimizer,
+        precision=precision,
+        device=device,
+        plan=plan,
+        batch_size=batch_size,
+        seq_len=seq_len,
+        stack=stack,
+        allocator=allocator,
+        progress=progress,
+    ).profile
+
+
+def trace_step(
+    model: nn.Module | Callable[[], nn.Module] | str,
+    batch: Any = None,
+    *,
+    loss_fn: LossFn | None = None,
+    forward: Callable[[Any, Any], Any] | None = None,
+    optimizer: str | Callable[..., torch.optim.Optimizer] | None = "adamw",
+    precision: str | Precision = "bf16-mixed",
+    device: str | DeviceSpec = "h100-80gb",
+    plan: Any = None,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    stack: CudaStack = DEFAULT_STACK,
+    allocator: AllocatorSettings = DEFAULT_SETTINGS,
+    progress: Callable[[str], None] | None = None,
+) -> StepTrace:
+    """``estimate``, returning the recorded trace with the profile (planner, diagnostics)."""
     report = progress or (lambda message: None)
     spec = get_device(device)
     precision = Precision.parse(precision)
@@ -157,8 +205,12 @@ def estimate(
                             [p.grad for p in fake_model.params.values()], Category.GRAD
                         )
                     if stage == "zero_grad" and opt is not None:
-                        state = [t for s in opt.state.values() for t in s.values()
-                                 if isinstance(t, torch.Tensor)]
+                        state = [
+                            t
+                            for s in opt.state.values()
+                            for t in s.values()
+                            if isinstance(t, torch.Tensor)
+                        ]
                         recorder.recategorize(state, Category.OPTIMIZER)
                     if stage == "end":
                         grads_of_params.update(_grad_bytes(fake_model.params))
@@ -174,9 +226,16 @@ def estimate(
                 )
                 try:
                     training_step(
-                        fake_model, example, loss_fn=loss_fn, optimizer=opt,
-                        precision=precision, autocast=autocast, mark=mark,
-                        grad_scale=grad_scale, optimizer_steps=2,
+                        fake_model,
+                        example,
+                        loss_fn=loss_fn,
+                        forward=forward,
+                        optimizer=opt,
+                        precision=precision,
+                        autocast=autocast,
+                        mark=mark,
+                        grad_scale=grad_scale,
+                        optimizer_steps=2,
                     )
                 except torch._subclasses.fake_tensor.DataDependentOutputException as error:
                     raise UnsupportedModelError(
@@ -199,14 +258,18 @@ def estimate(
     profile = assemble_profile(
         trace=recorder.trace,
         replay=result,
-        modules=module_table(fake_model.module, recorder.trace, live_after_forward,
-                             grads_of_params or _param_bytes_trainable(fake_model.params)),
+        modules=module_table(
+            fake_model.module,
+            recorder.trace,
+            live_after_forward,
+            grads_of_params or _param_bytes_trainable(fake_model.params),
+        ),
         header=header,
         outside_pytorch={"cuda_context": spec.cuda_context_bytes},
         warnings=tuple(warnings),
     )
     report(f"done in {time.perf_counter() - started:.1f} s")
-    return profile
+    return StepTrace(profile, recorder.trace, marks, fake_model)
 
 
 def _no_autocast() -> Any:

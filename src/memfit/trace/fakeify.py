@@ -43,7 +43,11 @@ class FakeModel:
         if not self.swap:
             return self.module(*args, **kwargs)
         return torch.func.functional_call(
-            self.module, {**self.params, **self.buffers}, args, kwargs, tie_weights=True,
+            self.module,
+            {**self.params, **self.buffers},
+            args,
+            kwargs,
+            tie_weights=True,
             strict=False,
         )
 
@@ -106,8 +110,9 @@ def prepare_model(
     params: dict[str, torch.Tensor] = {}
     swap = False
     for name, param in module.named_parameters():
-        fake = _fake_like(param.detach() if not isinstance(param, FakeTensor) else param,
-                          fake_mode, param_dtype)
+        fake = _fake_like(
+            param.detach() if not isinstance(param, FakeTensor) else param, fake_mode, param_dtype
+        )
         if fake is not param:
             swap = True
             fake.requires_grad_(param.requires_grad)

@@ -84,8 +84,7 @@ def parse_input_spec(text: str) -> list[TensorSpec]:
             shape = tuple(int(d) for d in match.group("shape").split(",") if d.strip())
         except ValueError:
             raise InvalidInputError(
-                f"input spec item {item!r} has a shape that is not a list of integers; "
-                f"{_SPEC_HELP}"
+                f"input spec item {item!r} has a shape that is not a list of integers; {_SPEC_HELP}"
             ) from None
         if any(d < 1 for d in shape):
             raise InvalidInputError(f"input spec item {item!r} has a dimension < 1")
@@ -117,7 +116,7 @@ def make_inputs(specs: list[TensorSpec], *, device: str | torch.device = "cpu") 
             high = spec.high if spec.high is not None else 2
             tensors.append(torch.randint(0, high, spec.shape, dtype=spec.dtype, device=device))
     if specs[0].name is not None:
-        return {spec.name: tensor for spec, tensor in zip(specs, tensors)}
+        return {spec.name: tensor for spec, tensor in zip(specs, tensors, strict=True)}
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 

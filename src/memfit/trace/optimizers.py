@@ -95,8 +95,20 @@ def _cuda_default(params: list[Any], differentiable: bool, use_fused: bool = Fal
 def cuda_optimizer_defaults() -> Iterator[None]:
     """Within the context, torch.optim chooses foreach/fused as it would for CUDA tensors."""
     patched: list[tuple[Any, Any]] = []
-    for name in ("optimizer", "adam", "adamw", "sgd", "adamax", "adagrad", "adadelta", "asgd",
-                 "nadam", "radam", "rmsprop", "rprop"):
+    for name in (
+        "optimizer",
+        "adam",
+        "adamw",
+        "sgd",
+        "adamax",
+        "adagrad",
+        "adadelta",
+        "asgd",
+        "nadam",
+        "radam",
+        "rmsprop",
+        "rprop",
+    ):
         try:
             module = importlib.import_module(f"torch.optim.{name}")
         except ImportError:

@@ -33,8 +33,8 @@ class Precision:
         key = str(name).lower().replace("_", "-")
         if key not in PRECISIONS:
             raise InvalidInputError(
-                f"unknown precision {name!r}; allowed: {', '.join(PRECISIONS)} (\"-mixed\" keeps "
-                f"fp32 weights and runs autocast; plain \"bf16\" casts the weights)"
+                f'unknown precision {name!r}; allowed: {", ".join(PRECISIONS)} ("-mixed" keeps '
+                f'fp32 weights and runs autocast; plain "bf16" casts the weights)'
             )
         return PRECISIONS[key]
 

@@ -71,14 +71,18 @@ class MemoryRecorder(TorchDispatchMode):
         workspace_rules: hidden scratch memory per operator (see ``WorkspaceRule``).
         on_op: an optional callback ``on_op(func, args, kwargs, out)`` after each operator
             (the measurement side uses it to read the real allocator's counters).
+        device_type: count only storages on this device type ("cuda" when measuring; None
+            counts all, as on fake CPU tensors that stand for CUDA ones).
     """
 
     def __init__(
         self,
         workspace_rules: dict[Any, WorkspaceRule] | None = None,
         on_op: Callable[[Any, tuple, dict, Any], None] | None = None,
+        device_type: str | None = None,
     ) -> None:
         super().__init__()
+        self.device_type = device_type
         self.trace = _Trace()
         self.phase = Phase.SETUP
         self.workspace_rules = workspace_rules or {}
@@ -156,6 +160,8 @@ class MemoryRecorder(TorchDispatchMode):
         category: Category | None = None,
         module: str | None = None,
     ) -> None:
+        if self.device_type is not None and tensor.device.type != self.device_type:
+            return
         storage = tensor.untyped_storage()
         sid = storage._cdata
         if sid in self._live:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from memfit.trace.allocator import AllocatorSettings, CachingAllocatorSim
+from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings, CachingAllocatorSim
 from memfit.trace.recorder import _Trace
 
 __all__ = ["Replay", "replay"]
@@ -77,12 +77,12 @@ def _iterations(trace: _Trace, marks: dict[str, int]) -> tuple[list[int], list[i
 def replay(
     trace: _Trace,
     marks: dict[str, int],
-    settings: AllocatorSettings = AllocatorSettings(),
+    settings: AllocatorSettings = DEFAULT_SETTINGS,
     *,
     warmup: int = 2,
     measured: int = 2,
 ) -> Replay:
-    """Simulate setup, ``warmup`` iterations, then ``measured`` iterations; peaks over the latter."""
+    """Simulate setup, ``warmup`` iterations, then ``measured`` ones; peaks over the latter."""
     setup, first, steady = _iterations(trace, marks)
     freed = {-key for key in trace.events if key < 0}
     in_steady = {trace.events[i] for i in steady if trace.events[i] > 0}

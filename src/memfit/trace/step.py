@@ -79,6 +79,7 @@ def training_step(
     loss_fn: LossFn | None,
     optimizer: torch.optim.Optimizer | None,
     precision: Precision,
+    forward: Callable[[Any, Any], Any] | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]],
     mark: Callable[[str], None] = lambda phase: None,
     grad_scale: torch.Tensor | None = None,
@@ -88,13 +89,16 @@ def training_step(
     """Forward (with loss) under autocast, backward, optimizer step(s), gradients to None.
 
     Args:
+        forward: ``(model, batch) -> output`` for models not called as ``call_model`` does.
         grad_scale: fp16 loss scale for prediction on fake tensors (scaling emulated op by op).
         scaler: a real ``torch.amp.GradScaler`` for measurement.
         optimizer_steps: 2 lets prediction record the first (state-creating) and a steady step.
     """
     mark("forward")
     with autocast():
-        loss = compute_loss(loss_fn, call_model(model, batch), batch)
+        output = forward(model, batch) if forward is not None else call_model(model, batch)
+        loss = compute_loss(loss_fn, output, batch)
+        del output
     mark("backward")
     if scaler is not None:
         scaler.scale(loss).backward()

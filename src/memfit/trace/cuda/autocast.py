@@ -80,9 +80,7 @@ def _eligible(value: Any) -> bool:
     )
 
 
-def _make_kernel(
-    op: Any, policy: CastPolicy, dtype: torch.dtype, cache: _WeightCache
-) -> Any:
+def _make_kernel(op: Any, policy: CastPolicy, dtype: torch.dtype, cache: _WeightCache) -> Any:
     def cast_all(args: Any, kwargs: Any, to: torch.dtype) -> tuple[Any, Any]:
         def cast(value: Any) -> Any:
             if _eligible(value) and value.dtype != to:

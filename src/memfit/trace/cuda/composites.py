@@ -115,7 +115,14 @@ def _make_sdpa(device: DeviceSpec, stack: CudaStack, chosen: list[SdpaBackend]) 
         mask = _boolean_mask_to_additive(attn_mask, query.dtype)
         if backend is SdpaBackend.CUDNN:
             return aten._scaled_dot_product_cudnn_attention.default(
-                query, key, value, mask, call.requires_grad, dropout_p, is_causal, False,
+                query,
+                key,
+                value,
+                mask,
+                call.requires_grad,
+                dropout_p,
+                is_causal,
+                False,
                 scale=scale,
             )[0]
         if backend is SdpaBackend.FLASH:

@@ -93,7 +93,7 @@ def _dense_ok(call: SdpaCall, *, ignore_singleton_last_dim: bool) -> bool:
     if k_heads != v_heads or (q_heads != k_heads and (not call.enable_gqa or q_heads % k_heads)):
         return False
     singleton = (call.q_shape[-1], call.k_shape[-1], call.v_shape[-1])
-    for stride, size in zip(call.last_dim_strides, singleton):
+    for stride, size in zip(call.last_dim_strides, singleton, strict=True):
         if stride != 1 and not (ignore_singleton_last_dim and size == 1):
             return False
     return call.mask_last_stride == 1 or not call.has_mask

@@ -21,14 +21,24 @@ from memfit.trace.recorder import MemoryRecorder, WorkspaceRule
 __all__ = ["cuda_workspace_rules"]
 
 aten = torch.ops.aten
-_BLAS_OPS = (aten.mm, aten.addmm, aten.bmm, aten.baddbmm, aten.addbmm, aten.addmv, aten.mv,
-             aten._addmm_activation)
+_BLAS_OPS = (
+    aten.mm,
+    aten.addmm,
+    aten.bmm,
+    aten.baddbmm,
+    aten.addbmm,
+    aten.addmv,
+    aten.mv,
+    aten._addmm_activation,
+)
 
 
 def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, WorkspaceRule]:
     """Workspace rules for ``MemoryRecorder`` that reproduce what ``device`` allocates."""
     size = (
-        stack.cublas_workspace_bytes if device.sm >= (9, 0) else stack.cublas_workspace_bytes_pre_sm90
+        stack.cublas_workspace_bytes
+        if device.sm >= (9, 0)
+        else stack.cublas_workspace_bytes_pre_sm90
     )
     threads_with_workspace: set[str] = set()
 

@@ -1,0 +1,69 @@
+"""Models the benchmarks run besides memfit's zoo: Hugging Face and torchvision, from configs."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def hf_gpt2():
+    import transformers
+
+    config = transformers.GPT2Config(attn_implementation="sdpa")
+    return transformers.GPT2LMHeadModel(config)
+
+
+def hf_llama():
+    import transformers
+
+    config = transformers.LlamaConfig(
+        hidden_size=2048,
+        intermediate_size=5632,
+        num_hidden_layers=16,
+        num_attention_heads=16,
+        num_key_value_heads=16,
+        vocab_size=32000,
+        max_position_embeddings=2048,
+        attn_implementation="sdpa",
+    )
+    return transformers.LlamaForCausalLM(config)
+
+
+def tv_resnet50():
+    import torchvision
+
+    return torchvision.models.resnet50()
+
+
+def image_forward(model, batch):
+    return model(batch[0])
+
+
+def image_loss(output, batch):
+    return F.cross_entropy(output, batch[1])
+
+
+# name -> (builder, input spec, loss_fn, forward); None means memfit's defaults
+EXTERNAL = {
+    "hf-gpt2": (hf_gpt2, "input_ids=int64[8,1024]<50257 labels=int64[8,1024]<50257", None, None),
+    "hf-llama-1b": (
+        hf_llama,
+        "input_ids=int64[4,2048]<32000 labels=int64[4,2048]<32000",
+        None,
+        None,
+    ),
+    "tv-resnet50": (
+        tv_resnet50,
+        "float32[128,3,224,224] int64[128]<1000",
+        image_loss,
+        image_forward,
+    ),
+}
+
+
+def tensors_of(batch):
+    if isinstance(batch, torch.Tensor):
+        return [batch]
+    if isinstance(batch, dict):
+        return list(batch.values())
+    return list(batch)
