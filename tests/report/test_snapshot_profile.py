@@ -55,7 +55,7 @@ def test_modules_by_name_with_memfit_metadata(make_snapshot) -> None:
     mods = {m.fqn: m for m in profile.modules}
     assert mods["layers.0"].self_activation_bytes == 2 * MiB
     assert mods["layers"].activation_bytes == 4 * MiB  # ancestors add up their children
-    assert mods["layers.0"].module_type == "module"
+    assert mods["layers.0"].module_type == "Linear"
 
 
 def test_allocations_made_before_the_recording(make_snapshot) -> None:

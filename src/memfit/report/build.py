@@ -45,6 +45,7 @@ def profile_views(
     fragmentation: Fragmentation | None = None,
 ) -> list[View]:
     """The sections of a report, in reading order."""
+    run = "recorded run" if profile.source == "snapshot" else "step"
     views = [
         View(
             "breakdown",
@@ -57,12 +58,11 @@ def profile_views(
         ),
         View(
             "timeline",
-            "Live memory over the step",
+            "Live memory over the " + run,
             timeline_figure(
                 profile,
                 budget=budget,
-                title="Live memory over the "
-                + ("recorded run" if profile.source == "snapshot" else "step"),
+                title="Live memory over the " + run,
             ),
             caption="Allocated bytes (blue) and reserved bytes (dashed) after each allocation or "
             "free, with forward, backward and optimizer phases shaded. The box tells what is "

@@ -281,8 +281,13 @@ def modules_figure(profile: MemoryProfile, *, top: int = 20) -> Figure | None:
     scale, unit = mpl.byte_unit(value(shown[0]))
     with mpl.style():
         fig, ax = mpl.new_figure(9, 1.1 + 0.26 * len(shown))
+        by_line = all(m.module_type == "source line" for m in shown)
         names = [
-            _short(f"{m.fqn or '(model)'} ({m.module_type})" if m.module_type else m.fqn)
+            _short(
+                f"{m.fqn or '(model)'} ({m.module_type})"
+                if m.module_type and not by_line
+                else m.fqn
+            )
             for m in shown
         ]
         widths = [value(m) / scale for m in shown]
@@ -295,7 +300,8 @@ def modules_figure(profile: MemoryProfile, *, top: int = 20) -> Figure | None:
             )
         ax.set_xlim(0, max(widths) * 1.18)
         ax.set_xlabel(unit)
-        ax.set_title("Activation memory per module, alive at the end of forward")
+        where = "source line (innermost frame outside torch)" if by_line else "module"
+        ax.set_title(f"Activation memory per {where}, alive at the end of forward")
         if rest:
             ax.text(
                 0.99,

@@ -62,7 +62,6 @@ def snapshot_profile(
         by_category[categories[k]] += trace.allocations[k].rounded
     peak_alloc = _allocation_at(trace, peak)
     largest = sorted(alive, key=lambda k: -trace.allocations[k].rounded)[:_NUM_ALIVE]
-    settings = trace.settings
     return (
         MemoryProfile(
             source="snapshot",
@@ -89,7 +88,6 @@ def snapshot_profile(
                 )
                 for k in largest
             ),
-            plan=f"expandable_segments={bool(settings.get('expandable_segments', False))}",
             warnings=trace.warnings,
         ),
         trace,
@@ -142,7 +140,10 @@ def _modules(trace: DeviceTrace, categories: list[Category]) -> tuple[ModuleMemo
     """Activation bytes alive at the end of forward, by module (or by source line)."""
     at = _forward_end(trace)
     own: dict[str, int] = defaultdict(int)
+    types: dict[str, str] = {}
     for a, cat in zip(trace.allocations, categories, strict=True):
+        if a.module and a.module_type:
+            types[a.module] = a.module_type
         if cat is Category.ACTIVATION and a.start <= at < a.end:
             own[a.module or a.where or "(no stack)"] += a.rounded
     named = any(a.module for a in trace.allocations)
@@ -153,11 +154,10 @@ def _modules(trace: DeviceTrace, categories: list[Category]) -> tuple[ModuleMemo
             parts = label.split(".")
             for k in range(1, len(parts)):
                 total[".".join(parts[:k])] += num_bytes
-    kind = "module" if named else "source line"
     return tuple(
         ModuleMemory(
             fqn=label,
-            module_type=kind,
+            module_type=types.get(label, "") if named else "source line",
             activation_bytes=total[label],
             self_activation_bytes=own.get(label, 0),
         )

@@ -61,6 +61,7 @@ class Allocation:
     module: str
     where: str
     before: bool = False
+    module_type: str = ""
 
     @property
     def rounded(self) -> int:
@@ -192,6 +193,7 @@ def _allocation(
         phase=phase,
         category=category,
         module=meta.get("module", ""),
+        module_type=meta.get("type", ""),
         where=frames.where(entry),
         before=before,
     )
