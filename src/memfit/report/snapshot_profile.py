@@ -4,10 +4,10 @@ The profile has the schema of a prediction, so every view of the report (peak by
 memory over the step, activation memory per module) draws measured data the same way.
 
 Categories at the peak come from each allocation's phase and lifetime: made by ``torch.nn``
-before the step: param; made in forward: activation; made in backward and still alive after it:
-grad (otherwise temporary); made in the optimizer step and still alive after it: optimizer state
-(otherwise temporary); anything else: other. memfit metadata (see ``snapshot_frames``) overrides
-this guess.
+before the step: param; made in forward and freed by the end of backward: activation; made in
+backward and still alive after it: grad (otherwise temporary); made in the optimizer step and
+still alive after it: optimizer state (otherwise temporary); anything else, library workspaces
+included: other. memfit metadata (see ``snapshot_frames``) overrides this guess.
 
 Known limitations:
     * Buffers are counted as params, and inputs as other, unless metadata says so.
@@ -95,21 +95,41 @@ def snapshot_profile(
 
 
 def categorize(trace: DeviceTrace) -> list[Category]:
-    """The category of each allocation of ``trace`` (see the module docstring)."""
+    """The category of each allocation of ``trace`` (see the module docstring).
+
+    Two refinements keep library workspaces (cuBLAS allocates one per stream on its first
+    matrix product and keeps it) out of activations and gradients: a forward allocation still
+    alive after the backward pass that follows is "other", and so is a backward allocation that
+    outlives its backward pass but matches the size of no weight (gradients match their weight).
+    """
     run_end = _phase_run_ends(trace.phases)
-    out = []
-    for a in trace.allocations:
-        if a.category is not None:
-            out.append(a.category)
-        elif a.phase is Phase.FORWARD:
-            out.append(Category.ACTIVATION)
-        elif a.phase in (Phase.BACKWARD, Phase.OPTIMIZER) and not a.before:
+    backward_end = _next_backward_end(trace.phases, run_end)
+    out: list[Category | None] = [a.category for a in trace.allocations]
+    weights = {a.size for a, c in zip(trace.allocations, out, strict=True) if c is Category.PARAM}
+    for k, a in enumerate(trace.allocations):
+        if out[k] is not None:
+            continue
+        if a.phase is Phase.FORWARD:
+            outlives = a.end > backward_end[a.start]
+            out[k] = Category.OTHER if outlives else Category.ACTIVATION
+        elif a.phase is Phase.BACKWARD and not a.before:
             kept = a.end > run_end[a.start]
-            persistent = Category.GRAD if a.phase is Phase.BACKWARD else Category.OPTIMIZER
-            out.append(persistent if kept else Category.TEMPORARY)
+            grad = not weights or a.size in weights
+            out[k] = (Category.GRAD if grad else Category.OTHER) if kept else Category.TEMPORARY
+        elif a.phase is Phase.OPTIMIZER and not a.before:
+            out[k] = Category.OPTIMIZER if a.end > run_end[a.start] else Category.TEMPORARY
         else:
-            out.append(Category.OTHER)
-    return out
+            out[k] = Category.OTHER
+    return [c if c is not None else Category.OTHER for c in out]
+
+
+def _next_backward_end(phases: tuple[Phase, ...], run_end: np.ndarray) -> np.ndarray:
+    """For each event, where the next backward pass (at or after it) ends; past the end if none."""
+    n = len(phases)
+    ends = np.full(n + 1, n + 1, dtype=np.int64)
+    for i in range(n - 1, -1, -1):
+        ends[i] = run_end[i] if phases[i] is Phase.BACKWARD else ends[i + 1]
+    return ends
 
 
 def _phase_run_ends(phases: tuple[Phase, ...]) -> np.ndarray:
