@@ -118,3 +118,11 @@ def test_thinning_keeps_extremes_and_boundaries() -> None:
     kept = thin_indices(values, 100, keep=[5000])
     assert {0, 9999, 4321, 777, 5000} <= set(kept.tolist())
     assert len(kept) <= 105
+
+
+def test_the_package_is_the_report_function(tmp_path: Path, make_profile) -> None:
+    import memfit.report
+
+    path = memfit.report(make_profile(), tmp_path / "r.html")
+    assert path.exists() and callable(memfit.report)
+    assert memfit.report.profile_text is not None  # still a package

@@ -1,6 +1,6 @@
 """Reports: where the memory goes, as text, JSON and a self-contained HTML page with figures.
 
-    memfit.report.report(profile, "report.html")             # HTML (and PNGs with png_dir=)
+    memfit.report(profile, "report.html")                    # HTML (and PNGs with png_dir=)
     print(memfit.report.profile_text(profile))                # aligned tables, peak first
     snap = memfit.report.load_snapshot("snapshot.pickle")     # safe: plain data only
     profile, trace = memfit.report.snapshot_profile(snap)     # a real run as a MemoryProfile
@@ -10,6 +10,11 @@ Renderers return strings, dicts and figures; only the command line prints.
 """
 
 from __future__ import annotations
+
+import sys
+import types
+from pathlib import Path
+from typing import Any
 
 from memfit.report.build import compare_report, profile_views, report, report_html
 from memfit.report.compare import ProfileDiff, diff_profiles, diff_text, load_comparable
@@ -47,3 +52,16 @@ __all__ = [
     "diff_text",
     "load_comparable",
 ]
+
+
+# Note: [callable package]
+# The public API is ``memfit.report(profile, "report.html")`` while this package is also
+# ``memfit.report``. Python binds ``memfit.report`` to the package as soon as anything imports a
+# submodule, so the name cannot reliably mean the function. Instead the package itself is
+# callable and forwards to :func:`report`; every other name stays an ordinary attribute.
+class _CallablePackage(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> Path:
+        return report(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -11,7 +11,8 @@ from typing import Any
 from memfit.errors import InvalidInputError
 from memfit.profile import Category, MemoryProfile
 from memfit.report import mpl
-from memfit.report.figures import breakdown_figure, modules_figure, timeline_figure
+from memfit.report.figures import breakdown_figure, timeline_figure
+from memfit.report.figures_modules import modules_figure
 from memfit.report.figures_snapshot import fragmentation_figure
 from memfit.report.fragmentation import Fragmentation
 from memfit.report.frontier import FrontierPoint, check_points, frontier_figure
