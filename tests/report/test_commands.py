@@ -118,3 +118,40 @@ def test_compare_a_profile_with_a_snapshot_as_json(tmp_path: Path, files) -> Non
     data = json.loads(result.output)
     assert data["b"] == "run.pickle" and data["report"] is None
     assert data["peak_allocated_bytes"][1] == 56 * 2**20 + 512
+
+
+def test_report_draws_a_frontier_file(tmp_path: Path, files) -> None:
+    frontier = tmp_path / "plans.json"
+    frontier.write_text(
+        json.dumps(
+            [
+                {"label": "none", "peak_reserved": 12 * GiB, "step_time_s": 0.4},
+                {
+                    "label": "checkpoint",
+                    "peak_reserved": 7 * GiB,
+                    "step_time_s": 0.5,
+                    "chosen": True,
+                },
+            ]
+        )
+    )
+    out = tmp_path / "f.html"
+    result = CliRunner().invoke(
+        report, [str(files["a"]), "--frontier", str(frontier), "--out", str(out)]
+    )
+    assert result.exit_code == 0, result.output
+    assert 'data-view="frontier"' in out.read_text() and "chosen: checkpoint" in out.read_text()
+
+
+def test_report_estimates_a_zoo_model(tmp_path: Path) -> None:
+    memfit = pytest.importorskip("memfit")
+    if not hasattr(memfit, "estimate"):
+        pytest.skip("memfit.estimate is not available")
+    out = tmp_path / "gpt2.html"
+    result = CliRunner().invoke(
+        report,
+        ["gpt2", "--batch-size", "1", "--seq-len", "64", "--device", "rtx4090", "--out", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("gpt2 on rtx4090")
+    assert out.read_text().count("<svg") == 3

@@ -7,6 +7,7 @@ import numpy as np
 __all__ = ["exact_search"]
 
 Best = tuple[int, np.ndarray, str]
+_MAX_NODES = 200_000  # bounds the search at well under a second
 
 
 def exact_search(
@@ -27,12 +28,16 @@ def exact_search(
     best_height, best_offsets = best[0], best[1].copy()
     offsets = best[1].copy()
     placed: list[int] = []
+    budget = [_MAX_NODES]
 
     def overlaps(a: int, b: int) -> bool:
         return bool(starts[a] < ends[b] and starts[b] < ends[a])
 
     def search(floor: int, height: int) -> bool:
         nonlocal best_height, best_offsets
+        budget[0] -= 1
+        if budget[0] < 0:
+            return True  # searched long enough: keep the best found so far
         if len(placed) == len(items):
             if height < best_height:
                 best_height, best_offsets = height, offsets.copy()
