@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
+from memfit.errors import MemfitError
 from memfit.report.commands import compare, report
 
 GiB = 2**30
@@ -89,15 +90,16 @@ def test_report_refuses_a_malicious_snapshot(tmp_path: Path, files) -> None:
     result = CliRunner().invoke(
         report, ["--snapshot", str(files["evil"]), "--out", str(tmp_path / "x.html")]
     )
-    assert result.exit_code == 1
-    assert "not a memory snapshot or is unsafe" in result.output
+    assert isinstance(result.exception, MemfitError)
+    assert "not a memory snapshot or is unsafe" in str(result.exception)
     assert "pwned" not in result.output
     assert not (tmp_path / "x.html").exists()
 
 
 def test_report_needs_something_to_report_on() -> None:
     result = CliRunner().invoke(report, [])
-    assert result.exit_code == 1 and "nothing to report on" in result.output
+    assert isinstance(result.exception, MemfitError)
+    assert "nothing to report on" in str(result.exception)
 
 
 def test_compare_two_profiles(tmp_path: Path, files) -> None:

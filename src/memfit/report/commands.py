@@ -1,7 +1,8 @@
 """``memfit report`` and ``memfit compare``: Click commands, wired into ``memfit.cli.main``.
 
 The commands parse, call the report API, and print; every number they print comes from the
-renderers in this package.
+renderers in this package. A user mistake raises MemfitError, which ``memfit.cli.main`` turns
+into a message and exit code 2.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 import click
 
-from memfit.errors import InvalidInputError, MemfitError
+from memfit.errors import InvalidInputError
 from memfit.profile import MemoryProfile
 from memfit.report import build
 from memfit.report.compare import diff_profiles, diff_text, load_comparable
@@ -128,46 +129,41 @@ def report(
     --snapshot) a memory snapshot pickle of a real run.
     """
     show = not quiet and fmt == "table"
-    try:
-        frag: Fragmentation | None = None
-        run = snapshot or source
-        if run is None:
-            raise InvalidInputError(
-                "nothing to report on: give a model (`memfit report gpt2`), a profile JSON file, "
-                "or --snapshot snapshot.pickle"
-            )
-        if snapshot or run.endswith(".json") or _is_snapshot(run):
-            profile, trace = _load_run(run, device=device, device_index=device_index, show=show)
-            if trace is not None:
-                with Progress(
-                    f"packing {len(trace.allocations):,} allocations",
-                    total=len(trace.allocations) * 6,
-                    enabled=show,
-                ) as bar:
-                    frag = analyze(trace, progress=bar.advance)
-        else:
-            options = {
-                "batch_size": batch_size,
-                "seq_len": seq_len,
-                "optimizer": optimizer,
-                "precision": precision,
-                "device": device,
-            }
-            profile = _estimate(run, options, show)
-        limit = (
-            parse_bytes(budget, of=profile.device_memory or None, what="budget") if budget else None
+    frag: Fragmentation | None = None
+    run = snapshot or source
+    if run is None:
+        raise InvalidInputError(
+            "nothing to report on: give a model (`memfit report gpt2`), a profile JSON file, "
+            "or --snapshot snapshot.pickle"
         )
-        with Progress("drawing the report", enabled=show):
-            path = build.report(
-                profile,
-                out,
-                budget=limit,
-                frontier=_frontier(frontier_path),
-                fragmentation=frag,
-                png_dir=png_dir,
-            )
-    except MemfitError as error:
-        raise click.ClickException(str(error)) from None
+    if snapshot or run.endswith(".json") or _is_snapshot(run):
+        profile, trace = _load_run(run, device=device, device_index=device_index, show=show)
+        if trace is not None:
+            with Progress(
+                f"packing {len(trace.allocations):,} allocations",
+                total=len(trace.allocations) * 6,
+                enabled=show,
+            ) as bar:
+                frag = analyze(trace, progress=bar.advance)
+    else:
+        options = {
+            "batch_size": batch_size,
+            "seq_len": seq_len,
+            "optimizer": optimizer,
+            "precision": precision,
+            "device": device,
+        }
+        profile = _estimate(run, options, show)
+    limit = parse_bytes(budget, of=profile.device_memory or None, what="budget") if budget else None
+    with Progress("drawing the report", enabled=show):
+        path = build.report(
+            profile,
+            out,
+            budget=limit,
+            frontier=_frontier(frontier_path),
+            fragmentation=frag,
+            png_dir=png_dir,
+        )
     if quiet:
         return
     if fmt == "json":
@@ -203,14 +199,11 @@ def compare(
 ) -> None:
     """Put two runs on one axis: RUNS are two profile or plan JSON files, or snapshots."""
     show = not quiet and fmt == "table"
-    try:
-        a = _load_run(runs[0], device=None, device_index=None, show=show)[0]
-        b = _load_run(runs[1], device=None, device_index=None, show=show)[0]
-        diff = diff_profiles(a, b, (Path(runs[0]).name, Path(runs[1]).name))
-        if out:
-            build.compare_report(diff, out, png_dir=png_dir)
-    except MemfitError as error:
-        raise click.ClickException(str(error)) from None
+    a = _load_run(runs[0], device=None, device_index=None, show=show)[0]
+    b = _load_run(runs[1], device=None, device_index=None, show=show)[0]
+    diff = diff_profiles(a, b, (Path(runs[0]).name, Path(runs[1]).name))
+    if out:
+        build.compare_report(diff, out, png_dir=png_dir)
     if quiet:
         return
     if fmt == "json":
