@@ -79,7 +79,13 @@ def run_case(name: str, precision: str, diagnostics: dict) -> dict:
     clean_gpu()
     row["allocated_before"] = torch.cuda.memory_allocated()
     step = measure_step(
-        model, batch, loss_fn=loss_fn, forward=forward, optimizer=optimizer, precision=precision
+        model,
+        batch,
+        loss_fn=loss_fn,
+        forward=forward,
+        optimizer=optimizer,
+        precision=precision,
+        op_probe=True,
     )
     measured = step.profile
     row["measured_allocated"] = measured.peak_allocated
@@ -92,7 +98,10 @@ def run_case(name: str, precision: str, diagnostics: dict) -> dict:
         "measured": measured.to_dict(),
         "predicted_trace": compact(traced.trace, traced.marks),
         "measured_trace": compact(step.trace, step.marks),
-        "measured_readings": [(p.value, a, r, op) for p, a, r, op in step.readings],
+        "measured_readings": [(p.value, a, r, op, n) for p, a, r, op, n in step.readings],
+        "op_costs": [
+            (c.phase, c.op, c.before, c.after, c.peak, c.output_bytes) for c in step.op_costs
+        ],
     }
     del measured, predicted, traced, step
     clean_gpu()
@@ -282,8 +291,28 @@ def main() -> None:
             f"{row['predicted_reserved'] / GiB:9.2f}G {row['error_reserved']:+7.2%} "
             f"{row['estimate_s']:6.2f}"
         )
+    summarize(result)
+    (out / "accuracy.json").write_text(json.dumps(result, indent=1))
+    for key, value in result.get("summary", {}).items():
+        print(f"{key}: {value}")
     for error in result["errors"]:
         print("ERROR", error[-600:])
+
+
+def summarize(result: dict) -> None:
+    """Median and worst absolute relative error, the figures the targets are stated in."""
+    import statistics
+
+    rows = result["rows"]
+    if not rows:
+        return
+    summary = {}
+    for key in ("allocated", "reserved"):
+        errors = [abs(r[f"error_{key}"]) for r in rows]
+        summary[f"{key}_median_abs_error"] = f"{statistics.median(errors):.3%}"
+        summary[f"{key}_worst_abs_error"] = f"{max(errors):.3%}"
+    summary["estimate_s_max"] = f"{max(r['estimate_s'] for r in rows):.2f}"
+    result["summary"] = summary
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ steady-state steps after warm-up.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -19,6 +19,7 @@ from torch.utils.module_tracker import ModuleTracker
 
 from memfit.devices import local_device
 from memfit.errors import DeviceError, InvalidInputError
+from memfit.measure.op_probe import OpCost, OpProbe
 from memfit.profile import Category, MemoryProfile, Phase, TimelineEvent
 from memfit.trace.assemble import assemble_profile, module_table
 from memfit.trace.estimate import _live_until, _param_bytes_trainable, _resolve
@@ -39,7 +40,8 @@ class MeasuredStep:
     profile: MemoryProfile
     trace: _Trace
     marks: dict[str, int]
-    readings: list[tuple[Phase, int, int, str]]
+    readings: list[tuple[Phase, int, int, str, int]]
+    op_costs: list[OpCost] = field(default_factory=list)
 
 
 _PHASES = {"forward": Phase.FORWARD, "backward": Phase.BACKWARD}
@@ -58,7 +60,8 @@ def measure_step(
     warmup: int = 3,
     steps: int = 2,
     snapshot: str | None = None,
-) -> MemoryProfile:
+    op_probe: bool = False,
+) -> MeasuredStep:
     """Run warm-up steps, then measure steady-state steps on the local GPU (with the trace).
 
     Args:
@@ -68,6 +71,8 @@ def measure_step(
         steps: measured steps; the last one also records allocations per module.
         snapshot: a path to write a PyTorch memory snapshot of the measured steps to
             (``torch.cuda.memory._dump_snapshot``; open it with ``memfit report --snapshot``).
+        op_probe: run one more step afterwards that records each operator's memory
+            (``memfit.measure.op_probe``), to find kernels' hidden scratch memory.
 
     Returns:
         A MemoryProfile with ``source="measure"``; ``outside_pytorch`` holds what the process
@@ -163,6 +168,13 @@ def measure_step(
     by_category = dict(profile.by_category)
     # what no tensor accounts for (library workspaces, allocator rounding) is "other"
     by_category[Category.OTHER] += peak_allocated - sum(by_category.values())
+    op_costs: list[OpCost] = []
+    if op_probe:
+        phase = ["forward"]
+        probe = OpProbe(lambda: phase[0])
+        with probe:
+            step(lambda stage: phase.__setitem__(0, stage))
+        op_costs = probe.costs
     profile = _with(
         profile,
         peak_allocated=peak_allocated,
@@ -170,7 +182,7 @@ def measure_step(
         by_category=by_category,
         timeline=_timeline(readings),
     )
-    return MeasuredStep(profile, recorder.trace, marks, readings)
+    return MeasuredStep(profile, recorder.trace, marks, readings, op_costs)
 
 
 def measure(*args: Any, **kwargs: Any) -> MemoryProfile:
@@ -179,7 +191,7 @@ def measure(*args: Any, **kwargs: Any) -> MemoryProfile:
 
 
 def _recorded_step(module: nn.Module, example: Any, opt: Any, step: Callable) -> tuple:
-    readings: list[tuple[Phase, int, int, str]] = []
+    readings: list[tuple[Phase, int, int, str, int]] = []
 
     def on_op(func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         readings.append(
@@ -188,6 +200,7 @@ def _recorded_step(module: nn.Module, example: Any, opt: Any, step: Callable) ->
                 torch.cuda.memory_allocated(),
                 torch.cuda.memory_reserved(),
                 func.__name__,
+                len(recorder.trace.events),
             )
         )
 
@@ -218,14 +231,14 @@ def _recorded_step(module: nn.Module, example: Any, opt: Any, step: Callable) ->
     return recorder, marks, readings
 
 
-def _timeline(readings: list[tuple[Phase, int, int, str]], limit: int = 2000) -> tuple:
+def _timeline(readings: list[tuple[Phase, int, int, str, int]], limit: int = 2000) -> tuple:
     if not readings:
         return ()
     bucket = max(1, -(-len(readings) // limit))
     points = []
     for start in range(0, len(readings), bucket):
         best = max(range(start, min(len(readings), start + bucket)), key=lambda i: readings[i][1])
-        phase, allocated, reserved, op = readings[best]
+        phase, allocated, reserved, op, _ = readings[best]
         points.append(
             TimelineEvent(
                 index=best,

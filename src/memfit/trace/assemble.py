@@ -57,7 +57,7 @@ def module_table(
     own: dict[str, int] = defaultdict(int)
     for key in live_after_forward:
         allocation = trace.allocations[key]
-        if allocation.category is not Category.ACTIVATION:
+        if allocation.category is not Category.ACTIVATION or allocation.host:
             continue
         size = round_size(allocation.size)
         own[allocation.module] += size

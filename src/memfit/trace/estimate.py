@@ -23,7 +23,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.module_tracker import ModuleTracker
 
 from memfit.devices import DeviceSpec, get_device
-from memfit.errors import InvalidInputError, UnsupportedModelError
+from memfit.errors import InvalidInputError, MemfitError, UnsupportedModelError
 from memfit.profile import Category, MemoryProfile, Phase
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table
@@ -205,6 +205,7 @@ def trace_step(
                             [p.grad for p in fake_model.params.values()], Category.GRAD
                         )
                     if stage == "zero_grad" and opt is not None:
+                        recorder.forget(_host_step_counters(opt))
                         state = [
                             t
                             for s in opt.state.values()
@@ -237,11 +238,12 @@ def trace_step(
                         grad_scale=grad_scale,
                         optimizer_steps=2,
                     )
-                except torch._subclasses.fake_tensor.DataDependentOutputException as error:
+                except MemfitError:
+                    raise
+                except Exception as error:  # the user's model: report it, whatever it raised
                     raise UnsupportedModelError(
-                        f"the model calls {error.func}, whose result depends on tensor values, "
-                        f"which fake tensors do not have; make that step shape-only (e.g. pass "
-                        f"masks as inputs) or estimate the model without it"
+                        f"the training step failed on fake tensors with {type(error).__name__}: "
+                        f"{error}"
                     ) from error
     report("simulating the CUDA caching allocator")
     result = replay(recorder.trace, marks, allocator)
@@ -266,10 +268,27 @@ def trace_step(
         ),
         header=header,
         outside_pytorch={"cuda_context": spec.cuda_context_bytes},
-        warnings=tuple(warnings),
+        warnings=tuple(warnings + recorder.warnings),
     )
     report(f"done in {time.perf_counter() - started:.1f} s")
     return StepTrace(profile, recorder.trace, marks, fake_model)
+
+
+def _host_step_counters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """``state["step"]`` tensors that torch.optim keeps on the CPU for CUDA parameters.
+
+    Adam, AdamW and others keep the step count in a CPU tensor unless ``fused`` or
+    ``capturable`` is set (``_init_group`` in ``torch/optim/adam.py``).
+    """
+    counters = []
+    for group in optimizer.param_groups:
+        if group.get("fused") or group.get("capturable"):
+            continue
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                counters.append(step)
+    return counters
 
 
 def _no_autocast() -> Any:

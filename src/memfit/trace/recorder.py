@@ -25,6 +25,7 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.module_tracker import ModuleTracker
 
 from memfit.profile import Category, Phase
+from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback
 
 __all__ = ["Allocation", "MemoryRecorder", "WorkspaceRule"]
 
@@ -54,6 +55,7 @@ class Allocation:
     shape: tuple[int, ...] = ()
     dtype: str = ""
     stream: int = 0
+    host: bool = False  # lives in host memory on the real device: not GPU memory
 
 
 @dataclass
@@ -83,6 +85,7 @@ class MemoryRecorder(TorchDispatchMode):
     ) -> None:
         super().__init__()
         self.device_type = device_type
+        self.warnings: list[str] = []  # assumptions made for operators fake tensors cannot run
         self.trace = _Trace()
         self.phase = Phase.SETUP
         self.workspace_rules = workspace_rules or {}
@@ -133,6 +136,13 @@ class MemoryRecorder(TorchDispatchMode):
             key = self._live.get(_storage_id(tensor))
             if key is not None:
                 self.trace.allocations[key].category = category
+
+    def forget(self, tensors: Iterable[torch.Tensor]) -> None:
+        """Mark storages that live in host memory on the real device (e.g. CPU step counters)."""
+        for tensor in tensors:
+            key = self._live.get(_storage_id(tensor))
+            if key is not None:
+                self.trace.allocations[key].host = True
 
     def hidden(self, size: int, op: str, category: Category = Category.TEMPORARY) -> None:
         """A scratch buffer allocated and freed inside one operator."""
@@ -197,7 +207,14 @@ class MemoryRecorder(TorchDispatchMode):
     # --- dispatch -------------------------------------------------------------------------
     def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
+        try:
+            out = func(*args, **kwargs)
+        except FALLBACK_ERRORS as error:
+            if self.device_type is not None:
+                raise  # measuring real tensors: nothing to assume
+            out, warning = fallback(func, args, kwargs, error)
+            if warning not in self.warnings:
+                self.warnings.append(warning)
         name = func.__name__.removesuffix(".default")
         for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor):

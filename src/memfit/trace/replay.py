@@ -95,6 +95,8 @@ def replay(
         for index in indices:
             key = trace.events[index]
             original = abs(key)
+            if allocations[original].host:
+                continue
             persistent = iteration == 0 or original not in in_steady or original in once
             if iteration > 0 and original in once:
                 continue
@@ -135,6 +137,8 @@ def _live_at(
     live: set[int] = set()
     for index in (*setup, *first):
         key = trace.events[index]
+        if trace.allocations[abs(key)].host:
+            continue
         if key > 0:
             live.add(key)
         else:

@@ -101,16 +101,19 @@ def _dense_ok(call: SdpaCall, *, ignore_singleton_last_dim: bool) -> bool:
 
 def _cudnn_ok(call: SdpaCall, device: DeviceSpec, stack: CudaStack) -> bool:
     d_qk, d_v = call.q_shape[-1], call.v_shape[-1]
-    sm90_or_100 = device.sm in ((9, 0),) or device.sm[0] == 10
-    head_limit = 256 if sm90_or_100 and stack.cudnn_version > 92200 else 128
-    if sm90_or_100 and call.requires_grad and stack.cudnn_version > 92200:
+    sm90_or_100 = device.sm == (9, 0) or device.sm[0] == 10
+    head_limit = stack.cudnn_sdpa_max_head_dim if sm90_or_100 else 128
+    if sm90_or_100 and call.requires_grad and head_limit > 128:
         if not ((d_qk <= 128 and d_v <= 128) or (d_qk, d_v) in ((192, 128), (256, 256))):
             return False
+    dropout_ok = not stack.cudnn_sdpa_dropout_sixteenths or (
+        call.dropout_p * 16 == math.floor(call.dropout_p * 16)
+    )
     return (
         stack.cudnn_version >= 90000
         and (8, 0) <= device.sm <= (12, 1)
         and call.dtype in _HALF
-        and call.dropout_p * 16 == math.floor(call.dropout_p * 16)
+        and dropout_ok
         and not (call.dropout_p > 0 and 91100 < stack.cudnn_version < 91400)
         and _dense_ok(call, ignore_singleton_last_dim=True)
         and max(call.q_shape[0], call.q_shape[1]) <= 65535

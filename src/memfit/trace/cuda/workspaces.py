@@ -5,6 +5,9 @@
   CUDA backward on its own thread, so forward and backward each get one
   (``getCurrentCUDABlasHandle`` / ``getChosenWorkspaceSize`` in
   ``aten/src/ATen/cuda/CublasHandlePool.cpp``: 32 MiB on sm90, 8 MiB + 128 KiB before).
+* cuBLASLt: addmm with a 1-D bias runs through cuBLASLt (``gemm_and_bias``), whose workspace
+  (``CUBLASLT_WORKSPACE_SIZE``, 1 MiB by default) is a second one per (handle, stream) where
+  PyTorch does not share the cuBLAS workspace with it.
 """
 
 from __future__ import annotations
@@ -40,12 +43,18 @@ def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, Work
         if device.sm >= (9, 0)
         else stack.cublas_workspace_bytes_pre_sm90
     )
-    threads_with_workspace: set[str] = set()
+    allocated: set[tuple[str, str]] = set()
+
+    def once(recorder: MemoryRecorder, library: str, nbytes: int) -> None:
+        thread = "autograd" if recorder.phase is Phase.BACKWARD else "main"
+        if nbytes > 0 and (library, thread) not in allocated:
+            allocated.add((library, thread))
+            recorder.persistent(nbytes, f"{library} workspace ({thread} thread)", Category.OTHER)
 
     def cublas(recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        thread = "autograd" if recorder.phase is Phase.BACKWARD else "main"
-        if thread not in threads_with_workspace:
-            threads_with_workspace.add(thread)
-            recorder.persistent(size, f"cuBLAS workspace ({thread} thread)", Category.OTHER)
+        once(recorder, "cuBLAS", size)
+        bias = args[0] if args else None
+        if func.overloadpacket is aten.addmm and isinstance(bias, torch.Tensor) and bias.dim() == 1:
+            once(recorder, "cuBLASLt", stack.cublaslt_workspace_bytes)
 
     return {op: cublas for op in _BLAS_OPS}

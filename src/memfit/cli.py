@@ -1,0 +1,252 @@
+"""The ``memfit`` command line: parse, call the public API, print.
+
+memfit estimate gpt2 --device h100-80gb
+memfit estimate path/to/model.py:build --input "input_ids=int64[8,1024]<50257"
+memfit devices | memfit zoo
+memfit report gpt2 --out report.html | memfit compare a.json b.json
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from memfit.errors import MemfitError
+
+__all__ = ["main"]
+
+_FORMATS = click.Choice(["table", "json"])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="memfit")
+def cli() -> None:
+    """Predict, explain and fit the GPU memory of PyTorch training steps."""
+
+
+def _model_option_values(
+    model: str, input_spec: str | None, loss_fn: str | None, forward: str | None
+) -> dict[str, Any]:
+    from memfit.loading import is_file_reference, load_callable
+
+    values: dict[str, Any] = {"model": model, "batch": input_spec}
+    if is_file_reference(model):
+        values["model"] = load_callable(model, what="model builder")
+        if input_spec is None:
+            raise click.UsageError(
+                "a model from a file needs --input, e.g. --input 'input_ids=int64[8,1024]<50257'"
+            )
+    if loss_fn:
+        values["loss_fn"] = load_callable(loss_fn, what="loss function")
+    if forward:
+        values["forward"] = load_callable(forward, what="forward function")
+    return values
+
+
+def model_options(function: Any) -> Any:
+    """The options every command that traces a model shares."""
+    for option in reversed(
+        [
+            click.argument("model"),
+            click.option("--batch-size", type=int, help="Batch size (zoo models)."),
+            click.option("--seq-len", type=int, help="Sequence length (zoo language models)."),
+            click.option(
+                "--input",
+                "input_spec",
+                help="Inputs, e.g. 'input_ids=int64[8,1024]<50257 labels=int64[8,1024]<50257'.",
+            ),
+            click.option("--loss-fn", help="path/to/file.py:fn computing (output, batch) -> loss."),
+            click.option("--forward", help="path/to/file.py:fn calling (model, batch) -> output."),
+            click.option(
+                "--optimizer",
+                default="adamw",
+                show_default=True,
+                help="adamw, adamw-fused, adam, adam-fused, sgd, or none.",
+            ),
+            click.option(
+                "--precision",
+                default="bf16-mixed",
+                show_default=True,
+                help="fp32, bf16-mixed, fp16-mixed or bf16.",
+            ),
+            click.option(
+                "--device", default="h100-80gb", show_default=True, help="See `memfit devices`."
+            ),
+            click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True),
+            click.option("--quiet", "-q", is_flag=True, help="Print the verdict line only."),
+        ]
+    ):
+        function = option(function)
+    return function
+
+
+@cli.command()
+@model_options
+@click.option("--budget", help="Judge against this budget instead of the device, e.g. 24GiB.")
+def estimate(
+    model: str,
+    batch_size: int | None,
+    seq_len: int | None,
+    input_spec: str | None,
+    loss_fn: str | None,
+    forward: str | None,
+    optimizer: str,
+    precision: str,
+    device: str,
+    fmt: str,
+    quiet: bool,
+    budget: str | None,
+) -> None:
+    """Predict the GPU memory of one training step of MODEL, without a GPU.
+
+    MODEL is a zoo name (see `memfit zoo`) or path/to/file.py:builder.
+    """
+    import memfit
+    from memfit.devices import get_device
+    from memfit.report.progress import Progress
+    from memfit.report.text import profile_summary, profile_text, verdict
+    from memfit.units import parse_bytes
+
+    values = _model_option_values(model, input_spec, loss_fn, forward)
+    limit = (
+        parse_bytes(budget, of=get_device(device).memory_bytes, what="budget") if budget else None
+    )
+    show = fmt == "table" and not quiet
+    with Progress(f"estimating {model}", enabled=show) as bar:
+        profile = memfit.estimate(
+            **values,
+            optimizer=None if optimizer.lower() == "none" else optimizer,
+            precision=precision,
+            device=device,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            progress=bar.set_stage,
+        )
+    if fmt == "json":
+        click.echo(json.dumps(profile_summary(profile, budget=limit), indent=2))
+    elif quiet:
+        click.echo(verdict(profile, limit).text())
+    else:
+        click.echo(profile_text(profile, budget=limit))
+
+
+@cli.command()
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def devices(fmt: str) -> None:
+    """List the GPUs memfit can predict for."""
+    from memfit.devices import DEVICES
+    from memfit.report.tables import format_table
+    from memfit.units import format_bytes
+
+    if fmt == "json":
+        rows = [
+            {
+                "name": d.name,
+                "display_name": d.display_name,
+                "memory_bytes": d.memory_bytes,
+                "bandwidth_bytes_s": d.bandwidth_bytes_s,
+                "bf16_flops": d.bf16_flops,
+                "fp16_flops": d.fp16_flops,
+                "tf32_flops": d.tf32_flops,
+                "fp32_flops": d.fp32_flops,
+                "sm": list(d.sm),
+            }
+            for d in DEVICES.values()
+        ]
+        click.echo(json.dumps(rows, indent=2))
+        return
+    rows = [
+        (
+            d.name,
+            d.display_name,
+            format_bytes(d.memory_bytes, precision=1),
+            f"{d.bandwidth_bytes_s / 1e9:.0f}",
+            f"{d.bf16_flops / 1e12:.0f}" if d.bf16_flops else "-",
+            f"{d.fp32_flops / 1e12:.1f}",
+            d.arch,
+        )
+        for d in DEVICES.values()
+    ]
+    click.echo(
+        format_table(
+            ("name", "GPU", "memory", "GB/s", "bf16 TFLOP/s", "fp32 TFLOP/s", "arch"),
+            rows,
+            align="llrrrrl",
+        )
+    )
+
+
+@cli.command()
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def zoo(fmt: str) -> None:
+    """List the built-in models (built from configs: no weights, no network)."""
+    from memfit import zoo as models
+    from memfit.report.tables import format_table
+
+    entries = [models.get(name) for name in models.names()]
+    if fmt == "json":
+        click.echo(
+            json.dumps(
+                [
+                    {
+                        "name": e.name,
+                        "description": e.description,
+                        "family": e.family,
+                        "num_params": e.num_params,
+                        "default_batch_size": e.default_batch_size,
+                        "default_seq_len": e.default_seq_len,
+                        "input_spec": e.input_spec(None, None),
+                    }
+                    for e in entries
+                ],
+                indent=2,
+            )
+        )
+        return
+    rows = [
+        (
+            e.name,
+            f"{e.num_params / 1e6:,.1f}M",
+            e.default_batch_size,
+            e.default_seq_len or "-",
+            e.description,
+        )
+        for e in entries
+    ]
+    click.echo(format_table(("name", "params", "batch", "seq", "description"), rows, align="lrrrl"))
+
+
+def _register_optional() -> None:
+    from memfit.report.commands import compare, report
+
+    cli.add_command(report)
+    cli.add_command(compare)
+
+
+_register_optional()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI; returns the exit code (2 for a user error, with its message on stderr)."""
+    try:
+        cli.main(
+            args=list(argv) if argv is not None else None, prog_name="memfit", standalone_mode=False
+        )
+    except MemfitError as error:
+        click.echo(f"error: {error}", err=True)
+        return 2
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        return 1
+    except click.ClickException as error:
+        error.show()
+        return error.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

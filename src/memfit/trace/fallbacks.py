@@ -1,0 +1,122 @@
+"""What to do when an operator cannot run on fake tensors: assume, warn, keep going.
+
+Fake tensors have shapes but no values, so three kinds of operators fail on them:
+
+* data-dependent output shapes (``nonzero``, ``masked_select``, ``unique``, boolean indexing):
+  memfit assumes the largest possible output (every element selected), an upper bound on the
+  memory;
+* reading a value (``.item()``): memfit assumes 1 (or True), which lets typical guards pass;
+* operators with no fake/meta implementation (custom CUDA kernels): memfit assumes one output per
+  tensor return, shaped and typed like the first tensor input (the common elementwise case).
+  Register a real shape rule with ``torch.library.register_fake`` for exact numbers.
+
+Each assumption is reported once per operator in the profile's warnings; memory is never dropped.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    UnsupportedOperatorException,
+)
+from torch.utils._pytree import tree_flatten
+
+__all__ = ["FALLBACK_ERRORS", "fallback"]
+
+FALLBACK_ERRORS = (
+    DataDependentOutputException,
+    DynamicOutputShapeException,
+    UnsupportedOperatorException,
+    RuntimeError,  # custom ops without a fake impl say so in a RuntimeError (checked below)
+    NotImplementedError,
+)
+
+
+def _missing_fake_impl(error: Exception) -> bool:
+    if isinstance(error, UnsupportedOperatorException):
+        return True
+    text = str(error).lower()
+    return isinstance(error, (RuntimeError, NotImplementedError)) and (
+        "fake impl" in text or "meta" in text and "implement" in text
+    )
+
+
+aten = torch.ops.aten
+
+
+def _first_tensor(args: Any) -> torch.Tensor | None:
+    return next((t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)), None)
+
+
+def _long_indices(indices: list[Any]) -> list[Any]:
+    """Boolean masks as the long indices ``nonzero`` would give if every element were True."""
+    converted: list[Any] = []
+    for index in indices:
+        if isinstance(index, torch.Tensor) and index.dtype in (torch.bool, torch.uint8):
+            converted += [torch.empty(index.numel(), dtype=torch.long)] * index.dim()
+        else:
+            converted.append(index)
+    return converted
+
+
+def _upper_bound(func: Any, args: tuple, kwargs: dict) -> Any:
+    packet = func.overloadpacket
+    source = args[0]
+    if packet is aten.index:
+        return aten.index.Tensor(source, _long_indices(list(args[1])))
+    if packet in (aten.index_put, aten.index_put_):
+        return source if packet is aten.index_put_ else torch.empty_like(source)
+    if packet is aten.nonzero:
+        return torch.empty(source.numel(), source.dim(), dtype=torch.long)
+    if packet is aten.masked_select:
+        shape = torch.broadcast_shapes(source.shape, args[1].shape)
+        return source.new_empty(torch.Size(shape).numel())
+    if packet in (aten._unique2, aten.unique_dim, aten.unique_consecutive, aten._unique):
+        values = source.new_empty(source.numel())
+        inverse = torch.empty(source.shape, dtype=torch.long)
+        counts = torch.empty(source.numel(), dtype=torch.long)
+        return (values, inverse) if packet is aten._unique else (values, inverse, counts)
+    return None
+
+
+def fallback(func: Any, args: tuple, kwargs: dict, error: Exception) -> tuple[Any, str]:
+    """An assumed result for ``func`` and the warning that says what was assumed.
+
+    Raises:
+        The original error when no assumption applies.
+    """
+    name = str(func).removesuffix(".default")
+    if isinstance(error, DataDependentOutputException) and func is aten._local_scalar_dense.default:
+        tensor = args[0]
+        if tensor.dtype == torch.bool:
+            value: Any = True
+        elif tensor.is_floating_point():
+            value = 1.0
+        else:
+            value = 1
+        return value, (
+            f"{name}: the model reads a tensor value (.item()); fake tensors have none, so "
+            f"memfit assumed {value!r}. Control flow that depends on it follows that branch."
+        )
+    if isinstance(error, DynamicOutputShapeException):
+        result = _upper_bound(func, args, kwargs)
+        if result is not None:
+            return result, (
+                f"{name}: its output size depends on tensor values; memfit assumed the largest "
+                f"possible size (every element), an upper bound on its memory"
+            )
+    if _missing_fake_impl(error):
+        like = _first_tensor((args, kwargs))
+        returns = [r for r in func._schema.returns if "Tensor" in str(r.type)]
+        if like is not None and returns:
+            outputs = tuple(torch.empty_like(like) for _ in returns)
+            return outputs[0] if len(outputs) == 1 else outputs, (
+                f"{name} has no fake-tensor implementation; memfit assumed each output is shaped "
+                f"like its first input {tuple(like.shape)} {like.dtype}. Register its shape rule "
+                f"with torch.library.register_fake('{name}') for exact numbers."
+            )
+    raise error
