@@ -82,9 +82,22 @@ def _stamp_modules(model: nn.Module, phase_of: dict[str, str]) -> None:
         module.register_forward_hook(post)
 
 
+def _scrub(text: str) -> str:
+    """A file path without the machine's folders: relative to the checkout or site-packages."""
+    root = str(Path.cwd()) + "/"
+    if text.startswith(root):
+        return text[len(root) :]
+    marker = text.find("/site-packages/")
+    if marker >= 0:
+        return text[marker + 1 :]
+    return text
+
+
 def _share_strings(value: Any, seen: dict[str, str]) -> Any:
-    """The same data with equal strings as one object, so pickle's memo stores each once."""
+    """The same data with equal strings as one object, so pickle's memo stores each once, and
+    file paths scrubbed of the machine's folders."""
     if isinstance(value, str):
+        value = _scrub(value) if value.startswith("/") else value
         return seen.setdefault(value, value)
     if isinstance(value, dict):
         return {_share_strings(k, seen): _share_strings(v, seen) for k, v in value.items()}
