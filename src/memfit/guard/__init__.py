@@ -8,8 +8,10 @@ the tensors that make memory grow from step to step.
 from __future__ import annotations
 
 from memfit.guard.errors import OOMUnrecoverableError, StateRestoreError, UnsplittableBatchError
+from memfit.guard.finder import BatchSizeResult, Trial, find_batch_size
 from memfit.guard.guard import OOMGuard
 from memfit.guard.history import record_memory_history
+from memfit.guard.leak import Culprit, LeakReport, LeakWatch
 from memfit.guard.metrics import GuardMetrics
 from memfit.guard.oom import OOMInfo, parse_oom_message
 from memfit.guard.protocol import MicroBatchStep
@@ -17,6 +19,12 @@ from memfit.guard.split import Splitter, batch_size_of, micro_batch_sizes, split
 
 __all__ = [
     "OOMGuard",
+    "find_batch_size",
+    "BatchSizeResult",
+    "Trial",
+    "LeakWatch",
+    "LeakReport",
+    "Culprit",
     "GuardMetrics",
     "MicroBatchStep",
     "OOMInfo",
