@@ -14,7 +14,7 @@ from torch import nn
 
 from memfit.errors import InvalidInputError
 from memfit.guard.distributed import Voter, all_reduce_gradients, is_distributed
-from memfit.guard.intercept import FunctionRunner
+from memfit.guard.intercept import FunctionRunner, observe_zero_grad
 from memfit.guard.metrics import GuardMetrics
 from memfit.guard.oom import OOMInfo, parse_oom_message
 from memfit.guard.options import GuardOptions
@@ -184,8 +184,6 @@ class OOMGuard:
                 started = time.perf_counter()
             self._recovery.after_success(key, n, m)
             self._snapshot.learn_buffers()
-            if self._protocol:
-                self._snapshot.mark_grads_clear()
             return result
         finally:
             self._snapshot.release()
@@ -218,7 +216,7 @@ class OOMGuard:
         failure: _Failure | None = None
         result: Any = None
         self._phase = "forward/backward"
-        with self._lean_optimizer(), self._track_step():
+        with self._lean_optimizer(), self._track_step(), self._watch_zero_grad():
             try:
                 if self._protocol:
                     result = self._run_protocol(parts, weights)
@@ -281,6 +279,18 @@ class OOMGuard:
             yield
         finally:
             handle.remove()
+
+    @contextlib.contextmanager
+    def _watch_zero_grad(self) -> Iterator[None]:
+        """On the protocol path: note when the step zeroes gradients (the snapshot is then free)."""
+        if not self._protocol:
+            yield  # the function runner intercepts zero_grad itself
+            return
+        with contextlib.ExitStack() as stack:
+            for owner in (self.optimizer, self.model):
+                if owner is not None:
+                    stack.enter_context(observe_zero_grad(owner, self._snapshot.mark_grads_clear))
+            yield
 
     @contextlib.contextmanager
     def _lean_optimizer(self) -> Iterator[None]:

@@ -35,7 +35,7 @@ from torch import nn
 
 from memfit.errors import MemfitError
 
-__all__ = ["FunctionRunner"]
+__all__ = ["FunctionRunner", "observe_zero_grad"]
 
 _queue_callback = torch.autograd.Variable._execution_engine.queue_callback
 
@@ -56,6 +56,20 @@ def _patched(obj: Any, name: str, replacement: Callable[..., Any]) -> Iterator[N
             setattr(obj, name, previous)
         else:
             delattr(obj, name)
+
+
+def observe_zero_grad(
+    owner: Any, after: Callable[[], None]
+) -> contextlib.AbstractContextManager[None]:
+    """Within the block, call ``after()`` after each ``owner.zero_grad(...)``."""
+    real = owner.zero_grad
+
+    def zero_grad(*args: Any, **kwargs: Any) -> Any:
+        result = real(*args, **kwargs)
+        after()
+        return result
+
+    return _patched(owner, "zero_grad", zero_grad)
 
 
 class FunctionRunner:

@@ -49,8 +49,10 @@ class MicroBatchStep(Protocol):
 
         This is where gradient all-reduce, unscaling, clipping, ``optimizer.step()``,
         ``scaler.update()``, the LR scheduler and ``zero_grad`` belong. It runs once per guarded
-        step, after every rank's micro-batches succeeded. It must leave every gradient None or
-        zero.
+        step, after every rank's micro-batches succeeded. A step that leaves the gradients for
+        later (gradient accumulation across calls) may do nothing here. Gradients left None
+        (``zero_grad(set_to_none=True)``) or zeroed through ``optimizer.zero_grad`` /
+        ``model.zero_grad`` cost the guard's next snapshot nothing.
         """
         ...
 
