@@ -35,8 +35,11 @@ class DeviceSpec:
         tf32_flops: dense tf32 tensor-core rate; 0 where there is none.
         fp32_flops: plain fp32 (CUDA core) rate.
         sm: compute capability (major, minor): decides SDPA kernels and cuBLAS workspace size.
+        num_sms: streaming multiprocessors; with ``max_threads_per_sm`` it sizes the grids of
+            PyTorch's reduction kernels, and so their scratch buffers.
+        max_threads_per_sm: resident threads per multiprocessor (CUDA occupancy tables).
         cuda_context_bytes: memory the CUDA context and kernel images hold outside PyTorch's
-            allocator (measured: see bench/results/device_probe_*.json).
+            allocator (measured on an H200: bench/results/accuracy_h200.json).
     """
 
     name: str
@@ -48,6 +51,8 @@ class DeviceSpec:
     tf32_flops: float
     fp32_flops: float
     sm: tuple[int, int]
+    num_sms: int = 132
+    max_threads_per_sm: int = 2048
     cuda_context_bytes: int = 520 * MiB
 
     @property
@@ -59,8 +64,18 @@ class DeviceSpec:
         return self.sm >= (8, 0)
 
 
-def _spec(name: str, display: str, mib: int, gb_s: float, bf16: float, fp16: float, tf32: float,
-          fp32: float, sm: tuple[int, int]) -> DeviceSpec:
+def _spec(
+    name: str,
+    display: str,
+    mib: int,
+    gb_s: float,
+    bf16: float,
+    fp16: float,
+    tf32: float,
+    fp32: float,
+    sm: tuple[int, int],
+    num_sms: int,
+) -> DeviceSpec:
     return DeviceSpec(
         name=name,
         display_name=display,
@@ -71,23 +86,30 @@ def _spec(name: str, display: str, mib: int, gb_s: float, bf16: float, fp16: flo
         tf32_flops=tf32 * _TERA,
         fp32_flops=fp32 * _TERA,
         sm=sm,
+        num_sms=num_sms,
+        max_threads_per_sm={(7, 5): 1024, (8, 6): 1536, (8, 9): 1536}.get(sm, 2048),
     )
 
 
-# name, display name, memory (MiB, as torch reports), GB/s, bf16, fp16, tf32, fp32 TFLOP/s, SM
+# name, display name, memory (MiB, as torch reports), GB/s, bf16, fp16, tf32, fp32 TFLOP/s, SM,
+# multiprocessors
 DEVICES: dict[str, DeviceSpec] = {
     d.name: d
     for d in (
-        _spec("h100-80gb", "NVIDIA H100 80GB HBM3 (SXM)", 81_079, 3350, 989, 989, 495, 67, (9, 0)),
-        _spec("h200", "NVIDIA H200 (SXM, 141 GB)", 143_771, 4800, 989, 989, 495, 67, (9, 0)),
-        _spec("a100-80gb", "NVIDIA A100-SXM4-80GB", 81_251, 2039, 312, 312, 156, 19.5, (8, 0)),
-        _spec("a100-40gb", "NVIDIA A100-SXM4-40GB", 40_537, 1555, 312, 312, 156, 19.5, (8, 0)),
-        _spec("l40s", "NVIDIA L40S", 45_596, 864, 362, 362, 183, 91.6, (8, 9)),
-        _spec("l4", "NVIDIA L4", 22_478, 300, 121, 121, 60, 30.3, (8, 9)),
-        _spec("rtx4090", "NVIDIA GeForce RTX 4090", 24_210, 1008, 165, 165, 82.6, 82.6, (8, 9)),
-        _spec("rtx3090", "NVIDIA GeForce RTX 3090", 24_253, 936, 71, 71, 35.6, 35.6, (8, 6)),
-        _spec("t4", "Tesla T4", 14_931, 320, 0, 65, 0, 8.1, (7, 5)),
-        _spec("v100-32gb", "Tesla V100-SXM2-32GB", 32_494, 900, 0, 125, 0, 15.7, (7, 0)),
+        _spec(
+            "h100-80gb", "NVIDIA H100 80GB HBM3 (SXM)", 81_079, 3350, 989, 989, 495, 67, (9, 0), 132
+        ),
+        _spec("h200", "NVIDIA H200 (SXM, 141 GB)", 143_771, 4800, 989, 989, 495, 67, (9, 0), 132),
+        _spec("a100-80gb", "NVIDIA A100-SXM4-80GB", 81_251, 2039, 312, 312, 156, 19.5, (8, 0), 108),
+        _spec("a100-40gb", "NVIDIA A100-SXM4-40GB", 40_537, 1555, 312, 312, 156, 19.5, (8, 0), 108),
+        _spec("l40s", "NVIDIA L40S", 45_596, 864, 362, 362, 183, 91.6, (8, 9), 142),
+        _spec("l4", "NVIDIA L4", 22_478, 300, 121, 121, 60, 30.3, (8, 9), 58),
+        _spec(
+            "rtx4090", "NVIDIA GeForce RTX 4090", 24_210, 1008, 165, 165, 82.6, 82.6, (8, 9), 128
+        ),
+        _spec("rtx3090", "NVIDIA GeForce RTX 3090", 24_253, 936, 71, 71, 35.6, 35.6, (8, 6), 82),
+        _spec("t4", "Tesla T4", 14_931, 320, 0, 65, 0, 8.1, (7, 5), 40),
+        _spec("v100-32gb", "Tesla V100-SXM2-32GB", 32_494, 900, 0, 125, 0, 15.7, (7, 0), 80),
     )
 }
 
@@ -146,7 +168,13 @@ def local_device(index: int = 0) -> DeviceSpec:
     props = torch.cuda.get_device_properties(index)
     known = _match_name(props.name)
     if known is not None:
-        return replace(known, memory_bytes=int(props.total_memory), display_name=props.name)
+        return replace(
+            known,
+            memory_bytes=int(props.total_memory),
+            display_name=props.name,
+            num_sms=props.multi_processor_count,
+            max_threads_per_sm=props.max_threads_per_multi_processor,
+        )
     return DeviceSpec(
         name="cuda",
         display_name=props.name,
@@ -157,6 +185,8 @@ def local_device(index: int = 0) -> DeviceSpec:
         tf32_flops=50 * _TERA if (props.major, props.minor) >= (8, 0) else 0.0,
         fp32_flops=20 * _TERA,
         sm=(props.major, props.minor),
+        num_sms=props.multi_processor_count,
+        max_threads_per_sm=props.max_threads_per_multi_processor,
     )
 
 

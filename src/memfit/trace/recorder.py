@@ -144,16 +144,20 @@ class MemoryRecorder(TorchDispatchMode):
             if key is not None:
                 self.trace.allocations[key].host = True
 
-    def hidden(self, size: int, op: str, category: Category = Category.TEMPORARY) -> None:
-        """A scratch buffer allocated and freed inside one operator."""
-        if size <= 0:
-            return
-        key = self._new_key()
-        self.trace.allocations[key] = Allocation(
-            key, size, category, self.phase, self.current_module(), op
-        )
-        self._emit(key)
-        self._emit(-key)
+    def hidden(self, sizes: list[int], op: str, category: Category = Category.TEMPORARY) -> None:
+        """Scratch buffers allocated together inside one operator, then freed."""
+        keys = []
+        for size in sizes:
+            if size <= 0:
+                continue
+            key = self._new_key()
+            self.trace.allocations[key] = Allocation(
+                key, size, category, self.phase, self.current_module(), op
+            )
+            self._emit(key)
+            keys.append(key)
+        for key in keys:
+            self._emit(-key)
 
     def persistent(self, size: int, op: str, category: Category = Category.OTHER) -> int:
         """A buffer that outlives the step (a library workspace); never freed."""

@@ -8,6 +8,14 @@
 * cuBLASLt: addmm with a 1-D bias runs through cuBLASLt (``gemm_and_bias``), whose workspace
   (``CUBLASLT_WORKSPACE_SIZE``, 1 MiB by default) is a second one per (handle, stream) where
   PyTorch does not share the cuBLAS workspace with it.
+* Reductions: ``sum``/``mean`` over outer dimensions combine partial sums through a global
+  buffer (``memfit.trace.cuda.reductions``).
+* Attention backward: accumulators the kernels allocate (``memfit.trace.cuda.attention``).
+
+Each rule was checked against per-operator measurements on an H200 (``memfit.measure``'s op
+probe; bench/results/accuracy_h200.json). cuDNN convolution workspaces are not modelled: cuDNN
+picks algorithms by heuristics memfit cannot run without the GPU (see the README's accuracy
+table for what that costs on ResNet-50).
 """
 
 from __future__ import annotations
@@ -18,6 +26,8 @@ import torch
 
 from memfit.devices import DeviceSpec
 from memfit.profile import Category, Phase
+from memfit.trace.cuda.attention import ATTENTION_SCRATCH
+from memfit.trace.cuda.reductions import reduction_scratch
 from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.recorder import MemoryRecorder, WorkspaceRule
 
@@ -34,15 +44,15 @@ _BLAS_OPS = (
     aten.mv,
     aten._addmm_activation,
 )
+_REDUCTIONS = (aten.sum, aten.mean)
 
 
 def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, WorkspaceRule]:
     """Workspace rules for ``MemoryRecorder`` that reproduce what ``device`` allocates."""
-    size = (
-        stack.cublas_workspace_bytes
-        if device.sm >= (9, 0)
-        else stack.cublas_workspace_bytes_pre_sm90
-    )
+    if device.sm >= (9, 0):
+        cublas_bytes = stack.cublas_workspace_bytes
+    else:
+        cublas_bytes = stack.cublas_workspace_bytes_pre_sm90
     allocated: set[tuple[str, str]] = set()
 
     def once(recorder: MemoryRecorder, library: str, nbytes: int) -> None:
@@ -52,9 +62,26 @@ def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, Work
             recorder.persistent(nbytes, f"{library} workspace ({thread} thread)", Category.OTHER)
 
     def cublas(recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        once(recorder, "cuBLAS", size)
+        once(recorder, "cuBLAS", cublas_bytes)
         bias = args[0] if args else None
         if func.overloadpacket is aten.addmm and isinstance(bias, torch.Tensor) and bias.dim() == 1:
             once(recorder, "cuBLASLt", stack.cublaslt_workspace_bytes)
 
-    return {op: cublas for op in _BLAS_OPS}
+    def reduction(recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        source = args[0]
+        if not isinstance(source, torch.Tensor) or not source.is_floating_point():
+            return
+        dims = args[1] if len(args) > 1 else kwargs.get("dim")
+        dims = tuple(range(source.dim())) if not dims else tuple(dims)
+        scratch = reduction_scratch(tuple(source.shape), dims, source.dtype, device)
+        name = func.__name__.removesuffix(".default")
+        recorder.hidden([scratch.buffer_bytes, scratch.semaphore_bytes], f"{name} (reduce buffer)")
+
+    def attention(recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        sizes = ATTENTION_SCRATCH[func.overloadpacket](args)
+        recorder.hidden(sizes, f"{func.__name__.removesuffix('.default')} (scratch)")
+
+    rules: dict[Any, WorkspaceRule] = {op: cublas for op in _BLAS_OPS}
+    rules.update({op: reduction for op in _REDUCTIONS})
+    rules.update({op: attention for op in ATTENTION_SCRATCH})
+    return rules
