@@ -1,0 +1,89 @@
+"""Techniques as data: what a plan does to a training step, one frozen dataclass each.
+
+Each technique has exactly one applier (``memfit.apply``, registered by type) and is understood
+by the estimator, which traces the step with the technique in force. Patterns name modules by
+their fully qualified name with shell wildcards (``fnmatch``): ``"layers.*"`` is every direct
+child of ``layers``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+__all__ = [
+    "Checkpoint",
+    "MicroBatch",
+    "MixedPrecision",
+    "ChunkedLoss",
+    "Technique",
+    "SELECTIVE_SAVE_DEFAULT",
+]
+
+# Operators whose outputs selective checkpointing keeps by default: the expensive ones (matrix
+# products and attention), so that only cheap pointwise work is recomputed in backward.
+SELECTIVE_SAVE_DEFAULT: tuple[str, ...] = (
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "convolution",
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Activation checkpointing of the modules matching ``modules`` (non-reentrant).
+
+    Attributes:
+        modules: fnmatch patterns of module names, e.g. ``("layers.0", "layers.1")``.
+        save: operator names (ATen overload packets, e.g. ``"mm"``) whose outputs are kept in
+            forward; everything else inside the module is recomputed in backward. Empty means
+            full checkpointing (only the module's inputs are kept). Implemented with
+            ``torch.utils.checkpoint.create_selective_checkpoint_contexts``.
+    """
+
+    modules: tuple[str, ...]
+    save: tuple[str, ...] = ()
+
+    @property
+    def selective(self) -> bool:
+        return bool(self.save)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Split each batch into ``n`` micro-batches and accumulate gradients.
+
+    Losses are scaled by ``n_i / N`` so the update equals the full batch's (for losses that are
+    means over samples). Sizes that do not divide the batch give one smaller last micro-batch.
+    """
+
+    n: int
+
+
+@dataclass(frozen=True)
+class MixedPrecision:
+    """Run the step in ``precision`` (``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"``)."""
+
+    precision: str
+
+
+@dataclass(frozen=True)
+class ChunkedLoss:
+    """Compute the LM head and cross-entropy over ``chunks`` slices of the sequence.
+
+    The full-vocabulary logits are never materialised: each chunk's logits are recomputed in
+    backward. The model must be a causal LM whose head is the module ``head`` and whose batch
+    carries ``labels`` (next-token targets, ``-100`` ignored); the loss equals the model's own
+    mean cross-entropy.
+    """
+
+    chunks: int
+    head: str = "lm_head"
+    labels_key: str = "labels"
+
+
+Technique = Checkpoint | MicroBatch | MixedPrecision | ChunkedLoss
