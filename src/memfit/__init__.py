@@ -15,6 +15,8 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "estimate": "memfit.trace.estimate",
     "measure": "memfit.measure.run",
+    "report": "memfit.report",
+    "Plan": "memfit.plan.plan",
     "MemoryProfile": "memfit.profile",
     "ModuleMemory": "memfit.profile",
     "TimelineEvent": "memfit.profile",
@@ -34,7 +36,9 @@ def __getattr__(name: str) -> Any:
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'memfit' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    imported = importlib.import_module(module)
+    # memfit.report is a callable package (see memfit/report/__init__.py)
+    value = imported if module == f"memfit.{name}" else getattr(imported, name)
     globals()[name] = value
     return value
 

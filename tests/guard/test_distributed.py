@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 
+import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from memfit.guard import OOMGuard
+from memfit.guard import OOMGuard, OOMUnrecoverableError, PeerAbortError
 
 from .faults import Budget, make_data, make_model, random_limits
 
@@ -74,6 +76,16 @@ def _train_protocol(rank: int, guarded: bool):
     return step.model, guard, budget
 
 
+def _hopeless(rank: int) -> None:
+    """Rank 0 cannot fit even one sample: it raises, and rank 1 stops too instead of hanging."""
+    budget = Budget(limit=1 if rank == 0 else float("inf"))
+    step = _SyncStep(budget)
+    guard = OOMGuard(step)
+    expected = OOMUnrecoverableError if rank == 0 else PeerAbortError
+    with pytest.raises(expected):
+        guard(make_data(1, seed=rank)[0])
+
+
 def _worker(rank: int, port: int) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -92,6 +104,9 @@ def _worker(rank: int, port: int) -> None:
             other = flat.clone()
             dist.broadcast(other, src=0)
             torch.testing.assert_close(flat, other, rtol=0, atol=0)  # ranks in step
+        _hopeless(rank)
+        gc.collect()  # DDP reducers go before the process group does
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 

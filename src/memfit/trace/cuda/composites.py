@@ -7,7 +7,8 @@ decomposes on the CPU (upcasting and saving several full-size tensors); and
 ``scaled_dot_product_attention`` picks a fused kernel on CUDA. While ``cuda_composites`` is
 active, CPU tensors take the CUDA branch: kernels registered at the AutogradCPU key (through
 ``torch.library``, removed on exit) call the same ATen operators the CUDA branch calls, so
-autograd records what the GPU would save.
+autograd records what the GPU would save. (In-place ``dropout_`` takes the unfused path on both
+devices and needs nothing.)
 
 Known limitations:
     * Only the composites above are redirected; ``tests/trace/test_cuda_composites.py`` compares
@@ -42,14 +43,6 @@ def _dropout(keyset: Any, input: torch.Tensor, p: float, train: bool) -> torch.T
     if not train or p == 0 or input.numel() == 0:
         return input
     return input * 0
-
-
-def _dropout_(keyset: Any, input: torch.Tensor, p: float, train: bool) -> torch.Tensor:
-    if train and 0 < p < 1 and input.numel() > 0:
-        return input.copy_(aten.native_dropout.default(input, p, train)[0])
-    if not train or p == 0 or input.numel() == 0:
-        return input
-    return input.mul_(0)
 
 
 def _rms_norm(
@@ -160,7 +153,6 @@ def cuda_composites(device: DeviceSpec, stack: CudaStack) -> Iterator[list[SdpaB
         library = torch.library.Library("aten", "IMPL")
         try:
             library.impl("dropout", _dropout, "AutogradCPU", with_keyset=True)
-            library.impl("dropout_", _dropout_, "AutogradCPU", with_keyset=True)
             if hasattr(aten, "_fused_rms_norm"):
                 library.impl("_fused_rms_norm", _fused_rms_norm_cpu, "CPU")
                 library.impl("rms_norm", _rms_norm, "AutogradCPU", with_keyset=True)

@@ -1,0 +1,80 @@
+"""The command line, through main([...]) as a user types it."""
+
+from __future__ import annotations
+
+import json
+
+from memfit.cli import main
+
+MODEL_FILE = '''
+import torch
+from torch import nn
+
+def build_model():
+    return nn.Sequential(nn.Linear(32, 64), nn.ReLU(), nn.Linear(64, 8))
+
+def loss(output, batch):
+    return output.float().pow(2).mean()
+'''
+
+
+def write_model(tmp_path):
+    path = tmp_path / "model.py"
+    path.write_text(MODEL_FILE)
+    return path
+
+
+def test_estimate_a_zoo_model(capsys):
+    assert main(["estimate", "gpt2", "--batch-size", "1", "--seq-len", "32"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("gpt2 on h100-80gb")
+    assert "peak reserved" in out and "verdict" in out and "FITS" in out
+    assert "activation" in out and "module" in out
+
+
+def test_estimate_json(capsys):
+    assert main(["estimate", "gpt2", "--batch-size", "1", "--seq-len", "32", "--format",
+                 "json"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["verdict"]["fits"] is True
+    assert data["profile"]["by_category"]["param"] > 0
+
+
+def test_estimate_a_user_file(tmp_path, capsys):
+    path = write_model(tmp_path)
+    code = main(["estimate", f"{path}:build_model", "--input", "float32[16,32]", "--loss-fn",
+                 f"{path}:loss", "--precision", "fp32", "--device", "t4", "--quiet"])
+    assert code == 0
+    assert capsys.readouterr().out.startswith("FITS")
+
+
+def test_budget_verdict(capsys):
+    assert main(["estimate", "gpt2", "--batch-size", "1", "--seq-len", "32", "--budget",
+                 "100MiB", "--quiet"]) == 0
+    assert "DOES NOT FIT" in capsys.readouterr().out
+
+
+def test_user_errors_exit_2_with_the_fix(tmp_path, capsys):
+    assert main(["estimate", "gpt2", "--device", "h300"]) == 2
+    assert "known devices" in capsys.readouterr().err
+    path = write_model(tmp_path)
+    assert main(["estimate", f"{path}:nope", "--input", "float32[2,32]"]) == 2
+    assert "has no function 'nope'" in capsys.readouterr().err
+    assert main(["estimate", f"{path}:build_model", "--input", "float32(2,32)"]) == 2
+    assert "malformed" in capsys.readouterr().err
+
+
+def test_file_model_needs_inputs(tmp_path, capsys):
+    path = write_model(tmp_path)
+    assert main(["estimate", f"{path}:build_model"]) == 2
+    assert "--input" in capsys.readouterr().err
+
+
+def test_devices_and_zoo(capsys):
+    assert main(["devices"]) == 0
+    out = capsys.readouterr().out
+    for name in ("h100-80gb", "h200", "a100-40gb", "l40s", "l4", "rtx4090", "t4", "v100-32gb"):
+        assert name in out
+    assert main(["zoo", "--format", "json"]) == 0
+    names = {m["name"] for m in json.loads(capsys.readouterr().out)}
+    assert {"gpt2", "gpt2-medium", "llama-1b", "resnet50", "vit-b16", "bert-base"} <= names

@@ -1,0 +1,34 @@
+import pytest
+
+from memfit.errors import InvalidInputError
+from memfit.units import GiB, MiB, format_bytes, parse_bytes
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [("24GiB", 24 * GiB), ("80GB", 80 * 10**9), ("512 MiB", 512 * MiB), ("1.5GiB", 3 * GiB // 2),
+     (4096, 4096), ("2048", 2048)],
+)
+def test_parse(text, expected):
+    assert parse_bytes(text) == expected
+
+
+def test_fraction_of_a_reference():
+    assert parse_bytes("0.5", of=80 * GiB) == 40 * GiB
+
+
+@pytest.mark.parametrize("text", ["-3GB", "lots", "0", "3 parsecs", "", True])
+def test_bad_sizes(text):
+    with pytest.raises(InvalidInputError):
+        parse_bytes(text, what="budget")
+
+
+def test_fraction_without_reference():
+    with pytest.raises(InvalidInputError, match="no reference size"):
+        parse_bytes("0.9", what="budget")
+
+
+def test_format():
+    assert format_bytes(3 * GiB // 2) == "1.50 GiB"
+    assert format_bytes(512) == "512 B"
+    assert format_bytes(-2 * MiB) == "-2.00 MiB"
