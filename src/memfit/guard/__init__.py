@@ -7,6 +7,7 @@ the tensors that make memory grow from step to step.
 
 from __future__ import annotations
 
+from memfit.guard.distributed import PeerAbortError
 from memfit.guard.errors import OOMUnrecoverableError, StateRestoreError, UnsplittableBatchError
 from memfit.guard.finder import BatchSizeResult, Trial, find_batch_size
 from memfit.guard.guard import OOMGuard
@@ -32,6 +33,7 @@ __all__ = [
     "OOMUnrecoverableError",
     "StateRestoreError",
     "UnsplittableBatchError",
+    "PeerAbortError",
     "Splitter",
     "batch_size_of",
     "split_batch",

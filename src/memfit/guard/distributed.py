@@ -14,7 +14,16 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-__all__ = ["Voter", "all_reduce_gradients", "is_distributed"]
+from memfit.errors import MemfitError
+
+__all__ = ["Voter", "PeerAbortError", "all_reduce_gradients", "is_distributed", "FAILED", "ABORT"]
+
+FAILED, ABORT = 1, 2  # votes: 0 done, 1 ran out of memory (will retry), 2 gave up (raises)
+
+
+class PeerAbortError(MemfitError):
+    """Another rank could not recover (or raised), so this rank stops too instead of hanging."""
+
 
 _BUCKET_BYTES = 64 * 1024**2
 
@@ -37,12 +46,12 @@ class Voter:
         self.rank = dist.get_rank()
         self.votes = 0
 
-    def vote(self, failed: bool) -> bool:
-        """Cast this rank's vote; True when any rank failed (this rank included)."""
-        self._flag.fill_(1 if failed else 0)
+    def vote(self, value: int) -> int:
+        """Cast this rank's vote (0, ``FAILED`` or ``ABORT``); return the largest vote cast."""
+        self._flag.fill_(value)
         dist.all_reduce(self._flag, op=dist.ReduceOp.MAX)
         self.votes += 1
-        return bool(self._flag.item())
+        return int(self._flag.item())
 
 
 def _buckets(tensors: list[torch.Tensor]) -> list[list[torch.Tensor]]:

@@ -13,7 +13,14 @@ import torch
 from torch import nn
 
 from memfit.errors import InvalidInputError
-from memfit.guard.distributed import Voter, all_reduce_gradients, is_distributed
+from memfit.guard.distributed import (
+    ABORT,
+    FAILED,
+    PeerAbortError,
+    Voter,
+    all_reduce_gradients,
+    is_distributed,
+)
 from memfit.guard.intercept import FunctionRunner, observe_zero_grad
 from memfit.guard.metrics import GuardMetrics
 from memfit.guard.oom import OOMInfo, parse_oom_message
@@ -178,7 +185,14 @@ class OOMGuard:
                 if failure is None:
                     break
                 result = None
-                m = self._recovery.recover(self._snapshot, failure.oom, failure.phase, key, n, m)
+                try:
+                    m = self._recovery.recover(
+                        self._snapshot, failure.oom, failure.phase, key, n, m
+                    )
+                except BaseException:
+                    if self._voter is not None:
+                        self._voter.vote(ABORT)  # the others are waiting for this rank's retry
+                    raise
                 self.metrics.recovery_s += time.perf_counter() - started
                 self.metrics.retries += 1
                 started = time.perf_counter()
@@ -228,12 +242,15 @@ class OOMGuard:
                 if self._stepped or (self._voted and self._voter is not None):
                     raise  # the update (or every rank's vote) is done: retrying would desync
                 failure = _Failure(phase, parse_oom_message(str(exc)))
-            except BaseException:
+            except BaseException as exc:
                 if not self._stepped:
                     self._restore_quietly()
+                if self._voter is not None and not self._voted:
+                    if not isinstance(exc, PeerAbortError):
+                        self._voter.vote(ABORT)
                 raise
         if failure is not None and self._voter is not None:
-            self._voter.vote(True)
+            self._voter.vote(FAILED)
         elif failure is None and self._voter is not None and not self._voted:
             self._wait_for_peers()
         return failure, result
@@ -254,9 +271,14 @@ class OOMGuard:
 
     def _wait_for_peers(self) -> None:
         assert self._voter is not None
-        while self._voter.vote(False):
+        while (vote := self._voter.vote(0)) == FAILED:
             self.metrics.peer_waits += 1
         self._voted = True
+        if vote == ABORT:
+            raise PeerAbortError(
+                "another rank could not recover from out-of-memory (or raised) during this "
+                "step; this rank stops too rather than wait forever. See that rank's error"
+            )
 
     def _after_backward(self) -> None:
         self._wait_for_peers()

@@ -82,7 +82,7 @@ class StepSnapshot:
         self._buffer_versions: list[tuple[torch.Tensor, int]] = []
         self._state_keys: dict[Any, frozenset[Any]] = {}
         self._groups: list[dict[str, Any]] = []
-        self._small: list[tuple[torch.Tensor, torch.Tensor]] = []
+        self._small: list[tuple[list[torch.Tensor], torch.Tensor]] = []
         self._checked: list[tuple[str, torch.Tensor, int]] = []
         self._full: list[tuple[torch.Tensor, torch.Tensor]] = []
         self._scaler: dict[str, Any] | None = None
@@ -130,14 +130,17 @@ class StepSnapshot:
         large: list[tuple[str, torch.Tensor]] = []
         for group in optimizer.param_groups:
             large.extend(("parameter", p) for p in group["params"])
+        small: dict[tuple[torch.device, torch.dtype, torch.Size], list[torch.Tensor]] = {}
         for state in optimizer.state.values():
             for name, value in state.items():
                 if not isinstance(value, torch.Tensor):
                     continue
                 if value.numel() <= _SMALL:
-                    self._small.append((value, value.clone()))
+                    small.setdefault((value.device, value.dtype, value.shape), []).append(value)
                 else:
                     large.append((f"state {name!r}", value))
+        # one stacked copy per kind (step counters of every parameter: one op, not hundreds)
+        self._small = [(tensors, torch.stack(tensors)) for tensors in small.values()]
         self._checked = [(what, t, t._version) for what, t in large]
         if self.optimizer_copy != "none":
             self._full = [(t, self._copy(t, self.optimizer_copy)) for _, t in large]
@@ -212,8 +215,8 @@ class StepSnapshot:
                 del optimizer.state[p][key]
         for group, hyper in zip(optimizer.param_groups, self._groups, strict=True):
             group.update(hyper)
-        for tensor, saved in self._small:
-            tensor.copy_(saved)
+        for tensors, stacked in self._small:
+            torch._foreach_copy_(tensors, list(stacked.unbind(0)))
         if self._full:
             for tensor, copy in self._full:
                 tensor.copy_(copy)
