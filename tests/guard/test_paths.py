@@ -226,3 +226,42 @@ def test_gradients_cleared_by_hand_between_micro_batches_are_detected() -> None:
     batch = make_data(1, sizes=(16,), lengths=(4,))[0]
     with pytest.raises(MemfitError, match="cleared or replaced the gradient"):
         OOMGuard(step_fn, optimizer=opt, model=model)(batch)
+
+
+class _CheckpointedNet(torch.nn.Module):
+    """The first gradient arrives inside a reentrant checkpoint's nested backward."""
+
+    def __init__(self, budget: Budget) -> None:
+        super().__init__()
+        self.inner = make_model(budget)
+        self.outer = torch.nn.Linear(6, 6).double()
+        self.inner.l2.requires_grad_(False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.outer(x)
+        return torch.utils.checkpoint.checkpoint(self.inner, h, use_reentrant=True)
+
+
+def test_reentrant_checkpoint_is_split_exactly() -> None:
+    batches = make_data(30, seed=8)
+
+    def train(limit: float):
+        budget = Budget(limit=limit)
+        torch.manual_seed(0)
+        model = _CheckpointedNet(budget)
+        opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.1)
+
+        def step_fn(batch):
+            opt.zero_grad()
+            F.mse_loss(model(batch["x"]), batch["y"]).backward()
+            opt.step()
+
+        guard = OOMGuard(step_fn, optimizer=opt, model=model, grow_after=2)
+        for batch in batches:
+            guard(batch)
+        return model, budget
+
+    ref, _ = train(float("inf"))
+    got, budget = train(30)
+    assert budget.raised > 3
+    _close(ref, got)

@@ -27,6 +27,9 @@ Known limitations:
 from __future__ import annotations
 
 import contextlib
+import os
+import sys
+import types
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,6 +41,24 @@ from memfit.errors import MemfitError
 __all__ = ["FunctionRunner", "observe_zero_grad"]
 
 _queue_callback = torch.autograd.Variable._execution_engine.queue_callback
+_graph_task_id: Callable[[], int] = getattr(torch._C, "_current_graph_task_id", lambda: 0)
+_FUNCTION_FILE = os.path.join("torch", "autograd", "function.py")
+
+
+def _inside_reentrant_backward() -> bool:
+    """True when the running backward was started from a custom Function's backward.
+
+    Note: [reentrant backward] Reentrant checkpointing runs a nested backward from inside
+    ``CheckpointFunction.backward``; callbacks queued from hooks in that nested backward fire when
+    it ends, while the outer backward still runs. Its Python frames (``BackwardCFunction.apply``)
+    are on the stack then, on the CPU thread or on a device's autograd thread alike.
+    """
+    frame: types.FrameType | None = sys._getframe(1)
+    while frame is not None:
+        if frame.f_code.co_name == "apply" and frame.f_code.co_filename.endswith(_FUNCTION_FILE):
+            return True
+        frame = frame.f_back
+    return False
 
 
 class _MicroBatchDone(BaseException):
@@ -110,7 +131,7 @@ class FunctionRunner:
 
     def _reset(self, index: int, count: int, weight: float) -> None:
         self._index, self._count, self._weight = index, count, weight
-        self._queued = False
+        self._queued: set[int] = set()  # graph tasks with an end-of-backward callback queued
         self._backwards = 0
 
     @property
@@ -121,9 +142,10 @@ class FunctionRunner:
 
     def _grad_hook(self, param: nn.Parameter) -> Callable[[torch.Tensor], torch.Tensor]:
         def hook(grad: torch.Tensor) -> torch.Tensor:
-            if not self._queued:
-                self._queued = True
-                _queue_callback(self._backward_done)
+            task = _graph_task_id()
+            if task not in self._queued:
+                self._queued.add(task)
+                _queue_callback(lambda: self._backward_done(task))
             if self._index > 0 and self._backwards == 0:
                 expected = self._expected.get(id(param))
                 if expected is not None and (
@@ -141,9 +163,11 @@ class FunctionRunner:
 
         return hook
 
-    def _backward_done(self) -> None:
+    def _backward_done(self, task: int) -> None:
+        self._queued.discard(task)
+        if _inside_reentrant_backward():
+            return  # a nested backward (reentrant checkpoint) ended; the outer one goes on
         self._backwards += 1
-        self._queued = False
         if self._backwards > 1:
             raise MemfitError(
                 "step_fn ran backward more than once in one call; the guard splits a step "
