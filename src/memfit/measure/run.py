@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
+from memfit.apply.train_step import TrainStep
 from memfit.devices import local_device
 from memfit.errors import DeviceError, InvalidInputError
 from memfit.measure.op_probe import OpCost, OpProbe
@@ -28,7 +29,7 @@ from memfit.trace.optimizers import make_optimizer, optimizer_label
 from memfit.trace.precision import Precision
 from memfit.trace.recorder import MemoryRecorder, _Trace
 from memfit.trace.replay import replay
-from memfit.trace.step import LossFn, training_step
+from memfit.trace.step import LossFn
 
 __all__ = ["measure", "measure_step", "MeasuredStep"]
 
@@ -45,6 +46,10 @@ class MeasuredStep:
 
 
 _PHASES = {"forward": Phase.FORWARD, "backward": Phase.BACKWARD}
+
+
+def _no_mark(stage: str) -> None:
+    return None
 
 
 def measure_step(
@@ -106,25 +111,11 @@ def measure_step(
     example = tree_map(lambda t: t.to(cuda) if isinstance(t, torch.Tensor) else t, example)
     trainable = [p for p in module.parameters() if p.requires_grad]
     opt = make_optimizer(optimizer, trainable)
-    scaler = torch.amp.GradScaler("cuda") if precision.grad_scaler else None
+    train_step = TrainStep(module, opt, loss_fn=loss_fn, forward=forward, precision=precision)
 
-    def autocast() -> Any:
-        return torch.autocast(
-            "cuda", dtype=precision.autocast_dtype, enabled=precision.autocast_dtype is not None
-        )
-
-    def step(mark: Callable[[str], None] = lambda s: None) -> None:
-        training_step(
-            module,
-            example,
-            loss_fn=loss_fn,
-            forward=forward,
-            optimizer=opt,
-            precision=precision,
-            autocast=autocast,
-            mark=mark,
-            scaler=scaler,
-        )
+    def step(mark: Callable[[str], None] = _no_mark) -> None:
+        train_step.mark = mark
+        train_step.step(example)
 
     for _ in range(warmup):
         step()
@@ -208,7 +199,7 @@ def _recorded_step(module: nn.Module, example: Any, opt: Any, step: Callable) ->
     marks: dict[str, int] = {}
 
     def mark(stage: str) -> None:
-        marks[stage] = len(recorder.trace.events)
+        marks.setdefault(stage, len(recorder.trace.events))
         if stage == "optimizer0":
             recorder.recategorize([p.grad for p in module.parameters()], Category.GRAD)
         recorder.phase = _PHASES.get(stage, Phase.OPTIMIZER)
@@ -228,6 +219,7 @@ def _recorded_step(module: nn.Module, example: Any, opt: Any, step: Callable) ->
             ]
             recorder.track(state, Category.OPTIMIZER, op="optimizer state")
         step(mark)
+    recorder.close()
     return recorder, marks, readings
 
 

@@ -34,10 +34,10 @@ _NAME_OF_TYPE = {cls: name for name, cls in TECHNIQUE_TYPES.items()}
 
 
 def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the parameters' names, shapes and dtypes: which model a plan is for."""
+    """A short hash of the parameters' names and shapes: which model a plan is for."""
     digest = hashlib.sha256()
     for name, param in model.named_parameters():
-        digest.update(f"{name}:{tuple(param.shape)}:{param.dtype};".encode())
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
     return digest.hexdigest()[:16]
 
 

@@ -85,6 +85,7 @@ class MemoryRecorder(TorchDispatchMode):
     ) -> None:
         super().__init__()
         self.device_type = device_type
+        self._closed = False
         self.warnings: list[str] = []  # assumptions made for operators fake tensors cannot run
         self.trace = _Trace()
         self.phase = Phase.SETUP
@@ -196,8 +197,14 @@ class MemoryRecorder(TorchDispatchMode):
         self._refs[sid] = weakref.ref(storage, self._on_free(sid))
         self._emit(key)
 
+    def close(self) -> None:
+        """Stop recording: frees after the step (its objects going away) are not events."""
+        self._closed = True
+
     def _on_free(self, sid: int) -> Callable[[Any], None]:
         def free(_: Any) -> None:
+            if self._closed:
+                return
             key = self._live.pop(sid, None)
             self._refs.pop(sid, None)
             if key is not None:

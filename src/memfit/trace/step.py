@@ -1,24 +1,17 @@
-"""One training step, written once for prediction (fake tensors) and measurement (a real GPU).
-
-The step keeps only the loss: the model's output is released as soon as the loss is computed
-(as Hugging Face's Trainer does), backward runs outside autocast, and gradients are set to None
-after the optimizer step. ``mark`` is called at each phase boundary so that the caller can
-record where forward, backward and the optimizer step begin.
+"""The pieces of a training step shared by memfit's TrainStep on real and fake tensors: the
+default loss, the checks on the loss, and the optimizer update (with or without loss scaling).
 """
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 
 from memfit.errors import UnsupportedModelError
-from memfit.trace.inputs import call_model
-from memfit.trace.precision import Precision
 
-__all__ = ["default_loss", "compute_loss", "training_step", "LossFn"]
+__all__ = ["default_loss", "compute_loss", "optimizer_update", "LossFn"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 
@@ -72,53 +65,10 @@ def compute_loss(loss_fn: LossFn | None, output: Any, batch: Any) -> torch.Tenso
     return loss
 
 
-def training_step(
-    model: Callable[..., Any],
-    batch: Any,
-    *,
-    loss_fn: LossFn | None,
-    optimizer: torch.optim.Optimizer | None,
-    precision: Precision,
-    forward: Callable[[Any, Any], Any] | None = None,
-    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
-    mark: Callable[[str], None] = lambda phase: None,
-    grad_scale: torch.Tensor | None = None,
-    scaler: Any = None,
-    optimizer_steps: int = 1,
-) -> torch.Tensor:
-    """Forward (with loss) under autocast, backward, optimizer step(s), gradients to None.
-
-    Args:
-        forward: ``(model, batch) -> output`` for models not called as ``call_model`` does.
-        grad_scale: fp16 loss scale for prediction on fake tensors (scaling emulated op by op).
-        scaler: a real ``torch.amp.GradScaler`` for measurement.
-        optimizer_steps: 2 lets prediction record the first (state-creating) and a steady step.
-    """
-    mark("forward")
-    with autocast():
-        output = forward(model, batch) if forward is not None else call_model(model, batch)
-        loss = compute_loss(loss_fn, output, batch)
-        del output
-    mark("backward")
-    if scaler is not None:
-        scaler.scale(loss).backward()
-    elif grad_scale is not None:
-        (loss * grad_scale).backward()
-    else:
-        loss.backward()
-    if optimizer is not None:
-        for index in range(optimizer_steps):
-            mark(f"optimizer{index}")
-            _optimizer_step(optimizer, scaler, grad_scale)
-        mark("zero_grad")
-        optimizer.zero_grad(set_to_none=True)
-    mark("end")
-    return loss.detach()
-
-
-def _optimizer_step(
+def optimizer_update(
     optimizer: torch.optim.Optimizer, scaler: Any, grad_scale: torch.Tensor | None
 ) -> None:
+    """``optimizer.step()``, through a GradScaler (real) or its op-by-op emulation (fake)."""
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()

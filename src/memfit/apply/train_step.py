@@ -1,0 +1,160 @@
+"""TrainStep: one training step (forward, backward, optimizer) with a plan's techniques in force.
+
+The same class runs on real GPUs (``memfit.apply``) and on fake tensors (``memfit.estimate``
+traces it), so a plan is predicted by tracing exactly the code that will run. It implements the
+guard's micro-batch protocol (``memfit.guard.protocol.MicroBatchStep``): ``OOMGuard(step)``
+retries a batch in smaller slices through ``forward_backward`` and ``optimizer_step``.
+
+The step keeps only the loss: the model's output is released as soon as the loss is computed,
+backward runs outside autocast, and gradients are set to None after the optimizer step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from memfit.errors import InvalidInputError
+from memfit.trace.inputs import call_model
+from memfit.trace.precision import Precision
+from memfit.trace.step import LossFn, compute_loss, optimizer_update
+
+__all__ = ["TrainStep"]
+
+Mark = Callable[[str], None]
+
+
+def _no_mark(stage: str) -> None:
+    return None
+
+
+class TrainStep:
+    """``loss = step(batch)``: forward, backward and optimizer step, as the plan says.
+
+    Args:
+        model: the module (or any callable taking the batch, e.g. memfit's fake-tensor model).
+        optimizer: its optimizer, or None for forward and backward only.
+        loss_fn: ``(output, batch) -> scalar``; default ``output.loss`` or the mean output.
+        forward: ``(model, batch) -> output`` when the model is not called as
+            ``model(batch)`` / ``model(**batch)`` / ``model(*batch)``.
+        precision: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or ``"bf16"``.
+        micro_batches: split each batch into this many micro-batches (gradient accumulation,
+            losses weighted by ``n_i / N``: exact for losses that are means over samples).
+        device_type: the device autocast runs for (``"cuda"``).
+        forward_batch: what the model is called with, given the batch (a technique may drop
+            keys, such as labels when the loss is computed outside the model).
+
+    Attributes:
+        autocast: a zero-argument factory of the autocast context (replaceable: memfit's tracer
+            installs its CUDA emulation here).
+        mark: called with ``"forward"``, ``"backward"`` (per micro-batch), ``"optimizer0"``,
+            ``"zero_grad"`` and ``"end"`` at phase boundaries.
+        grad_scaler: the ``torch.amp.GradScaler`` of fp16 training (None otherwise).
+    """
+
+    def __init__(
+        self,
+        model: Any,
+        optimizer: torch.optim.Optimizer | None,
+        *,
+        loss_fn: LossFn | None = None,
+        forward: Callable[[Any, Any], Any] | None = None,
+        precision: str | Precision = "fp32",
+        micro_batches: int = 1,
+        device_type: str = "cuda",
+        forward_batch: Callable[[Any], Any] | None = None,
+    ) -> None:
+        if micro_batches < 1:
+            raise InvalidInputError(f"micro_batches={micro_batches} must be at least 1")
+        self.model = model
+        self.optimizer = optimizer
+        self.loss_fn = loss_fn
+        self.forward = forward
+        self.precision = Precision.parse(precision)
+        self.micro_batches = micro_batches
+        self.forward_batch = forward_batch
+        self.mark: Mark = _no_mark
+        self.grad_scale: torch.Tensor | None = None  # fp16 scaling emulated on fake tensors
+        self.grad_scaler: Any = None
+        if self.precision.grad_scaler and device_type != "fake":
+            self.grad_scaler = torch.amp.GradScaler(device_type)
+        dtype = self.precision.autocast_dtype
+        if dtype is None:
+            self.autocast: Callable[[], contextlib.AbstractContextManager[Any]] = (
+                contextlib.nullcontext
+            )
+        else:
+            self.autocast = lambda: torch.autocast(device_type, dtype=dtype)
+
+    # --- the guard protocol ---------------------------------------------------------------
+    def forward_backward(self, batch: Any, *, loss_scale: float = 1.0) -> torch.Tensor:
+        """Forward and backward of one (micro-)batch; gradients add up in ``param.grad``."""
+        self.mark("forward")
+        with self.autocast():
+            inputs = self.forward_batch(batch) if self.forward_batch else batch
+            if self.forward is not None:
+                output = self.forward(self.model, inputs)
+            else:
+                output = call_model(self.model, inputs)
+            loss = compute_loss(self.loss_fn, output, batch)
+            del output
+        self.mark("backward")
+        scaled = loss * loss_scale if loss_scale != 1.0 else loss
+        if self.grad_scaler is not None:
+            self.grad_scaler.scale(scaled).backward()
+        elif self.grad_scale is not None:
+            (scaled * self.grad_scale).backward()
+        else:
+            scaled.backward()
+        return loss.detach()
+
+    def optimizer_step(self) -> None:
+        """Apply the accumulated gradients, then set them to None."""
+        if self.optimizer is None:
+            return
+        self.mark("optimizer0")
+        optimizer_update(self.optimizer, self.grad_scaler, self.grad_scale)
+        self.mark("zero_grad")
+        self.optimizer.zero_grad(set_to_none=True)
+
+    # --- the whole step -------------------------------------------------------------------
+    def __call__(self, batch: Any) -> torch.Tensor:
+        return self.step(batch)
+
+    def step(self, batch: Any) -> torch.Tensor:
+        """Run one training step on ``batch``; returns its loss (detached)."""
+        loss = self.accumulate(batch)
+        self.optimizer_step()
+        self.mark("end")
+        return loss
+
+    def accumulate(self, batch: Any) -> torch.Tensor:
+        """Forward and backward of ``batch`` in ``micro_batches`` slices; the mean loss."""
+        if self.micro_batches == 1:
+            return self.forward_backward(batch)
+        from memfit.guard.split import batch_size_of, micro_batch_sizes, split_batch
+
+        total = batch_size_of(batch)
+        if self.micro_batches > total:
+            raise InvalidInputError(
+                f"micro_batches={self.micro_batches} is more than the batch's {total} samples; "
+                f"use at most {total}"
+            )
+        sizes = micro_batch_sizes(total, -(-total // self.micro_batches))
+        loss = torch.zeros(())
+        for part, size in zip(split_batch(batch, sizes), sizes, strict=True):
+            part_loss = self.forward_backward(part, loss_scale=size / total)
+            loss = loss.to(part_loss.device) + part_loss * (size / total)
+        return loss
+
+
+def model_module(model: Any) -> nn.Module | None:
+    """The nn.Module behind ``model`` (memfit's fake-tensor wrapper holds it as ``.module``)."""
+    if isinstance(model, nn.Module):
+        return model
+    inner = getattr(model, "module", None)
+    return inner if isinstance(inner, nn.Module) else None

@@ -1,0 +1,178 @@
+"""One traced step on fake tensors under the target GPU's behaviour, with its bookkeeping.
+
+``traced_step`` runs a ``TrainStep`` (the code ``memfit.apply`` runs for real) on fake CPU
+tensors inside every emulation of the device model: CUDA autocast's casts, the CUDA branch of
+composites, torch.optim's CUDA implementations and the kernels' workspaces. It records every
+allocation (``MemoryRecorder``), the predicted time of every operator (``memfit.plan.cost``) and
+the phase boundaries, and records the optimizer's first step (which creates its state) and a
+second, steady one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+from torch.utils._pytree import tree_flatten
+from torch.utils.module_tracker import ModuleTracker
+
+from memfit.devices import DeviceSpec
+from memfit.errors import MemfitError, UnsupportedModelError
+from memfit.plan.cost import Calibration, op_time
+from memfit.profile import Category, Phase
+from memfit.trace.cuda.autocast import cuda_autocast
+from memfit.trace.cuda.composites import cuda_composites
+from memfit.trace.cuda.stack import CudaStack
+from memfit.trace.cuda.workspaces import cuda_workspace_rules
+from memfit.trace.fakeify import FakeModel
+from memfit.trace.optimizers import cuda_optimizer_defaults
+from memfit.trace.recorder import MemoryRecorder, _Trace
+from memfit.trace.step import optimizer_update
+
+__all__ = ["TracedOp", "StepRecord", "traced_step"]
+
+_PHASE_OF_MARK = {"forward": Phase.FORWARD, "backward": Phase.BACKWARD}
+
+
+@dataclass(frozen=True, slots=True)
+class TracedOp:
+    """One operator of the traced step: where it ran and its predicted time."""
+
+    stage: str  # the last phase mark: forward, backward, optimizer0, optimizer1, zero_grad
+    module: str
+    op: str
+    seconds: float
+    flops: float
+
+
+@dataclass
+class StepRecord:
+    trace: _Trace
+    marks: dict[str, int]
+    ops: list[TracedOp] = field(default_factory=list)
+    grad_bytes: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def step_time_s(self) -> float:
+        """Forward, backward and one steady optimizer step."""
+        first_opt_only = "optimizer1" in self.marks
+        return sum(
+            op.seconds for op in self.ops if not (first_opt_only and op.stage == "optimizer0")
+        )
+
+
+def _host_step_counters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """``state["step"]`` tensors that torch.optim keeps on the CPU for CUDA parameters.
+
+    Adam, AdamW and others keep the step count in a CPU tensor unless ``fused`` or
+    ``capturable`` is set (``_init_group`` in ``torch/optim/adam.py``).
+    """
+    counters = []
+    for group in optimizer.param_groups:
+        if group.get("fused") or group.get("capturable"):
+            continue
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                counters.append(step)
+    return counters
+
+
+def traced_step(
+    *,
+    fake_mode: FakeTensorMode,
+    fake_model: FakeModel,
+    batch: Any,
+    make_step: Callable[[], Any],
+    device: DeviceSpec,
+    stack: CudaStack,
+    calibration: Calibration,
+) -> StepRecord:
+    """Trace one training step; ``make_step()`` builds the TrainStep inside the fake mode.
+
+    Raises:
+        UnsupportedModelError: when the model fails on fake tensors (with its error).
+    """
+    recorder = MemoryRecorder(cuda_workspace_rules(device, stack))
+    record = StepRecord(recorder.trace, {})
+    stage = ["setup"]
+
+    def on_op(func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        cost = op_time(func, args, kwargs, out, device, calibration)
+        if cost.seconds:
+            record.ops.append(
+                TracedOp(stage[0], recorder.current_module(), cost.op, cost.seconds, cost.flops)
+            )
+
+    recorder.on_op = on_op
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with fake_mode, ModuleTracker() as tracker, cuda_composites(device, stack):
+            with cuda_optimizer_defaults(), recorder:
+                recorder.attach(tracker, fake_model.module)
+                recorder.track(fake_model.params.values(), Category.PARAM, op="parameter")
+                recorder.track(fake_model.buffers.values(), Category.BUFFER, op="buffer")
+                tensors = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor)]
+                recorder.track(tensors, Category.OTHER, op="input")
+                step = make_step()
+                optimizer = step.optimizer
+
+                def mark(name: str) -> None:
+                    stage[0] = name
+                    record.marks.setdefault(name, len(recorder.trace.events))
+                    if name == "optimizer0":
+                        grads = [p.grad for p in fake_model.params.values()]
+                        recorder.recategorize(grads, Category.GRAD)
+                    if name == "zero_grad" and optimizer is not None:
+                        recorder.forget(_host_step_counters(optimizer))
+                        state = [
+                            t
+                            for s in optimizer.state.values()
+                            for t in s.values()
+                            if isinstance(t, torch.Tensor)
+                        ]
+                        recorder.recategorize(state, Category.OPTIMIZER)
+                        record.grad_bytes.update(
+                            {
+                                n: p.grad.numel() * p.grad.element_size()
+                                for n, p in fake_model.params.items()
+                                if p.grad is not None
+                            }
+                        )
+                    recorder.phase = _PHASE_OF_MARK.get(name, Phase.OPTIMIZER)
+
+                step.mark = mark
+                if step.precision.autocast_dtype is not None:
+                    dtype = step.precision.autocast_dtype
+                    step.autocast = lambda: cuda_autocast(dtype)
+                if step.precision.grad_scaler:
+                    step.grad_scale = torch.full((), 65536.0)
+                try:
+                    _run_twice_stepping(step, batch, mark)
+                except MemfitError:
+                    raise
+                except Exception as error:  # the user's model: report it, whatever it raised
+                    raise UnsupportedModelError(
+                        f"the training step failed on fake tensors with {type(error).__name__}: "
+                        f"{error}"
+                    ) from error
+        recorder.close()
+    record.warnings = recorder.warnings
+    return record
+
+
+def _run_twice_stepping(step: Any, batch: Any, mark: Callable[[str], None]) -> None:
+    """Forward and backward, then the optimizer's first step and a steady second one."""
+    step.accumulate(batch)
+    if step.optimizer is not None:
+        mark("optimizer0")
+        optimizer_update(step.optimizer, None, step.grad_scale)
+        mark("optimizer1")
+        optimizer_update(step.optimizer, None, step.grad_scale)
+        mark("zero_grad")
+        step.optimizer.zero_grad(set_to_none=True)
+    mark("end")
