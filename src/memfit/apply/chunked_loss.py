@@ -1,0 +1,228 @@
+"""Chunked LM-head cross-entropy: the loss of a causal LM without its full logits in memory.
+
+The logits of a causal LM hold ``B * S * V`` numbers, upcast to float32 for the loss: 4.2 GB at
+batch 8, 1024 tokens and LLaMA-3's 128k vocabulary, often more than the model's activations.
+Here the sequence is cut into chunks; each chunk's logits are computed, reduced to a loss sum
+and dropped, inside ``torch.utils.checkpoint`` so that backward recomputes them one chunk at a
+time. Only one chunk's logits (and their gradient) are ever alive. The result is Hugging Face's
+``ForCausalLMLoss``: position ``t`` predicts label ``t + 1``, labels equal to ``-100`` are
+skipped, and the loss is the sum over the other tokens divided by their number.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from memfit.apply.context import ApplyContext
+from memfit.apply.head import HiddenStatesHead, find_head, replace_module
+from memfit.apply.registry import register_applier
+from memfit.apply.undo import UndoFn
+from memfit.errors import InvalidInputError, UnsupportedModelError
+from memfit.plan.techniques import ChunkedLoss
+
+__all__ = ["chunked_cross_entropy", "apply_chunked_loss", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100
+"""Label value left out of the loss (PyTorch's and Hugging Face's convention)."""
+
+
+def chunked_cross_entropy(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    chunks: int,
+    *,
+    ignore_index: int = IGNORE_INDEX,
+    num_items: int | torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Mean next-token cross-entropy of ``hidden @ weight.T + bias`` against ``labels``.
+
+    With ``x = hidden[:, :-1]`` and ``y = labels[:, 1:]`` (``T = S - 1`` predicted positions)::
+
+        loss = sum_{b,t : y[b,t] != ignore} -log softmax(x[b,t] @ weight.T + bias)[y[b,t]] / N
+
+    where ``N`` counts those tokens. The positions are cut into ``chunks`` slices of
+    ``ceil(T / chunks)``; each slice's sum is taken in float32 (or the input dtype if wider)
+    inside a non-reentrant checkpoint, and the sums are added before the one division. With
+    no valid token the loss is NaN, as Hugging Face's.
+
+    Args:
+        hidden: ``[B, S, D]``, the LM head's input.
+        weight: ``[V, D]``, the LM head's weight.
+        bias: ``[V]`` or None.
+        labels: ``[B, S]`` token ids, unshifted.
+        chunks: how many slices to cut the ``T`` positions into (at least 1).
+        ignore_index: label value to skip.
+        num_items: divide by this instead of the local count of valid tokens (for gradient
+            accumulation normalised over a whole batch, Hugging Face's ``num_items_in_batch``).
+
+    Returns:
+        The scalar loss.
+    """
+    if hidden.dim() != 3 or labels.shape != hidden.shape[:2]:
+        raise InvalidInputError(
+            f"chunked_cross_entropy needs hidden [B, S, D] and labels [B, S]; got hidden "
+            f"{list(hidden.shape)} and labels {list(labels.shape)}"
+        )
+    if weight.dim() != 2 or weight.shape[1] != hidden.shape[2]:
+        raise InvalidInputError(
+            f"the head weight {list(weight.shape)} does not take hidden states of width "
+            f"{hidden.shape[2]}; pass the LM head's [vocab, dim] weight"
+        )
+    if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
+        raise InvalidInputError(f"chunks={chunks!r} must be an integer >= 1")
+    inputs, targets = hidden[:, :-1], labels[:, 1:]
+    positions = inputs.shape[1]
+    size = max(1, math.ceil(positions / chunks))
+    sums = [
+        checkpoint(
+            _chunk_loss_sum,
+            inputs[:, start : start + size],
+            weight,
+            bias,
+            targets[:, start : start + size],
+            ignore_index,
+            use_reentrant=False,
+        )
+        for start in range(0, positions, size)
+    ]
+    total = torch.stack(sums).sum() if sums else hidden.new_zeros((), dtype=_loss_dtype(hidden))
+    count = (targets != ignore_index).sum() if num_items is None else num_items
+    return total / count
+
+
+def _chunk_loss_sum(
+    hidden: torch.Tensor,
+    weight: torch.Tensor,
+    bias: torch.Tensor | None,
+    labels: torch.Tensor,
+    ignore_index: int,
+) -> torch.Tensor:
+    logits = F.linear(hidden, weight, bias)
+    logits = logits.to(_loss_dtype(logits))  # upcast as Hugging Face does before its loss
+    return F.cross_entropy(
+        logits.reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=ignore_index,
+        reduction="sum",
+    )
+
+
+def _loss_dtype(tensor: torch.Tensor) -> torch.dtype:
+    return torch.promote_types(tensor.dtype, torch.float32)
+
+
+@register_applier(ChunkedLoss)
+def apply_chunked_loss(model: nn.Module, technique: ChunkedLoss, context: ApplyContext) -> UndoFn:
+    """Compute the LM head and its loss in chunks instead of in the model.
+
+    The module ``technique.head`` (an ``nn.Linear``) is replaced by a ``HiddenStatesHead``
+    that returns its input, so the model's "logits" are the hidden states. The replacement
+    holds the head's own weight and bias parameters (same objects, same names), so
+    ``state_dict``, ``named_parameters`` and optimizers see the model as before. The context
+    gets ``loss_fn`` (this chunked loss, from the output's logits and the batch's labels) and
+    ``forward_batch`` (the batch without its labels, so the model computes no loss of its own).
+    Undo puts the original head object back.
+
+    Known limitations:
+        - Causal LMs only (shifted labels); batches must be dicts carrying the labels.
+        - While applied, the model's output logits are hidden states: code that reads them
+          (metrics, generation) must run after undo.
+        - The model must return the head's output unchanged. Models that transform logits
+          after the head (Gemma 2 soft-capping, Cohere's logit scale) are refused at the first
+          step; so are models that compute logits without calling the head module.
+        - Forward hooks registered on the head do not run while applied.
+        - The micro-batch loss is the mean over its own valid tokens; with ``MicroBatch``,
+          use ``chunked_cross_entropy(num_items=...)`` for a whole-batch token mean.
+
+    Raises:
+        InvalidInputError: ``chunks`` < 1, the head is missing or not a Linear, or the context
+            already has a loss function or input mapping.
+    """
+    if isinstance(technique.chunks, bool) or not isinstance(technique.chunks, int):
+        raise InvalidInputError(f"ChunkedLoss(chunks={technique.chunks!r}) must be an integer")
+    if technique.chunks < 1:
+        raise InvalidInputError(f"ChunkedLoss(chunks={technique.chunks}) must be >= 1")
+    if context.loss_fn is not None:
+        raise InvalidInputError(
+            "ChunkedLoss computes the loss itself, but a loss_fn is already set; drop loss_fn "
+            "(the chunked loss is the model's mean next-token cross-entropy) or drop ChunkedLoss"
+        )
+    if context.forward_batch is not None:
+        raise InvalidInputError(
+            "ChunkedLoss needs to choose the model's inputs, but another technique already "
+            "does; keep one ChunkedLoss in the plan"
+        )
+    head = find_head(model, technique.head)
+    passthrough = HiddenStatesHead(head)
+    restore_head = replace_module(model, technique.head, head, passthrough)
+    context.loss_fn = _ChunkedLossFn(passthrough, technique)
+    context.forward_batch = functools.partial(_without, technique.labels_key)
+
+    def undo() -> None:
+        context.loss_fn = None
+        context.forward_batch = None
+        restore_head()
+
+    return undo
+
+
+class _ChunkedLossFn:
+    """``(output, batch) -> loss`` for the TrainStep: the chunked loss of the output's logits."""
+
+    def __init__(self, head: HiddenStatesHead, technique: ChunkedLoss) -> None:
+        self.head = head
+        self.technique = technique
+
+    def __call__(self, output: Any, batch: Any) -> torch.Tensor:
+        hidden = self.head.hidden_states_in(_logits_of(output), self.technique.head)
+        labels = _labels_of(batch, self.technique.labels_key)
+        return chunked_cross_entropy(
+            hidden, self.head.weight, self.head.bias, labels, self.technique.chunks
+        )
+
+
+def _without(key: str, batch: Any) -> Any:
+    _labels_of(batch, key)
+    return {name: value for name, value in batch.items() if name != key}
+
+
+def _labels_of(batch: Any, key: str) -> torch.Tensor:
+    if not isinstance(batch, Mapping):
+        raise UnsupportedModelError(
+            f"ChunkedLoss needs dict batches (called as model(**batch)) carrying the labels "
+            f"under {key!r}; got a {type(batch).__name__}"
+        )
+    labels = batch.get(key)
+    if not isinstance(labels, torch.Tensor):
+        raise UnsupportedModelError(
+            f"ChunkedLoss needs the labels in the batch under {key!r}, but the batch has "
+            f"{', '.join(map(repr, batch)) or 'no keys'}; add them (usually labels=input_ids) "
+            f"or set ChunkedLoss(labels_key=...)"
+        )
+    return labels
+
+
+def _logits_of(output: Any) -> torch.Tensor:
+    logits = getattr(output, "logits", None)
+    if logits is None and isinstance(output, Mapping):
+        logits = output.get("logits")
+    if logits is None and isinstance(output, (tuple, list)) and output:
+        logits = output[0]
+    if logits is None and isinstance(output, torch.Tensor):
+        logits = output
+    if not isinstance(logits, torch.Tensor):
+        raise UnsupportedModelError(
+            f"ChunkedLoss cannot find logits in the model's output ({type(output).__name__}); "
+            f"the model must return them as .logits, ['logits'], the first item or the output"
+        )
+    return logits

@@ -1,0 +1,200 @@
+"""ChunkedLoss: the math, equality with each model's own loss, the logits memory bound, errors."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from memfit.apply.chunked_loss import chunked_cross_entropy
+from memfit.apply.context import ApplyContext
+from memfit.apply.head import HiddenStatesHead
+from memfit.apply.registry import apply_techniques
+from memfit.apply.undo import undo_all
+from memfit.errors import InvalidInputError, UnsupportedModelError
+from memfit.plan.techniques import ChunkedLoss
+from memfit.zoo.output import causal_lm_loss
+
+from .helpers import (
+    VOCAB,
+    StorageTracker,
+    assert_same_grads,
+    hf_gpt2,
+    hf_llama,
+    loss_and_grads,
+    tiny_gpt2,
+    tiny_llama,
+    token_batch,
+)
+
+
+def reference(hidden, weight, bias, labels):
+    """Full logits, then Hugging Face's ForCausalLMLoss (mean over the valid shifted tokens)."""
+    return causal_lm_loss(F.linear(hidden, weight, bias), labels)
+
+
+def leaves(dtype=torch.float64, batch=2, seq=12, dim=16):
+    generator = torch.Generator().manual_seed(0)
+    hidden = torch.randn(batch, seq, dim, dtype=dtype, generator=generator)
+    weight = torch.randn(VOCAB, dim, dtype=dtype, generator=generator) / dim**0.5
+    bias = torch.randn(VOCAB, dtype=dtype, generator=generator)
+    return [t.requires_grad_() for t in (hidden, weight, bias)]
+
+
+@pytest.mark.parametrize("chunks", [1, 3, 11, 50])
+def test_equals_full_logits_loss_and_grads(chunks):
+    labels = token_batch()["labels"]  # with -100 positions
+    expected_leaves, actual_leaves = leaves(), leaves()
+    expected = reference(*expected_leaves, labels)
+    actual = chunked_cross_entropy(*actual_leaves, labels, chunks)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=0)
+    expected.backward()
+    actual.backward()
+    for e, a in zip(expected_leaves, actual_leaves, strict=True):
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_counts_divide_once_over_the_whole_batch():
+    # Chunks hold different numbers of valid tokens: a mean of per-chunk means would differ.
+    labels = torch.full((1, 9), -100)
+    labels[0, 1], labels[0, 5:9] = 4, 7
+    hidden, weight, bias = leaves(batch=1, seq=9)
+    expected = reference(hidden, weight, bias, labels)
+    torch.testing.assert_close(chunked_cross_entropy(hidden, weight, bias, labels, 2), expected)
+    summed = chunked_cross_entropy(hidden, weight, bias, labels, 2, num_items=1)
+    torch.testing.assert_close(summed, expected * 5)
+    labels[:] = -100
+    assert chunked_cross_entropy(hidden, weight, bias, labels, 2).isnan()  # as F.cross_entropy
+
+
+def test_low_precision_logits_are_upcast():
+    hidden, weight, bias = (t.detach().bfloat16() for t in leaves())
+    labels = token_batch()["labels"]
+    expected = causal_lm_loss(F.linear(hidden, weight, bias).float(), labels)
+    actual = chunked_cross_entropy(hidden, weight, bias, labels, 4)
+    assert actual.dtype == torch.float32
+    # bf16 matmuls of a chunk and of the whole round some logits differently.
+    torch.testing.assert_close(actual, expected, rtol=1e-3, atol=0)
+
+
+def chunked(model, chunks=4, context=None):
+    context = context or ApplyContext()
+    apply_techniques(model, [ChunkedLoss(chunks)], context=context)
+    return model, context
+
+
+def own_loss_fp64(output, batch):
+    return causal_lm_loss(output.logits, batch["labels"])
+
+
+@pytest.mark.parametrize(
+    "build",
+    [tiny_gpt2, tiny_llama, hf_gpt2, hf_llama],
+    ids=["zoo-gpt2", "zoo-llama", "hf-gpt2", "hf-llama"],
+)
+def test_model_loss_and_grads_unchanged(build):
+    batch = token_batch()
+    inputs = {"input_ids": batch["input_ids"]}
+    # The model's own loss (labels passed in). LLaMA and Hugging Face take it on
+    # logits.float(), so for these fp64 models it is float32-accurate.
+    own_loss, own_grads = loss_and_grads(build(), batch)
+    # The same loss in float64 on the full logits.
+    context64 = ApplyContext(loss_fn=own_loss_fp64, forward_batch=lambda b: inputs)
+    loss, grads = loss_and_grads(build(), batch, context64)
+    model, context = chunked(build())
+    chunked_loss, chunked_grads = loss_and_grads(model, batch, context)
+    torch.testing.assert_close(chunked_loss, loss, rtol=1e-12, atol=0)
+    assert_same_grads(grads, chunked_grads, exact=False)
+    torch.testing.assert_close(chunked_loss.to(own_loss.dtype), own_loss, rtol=1e-6, atol=0)
+    assert own_grads.keys() == chunked_grads.keys()
+
+
+def _logits_elements(build_step, chunks):
+    """Peak and after-forward elements of logits-shaped storages ([..., V], not [D, V])."""
+    tracker = StorageTracker(select=lambda s: s.shape[-1:] == (VOCAB,) and s.numel != 32 * VOCAB)
+    with tracker:
+        loss = build_step()
+        after_forward = sum(s.numel for s in tracker.alive() if tracker.select(s))
+        loss.backward()
+    return tracker.peak_numel, after_forward
+
+
+def test_logits_never_exist_in_full():
+    batch = token_batch()
+    batch_size, seq = batch["input_ids"].shape
+    full_logits = batch_size * seq * VOCAB
+    shifted = batch_size * (seq - 1) * VOCAB
+    chunks = 4
+    chunk_logits = batch_size * -(-(seq - 1) // chunks) * VOCAB  # [B, ceil(T / chunks), V]
+
+    plain = tiny_gpt2().float()
+    peak, kept = _logits_elements(lambda: plain(**batch).loss, chunks)
+    # Forward keeps the log-softmax of the shifted logits; the peak holds the logits, their
+    # shifted copy and the log-softmax at once.
+    assert kept == shifted and peak >= full_logits + 2 * shifted
+
+    model, context = chunked(tiny_gpt2().float(), chunks)
+
+    def step():
+        output = model(**context.model_inputs(batch))
+        return context.loss_fn(output, batch)
+
+    peak, kept = _logits_elements(step, chunks)
+    assert kept == 0  # nothing logits-sized survives forward
+    # One chunk at a time: its logits, log-softmax and gradient at most.
+    assert chunk_logits <= peak <= 3 * chunk_logits < full_logits
+
+
+def test_head_is_swapped_and_restored_exactly():
+    model = tiny_llama()
+    head, weight = model.lm_head, model.lm_head.weight
+    names = [n for n, _ in model.named_parameters()]
+    model, context = chunked(model)
+    assert isinstance(model.lm_head, HiddenStatesHead)
+    assert model.lm_head.weight is weight  # optimizers built now still train the head
+    assert [n for n, _ in model.named_parameters()] == names
+    assert list(model.state_dict()) == list(dict(tiny_llama().state_dict()))
+    undo_all(model)
+    assert model.lm_head is head and head.weight is weight
+    assert context.loss_fn is None and context.forward_batch is None
+
+
+def test_errors_say_the_fix():
+    with pytest.raises(InvalidInputError, match="no module of that name.*'lm_head'"):
+        apply_techniques(tiny_gpt2(), [ChunkedLoss(4, head="head")], context=ApplyContext())
+    with pytest.raises(InvalidInputError, match="PreNormBlock, not a plain nn.Linear"):
+        apply_techniques(tiny_gpt2(), [ChunkedLoss(4, head="layers.0")], context=ApplyContext())
+    with pytest.raises(InvalidInputError, match="must be >= 1"):
+        chunked(tiny_gpt2(), chunks=0)
+    with pytest.raises(InvalidInputError, match="drop loss_fn"):
+        chunked(tiny_gpt2(), context=ApplyContext(loss_fn=own_loss_fp64))
+    model, context = chunked(tiny_gpt2())
+    with pytest.raises(InvalidInputError, match="already applied"):
+        chunked(model)
+    batch = token_batch()
+    with pytest.raises(UnsupportedModelError, match="under 'labels'.*'input_ids'"):
+        context.model_inputs({"input_ids": batch["input_ids"]})
+    with pytest.raises(UnsupportedModelError, match="dict batches"):
+        context.model_inputs((batch["input_ids"],))
+
+
+class _ScaledLogits(nn.Module):
+    """A model that changes its logits after the head (as soft-capping does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inner = tiny_gpt2()
+
+    def forward(self, input_ids, labels=None):
+        return {"logits": self.inner(input_ids).logits * 2}
+
+
+def test_refuses_models_that_change_the_head_output():
+    model = _ScaledLogits()
+    context = ApplyContext()
+    apply_techniques(model, [ChunkedLoss(4, head="inner.lm_head")], context=context)
+    batch = token_batch()
+    output = model(**context.model_inputs(batch))
+    with pytest.raises(UnsupportedModelError, match="not what its head 'inner.lm_head' returned"):
+        context.loss_fn(output, batch)
