@@ -134,6 +134,60 @@ def estimate(
         click.echo(profile_text(profile, budget=limit))
 
 
+@cli.command("plan")
+@model_options
+@click.option("--budget", required=True, help="Reserved-memory budget, e.g. 16GiB or 0.5.")
+@click.option("--blocks", help="Comma-separated module patterns to checkpoint (default: found).")
+@click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
+def plan_command(
+    model: str,
+    batch_size: int | None,
+    seq_len: int | None,
+    input_spec: str | None,
+    loss_fn: str | None,
+    forward: str | None,
+    optimizer: str,
+    precision: str,
+    device: str,
+    fmt: str,
+    quiet: bool,
+    budget: str,
+    blocks: str | None,
+    out_path: str | None,
+) -> None:
+    """Choose the fastest techniques that make MODEL's step fit --budget."""
+    from pathlib import Path
+
+    from memfit.plan.search import plan
+    from memfit.plan.text import plan_text
+    from memfit.report.progress import Progress
+
+    values = _model_option_values(model, input_spec, loss_fn, forward)
+    show = fmt == "table" and not quiet
+    with Progress(f"planning {model}", enabled=show) as bar:
+        chosen = plan(
+            values.pop("model"),
+            values.pop("batch"),
+            **values,
+            budget=budget,
+            device=device,
+            optimizer=None if optimizer.lower() == "none" else optimizer,
+            precision=precision,
+            blocks=[b.strip() for b in blocks.split(",")] if blocks else None,
+            batch_size=batch_size,
+            seq_len=seq_len,
+            progress=bar.set_stage,
+        )
+    if out_path:
+        Path(out_path).write_text(chosen.to_json())
+    if fmt == "json":
+        click.echo(chosen.to_json())
+    elif quiet:
+        click.echo(chosen.label)
+    else:
+        click.echo(plan_text(chosen))
+
+
 @cli.command()
 @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
 def devices(fmt: str) -> None:

@@ -1,0 +1,93 @@
+"""Apply a plan: ``step = memfit.apply(plan, model, optimizer)``; ``plan.undo(model)`` reverts.
+
+Each technique has one applier, registered by type (``register_applier``); ``apply`` runs them
+all or none, and returns a ``TrainStep`` that runs forward, backward and the optimizer step with
+the plan in force.
+"""
+
+from __future__ import annotations
+
+import sys
+import types
+from typing import Any
+
+from memfit.apply.context import ApplyContext
+from memfit.apply.registry import apply_techniques, known_techniques, register_applier
+from memfit.apply.train_step import TrainStep
+from memfit.apply.undo import applied, undo_all
+
+__all__ = [
+    "apply",
+    "TrainStep",
+    "ApplyContext",
+    "register_applier",
+    "apply_techniques",
+    "known_techniques",
+    "undo_all",
+    "applied",
+]
+
+
+def apply(
+    plan: Any,
+    model: Any,
+    optimizer: Any = None,
+    *,
+    loss_fn: Any = None,
+    forward: Any = None,
+    precision: str | None = None,
+    device_type: str = "cuda",
+) -> TrainStep:
+    """Change ``model`` as ``plan`` says and return the step that runs it.
+
+    Args:
+        plan: a ``memfit.Plan`` (from ``memfit.plan``) or a sequence of techniques.
+        model: the ``nn.Module`` the plan was made for (changed in place; ``plan.undo(model)``
+            restores it exactly).
+        optimizer: its optimizer, or None for forward and backward only.
+        loss_fn, forward: as for ``memfit.estimate``.
+        precision: overrides the precision the plan was made for.
+        device_type: the device autocast runs for.
+
+    Returns:
+        A ``TrainStep``: ``loss = step(batch)``.
+
+    Raises:
+        InvalidInputError: the plan was made for another model, or a technique is malformed.
+        MemfitError: an applier failed; nothing was applied and the model is unchanged.
+    """
+    from memfit.errors import InvalidInputError
+    from memfit.plan.in_force import techniques_in_force
+    from memfit.plan.plan import Plan, model_fingerprint
+
+    in_force = techniques_in_force(plan)
+    if in_force.fingerprint and in_force.fingerprint != model_fingerprint(model):
+        raise InvalidInputError(
+            "this plan was made for another model (its parameters' names and shapes differ); "
+            "make a plan for this model with memfit.plan(model, batch, ...)"
+        )
+    chosen = precision
+    if chosen is None and isinstance(plan, Plan) and plan.profile is not None:
+        chosen = plan.profile.precision
+    context = ApplyContext(loss_fn=loss_fn)
+    apply_techniques(model, in_force.techniques, context=context)
+    return TrainStep(
+        model,
+        optimizer,
+        loss_fn=context.loss_fn,
+        forward=forward,
+        precision=context.precision or chosen or "fp32",
+        micro_batches=context.micro_batches or 1,
+        device_type=device_type,
+        forward_batch=context.forward_batch,
+    )
+
+
+# Note: [callable package] as in memfit.report: ``memfit.apply(...)`` must work even though
+# importing any ``memfit.apply.*`` module binds the name ``memfit.apply`` to this package.
+class _CallablePackage(types.ModuleType):
+    def __call__(self, *args: Any, **kwargs: Any) -> TrainStep:
+        return apply(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallablePackage

@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
-from torch.utils.module_tracker import ModuleTracker
 
 from memfit.apply.train_step import TrainStep
 from memfit.devices import local_device
@@ -25,6 +24,7 @@ from memfit.profile import Category, MemoryProfile, Phase, TimelineEvent
 from memfit.trace.assemble import assemble_profile, module_table
 from memfit.trace.estimate import _live_until, _param_bytes_trainable, _resolve
 from memfit.trace.inputs import describe_batch
+from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import make_optimizer, optimizer_label
 from memfit.trace.precision import Precision
 from memfit.trace.recorder import MemoryRecorder, _Trace

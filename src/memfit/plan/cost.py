@@ -76,11 +76,30 @@ def _bytes_moved(args: Any, out: Any) -> int:
     return total
 
 
+def _launches_nothing(func: Any, args: tuple, kwargs: dict, out: Any) -> bool:
+    """Views, metadata and aliasing operators: every output shares an input's storage."""
+    if func.namespace != "aten" or func.overloadpacket is torch.ops.aten._local_scalar_dense:
+        return True
+    if func._schema.is_mutable:
+        return False
+    outputs = [t for t in tree_flatten(out)[0] if isinstance(t, torch.Tensor)]
+    if not outputs:
+        return True
+    inputs = {
+        t.untyped_storage()._cdata
+        for t in tree_flatten((args, kwargs))[0]
+        if isinstance(t, torch.Tensor)
+    }
+    return all(t.untyped_storage()._cdata in inputs for t in outputs)
+
+
 def op_time(
     func: Any, args: tuple, kwargs: dict, out: Any, device: DeviceSpec, calibration: Calibration
 ) -> OpTime:
     """The predicted time of one operator call on ``device``."""
     name = func.__name__.removesuffix(".default")
+    if _launches_nothing(func, args, kwargs, out):
+        return OpTime(name, 0.0, 0, 0.0)
     flop_fn = flop_registry.get(func.overloadpacket)
     flops = 0.0
     if flop_fn is not None:

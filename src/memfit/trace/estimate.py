@@ -177,7 +177,7 @@ def trace_step(
         example = batch() if callable(batch) else batch
     example = prepare_batch(example, fake_mode)
     report("tracing forward, backward and optimizer step")
-    with techniques.applied_to(fake_model.module, fake_mode) as context:
+    with fake_model.swapped(), techniques.applied_to(fake_model.module, fake_mode) as context:
 
         def make_step() -> TrainStep:
             return TrainStep(

@@ -1,14 +1,16 @@
 """The model and batch on fake CPU tensors: real shapes and dtypes, no memory.
 
 A builder (zero-argument callable) is called under ``FakeTensorMode``, so even a 70B-parameter
-model is built without allocating its weights. An existing ``nn.Module`` is not touched: its
-parameters and buffers are mirrored by fake tensors, and the forward runs through
-``torch.func.functional_call`` with those (the module's own tensors are swapped back at once).
+model is built without allocating its weights. An existing ``nn.Module`` is mirrored by fake
+tensors: for the duration of the trace (``FakeModel.swapped``, forward, backward and checkpoint
+recomputation alike) its parameters and buffers are replaced by the fakes, and put back after,
+whatever happens.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -40,16 +42,20 @@ class FakeModel:
     swap: bool
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.module(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def swapped(self) -> Iterator[None]:
+        """The module holds the fake tensors inside the context (no-op if it already does)."""
         if not self.swap:
-            return self.module(*args, **kwargs)
-        return torch.func.functional_call(
-            self.module,
-            {**self.params, **self.buffers},
-            args,
-            kwargs,
-            tie_weights=True,
-            strict=False,
-        )
+            yield
+            return
+        from torch.nn.utils.stateless import _reparametrize_module
+
+        with _reparametrize_module(
+            self.module, {**self.params, **self.buffers}, tie_weights=True, strict=False
+        ):
+            yield
 
     def trainable(self) -> list[torch.Tensor]:
         return [p for p in self.params.values() if p.requires_grad]

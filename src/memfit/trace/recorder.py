@@ -4,7 +4,7 @@ A ``TorchDispatchMode`` sees each ATen operator's outputs; a storage not seen be
 allocation, and a weak reference on it reports the free when PyTorch releases it (the same
 moment the CUDA caching allocator would get the block back). It works on fake tensors (no memory
 is used) and on real CUDA tensors alike, so prediction and measurement share one bookkeeping.
-Module attribution comes from ``torch.utils.module_tracker.ModuleTracker``.
+Module attribution comes from ``memfit.trace.modules`` (PyTorch's ModuleTracker).
 
 Known limitations:
     * Storages resized in place (``untyped_storage().resize_()``) keep their first size.

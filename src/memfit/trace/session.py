@@ -10,6 +10,7 @@ second, steady one.
 
 from __future__ import annotations
 
+import contextlib
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,17 +19,17 @@ from typing import Any
 import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
-from torch.utils.module_tracker import ModuleTracker
 
 from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.plan.cost import Calibration, op_time
 from memfit.profile import Category, Phase
-from memfit.trace.cuda.autocast import cuda_autocast
+from memfit.trace.cuda.autocast import cuda_autocast_policy
 from memfit.trace.cuda.composites import cuda_composites
 from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.cuda.workspaces import cuda_workspace_rules
 from memfit.trace.fakeify import FakeModel
+from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults
 from memfit.trace.recorder import MemoryRecorder, _Trace
 from memfit.trace.step import optimizer_update
@@ -146,13 +147,16 @@ def traced_step(
                     recorder.phase = _PHASE_OF_MARK.get(name, Phase.OPTIMIZER)
 
                 step.mark = mark
-                if step.precision.autocast_dtype is not None:
-                    dtype = step.precision.autocast_dtype
-                    step.autocast = lambda: cuda_autocast(dtype)
+                dtype = step.precision.autocast_dtype
+                policy = contextlib.nullcontext()
+                if dtype is not None:
+                    step.autocast = lambda: torch.autocast("cpu", dtype=dtype)
+                    policy = cuda_autocast_policy(dtype)
                 if step.precision.grad_scaler:
                     step.grad_scale = torch.full((), 65536.0)
                 try:
-                    _run_twice_stepping(step, batch, mark)
+                    with policy:
+                        _run_twice_stepping(step, batch, mark)
                 except MemfitError:
                     raise
                 except Exception as error:  # the user's model: report it, whatever it raised

@@ -32,7 +32,7 @@ from memfit.trace.cuda.autocast_policy import (
     registered_cuda_autocast_ops,
 )
 
-__all__ = ["cuda_autocast", "unknown_ops"]
+__all__ = ["cuda_autocast", "cuda_autocast_policy", "unknown_ops"]
 
 _AUTOCAST_CPU = torch._C.DispatchKeySet(torch._C.DispatchKey.AutocastCPU)
 # fp32_append_dtype: autocast redispatches norm to the overload that takes an output dtype
@@ -141,12 +141,13 @@ def _resolve(name: str) -> Any:
 
 
 @contextlib.contextmanager
-def cuda_autocast(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
-    """Run CPU tensors under CUDA's autocast policy, with autocast dtype ``dtype``.
+def cuda_autocast_policy(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+    """Install CUDA's autocast policy on the AutocastCPU key (it acts where CPU autocast is on).
 
-    Example:
-        >>> with cuda_autocast(torch.bfloat16):
-        ...     logits = model(input_ids)  # fake CPU tensors, cast as on a GPU
+    Within the context, ``torch.autocast("cpu", dtype=dtype)`` casts as CUDA autocast would,
+    including in regions PyTorch enters itself (checkpoint recomputation), and the cache of
+    low-precision weight copies is dropped whenever the outermost autocast region exits, as
+    ``torch.clear_autocast_cache`` does for the real cache.
     """
     registered = registered_cuda_autocast_ops()
     cpu_only = {
@@ -155,6 +156,12 @@ def cuda_autocast(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
         if name.startswith("aten::")
     } - registered
     cache = _WeightCache()
+    original_clear = torch.clear_autocast_cache
+
+    def clear_both() -> None:
+        cache.copies.clear()
+        original_clear()
+
     with _LOCK, warnings.catch_warnings():
         warnings.simplefilter("ignore")
         library = torch.library.Library("aten", "IMPL")
@@ -169,8 +176,21 @@ def cuda_autocast(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
                 library.impl(
                     name, _make_kernel(op, policy, dtype, cache), "AutocastCPU", with_keyset=True
                 )
-            with torch.autocast("cpu", dtype=dtype):
-                yield
+            torch.clear_autocast_cache = clear_both
+            yield
         finally:
+            torch.clear_autocast_cache = original_clear
             cache.copies.clear()
             library._destroy()
+
+
+@contextlib.contextmanager
+def cuda_autocast(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
+    """Run CPU tensors under CUDA's autocast policy, with autocast dtype ``dtype``.
+
+    Example:
+        >>> with cuda_autocast(torch.bfloat16):
+        ...     logits = model(input_ids)  # fake CPU tensors, cast as on a GPU
+    """
+    with cuda_autocast_policy(dtype), torch.autocast("cpu", dtype=dtype):
+        yield

@@ -1,0 +1,106 @@
+"""Candidate plans and their screening predictions, before any of them is traced.
+
+A candidate checkpoints the first ``k`` blocks with one policy, splits the batch into ``n``
+micro-batches and optionally chunks the loss. Its memory and time are predicted from the
+unmodified step and the block figures: activations a policy does not keep are subtracted per
+block, what depends on the batch is divided by ``n``, the chunked loss removes the logits
+measured in its own trace; time adds each block's recomputation and the per-micro-batch
+overheads. Screening only orders the candidates: the chosen one is always traced in full.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from memfit.plan.policies import Policy
+from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch, Technique
+from memfit.profile import Category, MemoryProfile
+
+__all__ = ["Candidate", "Baseline", "screen"]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """What screening needs from the traced, unmodified step."""
+
+    profile: MemoryProfile
+    step_s: float
+    fb_launches: int  # kernels in forward and backward (each micro-batch launches them again)
+    weight_cast_s: float  # autocast's weight casts, redone by every micro-batch
+    grad_bytes: int = 0  # gradients, alive across micro-batches once there are several
+    chunked_saving: int = 0  # allocated bytes the chunked loss saves (its own trace)
+    chunked_extra_s: float = 0.0
+
+    @property
+    def static_bytes(self) -> int:
+        cats = self.profile.by_category
+        return sum(
+            cats.get(c, 0)
+            for c in (Category.PARAM, Category.BUFFER, Category.OPTIMIZER, Category.OTHER)
+        )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    policy: Policy
+    blocks: tuple[str, ...]
+    micro_batches: int
+    chunks: int
+    peak_reserved: int
+    peak_allocated: int
+    step_s: float
+
+    def techniques(self, head: str) -> tuple[Technique, ...]:
+        found: list[Technique] = []
+        if self.blocks and self.policy.kind != "none":
+            found.append(Checkpoint(modules=self.blocks, save=self.policy.save))
+        if self.micro_batches > 1:
+            found.append(MicroBatch(n=self.micro_batches))
+        if self.chunks > 1:
+            found.append(ChunkedLoss(chunks=self.chunks, head=head))
+        return tuple(found)
+
+
+def screen(
+    baseline: Baseline,
+    policies: list[Policy],
+    blocks: list[str],
+    saved_per_block: int,
+    micro_batch_options: list[int],
+    chunk_options: list[int],
+    launch_s: float,
+) -> list[Candidate]:
+    """Every combination, with predicted peak memory and step time."""
+    profile = baseline.profile
+    dynamic = profile.peak_allocated - baseline.static_bytes
+    ratio = profile.peak_reserved / max(1, profile.peak_allocated)
+    candidates = []
+    for policy in policies:
+        counts = [0] if policy.kind == "none" else range(1, len(blocks) + 1)
+        for k in counts:
+            saving = k * max(0, saved_per_block - policy.kept_bytes)
+            transient = (saved_per_block - policy.kept_bytes) if k else 0
+            for n in micro_batch_options:
+                for chunks in chunk_options:
+                    chunk_saving = baseline.chunked_saving if chunks > 1 else 0
+                    left = max(0, dynamic - saving - chunk_saving)
+                    held = baseline.grad_bytes if n > 1 else 0
+                    allocated = baseline.static_bytes + held + (left + transient) // n
+                    time_s = (
+                        baseline.step_s
+                        + k * policy.recompute_s
+                        + (n - 1) * (baseline.fb_launches * launch_s + baseline.weight_cast_s)
+                        + (baseline.chunked_extra_s if chunks > 1 else 0.0)
+                    )
+                    candidates.append(
+                        Candidate(
+                            policy,
+                            tuple(blocks[:k]),
+                            n,
+                            chunks,
+                            int(allocated * ratio),
+                            int(allocated),
+                            time_s,
+                        )
+                    )
+    return candidates

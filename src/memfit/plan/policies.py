@@ -1,0 +1,91 @@
+"""Checkpointing policies for one block, from none to full, with selective ones between.
+
+Selective checkpointing keeps the outputs of some operator kinds and recomputes the rest in
+backward. Which kinds to keep is a 0-1 knapsack: keep the kinds that would cost the most time to
+recompute, within a cap on the bytes kept. It is solved exactly with HiGHS
+(``scipy.optimize.milp``) for several caps, giving a ladder of policies between no
+checkpointing and full checkpointing, so the memory/time frontier has no gap.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy.optimize import Bounds, LinearConstraint, milp
+
+from memfit.plan.blocks import BlockStats
+
+__all__ = ["Policy", "block_policies"]
+
+# Operators that produce no data of their own (views, casts of views) or are not worth keeping.
+_NEVER_SAVE = {
+    "view",
+    "t",
+    "transpose",
+    "_unsafe_view",
+    "expand",
+    "detach",
+    "slice",
+    "split",
+    "permute",
+    "unsqueeze",
+    "squeeze",
+    "select",
+    "clone",
+    "contiguous",
+}
+
+
+@dataclass(frozen=True)
+class Policy:
+    """How one block is checkpointed.
+
+    Attributes:
+        kind: "none", "selective" or "full".
+        save: operator kinds whose outputs are kept (selective only).
+        kept_bytes: predicted bytes the block keeps from forward to backward (besides inputs).
+        recompute_s: predicted time to recompute in backward.
+    """
+
+    kind: str
+    save: tuple[str, ...]
+    kept_bytes: int
+    recompute_s: float
+
+
+def _knapsack(values: np.ndarray, weights: np.ndarray, cap: float) -> np.ndarray:
+    """Maximise values . x subject to weights . x <= cap, x binary (HiGHS via scipy)."""
+    result = milp(
+        c=-values,
+        constraints=LinearConstraint(weights[np.newaxis, :], -np.inf, cap),
+        integrality=np.ones_like(values),
+        bounds=Bounds(0, 1),
+    )
+    if result.x is None:
+        return np.zeros_like(values)
+    return np.round(result.x).astype(bool)
+
+
+def block_policies(stats: BlockStats, levels: tuple[float, ...] = (0.2, 0.4, 0.6)) -> list[Policy]:
+    """None, full, and selective policies keeping at most ``level`` of the block's outputs."""
+    policies = [
+        Policy("none", (), stats.saved_bytes, 0.0),
+        Policy("full", (), stats.kept_full_bytes, stats.forward_s),
+    ]
+    groups = [g for g in stats.groups if g.op not in _NEVER_SAVE and g.output_bytes > 0]
+    if not groups:
+        return policies
+    values = np.array([g.seconds for g in groups], dtype=float)
+    weights = np.array([g.output_bytes for g in groups], dtype=float)
+    seen: set[tuple[str, ...]] = set()
+    for level in levels:
+        chosen = _knapsack(values, weights, level * weights.sum())
+        save = tuple(sorted(g.op for g, keep in zip(groups, chosen, strict=True) if keep))
+        if not save or save in seen:
+            continue
+        seen.add(save)
+        kept = int(weights[chosen].sum()) + stats.kept_full_bytes
+        recompute = float(stats.forward_s - values[chosen].sum())
+        policies.append(Policy("selective", save, min(kept, stats.saved_bytes), recompute))
+    return policies

@@ -1,0 +1,326 @@
+"""``memfit.plan``: the fastest combination of techniques that fits a memory budget.
+
+1. Trace the unmodified step (``memfit.estimate``'s tracer). If it fits, the plan is empty.
+2. Find the repeated blocks, trace once with all of them fully checkpointed (what a block keeps
+   then), read each block's costs, and build a ladder of checkpointing policies per block
+   (none, selective ones from a knapsack solved with HiGHS, full); identical blocks are solved
+   once. Trace once with a chunked loss where the model has an LM head.
+3. Screen every combination (policy x number of blocks x micro-batches x chunked loss) with
+   the additive model in ``candidates.py``, fastest first.
+4. Trace the fastest candidates that screening says fit, in order, until one fits for real
+   (the full tracer and allocator simulation, with a safety margin for prediction error).
+
+The budget is on *reserved* memory, what ``torch.cuda.max_memory_reserved()`` reports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from torch import nn
+
+from memfit.devices import DeviceSpec, get_device
+from memfit.errors import BudgetInfeasibleError, InvalidInputError, MemfitError
+from memfit.plan.blocks import block_stats
+from memfit.plan.candidates import Baseline, Candidate, screen
+from memfit.plan.cost import load_calibration
+from memfit.plan.plan import Plan, model_fingerprint
+from memfit.plan.policies import block_policies
+from memfit.plan.techniques import Checkpoint, ChunkedLoss
+from memfit.profile import Category
+from memfit.report.frontier import FrontierPoint, pareto
+from memfit.trace.estimate import StepTrace, trace_step
+from memfit.units import format_bytes, parse_bytes
+
+__all__ = ["plan"]
+
+ALLOWED = ("checkpoint", "micro_batch", "chunked_loss")
+
+
+def plan(
+    model: nn.Module | Callable[[], nn.Module] | str,
+    batch: Any = None,
+    *,
+    budget: str | int | float,
+    device: str | DeviceSpec = "h100-80gb",
+    optimizer: Any = "adamw",
+    precision: str = "bf16-mixed",
+    loss_fn: Any = None,
+    forward: Any = None,
+    blocks: Sequence[str] | None = None,
+    allow: Sequence[str] = ALLOWED,
+    head: str = "lm_head",
+    chunks: int = 8,
+    max_micro_batches: int = 8,
+    margin: float = 0.02,
+    max_traces: int = 4,
+    batch_size: int | None = None,
+    seq_len: int | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> Plan:
+    """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
+
+    Args:
+        model, batch, optimizer, precision, loss_fn, forward, batch_size, seq_len: as for
+            ``memfit.estimate``.
+        budget: reserved-memory budget: ``"16GiB"``, bytes, or a fraction of the device.
+        device: the target GPU (``memfit devices``).
+        blocks: module names (fnmatch patterns) that may be checkpointed; default: the
+            repeated blocks found automatically.
+        allow: techniques the planner may use (``checkpoint``, ``micro_batch``,
+            ``chunked_loss``).
+        head: the LM head for a chunked loss.
+        margin: keep the predicted reserved peak this fraction below the budget, for
+            prediction error (the accuracy benchmark's worst reserved error is about 1% on
+            transformers).
+        max_traces: candidates traced in full before giving up on the screening order.
+
+    Returns:
+        The chosen Plan, with its prediction and the frontier of alternatives.
+
+    Raises:
+        InvalidInputError: for a malformed budget, or one larger than the device.
+        BudgetInfeasibleError: when no combination fits; says how much is missing.
+
+    Known limitations:
+        * Offloading, sharding and low-bit optimizer state are not planned yet; the error for
+          an infeasible budget names them as what would close the gap.
+        * Checkpointing is planned for the first k blocks with one policy for all of them.
+    """
+    report = progress or (lambda message: None)
+    started = time.perf_counter()
+    spec = get_device(device)
+    limit = _budget_bytes(budget, spec)
+    unknown = set(allow) - set(ALLOWED)
+    if unknown:
+        raise InvalidInputError(
+            f"unknown technique(s) {sorted(unknown)} in allow; known: {', '.join(ALLOWED)}"
+        )
+    target = int(limit * (1 - margin))
+    options = dict(
+        loss_fn=loss_fn,
+        forward=forward,
+        optimizer=optimizer,
+        precision=precision,
+        device=spec,
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
+
+    def trace(techniques: tuple[Any, ...] = ()) -> StepTrace:
+        return trace_step(model, batch, plan=list(techniques) or None, **options)
+
+    report("tracing the unmodified step")
+    base = trace()
+    fingerprint = model_fingerprint(base.model.module)
+    baseline_s = base.profile.step_time_s or 0.0
+
+    def make(techniques: tuple[Any, ...], traced: StepTrace, frontier=()) -> Plan:
+        return Plan(
+            techniques=techniques,
+            budget=limit,
+            device=spec.name,
+            profile=traced.profile,
+            step_time_s=traced.profile.step_time_s,
+            baseline_step_time_s=baseline_s,
+            frontier=tuple(frontier),
+            model_fingerprint=fingerprint,
+        )
+
+    if base.profile.peak_reserved <= target:
+        point = FrontierPoint("unmodified", base.profile.peak_reserved, baseline_s, chosen=True)
+        return make((), base, [point])
+    report("measuring what each block keeps")
+    block_names = _blocks(base, blocks) if "checkpoint" in allow else []
+    baseline = _baseline(base, trace, block_names, allow, head, chunks)
+    policies = [_none_policy(base, block_names)]
+    if block_names:
+        full = trace((Checkpoint(modules=tuple(block_names)),))
+        stats = block_stats(base, block_names)[0]
+        kept = {m.fqn: m.activation_bytes for m in full.profile.modules}
+        stats = dataclasses.replace(stats, kept_full_bytes=kept.get(block_names[0], 0))
+        policies = block_policies(stats)
+    batch_total = _batch_size(base)
+    micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= min(batch_total, max_micro_batches)]
+    if "micro_batch" not in allow:
+        micro = [1]
+    chunk_options = [1, chunks] if baseline.chunked_saving > 0 else [1]
+    saved = policies[0].kept_bytes
+    candidates = screen(
+        baseline,
+        policies,
+        block_names,
+        saved,
+        micro,
+        chunk_options,
+        load_calibration(spec).launch_s,
+    )
+    report("tracing the most promising plans")
+    static = int(
+        baseline.static_bytes * base.profile.peak_reserved / max(1, base.profile.peak_allocated)
+    )
+    chosen, traced_points = _verify(candidates, target, static, trace, head, max_traces)
+    frontier = _frontier(candidates, traced_points, chosen)
+    report(f"planned in {time.perf_counter() - started:.1f} s")
+    if chosen is None:
+        raise _infeasible(limit, target, base, traced_points)
+    techniques, traced = chosen
+    return make(techniques, traced, frontier)
+
+
+def _budget_bytes(budget: Any, spec: DeviceSpec) -> int:
+    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
+    if limit > spec.memory_bytes:
+        raise InvalidInputError(
+            f"budget {format_bytes(limit)} is more than {spec.name} has "
+            f"({format_bytes(spec.memory_bytes)}); give a smaller budget or another --device"
+        )
+    return limit
+
+
+def _blocks(base: StepTrace, blocks: Sequence[str] | None) -> list[str]:
+    from memfit.apply.blocks import find_blocks
+    from memfit.apply.matching import match_modules
+
+    module = base.model.module
+    if blocks is None:
+        return find_blocks(module)
+    found = match_modules(
+        module, list(blocks), what="blocks", hint=lambda: ", ".join(find_blocks(module)[:4])
+    )
+    return [name for name, _ in found]
+
+
+def _none_policy(base: StepTrace, blocks: list[str]):
+    from memfit.plan.policies import Policy
+
+    saved = {m.fqn: m.activation_bytes for m in base.profile.modules}
+    return Policy("none", (), saved.get(blocks[0], 0) if blocks else 0, 0.0)
+
+
+def _baseline(base: StepTrace, trace, blocks, allow, head: str, chunks: int) -> Baseline:
+    ops = [op for op in base.record.ops if op.stage in ("forward", "backward")]
+    casts = sum(op.seconds for op in ops if op.stage == "forward" and op.op == "_to_copy")
+    baseline = Baseline(
+        base.profile,
+        base.profile.step_time_s or 0.0,
+        len(ops),
+        casts,
+        grad_bytes=sum(base.record.grad_bytes.values()),
+    )
+    if "chunked_loss" not in allow:
+        return baseline
+    try:
+        chunked = trace((ChunkedLoss(chunks=chunks, head=head),))
+    except MemfitError:
+        return baseline  # no LM head or no labels: the technique does not apply
+    return dataclasses.replace(
+        baseline,
+        chunked_saving=base.profile.peak_allocated - chunked.profile.peak_allocated,
+        chunked_extra_s=(chunked.profile.step_time_s or 0.0) - baseline.step_s,
+    )
+
+
+def _batch_size(base: StepTrace) -> int:
+    text = base.profile.batch
+    try:
+        return int(text.split("[", 1)[1].split(",", 1)[0].rstrip("]"))
+    except (IndexError, ValueError):
+        return 1
+
+
+def _verify(
+    candidates: list[Candidate], target: int, static: int, trace, head: str, max_traces: int
+):
+    """Trace fitting candidates fastest first; the first that really fits is chosen.
+
+    After each miss, screening's estimate of the memory that depends on the plan is rescaled
+    by how far it was off (a secant step), so the next candidate is chosen more cautiously.
+    """
+    traced_points: list[tuple[Candidate, StepTrace]] = []
+    scale = 1.0
+
+    def predicted(candidate: Candidate) -> float:
+        return static + (candidate.peak_reserved - static) * scale
+
+    tried: set[int] = set()
+    for _ in range(max_traces):
+        fitting = [c for c in candidates if id(c) not in tried and predicted(c) <= target]
+        if not fitting:
+            break
+        candidate = min(fitting, key=lambda c: c.step_s)
+        tried.add(id(candidate))
+        traced = trace(candidate.techniques(head))
+        traced_points.append((candidate, traced))
+        if traced.profile.peak_reserved <= target:
+            return (candidate.techniques(head), traced), traced_points
+        expected = max(1, candidate.peak_reserved - static)
+        scale = max(scale, (traced.profile.peak_reserved - static) / expected)
+    lowest = min(c.peak_reserved for c in candidates)
+    strongest = max((c for c in candidates if c.peak_reserved == lowest), key=_aggressiveness)
+    if id(strongest) not in tried:
+        traced = trace(strongest.techniques(head))
+        traced_points.append((strongest, traced))
+        if traced.profile.peak_reserved <= target:
+            return (strongest.techniques(head), traced), traced_points
+    return None, traced_points
+
+
+def _aggressiveness(candidate: Candidate) -> tuple:
+    strength = {"none": 0, "selective": 1, "full": 2}[candidate.policy.kind]
+    return (
+        len(candidate.blocks),
+        strength,
+        -candidate.policy.kept_bytes,
+        candidate.micro_batches,
+        candidate.chunks,
+    )
+
+
+def _frontier(candidates, traced_points, chosen) -> list[FrontierPoint]:
+    points = [
+        FrontierPoint(_label(c), c.peak_reserved, c.step_s) for c in candidates if c.step_s > 0
+    ]
+    front = pareto(points)
+    if len(front) > 12:  # keep the ends and an even spread between them
+        step = (len(front) - 1) / 11
+        front = [front[round(i * step)] for i in range(12)]
+    for candidate, traced in traced_points:
+        is_chosen = chosen is not None and traced is chosen[1]
+        front.append(
+            FrontierPoint(
+                _label(candidate) + " (traced)",
+                traced.profile.peak_reserved,
+                traced.profile.step_time_s or candidate.step_s,
+                chosen=is_chosen,
+            )
+        )
+    return front
+
+
+def _label(candidate: Candidate) -> str:
+    parts = []
+    if candidate.blocks and candidate.policy.kind != "none":
+        parts.append(f"{candidate.policy.kind} ckpt x{len(candidate.blocks)}")
+    if candidate.micro_batches > 1:
+        parts.append(f"micro-batch x{candidate.micro_batches}")
+    if candidate.chunks > 1:
+        parts.append(f"chunked loss x{candidate.chunks}")
+    return " + ".join(parts) or "unmodified"
+
+
+def _infeasible(limit: int, target: int, base: StepTrace, traced_points) -> BudgetInfeasibleError:
+    best = min((t.profile.peak_reserved for _, t in traced_points), default=0)
+    cats = base.profile.by_category
+    states = sum(cats.get(c, 0) for c in (Category.PARAM, Category.GRAD, Category.OPTIMIZER))
+    return BudgetInfeasibleError(
+        f"budget {format_bytes(limit)} cannot be met: the most memory-saving plan still needs "
+        f"{format_bytes(best)} reserved ({format_bytes(best - target)} missing, with the "
+        f"{format_bytes(limit - target)} safety margin); weights, gradients and optimizer "
+        f"state alone take {format_bytes(states)}. What would close the gap: offloading "
+        f"optimizer state to the CPU, sharding across GPUs (FSDP), or low-bit optimizer "
+        f"state (torchao) -- not planned by memfit yet; or a smaller batch."
+    )

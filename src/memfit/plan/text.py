@@ -1,0 +1,46 @@
+"""A plan as aligned text: the choice and its cost first, then the alternatives weighed."""
+
+from __future__ import annotations
+
+from memfit.plan.plan import Plan
+from memfit.report.tables import format_table
+from memfit.units import format_bytes
+
+__all__ = ["plan_text"]
+
+
+def plan_text(plan: Plan) -> str:
+    """What ``memfit plan`` prints."""
+    lines = [f"plan            {plan.label}"]
+    if plan.profile is not None:
+        profile = plan.profile
+        lines += [
+            f"model           {profile.model} on {plan.device} ({profile.precision}, "
+            f"{profile.optimizer}, {profile.batch})",
+            f"budget          {format_bytes(plan.budget)} reserved",
+            f"peak reserved   {format_bytes(profile.peak_reserved)}",
+            f"peak allocated  {format_bytes(profile.peak_allocated)}",
+        ]
+    if plan.step_time_s and plan.baseline_step_time_s:
+        lines.append(
+            f"step time       {plan.step_time_s * 1e3:.1f} ms predicted, "
+            f"{plan.overhead:+.1%} against the unmodified step "
+            f"({plan.baseline_step_time_s * 1e3:.1f} ms)"
+        )
+    for technique in plan.techniques:
+        lines.append(f"  - {technique!r}")
+    if plan.frontier:
+        rows = [
+            (
+                ("* " if point.chosen else "  ") + point.label,
+                format_bytes(point.peak_reserved),
+                f"{point.step_time_s * 1e3:.1f} ms",
+            )
+            for point in sorted(plan.frontier, key=lambda p: p.peak_reserved)
+        ]
+        lines += [
+            "",
+            "alternatives weighed: screening estimates, and the plans traced in full (* chosen)",
+            format_table(("plan", "peak reserved", "step time"), rows),
+        ]
+    return "\n".join(lines)
