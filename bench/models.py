@@ -13,6 +13,13 @@ def hf_gpt2():
     return transformers.GPT2LMHeadModel(config)
 
 
+def hf_gpt2_medium():
+    import transformers
+
+    config = transformers.GPT2Config(n_embd=1024, n_layer=24, n_head=16, attn_implementation="sdpa")
+    return transformers.GPT2LMHeadModel(config)
+
+
 def hf_llama():
     import transformers
 
@@ -46,6 +53,12 @@ def image_loss(output, batch):
 # name -> (builder, input spec, loss_fn, forward); None means memfit's defaults
 EXTERNAL = {
     "hf-gpt2": (hf_gpt2, "input_ids=int64[8,1024]<50257 labels=int64[8,1024]<50257", None, None),
+    "hf-gpt2-medium": (
+        hf_gpt2_medium,
+        "input_ids=int64[8,1024]<50257 labels=int64[8,1024]<50257",
+        None,
+        None,
+    ),
     "hf-llama-1b": (
         hf_llama,
         "input_ids=int64[4,2048]<32000 labels=int64[4,2048]<32000",

@@ -55,8 +55,8 @@ def plan(
     head: str = "lm_head",
     chunks: int = 8,
     max_micro_batches: int = 8,
-    margin: float = 0.02,
-    max_traces: int = 4,
+    margin: float = 0.01,
+    max_traces: int = 3,
     batch_size: int | None = None,
     seq_len: int | None = None,
     progress: Callable[[str], None] | None = None,
@@ -259,25 +259,21 @@ def _verify(
             return (candidate.techniques(head), traced), traced_points
         expected = max(1, candidate.peak_reserved - static)
         scale = max(scale, (traced.profile.peak_reserved - static) / expected)
-    lowest = min(c.peak_reserved for c in candidates)
-    strongest = max((c for c in candidates if c.peak_reserved == lowest), key=_aggressiveness)
-    if id(strongest) not in tried:
-        traced = trace(strongest.techniques(head))
-        traced_points.append((strongest, traced))
+    # the fastest did not fit: fall back on the most memory-saving candidates
+    by_memory = sorted(candidates, key=lambda c: (c.peak_reserved, [-x for x in _key(c)]))
+    for candidate in [c for c in by_memory if id(c) not in tried][:2]:
+        tried.add(id(candidate))
+        traced = trace(candidate.techniques(head))
+        traced_points.append((candidate, traced))
         if traced.profile.peak_reserved <= target:
-            return (strongest.techniques(head), traced), traced_points
+            return (candidate.techniques(head), traced), traced_points
     return None, traced_points
 
 
-def _aggressiveness(candidate: Candidate) -> tuple:
+def _key(candidate: Candidate) -> tuple[int, ...]:
+    """How much a candidate does to save memory: more blocks, stronger policy, chunked loss."""
     strength = {"none": 0, "selective": 1, "full": 2}[candidate.policy.kind]
-    return (
-        len(candidate.blocks),
-        strength,
-        -candidate.policy.kept_bytes,
-        candidate.micro_batches,
-        candidate.chunks,
-    )
+    return (len(candidate.blocks), strength, candidate.chunks, candidate.micro_batches)
 
 
 def _frontier(candidates, traced_points, chosen) -> list[FrontierPoint]:
