@@ -75,7 +75,9 @@ def build(name: str):
     return model, batch
 
 
-def measure_plan(name: str, plan=None, prepare=None, compiled_budget=None) -> dict:
+def measure_plan(
+    name: str, plan=None, prepare=None, compiled_budget=None, snapshot: Path | None = None
+) -> dict:
     clean()
     model, batch = build(name)
     if prepare is not None:
@@ -91,8 +93,13 @@ def measure_plan(name: str, plan=None, prepare=None, compiled_budget=None) -> di
     else:
         step = memfit.apply(plan, target if compiled_budget is None else model, optimizer)
     started = time.perf_counter()
+    if snapshot is not None:  # every allocation from the first step on, for the simulator
+        torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
     result = run_steps(step, batch)
     result["wall_s"] = time.perf_counter() - started
+    if snapshot is not None:
+        torch.cuda.memory._dump_snapshot(str(snapshot))
+        torch.cuda.memory._record_memory_history(enabled=None)
     del step, optimizer, model, target, batch
     torch._functorch.config.activation_memory_budget = 1.0
     clean()
@@ -142,7 +149,10 @@ def main() -> None:
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
 
-            rows["anchors"]["hf full checkpointing"] = full = measure_plan(name, prepare=hf_full)
+            snapshot = out / f"{name}_hf_full.pickle" if name == "hf-gpt2" else None
+            rows["anchors"]["hf full checkpointing"] = full = measure_plan(
+                name, prepare=hf_full, snapshot=snapshot
+            )
             print(name, "hf full", full, flush=True)
             save()
             builder = EXTERNAL[name][0]

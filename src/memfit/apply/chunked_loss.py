@@ -2,11 +2,14 @@
 
 The logits of a causal LM hold ``B * S * V`` numbers, upcast to float32 for the loss: 4.2 GB at
 batch 8, 1024 tokens and LLaMA-3's 128k vocabulary, often more than the model's activations.
-Here the sequence is cut into chunks; each chunk's logits are computed, reduced to a loss sum
-and dropped, inside ``torch.utils.checkpoint`` so that backward recomputes them one chunk at a
-time. Only one chunk's logits (and their gradient) are ever alive. The result is Hugging Face's
-``ForCausalLMLoss``: position ``t`` predicts label ``t + 1``, labels equal to ``-100`` are
-skipped, and the loss is the sum over the other tokens divided by their number.
+Here the positions are cut into chunks; for each chunk the forward pass computes the logits,
+the loss and, at once, the gradients with respect to the hidden states and the head's weight
+(softmax minus the one-hot label, times the head), then drops the logits: backward only scales
+the stored gradients. Only one chunk's logits are ever alive and nothing is recomputed (the
+approach of fused linear cross-entropy kernels such as Liger's, here in plain PyTorch). The
+result is Hugging Face's ``ForCausalLMLoss``: position ``t`` predicts label ``t + 1``, labels
+equal to ``-100`` are skipped, and the loss is the sum over the other tokens divided by their
+number.
 """
 
 from __future__ import annotations
@@ -19,7 +22,6 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
 
 from memfit.apply.context import ApplyContext
 from memfit.apply.head import HiddenStatesHead, find_head, replace_module
@@ -81,40 +83,71 @@ def chunked_cross_entropy(
     if isinstance(chunks, bool) or not isinstance(chunks, int) or chunks < 1:
         raise InvalidInputError(f"chunks={chunks!r} must be an integer >= 1")
     inputs, targets = hidden[:, :-1], labels[:, 1:]
-    positions = inputs.shape[1]
-    size = max(1, math.ceil(positions / chunks))
-    sums = [
-        checkpoint(
-            _chunk_loss_sum,
-            inputs[:, start : start + size],
-            weight,
-            bias,
-            targets[:, start : start + size],
-            ignore_index,
-            use_reentrant=False,
-        )
-        for start in range(0, positions, size)
-    ]
-    total = torch.stack(sums).sum() if sums else hidden.new_zeros((), dtype=_loss_dtype(hidden))
     count = (targets != ignore_index).sum() if num_items is None else num_items
-    return total / count
-
-
-def _chunk_loss_sum(
-    hidden: torch.Tensor,
-    weight: torch.Tensor,
-    bias: torch.Tensor | None,
-    labels: torch.Tensor,
-    ignore_index: int,
-) -> torch.Tensor:
-    logits = F.linear(hidden, weight, bias)
-    logits = logits.to(_loss_dtype(logits))  # upcast as Hugging Face does before its loss
-    return F.cross_entropy(
-        logits.reshape(-1, logits.shape[-1]),
-        labels.reshape(-1),
-        ignore_index=ignore_index,
-        reduction="sum",
+    rows = inputs.reshape(-1, inputs.shape[-1])
+    return _LinearCrossEntropy.apply(
+        rows, weight, bias, targets.reshape(-1), chunks, ignore_index, count
     )
+
+
+class _LinearCrossEntropy(torch.autograd.Function):
+    """Sum of cross-entropies of ``rows @ weight.T + bias``, over ``count``; gradients in forward.
+
+    For one chunk with logits ``z`` (upcast to float32 as Hugging Face does) and labels ``y``,
+    ``d loss / d z = (softmax(z) - onehot(y)) / count`` (zero on ignored rows); the gradients of
+    the rows, the weight and the bias follow through the linear map, in the dtype autocast
+    gives those products, as the unchunked backward computes them.
+    """
+
+    @staticmethod
+    def forward(
+        ctx: Any,
+        rows: torch.Tensor,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        labels: torch.Tensor,
+        chunks: int,
+        ignore_index: int,
+        count: int | torch.Tensor,
+    ) -> torch.Tensor:
+        size = max(1, math.ceil(rows.shape[0] / chunks))
+        grad_rows = torch.empty_like(rows)
+        grad_weight = torch.zeros_like(weight)
+        grad_bias = torch.zeros_like(bias) if bias is not None else None
+        total = rows.new_zeros((), dtype=_loss_dtype(rows))
+        for start in range(0, rows.shape[0], size):
+            chunk, target = rows[start : start + size], labels[start : start + size]
+            logits = F.linear(chunk, weight, bias)
+            upcast = logits.to(_loss_dtype(logits))
+            total = total + F.cross_entropy(
+                upcast, target, ignore_index=ignore_index, reduction="sum"
+            )
+            keep = target != ignore_index
+            grad = torch.softmax(upcast, dim=-1)
+            grad[keep, target[keep]] -= 1
+            grad[~keep] = 0
+            grad = grad.div_(count).to(logits.dtype)
+            del logits, upcast
+            grad_rows[start : start + size] = grad @ weight.to(grad.dtype)
+            grad_weight += (grad.t() @ chunk.to(grad.dtype)).to(grad_weight.dtype)
+            if grad_bias is not None:
+                grad_bias += grad.sum(0).to(grad_bias.dtype)
+        ctx.save_for_backward(grad_rows, grad_weight, grad_bias)
+        return total / count
+
+    @staticmethod
+    def backward(ctx: Any, grad_output: torch.Tensor) -> tuple:
+        grad_rows, grad_weight, grad_bias = ctx.saved_tensors
+        scale = grad_output.to(grad_rows.dtype)
+        return (
+            grad_rows * scale,
+            grad_weight * grad_output.to(grad_weight.dtype),
+            grad_bias * grad_output.to(grad_bias.dtype) if grad_bias is not None else None,
+            None,
+            None,
+            None,
+            None,
+        )
 
 
 def _loss_dtype(tensor: torch.Tensor) -> torch.dtype:

@@ -43,6 +43,7 @@ class BlockStats:
     saved_bytes: int
     groups: tuple[OpGroup, ...] = field(default=())
     kept_full_bytes: int = 0
+    forward_ops: int = 0
 
 
 def _inside(module: str, block: str) -> bool:
@@ -52,6 +53,7 @@ def _inside(module: str, block: str) -> bool:
 def block_stats(traced: StepTrace, blocks: list[str]) -> list[BlockStats]:
     """Per-block figures of the unmodified step ``traced``."""
     times: dict[str, float] = defaultdict(float)
+    counts: dict[str, int] = defaultdict(int)
     group_time: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for op in traced.record.ops:
         if op.stage != "forward":
@@ -59,6 +61,7 @@ def block_stats(traced: StepTrace, blocks: list[str]) -> list[BlockStats]:
         for block in blocks:
             if _inside(op.module, block):
                 times[block] += op.seconds
+                counts[block] += 1
                 group_time[block][op.op.split(".")[0]] += op.seconds
                 break
     group_bytes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
@@ -70,6 +73,7 @@ def block_stats(traced: StepTrace, blocks: list[str]) -> list[BlockStats]:
                 group_bytes[block][allocation.op.split(".")[0]] += round_size(allocation.size)
                 break
     saved = {m.fqn: m.activation_bytes for m in traced.profile.modules}
+    outputs = _block_outputs(traced, blocks)
     stats = []
     for block in blocks:
         names = set(group_time[block]) | set(group_bytes[block])
@@ -77,5 +81,34 @@ def block_stats(traced: StepTrace, blocks: list[str]) -> list[BlockStats]:
             OpGroup(name, group_bytes[block].get(name, 0), group_time[block].get(name, 0.0))
             for name in sorted(names)
         )
-        stats.append(BlockStats(block, times[block], saved.get(block, 0), groups))
+        kept = outputs.get(block, 0)
+        stats.append(
+            BlockStats(block, times[block], saved.get(block, 0), groups, kept, counts[block])
+        )
     return stats
+
+
+def _block_outputs(traced: StepTrace, blocks: list[str]) -> dict[str, int]:
+    """Each block's output: its last allocation still alive when forward ends.
+
+    Under full checkpointing that is all a block keeps (the next block's checkpoint holds it
+    as its input).
+    """
+    live: set[int] = set()
+    last: dict[str, int] = {}
+    for key in traced.trace.events[: traced.marks.get("backward", 0)]:
+        if key < 0:
+            live.discard(-key)
+            continue
+        live.add(key)
+        allocation = traced.trace.allocations[key]
+        if allocation.phase is Phase.FORWARD and " (" not in allocation.op:
+            for block in blocks:
+                if _inside(allocation.module, block):
+                    last[block] = key
+                    break
+    return {
+        block: round_size(traced.trace.allocations[key].size)
+        for block, key in last.items()
+        if key in live
+    }

@@ -30,6 +30,8 @@ class Baseline:
     grad_bytes: int = 0  # gradients, alive across micro-batches once there are several
     chunked_saving: int = 0  # allocated bytes the chunked loss saves (its own trace)
     chunked_extra_s: float = 0.0
+    micro_scale: float = 1.0  # traced / screened batch-dependent memory at two micro-batches
+    micro_ratio: float | None = None  # reserved / allocated at two micro-batches
 
     @property
     def static_bytes(self) -> int:
@@ -73,7 +75,7 @@ def screen(
     """Every combination, with predicted peak memory and step time."""
     profile = baseline.profile
     dynamic = profile.peak_allocated - baseline.static_bytes
-    ratio = profile.peak_reserved / max(1, profile.peak_allocated)
+    base_ratio = profile.peak_reserved / max(1, profile.peak_allocated)
     candidates = []
     for policy in policies:
         counts = [0] if policy.kind == "none" else range(1, len(blocks) + 1)
@@ -84,8 +86,13 @@ def screen(
                 for chunks in chunk_options:
                     chunk_saving = baseline.chunked_saving if chunks > 1 else 0
                     left = max(0, dynamic - saving - chunk_saving)
-                    held = baseline.grad_bytes if n > 1 else 0
-                    allocated = baseline.static_bytes + held + (left + transient) // n
+                    if n > 1:
+                        scaled = (left + transient) * baseline.micro_scale / n
+                        allocated = baseline.static_bytes + baseline.grad_bytes + int(scaled)
+                        ratio = baseline.micro_ratio or base_ratio
+                    else:
+                        allocated = baseline.static_bytes + left + transient
+                        ratio = base_ratio
                     time_s = (
                         baseline.step_s
                         + k * policy.recompute_s

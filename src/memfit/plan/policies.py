@@ -67,8 +67,15 @@ def _knapsack(values: np.ndarray, weights: np.ndarray, cap: float) -> np.ndarray
     return np.round(result.x).astype(bool)
 
 
-def block_policies(stats: BlockStats, levels: tuple[float, ...] = (0.2, 0.4, 0.6)) -> list[Policy]:
-    """None, full, and selective policies keeping at most ``level`` of the block's outputs."""
+def block_policies(
+    stats: BlockStats, selective_op_s: float = 0.0, levels: tuple[float, ...] = (0.2, 0.4, 0.6)
+) -> list[Policy]:
+    """None, full, and selective policies keeping at most ``level`` of the block's outputs.
+
+    ``selective_op_s`` is selective checkpointing's own cost per operator and pass (forward and
+    recomputation), on top of the operators it recomputes.
+    """
+    dispatch = 2 * stats.forward_ops * selective_op_s
     policies = [
         Policy("none", (), stats.saved_bytes, 0.0),
         Policy("full", (), stats.kept_full_bytes, stats.forward_s),
@@ -86,6 +93,6 @@ def block_policies(stats: BlockStats, levels: tuple[float, ...] = (0.2, 0.4, 0.6
             continue
         seen.add(save)
         kept = int(weights[chosen].sum()) + stats.kept_full_bytes
-        recompute = float(stats.forward_s - values[chosen].sum())
+        recompute = float(stats.forward_s - values[chosen].sum()) + dispatch
         policies.append(Policy("selective", save, min(kept, stats.saved_bytes), recompute))
     return policies

@@ -29,7 +29,7 @@ from memfit.plan.candidates import Baseline, Candidate, screen
 from memfit.plan.cost import load_calibration
 from memfit.plan.plan import Plan, model_fingerprint
 from memfit.plan.policies import block_policies
-from memfit.plan.techniques import Checkpoint, ChunkedLoss
+from memfit.plan.techniques import ChunkedLoss, MicroBatch
 from memfit.profile import Category
 from memfit.report.frontier import FrontierPoint, pareto
 from memfit.trace.estimate import StepTrace, trace_step
@@ -138,11 +138,8 @@ def plan(
     baseline = _baseline(base, trace, block_names, allow, head, chunks)
     policies = [_none_policy(base, block_names)]
     if block_names:
-        full = trace((Checkpoint(modules=tuple(block_names)),))
         stats = block_stats(base, block_names)[0]
-        kept = {m.fqn: m.activation_bytes for m in full.profile.modules}
-        stats = dataclasses.replace(stats, kept_full_bytes=kept.get(block_names[0], 0))
-        policies = block_policies(stats)
+        policies = block_policies(stats, load_calibration(spec).selective_op_s)
     batch_total = _batch_size(base)
     micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= min(batch_total, max_micro_batches)]
     if "micro_batch" not in allow:
@@ -211,6 +208,16 @@ def _baseline(base: StepTrace, trace, blocks, allow, head: str, chunks: int) -> 
         casts,
         grad_bytes=sum(base.record.grad_bytes.values()),
     )
+    if "micro_batch" in allow and _batch_size(base) >= 2:
+        halves = trace((MicroBatch(n=2),)).profile
+        dynamic = base.profile.peak_allocated - baseline.static_bytes
+        screened = dynamic / 2
+        traced = halves.peak_allocated - baseline.static_bytes - baseline.grad_bytes
+        baseline = dataclasses.replace(
+            baseline,
+            micro_scale=max(0.1, traced / screened) if screened > 0 else 1.0,
+            micro_ratio=halves.peak_reserved / max(1, halves.peak_allocated),
+        )
     if "chunked_loss" not in allow:
         return baseline
     try:
@@ -259,9 +266,14 @@ def _verify(
             return (candidate.techniques(head), traced), traced_points
         expected = max(1, candidate.peak_reserved - static)
         scale = max(scale, (traced.profile.peak_reserved - static) / expected)
-    # the fastest did not fit: fall back on the most memory-saving candidates
-    by_memory = sorted(candidates, key=lambda c: (c.peak_reserved, [-x for x in _key(c)]))
-    for candidate in [c for c in by_memory if id(c) not in tried][:2]:
+    # the fastest did not fit: fall back on the most memory-saving candidates, first without
+    # micro-batching (which keeps all gradients alive across micro-batches), then any
+    single = [c for c in candidates if c.micro_batches == 1]
+    fallbacks = [max(single, key=_key)] if single else []
+    fallbacks.append(min(candidates, key=lambda c: (c.peak_reserved, [-x for x in _key(c)])))
+    for candidate in fallbacks:
+        if id(candidate) in tried:
+            continue
         tried.add(id(candidate))
         traced = trace(candidate.techniques(head))
         traced_points.append((candidate, traced))

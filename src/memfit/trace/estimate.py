@@ -230,6 +230,29 @@ def trace_step(
     return StepTrace(profile, record.trace, record.marks, fake_model, record)
 
 
+def _selective_overhead_s(record: StepRecord, techniques: Any, spec: DeviceSpec) -> float:
+    """Selective checkpointing's dispatch cost: per operator of its regions, forward and again
+    in recomputation (``Calibration.selective_op_s``)."""
+    from memfit.apply.matching import name_matches
+    from memfit.plan.cost import load_calibration
+    from memfit.plan.techniques import Checkpoint
+
+    patterns = [
+        p for t in techniques.techniques if isinstance(t, Checkpoint) and t.save for p in t.modules
+    ]
+    if not patterns:
+        return 0.0
+
+    def inside(module: str) -> bool:
+        parts = module.split(".")
+        return any(
+            name_matches(".".join(parts[:n]), p) for p in patterns for n in range(1, len(parts) + 1)
+        )
+
+    count = sum(1 for op in record.ops if op.stage == "forward" and inside(op.module))
+    return 2 * count * load_calibration(spec).selective_op_s
+
+
 def _device_warnings(spec: DeviceSpec, precision: Precision) -> list[str]:
     if torch.bfloat16 in (precision.autocast_dtype, precision.param_dtype):
         if not spec.supports_bf16:

@@ -48,6 +48,8 @@ class TracedOp:
     op: str
     seconds: float
     flops: float
+    bytes: int = 0
+    rate: float = 0.0
 
 
 @dataclass
@@ -106,7 +108,15 @@ def traced_step(
         cost = op_time(func, args, kwargs, out, device, calibration)
         if cost.seconds:
             record.ops.append(
-                TracedOp(stage[0], recorder.current_module(), cost.op, cost.seconds, cost.flops)
+                TracedOp(
+                    stage[0],
+                    recorder.current_module(),
+                    cost.op,
+                    cost.seconds,
+                    cost.flops,
+                    cost.bytes,
+                    cost.rate,
+                )
             )
 
     recorder.on_op = on_op
