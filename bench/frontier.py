@@ -149,10 +149,7 @@ def main() -> None:
                     gradient_checkpointing_kwargs={"use_reentrant": False}
                 )
 
-            snapshot = out / f"{name}_hf_full.pickle" if name == "hf-gpt2" else None
-            rows["anchors"]["hf full checkpointing"] = full = measure_plan(
-                name, prepare=hf_full, snapshot=snapshot
-            )
+            rows["anchors"]["hf full checkpointing"] = full = measure_plan(name, prepare=hf_full)
             print(name, "hf full", full, flush=True)
             save()
             builder = EXTERNAL[name][0]
