@@ -122,10 +122,13 @@ class _LinearCrossEntropy(torch.autograd.Function):
             total = total + F.cross_entropy(
                 upcast, target, ignore_index=ignore_index, reduction="sum"
             )
-            keep = target != ignore_index
+            # softmax minus one-hot, zero on ignored rows; no boolean indexing (it would wait
+            # for the GPU to count the rows)
+            keep = (target != ignore_index).unsqueeze(1)
             grad = torch.softmax(upcast, dim=-1)
-            grad[keep, target[keep]] -= 1
-            grad[~keep] = 0
+            index = torch.where(keep, target.unsqueeze(1), 0)
+            grad.scatter_add_(1, index, -keep.to(grad.dtype))
+            grad.mul_(keep)
             grad = grad.div_(count).to(logits.dtype)
             del logits, upcast
             grad_rows[start : start + size] = grad @ weight.to(grad.dtype)

@@ -145,10 +145,11 @@ class TrainStep:
                 f"use at most {total}"
             )
         sizes = micro_batch_sizes(total, -(-total // self.micro_batches))
-        loss = torch.zeros(())
+        loss: torch.Tensor | None = None
         for part, size in zip(split_batch(batch, sizes), sizes, strict=True):
-            part_loss = self.forward_backward(part, loss_scale=size / total)
-            loss = loss.to(part_loss.device) + part_loss * (size / total)
+            part_loss = self.forward_backward(part, loss_scale=size / total) * (size / total)
+            loss = part_loss if loss is None else loss + part_loss
+        assert loss is not None
         return loss
 
 

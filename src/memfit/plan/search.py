@@ -56,7 +56,7 @@ def plan(
     chunks: int = 8,
     max_micro_batches: int = 8,
     margin: float = 0.01,
-    max_traces: int = 3,
+    max_traces: int = 4,
     batch_size: int | None = None,
     seq_len: int | None = None,
     progress: Callable[[str], None] | None = None,
@@ -242,20 +242,29 @@ def _batch_size(base: StepTrace) -> int:
 def _verify(
     candidates: list[Candidate], target: int, static: int, trace, head: str, max_traces: int
 ):
-    """Trace fitting candidates fastest first; the first that really fits is chosen.
+    """Trace candidates fastest first; keep the fastest that really fits.
 
-    After each miss, screening's estimate of the memory that depends on the plan is rescaled
-    by how far it was off (a secant step), so the next candidate is chosen more cautiously.
+    After each trace, screening's estimate of the memory that depends on the plan is rescaled
+    by how far it was off (a secant step, in either direction), so that the next candidate
+    traced is the fastest one that now looks like it fits: closing in on the fastest plan
+    that fits from both sides.
     """
     traced_points: list[tuple[Candidate, StepTrace]] = []
+    tried: set[int] = set()
+    best: tuple[Candidate, StepTrace] | None = None
     scale = 1.0
 
     def predicted(candidate: Candidate) -> float:
         return static + (candidate.peak_reserved - static) * scale
 
-    tried: set[int] = set()
     for _ in range(max_traces):
-        fitting = [c for c in candidates if id(c) not in tried and predicted(c) <= target]
+        fitting = [
+            c
+            for c in candidates
+            if id(c) not in tried
+            and predicted(c) <= target
+            and (best is None or c.step_s < best[0].step_s)
+        ]
         if not fitting:
             break
         candidate = min(fitting, key=lambda c: c.step_s)
@@ -263,10 +272,14 @@ def _verify(
         traced = trace(candidate.techniques(head))
         traced_points.append((candidate, traced))
         if traced.profile.peak_reserved <= target:
-            return (candidate.techniques(head), traced), traced_points
-        expected = max(1, candidate.peak_reserved - static)
-        scale = max(scale, (traced.profile.peak_reserved - static) / expected)
-    # the fastest did not fit: fall back on the most memory-saving candidates, first without
+            best = (candidate, traced)
+        expected = candidate.peak_reserved - static
+        if expected > 0:
+            ratio = (traced.profile.peak_reserved - static) / expected
+            scale = min(3.0, max(0.3, ratio))
+    if best is not None:
+        return (best[0].techniques(head), best[1]), traced_points
+    # nothing fitted: fall back on the most memory-saving candidates, first without
     # micro-batching (which keeps all gradients alive across micro-batches), then any
     single = [c for c in candidates if c.micro_batches == 1]
     fallbacks = [max(single, key=_key)] if single else []

@@ -10,6 +10,7 @@ replayed through a simulation of PyTorch's CUDA caching allocator to predict wha
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -32,7 +33,7 @@ from memfit.trace.optimizers import make_optimizer, optimizer_label
 from memfit.trace.precision import Precision
 from memfit.trace.recorder import _Trace
 from memfit.trace.replay import replay
-from memfit.trace.session import StepRecord, traced_step
+from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.step import LossFn
 
 __all__ = ["estimate", "trace_step", "StepTrace"]
@@ -172,7 +173,12 @@ def trace_step(
     started = time.perf_counter()
     fake_mode = FakeTensorMode()
     report(f"building {name} on fake tensors")
-    fake_model = prepare_model(model, fake_mode, param_dtype=precision.param_dtype)
+    recorder = new_recorder(spec, stack)
+    # A builder builds on the device, as `with torch.device("cuda"): model = build()` does:
+    # its temporaries (weights replaced when tying, say) leave cached blocks behind.
+    building = recorder if not isinstance(model, nn.Module) else contextlib.nullcontext()
+    with building:
+        fake_model = prepare_model(model, fake_mode, param_dtype=precision.param_dtype)
     with fake_mode, torch.device("cpu"):
         example = batch() if callable(batch) else batch
     example = prepare_batch(example, fake_mode)
@@ -199,6 +205,7 @@ def trace_step(
             device=spec,
             stack=stack,
             calibration=load_calibration(spec),
+            recorder=recorder,
         )
     report("simulating the CUDA caching allocator")
     result = replay(record.trace, record.marks, allocator)

@@ -34,7 +34,7 @@ from memfit.trace.optimizers import cuda_optimizer_defaults
 from memfit.trace.recorder import MemoryRecorder, _Trace
 from memfit.trace.step import optimizer_update
 
-__all__ = ["TracedOp", "StepRecord", "traced_step"]
+__all__ = ["TracedOp", "StepRecord", "traced_step", "new_recorder"]
 
 _PHASE_OF_MARK = {"forward": Phase.FORWARD, "backward": Phase.BACKWARD}
 
@@ -68,6 +68,11 @@ class StepRecord:
         )
 
 
+def new_recorder(device: DeviceSpec, stack: CudaStack) -> MemoryRecorder:
+    """A recorder with the device's kernel workspaces."""
+    return MemoryRecorder(cuda_workspace_rules(device, stack))
+
+
 def _host_step_counters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
     """``state["step"]`` tensors that torch.optim keeps on the CPU for CUDA parameters.
 
@@ -94,13 +99,18 @@ def traced_step(
     device: DeviceSpec,
     stack: CudaStack,
     calibration: Calibration,
+    recorder: MemoryRecorder | None = None,
 ) -> StepRecord:
     """Trace one training step; ``make_step()`` builds the TrainStep inside the fake mode.
+
+    Args:
+        recorder: a recorder that already holds what happened before the step (building the
+            model on the device), or None for a fresh one.
 
     Raises:
         UnsupportedModelError: when the model fails on fake tensors (with its error).
     """
-    recorder = MemoryRecorder(cuda_workspace_rules(device, stack))
+    recorder = recorder or new_recorder(device, stack)
     record = StepRecord(recorder.trace, {})
     stage = ["setup"]
 
@@ -127,6 +137,8 @@ def traced_step(
                 recorder.attach(tracker, fake_model.module)
                 recorder.track(fake_model.params.values(), Category.PARAM, op="parameter")
                 recorder.track(fake_model.buffers.values(), Category.BUFFER, op="buffer")
+                recorder.recategorize(fake_model.params.values(), Category.PARAM)
+                recorder.recategorize(fake_model.buffers.values(), Category.BUFFER)
                 tensors = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor)]
                 recorder.track(tensors, Category.OTHER, op="input")
                 step = make_step()
