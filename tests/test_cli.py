@@ -6,7 +6,7 @@ import json
 
 from memfit.cli import main
 
-MODEL_FILE = '''
+MODEL_FILE = """
 import torch
 from torch import nn
 
@@ -15,7 +15,7 @@ def build_model():
 
 def loss(output, batch):
     return output.float().pow(2).mean()
-'''
+"""
 
 
 def write_model(tmp_path):
@@ -33,8 +33,9 @@ def test_estimate_a_zoo_model(capsys):
 
 
 def test_estimate_json(capsys):
-    assert main(["estimate", "gpt2", "--batch-size", "1", "--seq-len", "32", "--format",
-                 "json"]) == 0
+    assert (
+        main(["estimate", "gpt2", "--batch-size", "1", "--seq-len", "32", "--format", "json"]) == 0
+    )
     data = json.loads(capsys.readouterr().out)
     assert data["verdict"]["fits"] is True
     assert data["profile"]["by_category"]["param"] > 0
@@ -42,15 +43,42 @@ def test_estimate_json(capsys):
 
 def test_estimate_a_user_file(tmp_path, capsys):
     path = write_model(tmp_path)
-    code = main(["estimate", f"{path}:build_model", "--input", "float32[16,32]", "--loss-fn",
-                 f"{path}:loss", "--precision", "fp32", "--device", "t4", "--quiet"])
+    code = main(
+        [
+            "estimate",
+            f"{path}:build_model",
+            "--input",
+            "float32[16,32]",
+            "--loss-fn",
+            f"{path}:loss",
+            "--precision",
+            "fp32",
+            "--device",
+            "t4",
+            "--quiet",
+        ]
+    )
     assert code == 0
     assert capsys.readouterr().out.startswith("FITS")
 
 
 def test_budget_verdict(capsys):
-    assert main(["estimate", "gpt2", "--batch-size", "1", "--seq-len", "32", "--budget",
-                 "100MiB", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "estimate",
+                "gpt2",
+                "--batch-size",
+                "1",
+                "--seq-len",
+                "32",
+                "--budget",
+                "100MiB",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     assert "DOES NOT FIT" in capsys.readouterr().out
 
 

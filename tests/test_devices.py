@@ -4,8 +4,18 @@ from memfit.devices import DEVICES, get_device
 from memfit.errors import DeviceError
 from memfit.units import GiB
 
-REQUIRED = ["h100-80gb", "h200", "a100-80gb", "a100-40gb", "l40s", "l4", "rtx4090", "rtx3090",
-            "t4", "v100-32gb"]
+REQUIRED = [
+    "h100-80gb",
+    "h200",
+    "a100-80gb",
+    "a100-40gb",
+    "l40s",
+    "l4",
+    "rtx4090",
+    "rtx3090",
+    "t4",
+    "v100-32gb",
+]
 
 
 def test_the_issue_lists_are_all_known():

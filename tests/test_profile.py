@@ -9,9 +9,16 @@ from memfit.units import GiB
 
 def make() -> MemoryProfile:
     return MemoryProfile(
-        source="estimate", model="m", device="h100-80gb", device_memory=80 * GiB,
-        precision="fp32", optimizer="adamw", batch="float32[2]", peak_allocated=10 * GiB,
-        peak_reserved=12 * GiB, by_category={c: 0 for c in Category},
+        source="estimate",
+        model="m",
+        device="h100-80gb",
+        device_memory=80 * GiB,
+        precision="fp32",
+        optimizer="adamw",
+        batch="float32[2]",
+        peak_allocated=10 * GiB,
+        peak_reserved=12 * GiB,
+        by_category={c: 0 for c in Category},
         modules=(ModuleMemory(fqn="", module_type="M", param_bytes=4),),
         timeline=(TimelineEvent(index=0, phase=Phase.BACKWARD, allocated=1, reserved=2),),
         outside_pytorch={"cuda_context": GiB},
@@ -21,8 +28,15 @@ def make() -> MemoryProfile:
 def test_round_trip_and_plain_keys():
     profile = make()
     data = json.loads(profile.to_json())
-    assert set(data["by_category"]) == {"param", "buffer", "grad", "optimizer", "activation",
-                                        "temporary", "other"}
+    assert set(data["by_category"]) == {
+        "param",
+        "buffer",
+        "grad",
+        "optimizer",
+        "activation",
+        "temporary",
+        "other",
+    }
     assert data["timeline"][0]["phase"] == "backward"
     assert MemoryProfile.from_json(profile.to_json()) == profile
 

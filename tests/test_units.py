@@ -6,8 +6,14 @@ from memfit.units import GiB, MiB, format_bytes, parse_bytes
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("24GiB", 24 * GiB), ("80GB", 80 * 10**9), ("512 MiB", 512 * MiB), ("1.5GiB", 3 * GiB // 2),
-     (4096, 4096), ("2048", 2048)],
+    [
+        ("24GiB", 24 * GiB),
+        ("80GB", 80 * 10**9),
+        ("512 MiB", 512 * MiB),
+        ("1.5GiB", 3 * GiB // 2),
+        (4096, 4096),
+        ("2048", 2048),
+    ],
 )
 def test_parse(text, expected):
     assert parse_bytes(text) == expected

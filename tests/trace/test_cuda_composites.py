@@ -63,8 +63,9 @@ def test_forward_matches_fake_cuda(case):
 def test_dropout_saves_a_one_byte_mask_not_a_float_one():
     with cuda_composites(get_device("h100-80gb"), DEFAULT_STACK):
         ops = forward_ops("cpu", CASES["dropout"])
-    assert ops == [("native_dropout.default", [((4, 16, 64), torch.float32),
-                                               ((4, 16, 64), torch.bool)])]
+    assert ops == [
+        ("native_dropout.default", [((4, 16, 64), torch.float32), ((4, 16, 64), torch.bool)])
+    ]
 
 
 def saved_shapes(fn):

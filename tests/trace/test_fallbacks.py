@@ -45,8 +45,7 @@ def test_custom_cuda_operator_without_a_fake_implementation():
             return torch.ops.memfit_test.double(self.linear(x)).mean()
 
     try:
-        profile = memfit.estimate(UsesCustom(), "float32[32,16]", optimizer=None,
-                                  precision="fp32")
+        profile = memfit.estimate(UsesCustom(), "float32[32,16]", optimizer=None, precision="fp32")
     finally:
         library._destroy()
     warning = next(w for w in profile.warnings if "memfit_test.double" in w)

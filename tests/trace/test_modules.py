@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from tests.models import TINY_GPT2_INPUT, tiny_gpt2
+
 from memfit.plan.techniques import Checkpoint, MicroBatch
 from memfit.profile import Category, Phase
 from memfit.trace.estimate import trace_step
-from tests.models import TINY_GPT2_INPUT, tiny_gpt2
 
 
 def live_backward_temporaries(traced):

@@ -13,8 +13,11 @@ from memfit.trace.cuda.sdpa import SdpaBackend, SdpaCall, choose_backend
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 
 FIXTURE = json.loads((Path(__file__).parent / "fixtures" / "sdpa_choices_h200.json").read_text())
-DTYPES = {"torch.float32": torch.float32, "torch.bfloat16": torch.bfloat16,
-          "torch.float16": torch.float16}
+DTYPES = {
+    "torch.float32": torch.float32,
+    "torch.bfloat16": torch.bfloat16,
+    "torch.float16": torch.float16,
+}
 
 
 def call(dtype, head, dropout=0.0, mask=None, causal=False, length=256) -> SdpaCall:
