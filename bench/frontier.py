@@ -112,6 +112,7 @@ def main() -> None:
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--compile", action="store_true", help="torch.compile anchors only")
     parser.add_argument("--fractions", default="0.75,0.5,0.3")
+    parser.add_argument("--compile-budgets", default="1.0,0.5,0.2")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -134,7 +135,7 @@ def main() -> None:
 
         try:
             if args.compile:
-                for budget in (1.0, 0.5, 0.2):
+                for budget in (float(b) for b in args.compile_budgets.split(",")):
                     rows["anchors"][f"compile {budget}"] = measure_plan(
                         name, compiled_budget=budget
                     )
