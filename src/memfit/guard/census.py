@@ -89,19 +89,22 @@ def graph_roots(tensors: list[torch.Tensor]) -> list[torch.Tensor]:
     ``total = total + loss`` makes ``loss`` part of ``total``'s graph; the root, ``total``, is
     the one to name. Tensors that a graph saved for backward are inside it too.
     """
-    inner: set[int] = set()
-    visited: set[int] = set()
-    stack = [t.grad_fn for t in tensors]
+    # A C++ node's Python wrapper dies with its last reference and its id() is then reused:
+    # every node met stays referenced (the dicts' values) until the walk ends.
+    inner: dict[int, Any] = {}
+    visited: dict[int, Any] = {}
+    roots = [t.grad_fn for t in tensors]
+    stack = list(roots)
     while stack and len(visited) < 10 * _MAX_NODES:
         node = stack.pop()
         if node is None or id(node) in visited:
             continue
-        visited.add(id(node))
+        visited[id(node)] = node
         for next_node, _ in node.next_functions:
             if next_node is not None:
-                inner.add(id(next_node))
+                inner[id(next_node)] = next_node
                 stack.append(next_node)
-    return [t for t in tensors if id(t.grad_fn) not in inner]
+    return [t for t, root in zip(tensors, roots, strict=True) if id(root) not in inner]
 
 
 def python_referrers(tensor: torch.Tensor, ignore: list[object]) -> list[object]:
@@ -135,25 +138,21 @@ def graph_stats(
     seen_storage: set[int] | None = None,
     *,
     saved: bool = True,
-    saved_ids: set[int] | None = None,
 ) -> tuple[int, int]:
     """``(nodes, saved_bytes)`` of the graph behind ``tensor`` (at most 20 000 nodes walked).
 
     Saved tensors are counted once per storage; pass ``seen_storage`` to share that across calls.
-    ``saved=False`` counts nodes only (much faster). ``saved_ids`` collects ``id()`` of the saved
-    tensors' Python objects (reading them creates those objects, which ``gc`` then lists).
+    ``saved=False`` counts nodes only (much faster).
     """
     seen_storage = set() if seen_storage is None else seen_storage
     stack, saved_bytes = [tensor.grad_fn], 0
-    seen: set[int] = set()
+    seen: dict[int, Any] = {}  # values keep wrappers alive, so ids are not reused (graph_roots)
     while stack and len(seen) < _MAX_NODES:
         node = stack.pop()
         if node is None or id(node) in seen:
             continue
-        seen.add(id(node))
+        seen[id(node)] = node
         for t in _saved(node) if saved else ():
-            if saved_ids is not None:
-                saved_ids.add(id(t))
             storage = t.untyped_storage()
             if storage.data_ptr() not in seen_storage:
                 seen_storage.add(storage.data_ptr())

@@ -8,6 +8,7 @@ steady-state steps after warm-up.
 
 from __future__ import annotations
 
+import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -99,6 +100,9 @@ def measure_step(
     precision = Precision.parse(precision)
     name, model, batch = _resolve(model, batch, batch_size, seq_len)
     cuda = torch.device("cuda")
+    # blocks cached by earlier work in this process would count in this step's reserved peak
+    gc.collect()
+    torch.cuda.empty_cache()
     if isinstance(model, nn.Module):
         module = model.to(cuda)
     else:
