@@ -2,6 +2,7 @@
 from an empty allocator through 4 steps, to replay through memfit's allocator simulation.
 
 python bench/diag_snapshot.py --out DIR  ->  DIR/hf_gpt2_ckpt_snapshot.pickle
+(committed as tests/trace/fixtures/hf_gpt2_ckpt_snapshot_h200.pickle)
 """
 
 from __future__ import annotations

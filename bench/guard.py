@@ -543,6 +543,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--no-estimate", action="store_true", help="find_batch_size without it")
     parser.add_argument(
+        "--only",
+        action="append",
+        choices=["reference", "overhead", "recovery", "leak", "find_batch_size"],
+        help="run only this section (repeatable); recovery needs reference",
+    )
+    parser.add_argument(
         "--budget-s",
         type=float,
         default=170.0,
@@ -582,6 +588,8 @@ def main(argv: list[str] | None = None) -> int:
         ("leak", lambda: leak(setup, shared), False),
         ("find_batch_size", lambda: finder(setup, shared, not args.no_estimate), False),
     ]
+    if args.only:
+        sections = [s for s in sections if s[0] in args.only]
     with deterministic_fp32():
         for name, section, essential in sections:
             if "setup" in results:

@@ -165,7 +165,11 @@ class OOMGuard:
     # ---- one guarded step ---------------------------------------------------------------
 
     def __call__(self, batch: Any) -> Any:
-        """Run the step on ``batch``, splitting it as often as needed; return its loss."""
+        """Run the step on ``batch``, splitting it as often as needed.
+
+        Returns what the step returned: a ``MicroBatchStep``'s loss over the whole batch; a
+        function's return value on the last micro-batch when the batch was split.
+        """
         n = batch_size_of(batch, splitter=self.options.splitter)
         if self.options.min_micro_batch_size > n:
             raise InvalidInputError(
