@@ -66,7 +66,9 @@ def frontier_table(frontier: dict[str, Any], compiled: dict[str, Any]) -> str:
             budget = f"{p['budget'] / GiB:.2f} GiB ({p['label']})"
             if "measured" not in p:
                 reason = p.get("error", "").split(":")[0]
-                lines.append(f"| {model} | plan | {budget} | {reason} | {p['plan_s']:.1f} s | | | |")
+                lines.append(
+                    f"| {model} | plan | {budget} | {reason} | {p['plan_s']:.1f} s | | | |"
+                )
                 continue
             m = p["measured"]
             over = " **over budget**" if p["violation"] else ""
@@ -91,14 +93,16 @@ def guard_table(guard: dict[str, Any]) -> str:
         ),
         (
             "weights after 5 capped steps vs reference (rel. L2)",
-            f"{vs_ref.get('rel_l2_diff', 0):.2e} (run-to-run {run_to_run.get('rel_l2_diff', 0):.2e})",
+            f"{vs_ref.get('rel_l2_diff', 0):.2e} "
+            f"(run-to-run {run_to_run.get('rel_l2_diff', 0):.2e})",
         ),
         ("... vs the same split by hand (rel. L2)", f"{vs_split.get('rel_l2_diff', 0):.2e}"),
         ("LeakWatch: leak reported at step", str(leak.get("detected_at_step"))),
         (
             "find_batch_size: found (predicted first)",
             f"{finder.get('batch_size')} ({finder.get('predicted')}), "
-            f"{finder.get('seconds', 0):.0f} s, state restored: {finder.get('state_restored_exactly')}",
+            f"{finder.get('seconds', 0):.0f} s, "
+            f"state restored: {finder.get('state_restored_exactly')}",
         ),
     ]
     return "\n".join(["| | H200 |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])

@@ -2,7 +2,7 @@
 
 memfit estimate gpt2 --device h100-80gb
 memfit estimate path/to/model.py:build --input "input_ids=int64[8,1024]<50257"
-memfit devices | memfit zoo
+memfit devices | memfit zoo | memfit calibrate
 memfit report gpt2 --out report.html | memfit compare a.json b.json
 """
 
@@ -197,7 +197,7 @@ def devices(fmt: str) -> None:
     from memfit.units import format_bytes
 
     if fmt == "json":
-        rows = [
+        entries = [
             {
                 "name": d.name,
                 "display_name": d.display_name,
@@ -211,7 +211,7 @@ def devices(fmt: str) -> None:
             }
             for d in DEVICES.values()
         ]
-        click.echo(json.dumps(rows, indent=2))
+        click.echo(json.dumps(entries, indent=2))
         return
     rows = [
         (
@@ -272,6 +272,39 @@ def zoo(fmt: str) -> None:
         for e in entries
     ]
     click.echo(format_table(("name", "params", "batch", "seq", "description"), rows, align="lrrrl"))
+
+
+@cli.command()
+@click.option("--dry-run", is_flag=True, help="Measure and print; do not save.")
+@click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
+def calibrate(dry_run: bool, fmt: str) -> None:
+    """Fit the step-time model to the local GPU (a few seconds; needs a CUDA GPU).
+
+    The result is saved per device and used by `memfit plan` and `memfit estimate` whenever they
+    predict for that device.
+    """
+    from dataclasses import asdict
+
+    from memfit.plan.calibrate import calibrate as run_calibration
+    from memfit.plan.cost import Calibration, save_calibration
+
+    progress = (lambda _: None) if fmt == "json" else (lambda what: click.echo(f"timing {what}"))
+    measured, calibration = run_calibration(progress=progress)
+    path = None if dry_run else save_calibration(calibration)
+    if fmt == "json":
+        data = {"measured": asdict(measured), "calibration": asdict(calibration)}
+        click.echo(json.dumps({**data, "saved_to": str(path) if path else None}, indent=2))
+        return
+    default = Calibration()
+    click.echo(
+        f"{measured.device}: bf16 matmul {measured.matmul_flops / 1e12:.0f} TFLOP/s, "
+        f"copy {measured.copy_bytes_s / 1e9:.0f} GB/s, {1e6 * measured.kernel_s:.1f} us per kernel"
+    )
+    for name in ("matmul_efficiency", "bandwidth_efficiency", "launch_s"):
+        click.echo(
+            f"  {name:<21} {getattr(calibration, name):.4g} (default {getattr(default, name):.4g})"
+        )
+    click.echo(f"saved to {path}" if path else "not saved (--dry-run)")
 
 
 def _register_optional() -> None:
