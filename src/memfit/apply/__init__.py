@@ -53,12 +53,14 @@ def apply(
         A ``TrainStep``: ``loss = step(batch)``.
 
     Raises:
-        InvalidInputError: the plan was made for another model, or a technique is malformed.
+        InvalidInputError: the plan was made for another model, a technique is malformed, or
+            ``precision`` is unknown; the model is unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged.
     """
     from memfit.errors import InvalidInputError
     from memfit.plan.in_force import techniques_in_force
     from memfit.plan.plan import Plan, model_fingerprint
+    from memfit.trace.precision import Precision
 
     in_force = techniques_in_force(plan)
     if in_force.fingerprint and in_force.fingerprint != model_fingerprint(model):
@@ -66,17 +68,20 @@ def apply(
             "this plan was made for another model (its parameters' names and shapes differ); "
             "make a plan for this model with memfit.plan(model, batch, ...)"
         )
-    chosen = precision
-    if chosen is None and isinstance(plan, Plan) and plan.profile is not None:
-        chosen = plan.profile.precision
+    if precision is not None:
+        Precision.parse(precision)  # checked before the model is changed
     context = ApplyContext(loss_fn=loss_fn)
     apply_techniques(model, in_force.techniques, context=context)
+    # the argument overrides the plan: its MixedPrecision, else the precision it was made for
+    chosen = precision or context.precision
+    if chosen is None and isinstance(plan, Plan) and plan.profile is not None:
+        chosen = plan.profile.precision
     return TrainStep(
         model,
         optimizer,
         loss_fn=context.loss_fn,
         forward=forward,
-        precision=context.precision or chosen or "fp32",
+        precision=chosen or "fp32",
         micro_batches=context.micro_batches or 1,
         device_type=device_type,
         forward_batch=context.forward_batch,

@@ -16,6 +16,7 @@ from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPre
 __all__ = ["InForce", "techniques_in_force"]
 
 _MODEL_CHANGING = (Checkpoint, ChunkedLoss)
+_KNOWN = (Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision)
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class InForce:
         """Apply the model-changing techniques to ``module``; undo them on exit.
 
         Raises:
-            InvalidInputError: when the plan was made for another model.
+            InvalidInputError: when the plan was made for another model, or has a technique
+                the tracer does not model.
         """
         from memfit.apply.context import ApplyContext
         from memfit.apply.registry import apply_techniques
@@ -54,6 +56,13 @@ class InForce:
             raise InvalidInputError(
                 "this plan was made for another model (its parameters' names and shapes "
                 "differ); make a plan for this model with memfit.plan(model, batch, ...)"
+            )
+        # the tracer models the built-in techniques only: refuse others rather than ignore them
+        unknown = [t for t in self.techniques if not isinstance(t, _KNOWN)]
+        if unknown:
+            raise InvalidInputError(
+                f"cannot estimate {', '.join(repr(t) for t in unknown)}: not a technique memfit "
+                f"models; known: {', '.join(cls.__name__ for cls in _KNOWN)}"
             )
         context = ApplyContext()
         changing = [t for t in self.techniques if isinstance(t, _MODEL_CHANGING)]

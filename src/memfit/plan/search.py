@@ -336,7 +336,9 @@ def _label(candidate: Candidate) -> str:
 def _infeasible(limit: int, target: int, base: StepTrace, traced_points) -> BudgetInfeasibleError:
     best = min((t.profile.peak_reserved for _, t in traced_points), default=0)
     cats = base.profile.by_category
-    states = sum(cats.get(c, 0) for c in (Category.PARAM, Category.GRAD, Category.OPTIMIZER))
+    # gradients from the record: at a peak in forward, by_category holds none of them
+    grads = sum(base.record.grad_bytes.values()) or cats.get(Category.GRAD, 0)
+    states = cats.get(Category.PARAM, 0) + cats.get(Category.OPTIMIZER, 0) + grads
     return BudgetInfeasibleError(
         f"budget {format_bytes(limit)} cannot be met: the most memory-saving plan still needs "
         f"{format_bytes(best)} reserved ({format_bytes(best - target)} missing, with the "

@@ -1,0 +1,72 @@
+"""``memfit plan`` through main([...]), as a user types it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from memfit.cli import main
+from memfit.plan.plan import Plan
+
+from .helpers import BATCH, BUILDER_FILE
+
+
+@pytest.fixture
+def model_file(tmp_path):
+    path = tmp_path / "tiny_lm.py"
+    path.write_text(BUILDER_FILE)
+    return f"{path}:build"
+
+
+def plan_args(model_file, budget):
+    return ["plan", model_file, "--input", BATCH, "--budget", budget, "--device", "h100-80gb"]
+
+
+def test_plan_table(model_file, midway, midway_plan, capsys):
+    assert main([*plan_args(model_file, f"{midway}B")]) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    # the same plan as the API's for the same model, batch and budget
+    assert lines[0] == f"plan            {midway_plan.label}"
+    assert "peak reserved" in out and "step time" in out
+    for technique in midway_plan.techniques:
+        assert f"  - {technique!r}" in lines
+    assert "alternatives weighed" in out
+    header = next(i for i, line in enumerate(lines) if line.startswith("plan  ") and "step" in line)
+    rows = lines[header + 2 :]
+    assert len(rows) == len(midway_plan.frontier)
+    assert sum(row.startswith("* ") for row in rows) == 1
+
+
+def test_plan_json_round_trips(model_file, midway, midway_plan, tmp_path, capsys):
+    out_path = tmp_path / "plan.json"
+    code = main([*plan_args(model_file, f"{midway}B"), "--format", "json", "--out", str(out_path)])
+    assert code == 0
+    text = capsys.readouterr().out
+    plan = Plan.from_json(text)
+    assert plan.techniques == midway_plan.techniques
+    assert plan.budget == midway and plan.device == "h100-80gb"
+    assert plan.profile.peak_reserved == midway_plan.profile.peak_reserved <= midway
+    assert json.loads(out_path.read_text()) == json.loads(text)
+
+
+@pytest.mark.parametrize(
+    ("budget", "says"),
+    [
+        ("lots", "budget 'lots' is not a size; give a number and a unit such as '24GiB'"),
+        ("-3GB", "budget '-3GB' must be positive"),
+        ("200GiB", "budget 200.00 GiB is more than h100-80gb has"),
+    ],
+)
+def test_bad_budget_exits_2_with_the_fix(model_file, budget, says, capsys):
+    assert main(plan_args(model_file, budget)) == 2
+    captured = capsys.readouterr()
+    assert captured.err.startswith("error: ") and says in captured.err
+    assert "Traceback" not in captured.err + captured.out
+    assert captured.out == ""
+
+
+def test_budget_is_required(model_file, capsys):
+    assert main(["plan", model_file, "--input", BATCH]) == 2
+    assert "Missing option '--budget'" in capsys.readouterr().err

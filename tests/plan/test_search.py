@@ -1,0 +1,166 @@
+"""memfit.plan: an empty plan when the step fits, the fastest fitting plan otherwise, the errors."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+import memfit
+from memfit.devices import get_device
+from memfit.errors import BudgetInfeasibleError, InvalidInputError
+from memfit.plan.plan import model_fingerprint
+from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch
+from memfit.plan.text import plan_text
+from memfit.units import format_bytes, parse_bytes
+
+from .helpers import BATCH, build
+
+
+def test_no_technique_when_the_unmodified_step_fits(unmodified):
+    # the planner keeps `margin` below the budget: at exactly the predicted peak only a plan
+    # without margin is empty, with the default margin the budget must be 1% larger
+    exact = memfit.plan(build, BATCH, budget=unmodified.peak_reserved, margin=0.0)
+    roomy = memfit.plan(build, BATCH, budget=int(unmodified.peak_reserved / 0.99) + 1)
+    for chosen in (exact, roomy):
+        assert chosen.techniques == ()
+        assert chosen.label == "unmodified"
+        assert chosen.overhead == 0.0
+        assert chosen.profile.peak_reserved == unmodified.peak_reserved
+        assert chosen.step_time_s == unmodified.step_time_s
+        assert [p.chosen for p in chosen.frontier] == [True]
+    tight = memfit.plan(build, BATCH, budget=unmodified.peak_reserved)
+    assert tight.techniques != ()  # the 1% margin asks for something
+    assert tight.profile.peak_reserved <= unmodified.peak_reserved * 0.99
+
+
+def test_plan_fits_a_tighter_budget(midway, midway_plan, unmodified):
+    plan = midway_plan
+    assert plan.techniques, "the unmodified step does not fit midway"
+    assert plan.budget == midway and plan.device == "h100-80gb"
+    assert plan.profile.peak_reserved <= midway * 0.99  # the default margin is kept
+    assert plan.model_fingerprint == model_fingerprint(build())
+    # an independent trace of the chosen plan predicts the same peak, within the budget
+    again = memfit.estimate(build, BATCH, plan=plan)
+    assert again.peak_reserved == plan.profile.peak_reserved <= midway
+    assert again.peak_allocated == plan.profile.peak_allocated
+    assert again.plan == plan.profile.plan != ""
+    # it costs time: more than the unmodified step, as the overhead says
+    assert plan.baseline_step_time_s == unmodified.step_time_s
+    assert plan.step_time_s > plan.baseline_step_time_s
+    assert plan.overhead == pytest.approx(plan.step_time_s / plan.baseline_step_time_s - 1)
+    assert plan.overhead > 0
+
+
+def test_frontier_is_consistent(midway, midway_plan):
+    plan = midway_plan
+    chosen = [p for p in plan.frontier if p.chosen]
+    assert len(chosen) == 1
+    assert chosen[0].peak_reserved == plan.profile.peak_reserved
+    assert chosen[0].step_time_s == plan.step_time_s
+    assert chosen[0].label.endswith("(traced)")
+    screened = [p for p in plan.frontier if not p.label.endswith("(traced)")]
+    traced = [p for p in plan.frontier if p.label.endswith("(traced)")]
+    # the screening estimates are a Pareto front: by increasing memory, decreasing time
+    assert len(screened) >= 2
+    assert [p.peak_reserved for p in screened] == sorted(p.peak_reserved for p in screened)
+    times = [p.step_time_s for p in screened]
+    assert all(a > b for a, b in zip(times, times[1:], strict=False))
+    assert screened[-1].label == "unmodified"
+    # no traced plan that fits the budget is faster than the chosen one
+    target = midway * 0.99
+    for point in traced:
+        if point.peak_reserved <= target:
+            assert point.step_time_s >= chosen[0].step_time_s, point
+    # the text shows the choice and the alternatives, smallest first, the chosen one starred
+    text = plan_text(plan)
+    assert text.splitlines()[0] == f"plan            {plan.label}"
+    assert f"budget          {format_bytes(midway)} reserved" in text
+    table = text.split("alternatives weighed")[1].splitlines()[3:]
+    assert len(table) == len(plan.frontier)
+    starred = [row for row in table if row.startswith("* ")]
+    assert len(starred) == 1 and starred[0][2:].startswith(chosen[0].label)
+    shown = [parse_bytes(re.split(r"\s{2,}", row.strip())[-2].replace(" ", "")) for row in table]
+    assert shown == sorted(shown)
+
+
+@pytest.fixture(scope="module")
+def below_full(all_checkpointed):
+    """A budget the fully checkpointed step misses by the 1% margin, and its plan."""
+    budget = all_checkpointed.peak_reserved
+    return budget, memfit.plan(build, BATCH, budget=budget)
+
+
+def test_below_full_checkpointing_needs_another_technique(below_full):
+    budget, plan = below_full
+    # no checkpointing policy saves more than full checkpointing of every block
+    assert plan.of(MicroBatch) or plan.of(ChunkedLoss), plan.label
+    assert plan.profile.peak_reserved <= budget * 0.99
+    assert sum(p.chosen for p in plan.frontier) == 1
+
+
+@pytest.mark.xfail(
+    strict=False,  # the cost model's calibration may move the choice
+    reason="screening credits the chunked loss with its allocated saving, which does not show "
+    "in reserved memory here; the three traces go to chunked-loss candidates and the fallback "
+    "jumps to the most memory-saving plan (micro-batch x8), about 4x slower than one that fits",
+)
+def test_below_full_checkpointing_is_not_much_slower_than_a_fitting_alternative(below_full):
+    budget, plan = below_full
+    alternative = (
+        Checkpoint(modules=("layers.*",)),
+        MicroBatch(n=2),
+        ChunkedLoss(chunks=8),
+    )
+    other = memfit.estimate(build, BATCH, plan=alternative)
+    assert other.peak_reserved <= budget * 0.99  # it fits
+    assert plan.step_time_s <= 1.5 * other.step_time_s
+
+
+def test_allow_restricts_the_techniques(midway):
+    plan = memfit.plan(build, BATCH, budget=midway, allow=("micro_batch",))
+    assert plan.techniques and all(isinstance(t, MicroBatch) for t in plan.techniques)
+    assert plan.profile.peak_reserved <= midway * 0.99
+    with pytest.raises(InvalidInputError, match=r"\['offload'\] in allow; known: checkpoint"):
+        memfit.plan(build, BATCH, budget=midway, allow=("checkpoint", "offload"))
+
+
+def test_infeasible_budget_says_what_is_missing(unmodified):
+    params = sum(p.numel() * p.element_size() for p in build().parameters())
+    states = 4 * params  # fp32 weights, gradients and AdamW's two moments
+    budget = 3 * params + 4096  # above weights and optimizer state, below the step's need
+    with pytest.raises(BudgetInfeasibleError) as info:
+        memfit.plan(build, BATCH, budget=budget)
+    message = str(info.value)
+    assert f"budget {format_bytes(budget)} cannot be met" in message
+    assert f"optimizer state alone take {format_bytes(states)}" in message
+    needs, missing, margin = re.search(
+        r"still needs (\S+ \S+) reserved \((\S+ \S+) missing, with the (\S+ \S+) safety", message
+    ).groups()
+    needs, missing = parse_bytes(needs.replace(" ", "")), parse_bytes(missing.replace(" ", ""))
+    assert params * 3 < needs <= unmodified.peak_reserved
+    target = int(budget * (1 - 0.01))
+    assert missing == pytest.approx(needs - target, rel=0.01)
+    assert margin == format_bytes(budget - target)
+    for fix in ("offloading optimizer state", "sharding across GPUs", "low-bit optimizer"):
+        assert fix in message
+
+
+@pytest.mark.parametrize(
+    ("budget", "says"),
+    [
+        ("-3GB", r"budget '-3GB' must be positive, e\.g\. '24GiB'"),
+        ("lots", r"budget 'lots' is not a size; give a number and a unit such as '24GiB'"),
+        (0, r"budget 0 must be positive"),
+        ("200GiB", r"budget 200\.00 GiB is more than h100-80gb has \(79\.\d\d GiB\); give a"),
+    ],
+)
+def test_invalid_budgets_name_the_value_and_the_fix(budget, says):
+    with pytest.raises(InvalidInputError, match=says):
+        memfit.plan(build, BATCH, budget=budget, device="h100-80gb")
+
+
+def test_a_fraction_is_of_the_device():
+    spec = get_device("h100-80gb")
+    plan = memfit.plan(build, BATCH, budget="0.5", device=spec)
+    assert plan.budget == spec.memory_bytes // 2 and plan.techniques == ()
