@@ -164,3 +164,17 @@ def test_a_fraction_is_of_the_device():
     spec = get_device("h100-80gb")
     plan = memfit.plan(build, BATCH, budget="0.5", device=spec)
     assert plan.budget == spec.memory_bytes // 2 and plan.techniques == ()
+
+
+@pytest.mark.parametrize(("optimizer", "hinted"), [("adamw", True), ("adamw-fused", False)])
+def test_infeasible_names_a_fused_optimizer_when_its_temporaries_make_the_peak(optimizer, hinted):
+    params = sum(p.numel() * p.element_size() for p in build().parameters())
+    budget = 3 * params + 4096  # the smallest plan peaks in the optimizer step
+    with pytest.raises(BudgetInfeasibleError) as info:
+        memfit.plan(build, BATCH, budget=budget, optimizer=optimizer)
+    match = re.search(
+        r"without the (\S+ \S+) of temporaries that adamw's step holds", str(info.value)
+    )
+    assert (match is not None) == hinted
+    if hinted:  # foreach AdamW holds sqrt(exp_avg_sq), one value per weight (torch/optim/adam.py)
+        assert parse_bytes(match.group(1).replace(" ", "")) >= params

@@ -54,7 +54,9 @@ class OpProbe(TorchDispatchMode):
         self.phase = phase
         self.costs: list[OpCost] = []
 
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
+    ) -> Any:
         seen = {
             t.untyped_storage()._cdata
             for t in tree_flatten((args, kwargs or {}))[0]

@@ -28,9 +28,9 @@ from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Baseline, Candidate, screen
 from memfit.plan.cost import load_calibration
 from memfit.plan.plan import Plan, model_fingerprint
-from memfit.plan.policies import block_policies
+from memfit.plan.policies import Policy, block_policies
 from memfit.plan.techniques import ChunkedLoss, MicroBatch
-from memfit.profile import Category
+from memfit.profile import Category, Phase
 from memfit.report.frontier import FrontierPoint, pareto
 from memfit.trace.estimate import StepTrace, trace_step
 from memfit.units import format_bytes, parse_bytes
@@ -38,6 +38,7 @@ from memfit.units import format_bytes, parse_bytes
 __all__ = ["plan"]
 
 ALLOWED = ("checkpoint", "micro_batch", "chunked_loss")
+Tracer = Callable[..., StepTrace]  # techniques -> the step traced with them in force
 
 
 def plan(
@@ -118,7 +119,9 @@ def plan(
     fingerprint = model_fingerprint(base.model.module)
     baseline_s = base.profile.step_time_s or 0.0
 
-    def make(techniques: tuple[Any, ...], traced: StepTrace, frontier=()) -> Plan:
+    def make(
+        techniques: tuple[Any, ...], traced: StepTrace, frontier: Sequence[FrontierPoint] = ()
+    ) -> Plan:
         return Plan(
             techniques=techniques,
             budget=limit,
@@ -191,14 +194,19 @@ def _blocks(base: StepTrace, blocks: Sequence[str] | None) -> list[str]:
     return [name for name, _ in found]
 
 
-def _none_policy(base: StepTrace, blocks: list[str]):
-    from memfit.plan.policies import Policy
-
+def _none_policy(base: StepTrace, blocks: list[str]) -> Policy:
     saved = {m.fqn: m.activation_bytes for m in base.profile.modules}
     return Policy("none", (), saved.get(blocks[0], 0) if blocks else 0, 0.0)
 
 
-def _baseline(base: StepTrace, trace, blocks, allow, head: str, chunks: int) -> Baseline:
+def _baseline(
+    base: StepTrace,
+    trace: Tracer,
+    blocks: list[str],
+    allow: Sequence[str],
+    head: str,
+    chunks: int,
+) -> Baseline:
     ops = [op for op in base.record.ops if op.stage in ("forward", "backward")]
     casts = sum(op.seconds for op in ops if op.stage == "forward" and op.op == "_to_copy")
     baseline = Baseline(
@@ -240,8 +248,13 @@ def _batch_size(base: StepTrace) -> int:
 
 
 def _verify(
-    candidates: list[Candidate], target: int, static: int, trace, head: str, max_traces: int
-):
+    candidates: list[Candidate],
+    target: int,
+    static: int,
+    trace: Tracer,
+    head: str,
+    max_traces: int,
+) -> tuple[tuple[tuple[Any, ...], StepTrace] | None, list[tuple[Candidate, StepTrace]]]:
     """Trace candidates fastest first; keep the fastest that really fits.
 
     After each trace, screening's estimate of the memory that depends on the plan is rescaled
@@ -301,7 +314,11 @@ def _key(candidate: Candidate) -> tuple[int, ...]:
     return (len(candidate.blocks), strength, candidate.chunks, candidate.micro_batches)
 
 
-def _frontier(candidates, traced_points, chosen) -> list[FrontierPoint]:
+def _frontier(
+    candidates: list[Candidate],
+    traced_points: list[tuple[Candidate, StepTrace]],
+    chosen: tuple[tuple[Any, ...], StepTrace] | None,
+) -> list[FrontierPoint]:
     points = [
         FrontierPoint(_label(c), c.peak_reserved, c.step_s) for c in candidates if c.step_s > 0
     ]
@@ -333,7 +350,9 @@ def _label(candidate: Candidate) -> str:
     return " + ".join(parts) or "unmodified"
 
 
-def _infeasible(limit: int, target: int, base: StepTrace, traced_points) -> BudgetInfeasibleError:
+def _infeasible(
+    limit: int, target: int, base: StepTrace, traced_points: list[tuple[Candidate, StepTrace]]
+) -> BudgetInfeasibleError:
     best = min((t.profile.peak_reserved for _, t in traced_points), default=0)
     cats = base.profile.by_category
     # gradients from the record: at a peak in forward, by_category holds none of them
@@ -343,7 +362,27 @@ def _infeasible(limit: int, target: int, base: StepTrace, traced_points) -> Budg
         f"budget {format_bytes(limit)} cannot be met: the most memory-saving plan still needs "
         f"{format_bytes(best)} reserved ({format_bytes(best - target)} missing, with the "
         f"{format_bytes(limit - target)} safety margin); weights, gradients and optimizer "
-        f"state alone take {format_bytes(states)}. What would close the gap: offloading "
-        f"optimizer state to the CPU, sharding across GPUs (FSDP), or low-bit optimizer "
-        f"state (torchao) -- not planned by memfit yet; or a smaller batch."
+        f"state alone take {format_bytes(states)}. What would close the gap: "
+        f"{_optimizer_hint(traced_points)}offloading optimizer state to the CPU, sharding "
+        f"across GPUs (FSDP), or low-bit optimizer state (torchao) -- not planned by memfit "
+        f"yet; or a smaller batch."
+    )
+
+
+def _optimizer_hint(traced_points: list[tuple[Candidate, StepTrace]]) -> str:
+    """A fused optimizer, when the smallest plan peaks in a multi-tensor step's temporaries."""
+    if not traced_points:
+        return ""
+    profile = min((t.profile for _, t in traced_points), key=lambda p: p.peak_reserved)
+    temporaries = profile.by_category.get(Category.TEMPORARY, 0)
+    name = (profile.optimizer or "").lower()
+    if profile.peak_phase is not Phase.OPTIMIZER or "fused" in name or not name.startswith("adam"):
+        return ""
+    if temporaries < 0.02 * profile.peak_allocated:
+        return ""
+    return (
+        f"a fused optimizer (optimizer='{name.split()[0]}-fused', i.e. "
+        f"torch.optim.{'AdamW' if name.startswith('adamw') else 'Adam'}(..., fused=True): the "
+        f"same update without the {format_bytes(temporaries)} of temporaries that {name}'s "
+        f"step holds at the peak); "
     )

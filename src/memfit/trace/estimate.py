@@ -50,7 +50,9 @@ class StepTrace:
     record: StepRecord
 
 
-def _resolve(model: Any, batch: Any, batch_size: int | None, seq_len: int | None):
+def _resolve(
+    model: Any, batch: Any, batch_size: int | None, seq_len: int | None
+) -> tuple[str, nn.Module | Callable[[], nn.Module], Any]:
     """Zoo names become a builder and (without a batch) the zoo's example batch."""
     name = None
     if isinstance(model, str):

@@ -216,7 +216,9 @@ class MemoryRecorder(TorchDispatchMode):
         return set(self._live.values())
 
     # --- dispatch -------------------------------------------------------------------------
-    def __torch_dispatch__(self, func: Any, types: Any, args: tuple = (), kwargs: Any = None):
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
+    ) -> Any:
         kwargs = kwargs or {}
         try:
             out = func(*args, **kwargs)

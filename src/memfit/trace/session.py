@@ -170,7 +170,7 @@ def traced_step(
 
                 step.mark = mark
                 dtype = step.precision.autocast_dtype
-                policy = contextlib.nullcontext()
+                policy: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
                 if dtype is not None:
                     step.autocast = lambda: torch.autocast("cpu", dtype=dtype)
                     policy = cuda_autocast_policy(dtype)

@@ -151,7 +151,7 @@ def _efficient_ok(call: SdpaCall, device: DeviceSpec) -> bool:
         alignment = 8
     else:
         alignment = 1
-    dtypes = (torch.float16, torch.float32, torch.bfloat16)
+    dtypes: tuple[torch.dtype, ...] = (torch.float16, torch.float32, torch.bfloat16)
     if device.sm < (8, 0):
         dtypes = (torch.float16, torch.float32)
     element = 2 if half else 4
