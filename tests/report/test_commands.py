@@ -157,3 +157,61 @@ def test_report_estimates_a_zoo_model(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     assert result.output.startswith("gpt2 on rtx4090")
     assert out.read_text().count("<svg") == 3
+
+
+def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> None:
+    import memfit
+    from memfit.plan.plan import Plan
+    from memfit.report.frontier import FrontierPoint
+
+    asked = {}
+    points = (
+        FrontierPoint("unmodified", 12 * GiB, 0.050),
+        FrontierPoint("full ckpt x12 (traced)", 7 * GiB, 0.061, chosen=True),
+    )
+
+    def fake_plan(model, batch, **options):
+        asked.update(options, model=model)
+        return Plan(techniques=(), frontier=points)
+
+    monkeypatch.setattr(memfit, "plan", fake_plan)
+    out = tmp_path / "r.html"
+    args = ["gpt2", "--batch-size", "1", "--seq-len", "32", "--budget", "8GiB", "--out", str(out)]
+    result = CliRunner().invoke(report, args)
+    assert result.exit_code == 0, result.output
+    assert asked["model"] == "gpt2" and asked["budget"] == "8GiB" and asked["seq_len"] == 32
+    html = out.read_text()
+    assert "full ckpt x12 (traced)" in html and "No plans to show" not in html
+
+
+def test_a_budget_no_plan_meets_is_a_note_not_a_failure(tmp_path: Path, monkeypatch) -> None:
+    import memfit
+    from memfit.errors import BudgetInfeasibleError
+
+    def infeasible(model, batch, **options):
+        raise BudgetInfeasibleError("budget 1.00 GiB cannot be met: 3.00 GiB missing")
+
+    monkeypatch.setattr(memfit, "plan", infeasible)
+    out = tmp_path / "r.html"
+    args = ["gpt2", "--batch-size", "1", "--seq-len", "32", "--budget", "1GiB", "--out", str(out)]
+    result = CliRunner().invoke(report, args)
+    assert result.exit_code == 0, result.output
+    assert "note: no plan drawn: budget 1.00 GiB cannot be met" in result.output
+    assert "No plans to show" in out.read_text()
+
+
+def test_a_saved_plan_brings_its_frontier(tmp_path: Path, make_profile) -> None:
+    from memfit.plan.plan import Plan
+    from memfit.report.frontier import FrontierPoint
+
+    plan = Plan(
+        techniques=(),
+        budget=16 * GiB,
+        profile=make_profile(),
+        frontier=(FrontierPoint("micro-batch x2 (traced)", 9 * GiB, 0.07, chosen=True),),
+    )
+    path, out = tmp_path / "plan.json", tmp_path / "r.html"
+    path.write_text(plan.to_json())
+    result = CliRunner().invoke(report, [str(path), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "micro-batch x2 (traced)" in out.read_text()

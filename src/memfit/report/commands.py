@@ -73,6 +73,41 @@ def _estimate(model: str, options: dict[str, Any], show: bool) -> MemoryProfile:
         )
 
 
+def _plan_frontier(model: str, budget: str, options: dict[str, Any], show: bool) -> Any:
+    """The planner's frontier for ``budget``, or () with a note when no plan meets it."""
+    import memfit
+    from memfit.errors import BudgetInfeasibleError
+
+    with Progress(f"planning {model} for {budget}", enabled=show) as bar:
+        try:
+            plan = memfit.plan(
+                model,
+                None,
+                budget=budget,
+                optimizer=None if options["optimizer"] == "none" else options["optimizer"],
+                precision=options["precision"],
+                device=options["device"] or "h100-80gb",
+                batch_size=options["batch_size"],
+                seq_len=options["seq_len"],
+                progress=bar.set_stage,
+            )
+        except BudgetInfeasibleError as error:
+            click.echo(f"note: no plan drawn: {error}", err=True)
+            return ()
+    return plan.frontier
+
+
+def _saved_plan_frontier(path: str) -> tuple[FrontierPoint, ...]:
+    """The frontier inside a plan JSON file (``memfit plan --out``); () for a profile."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+        return ()  # _load_run has said what is wrong with the file
+    if not isinstance(data, dict) or "techniques" not in data:
+        return ()
+    return tuple(FrontierPoint.from_dict(p) for p in data.get("frontier", ()))
+
+
 def _frontier(path: str | None) -> tuple[FrontierPoint, ...]:
     if path is None:
         return ()
@@ -98,7 +133,11 @@ def _frontier(path: str | None) -> tuple[FrontierPoint, ...]:
 @click.option(
     "--device", help="Target GPU (see `memfit devices`); for a snapshot, the GPU it ran on."
 )
-@click.option("--budget", help="A memory budget, e.g. 16GiB or 0.8 (of the device).")
+@click.option(
+    "--budget",
+    help="A memory budget, e.g. 16GiB or 0.8 (of the device); for a model, also the plans "
+    "that would meet it.",
+)
 @click.option("--frontier", "frontier_path", help="JSON list of plans to draw (from the planner).")
 @click.option("--batch-size", type=int, help="Batch size for a zoo model.")
 @click.option("--seq-len", type=int, help="Sequence length for a zoo model.")
@@ -130,6 +169,7 @@ def report(
     """
     show = not quiet and fmt == "table"
     frag: Fragmentation | None = None
+    frontier = _frontier(frontier_path)
     run = snapshot or source
     if run is None:
         raise InvalidInputError(
@@ -138,6 +178,8 @@ def report(
         )
     if snapshot or run.endswith(".json") or _is_snapshot(run):
         profile, trace = _load_run(run, device=device, device_index=device_index, show=show)
+        if trace is None and not frontier:
+            frontier = _saved_plan_frontier(run)
         if trace is not None:
             with Progress(
                 f"packing {len(trace.allocations):,} allocations",
@@ -154,13 +196,15 @@ def report(
             "device": device,
         }
         profile = _estimate(run, options, show)
+        if budget and not frontier:  # the plans that would meet it, the fastest marked
+            frontier = _plan_frontier(run, budget, options, show)
     limit = parse_bytes(budget, of=profile.device_memory or None, what="budget") if budget else None
     with Progress("drawing the report", enabled=show):
         path = build.report(
             profile,
             out,
             budget=limit,
-            frontier=_frontier(frontier_path),
+            frontier=frontier,
             fragmentation=frag,
             png_dir=png_dir,
         )
