@@ -57,20 +57,22 @@ def _load_run(
     return profile, trace
 
 
+def _step_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The command's options as keyword arguments of ``memfit.estimate`` and ``memfit.plan``."""
+    return {
+        "optimizer": None if options["optimizer"] == "none" else options["optimizer"],
+        "precision": options["precision"],
+        "device": options["device"] or "h100-80gb",
+        "batch_size": options["batch_size"],
+        "seq_len": options["seq_len"],
+    }
+
+
 def _estimate(model: str, options: dict[str, Any], show: bool) -> MemoryProfile:
     import memfit
 
     with Progress(f"estimating {model}", enabled=show) as bar:
-        return memfit.estimate(
-            model,
-            None,
-            optimizer=None if options["optimizer"] == "none" else options["optimizer"],
-            precision=options["precision"],
-            device=options["device"] or "h100-80gb",
-            batch_size=options["batch_size"],
-            seq_len=options["seq_len"],
-            progress=bar.set_stage,
-        )
+        return memfit.estimate(model, None, **_step_options(options), progress=bar.set_stage)
 
 
 def _plan_frontier(model: str, budget: str, options: dict[str, Any], show: bool) -> Any:
@@ -81,15 +83,7 @@ def _plan_frontier(model: str, budget: str, options: dict[str, Any], show: bool)
     with Progress(f"planning {model} for {budget}", enabled=show) as bar:
         try:
             plan = memfit.plan(
-                model,
-                None,
-                budget=budget,
-                optimizer=None if options["optimizer"] == "none" else options["optimizer"],
-                precision=options["precision"],
-                device=options["device"] or "h100-80gb",
-                batch_size=options["batch_size"],
-                seq_len=options["seq_len"],
-                progress=bar.set_stage,
+                model, None, budget=budget, **_step_options(options), progress=bar.set_stage
             )
         except BudgetInfeasibleError as error:
             click.echo(f"note: no plan drawn: {error}", err=True)
