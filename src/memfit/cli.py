@@ -29,11 +29,22 @@ def cli() -> None:
 
 
 def _model_option_values(
-    model: str, input_spec: str | None, loss_fn: str | None, forward: str | None
+    model: str,
+    input_spec: str | None,
+    loss_fn: str | None,
+    forward: str | None,
+    **options: Any,
 ) -> dict[str, Any]:
+    """``model_options`` as keyword arguments of ``memfit.estimate`` and ``memfit.plan``.
+
+    ``options``: optimizer, precision, device, batch_size and seq_len, passed on as given
+    (optimizer "none" as None).
+    """
     from memfit.loading import is_file_reference, load_callable
 
-    values: dict[str, Any] = {"model": model, "batch": input_spec}
+    values: dict[str, Any] = {"model": model, "batch": input_spec, **options}
+    if str(options.get("optimizer", "")).lower() == "none":
+        values["optimizer"] = None
     if is_file_reference(model):
         values["model"] = load_callable(model, what="model builder")
         if input_spec is None:
@@ -111,21 +122,23 @@ def estimate(
     from memfit.report.text import profile_summary, profile_text, verdict
     from memfit.units import parse_bytes
 
-    values = _model_option_values(model, input_spec, loss_fn, forward)
+    values = _model_option_values(
+        model,
+        input_spec,
+        loss_fn,
+        forward,
+        optimizer=optimizer,
+        precision=precision,
+        device=device,
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
     limit = (
         parse_bytes(budget, of=get_device(device).memory_bytes, what="budget") if budget else None
     )
     show = fmt == "table" and not quiet
     with Progress(f"estimating {model}", enabled=show) as bar:
-        profile = memfit.estimate(
-            **values,
-            optimizer=None if optimizer.lower() == "none" else optimizer,
-            precision=precision,
-            device=device,
-            batch_size=batch_size,
-            seq_len=seq_len,
-            progress=bar.set_stage,
-        )
+        profile = memfit.estimate(**values, progress=bar.set_stage)
     if fmt == "json":
         click.echo(json.dumps(profile_summary(profile, budget=limit), indent=2))
     elif quiet:
@@ -162,20 +175,23 @@ def plan_command(
     from memfit.plan.text import plan_text
     from memfit.report.progress import Progress
 
-    values = _model_option_values(model, input_spec, loss_fn, forward)
+    values = _model_option_values(
+        model,
+        input_spec,
+        loss_fn,
+        forward,
+        optimizer=optimizer,
+        precision=precision,
+        device=device,
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
     show = fmt == "table" and not quiet
     with Progress(f"planning {model}", enabled=show) as bar:
         chosen = plan(
-            values.pop("model"),
-            values.pop("batch"),
             **values,
             budget=budget,
-            device=device,
-            optimizer=None if optimizer.lower() == "none" else optimizer,
-            precision=precision,
             blocks=[b.strip() for b in blocks.split(",")] if blocks else None,
-            batch_size=batch_size,
-            seq_len=seq_len,
             progress=bar.set_stage,
         )
     if out_path:
