@@ -102,7 +102,7 @@ def test_below_full_checkpointing_needs_another_technique(below_full):
 @pytest.mark.xfail(
     strict=False,  # the cost model's calibration may move the choice
     reason="screening credits the chunked loss with its allocated saving, which does not show "
-    "in reserved memory here; the three traces go to chunked-loss candidates and the fallback "
+    "in reserved memory here; the traces go to chunked-loss candidates and the fallback "
     "jumps to the most memory-saving plan (micro-batch x8), about 4x slower than one that fits",
 )
 def test_below_full_checkpointing_is_not_much_slower_than_a_fitting_alternative(below_full):

@@ -57,7 +57,7 @@ def plan(
     chunks: int = 8,
     max_micro_batches: int = 8,
     margin: float = 0.01,
-    max_traces: int = 3,
+    max_traces: int = 4,
     batch_size: int | None = None,
     seq_len: int | None = None,
     progress: Callable[[str], None] | None = None,
@@ -276,7 +276,7 @@ def _verify(
             for c in candidates
             if id(c) not in tried
             and predicted(c) <= target
-            and (best is None or c.step_s < 0.98 * best[0].step_s)  # worth another trace
+            and (best is None or c.step_s < best[0].step_s)
         ]
         if not fitting:
             break
