@@ -37,14 +37,11 @@ def _model_option_values(
 ) -> dict[str, Any]:
     """``model_options`` as keyword arguments of ``memfit.estimate`` and ``memfit.plan``.
 
-    ``options``: optimizer, precision, device, batch_size and seq_len, passed on as given
-    (optimizer "none" as None).
+    ``options``: optimizer, precision, device, batch_size and seq_len, passed on as given.
     """
     from memfit.loading import is_file_reference, load_callable
 
     values: dict[str, Any] = {"model": model, "batch": input_spec, **options}
-    if str(options.get("optimizer", "")).lower() == "none":
-        values["optimizer"] = None
     if is_file_reference(model):
         values["model"] = load_callable(model, what="model builder")
         if input_spec is None:

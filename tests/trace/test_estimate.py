@@ -110,3 +110,10 @@ def test_peak_grows_with_the_batch():
     small = memfit.estimate(tiny_gpt2(), "input_ids=int64[2,32]<100 labels=int64[2,32]<100")
     large = memfit.estimate(tiny_gpt2(), "input_ids=int64[16,32]<100 labels=int64[16,32]<100")
     assert large.peak_allocated > small.peak_allocated
+
+
+def test_the_name_none_means_no_optimizer_step() -> None:
+    without = memfit.estimate(tiny_mlp, BATCH, optimizer=None, precision="fp32")
+    named = memfit.estimate(tiny_mlp, BATCH, optimizer="None", precision="fp32")
+    assert named.optimizer is None and named.by_category == without.by_category
+    assert named.by_category.get(Category.OPTIMIZER, 0) == 0

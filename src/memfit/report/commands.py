@@ -60,7 +60,7 @@ def _load_run(
 def _step_options(options: dict[str, Any]) -> dict[str, Any]:
     """The command's options as keyword arguments of ``memfit.estimate`` and ``memfit.plan``."""
     return {
-        "optimizer": None if options["optimizer"] == "none" else options["optimizer"],
+        "optimizer": options["optimizer"],
         "precision": options["precision"],
         "device": options["device"] or "h100-80gb",
         "batch_size": options["batch_size"],

@@ -31,8 +31,15 @@ OPTIMIZERS: dict[str, OptimizerFactory] = {
 }
 
 
+def _no_optimizer(optimizer: object) -> bool:
+    """None, or the name "none" (what the command line passes)."""
+    return optimizer is None or (isinstance(optimizer, str) and optimizer.lower() == "none")
+
+
 def optimizer_label(optimizer: str | OptimizerFactory | None) -> str | None:
-    if optimizer is None or isinstance(optimizer, str):
+    if _no_optimizer(optimizer):
+        return None
+    if isinstance(optimizer, str):
         return optimizer
     return getattr(optimizer, "__name__", "custom")
 
@@ -43,13 +50,13 @@ def make_optimizer(
     """Build the optimizer over ``params``.
 
     Args:
-        optimizer: a name from ``OPTIMIZERS``, a factory ``params -> Optimizer``, or None
-            (forward and backward only... or forward only when there is nothing to train).
+        optimizer: a name from ``OPTIMIZERS``, a factory ``params -> Optimizer``, or None or
+            "none" (forward and backward only... or forward only when there is nothing to train).
 
     Raises:
         InvalidInputError: for an unknown name or a factory that fails.
     """
-    if optimizer is None:
+    if _no_optimizer(optimizer):
         return None
     if isinstance(optimizer, str):
         factory = OPTIMIZERS.get(optimizer.lower())
