@@ -32,6 +32,11 @@ def _load(results: Path, name: str) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def _anchors(model: str, data: dict[str, Any], compiled: dict[str, Any]) -> dict[str, Any]:
+    """The eager anchors of one model, then its torch.compile ones (a separate run)."""
+    return {**data["anchors"], **compiled.get("models", {}).get(model, {}).get("anchors", {})}
+
+
 def accuracy_table(acc: dict[str, Any]) -> str:
     lines = [
         "| model | precision | measured allocated | predicted | error | measured reserved "
@@ -54,8 +59,7 @@ def frontier_table(frontier: dict[str, Any], compiled: dict[str, Any]) -> str:
         "|---|---|---:|---|---:|---:|---:|---:|",
     ]
     for model, data in frontier.get("models", {}).items():
-        anchors = dict(data["anchors"])
-        anchors.update(compiled.get("models", {}).get(model, {}).get("anchors", {}))
+        anchors = _anchors(model, data, compiled)
         base = anchors["unmodified"]["step_s"]
         for label, m in anchors.items():
             lines.append(
@@ -112,8 +116,7 @@ def plot_frontier(frontier: dict[str, Any], compiled: dict[str, Any], out: Path)
     models = frontier.get("models", {})
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.4), squeeze=False)
     for ax, (model, data) in zip(axes[0], models.items(), strict=True):
-        anchors = dict(data["anchors"])
-        anchors.update(compiled.get("models", {}).get(model, {}).get("anchors", {}))
+        anchors = _anchors(model, data, compiled)
         points = sorted(
             (p["measured"]["peak_reserved"] / GiB, 1e3 * p["measured"]["step_s"])
             for p in data["plans"]
