@@ -95,20 +95,7 @@ def model_options(function: Any) -> Any:
 @cli.command()
 @model_options
 @click.option("--budget", help="Judge against this budget instead of the device, e.g. 24GiB.")
-def estimate(
-    model: str,
-    batch_size: int | None,
-    seq_len: int | None,
-    input_spec: str | None,
-    loss_fn: str | None,
-    forward: str | None,
-    optimizer: str,
-    precision: str,
-    device: str,
-    fmt: str,
-    quiet: bool,
-    budget: str | None,
-) -> None:
+def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
     """Predict the GPU memory of one training step of MODEL, without a GPU.
 
     MODEL is a zoo name (see `memfit zoo`) or path/to/file.py:builder.
@@ -119,22 +106,14 @@ def estimate(
     from memfit.report.text import profile_summary, profile_text, verdict
     from memfit.units import parse_bytes
 
-    values = _model_option_values(
-        model,
-        input_spec,
-        loss_fn,
-        forward,
-        optimizer=optimizer,
-        precision=precision,
-        device=device,
-        batch_size=batch_size,
-        seq_len=seq_len,
-    )
+    values = _model_option_values(**options)
     limit = (
-        parse_bytes(budget, of=get_device(device).memory_bytes, what="budget") if budget else None
+        parse_bytes(budget, of=get_device(values["device"]).memory_bytes, what="budget")
+        if budget
+        else None
     )
     show = fmt == "table" and not quiet
-    with Progress(f"estimating {model}", enabled=show) as bar:
+    with Progress(f"estimating {options['model']}", enabled=show) as bar:
         profile = memfit.estimate(**values, progress=bar.set_stage)
     if fmt == "json":
         click.echo(json.dumps(profile_summary(profile, budget=limit), indent=2))
@@ -150,20 +129,12 @@ def estimate(
 @click.option("--blocks", help="Comma-separated module patterns to checkpoint (default: found).")
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
 def plan_command(
-    model: str,
-    batch_size: int | None,
-    seq_len: int | None,
-    input_spec: str | None,
-    loss_fn: str | None,
-    forward: str | None,
-    optimizer: str,
-    precision: str,
-    device: str,
     fmt: str,
     quiet: bool,
     budget: str,
     blocks: str | None,
     out_path: str | None,
+    **options: Any,
 ) -> None:
     """Choose the fastest techniques that make MODEL's step fit --budget."""
     from pathlib import Path
@@ -172,19 +143,9 @@ def plan_command(
     from memfit.plan.text import plan_text
     from memfit.report.progress import Progress
 
-    values = _model_option_values(
-        model,
-        input_spec,
-        loss_fn,
-        forward,
-        optimizer=optimizer,
-        precision=precision,
-        device=device,
-        batch_size=batch_size,
-        seq_len=seq_len,
-    )
+    values = _model_option_values(**options)
     show = fmt == "table" and not quiet
-    with Progress(f"planning {model}", enabled=show) as bar:
+    with Progress(f"planning {options['model']}", enabled=show) as bar:
         chosen = plan(
             **values,
             budget=budget,
