@@ -35,6 +35,11 @@ from models import EXTERNAL  # noqa: E402
 
 GiB = 1024**3
 MODELS = ["hf-gpt2", "hf-gpt2-medium", "hf-llama-1b"]
+BLOCKS = {
+    "hf-gpt2": "transformer.h.*",
+    "hf-gpt2-medium": "transformer.h.*",
+    "hf-llama-1b": "model.layers.*",
+}
 OPTIMIZER = "adamw-fused"
 PRECISION = "bf16-mixed"
 
@@ -86,12 +91,12 @@ def measure_plan(
     if compiled_budget is not None:
         torch._dynamo.reset()
         torch._functorch.config.activation_memory_budget = compiled_budget
-        target = torch.compile(model)
+        if plan is None:
+            target = torch.compile(model)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    if plan is None:
-        step = memfit.apply([], target, optimizer, precision=PRECISION)
-    else:
-        step = memfit.apply(plan, target if compiled_budget is None else model, optimizer)
+    step = memfit.apply(plan or [], target, optimizer, precision=PRECISION)
+    if plan is not None and compiled_budget is not None:
+        model.compile()  # in place, with the plan's checkpoints and head already applied
     started = time.perf_counter()
     if snapshot is not None:  # every allocation from the first step on, for the simulator
         torch.cuda.memory._record_memory_history(max_entries=2_000_000, stacks="python")
@@ -113,6 +118,12 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="torch.compile anchors only")
     parser.add_argument("--fractions", default="0.75,0.5,0.3")
     parser.add_argument("--compile-budgets", default="1.0,0.5,0.2")
+    parser.add_argument(
+        "--plans-from",
+        help="with --compile: also run these eager results' plans compiled (file from a run "
+        "without --compile)",
+    )
+    parser.add_argument("--plan-labels", default="activations x0.5,full checkpointing's")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -141,6 +152,8 @@ def main() -> None:
                     )
                     print(name, "compile", budget, rows["anchors"][f"compile {budget}"], flush=True)
                     save()
+                if args.plans_from:
+                    compile_plans(name, rows, args.plans_from, args.plan_labels.split(","), save)
                 continue
             rows["anchors"]["unmodified"] = base = measure_plan(name)
             print(name, "unmodified", base, flush=True)
@@ -152,6 +165,9 @@ def main() -> None:
 
             rows["anchors"]["hf full checkpointing"] = full = measure_plan(name, prepare=hf_full)
             print(name, "hf full", full, flush=True)
+            every_block = memfit.Plan((memfit.Checkpoint(modules=(BLOCKS[name],)),))
+            rows["anchors"]["memfit full checkpointing"] = measure_plan(name, plan=every_block)
+            print(name, "memfit full", rows["anchors"]["memfit full checkpointing"], flush=True)
             save()
             builder = EXTERNAL[name][0]
             predicted = memfit.estimate(
@@ -188,6 +204,7 @@ def main() -> None:
                     continue
                 row.update(
                     plan=plan.label,
+                    techniques=plan.to_dict()["techniques"],
                     plan_s=time.perf_counter() - started,
                     predicted_reserved=plan.profile.peak_reserved,
                     predicted_step_s=plan.step_time_s,
@@ -212,6 +229,25 @@ def main() -> None:
         save()
     summarize(result)
     (out / name_of_file).write_text(json.dumps(result, indent=1))
+
+
+def compile_plans(name: str, rows: dict, source: str, labels: list[str], save) -> None:
+    """The eager run's plans at ``labels``, compiled: apply, then ``model.compile()``."""
+    eager = json.loads(Path(source).read_text())["models"].get(name, {})
+    for row in eager.get("plans", []):
+        if row["label"] not in labels or "techniques" not in row:
+            continue
+        plan = memfit.Plan.from_dict({"techniques": row["techniques"]})
+        compiled = {key: row[key] for key in ("label", "budget", "plan")}
+        try:
+            compiled["measured"] = measure_plan(name, plan=plan, compiled_budget=1.0)
+            compiled["violation"] = compiled["measured"]["peak_reserved"] > row["budget"]
+        except Exception:
+            compiled["error"] = traceback.format_exc()[-2000:]
+            clean()
+        rows["plans"].append(compiled)
+        print(name, "compiled plan", row["label"], compiled.get("measured"), flush=True)
+        save()
 
 
 def summarize(result: dict) -> None:

@@ -159,9 +159,9 @@ def _wrap(module: nn.Module, context_fn: ContextFn | None) -> UndoFn:
         preserve_batchnorm=any(_tracks_stats(m) for m in module.modules()),
     )
     # A bound method: copy.deepcopy rebinds it to the copy (see Known limitations).
-    module.forward = types.MethodType(  # type: ignore[method-assign]
-        functools.partial(_checkpointed_forward, options), module
-    )
+    bound = functools.partial(_checkpointed_forward, options)
+    bound.__name__ = bound.__qualname__ = "forward"  # type: ignore[attr-defined]  # torch.compile
+    module.forward = types.MethodType(bound, module)  # type: ignore[method-assign]
     ref = weakref.ref(module)
 
     def undo() -> None:

@@ -93,10 +93,17 @@ def chunked_cross_entropy(
 class _LinearCrossEntropy(torch.autograd.Function):
     """Sum of cross-entropies of ``rows @ weight.T + bias``, over ``count``; gradients in forward.
 
-    For one chunk with logits ``z`` (upcast to float32 as Hugging Face does) and labels ``y``,
-    ``d loss / d z = (softmax(z) - onehot(y)) / count`` (zero on ignored rows); the gradients of
-    the rows, the weight and the bias follow through the linear map, in the dtype autocast
-    gives those products, as the unchunked backward computes them.
+    For one chunk with logits ``z`` (upcast to float32 as Hugging Face does), labels ``y`` and
+    ``s = 1 / count`` on kept rows (0 on ignored ones)::
+
+        loss  = sum_rows s * count * (logsumexp(z) - z[y])
+        dz    = s * (softmax(z) - onehot(y)) = exp(z - logsumexp(z) + log s) - s * onehot(y)
+
+    so the gradient takes one in-place pass over the float32 logits (``log 0 = -inf`` zeroes
+    ignored rows). The head is cast to the matmul dtype once, not per chunk. The gradients of
+    the rows, the weight and the bias follow through the linear map in that dtype, as the
+    unchunked backward computes them; the weight's gradient is summed over chunks in its own
+    dtype (float32 for an autocast model).
     """
 
     @staticmethod
@@ -111,30 +118,34 @@ class _LinearCrossEntropy(torch.autograd.Function):
         count: int | torch.Tensor,
     ) -> torch.Tensor:
         size = max(1, math.ceil(rows.shape[0] / chunks))
+        dtype = _matmul_dtype(rows)
+        rows_low, weight_low = rows.to(dtype), weight.to(dtype)
+        bias_low = bias.to(dtype) if bias is not None else None
         grad_rows = torch.empty_like(rows)
         grad_weight = torch.zeros_like(weight)
         grad_bias = torch.zeros_like(bias) if bias is not None else None
         total = rows.new_zeros((), dtype=_loss_dtype(rows))
-        for start in range(0, rows.shape[0], size):
-            chunk, target = rows[start : start + size], labels[start : start + size]
-            logits = F.linear(chunk, weight, bias)
-            upcast = logits.to(_loss_dtype(logits))
-            total = total + F.cross_entropy(
-                upcast, target, ignore_index=ignore_index, reduction="sum"
-            )
-            # softmax minus one-hot, zero on ignored rows; no boolean indexing (it would wait
-            # for the GPU to count the rows)
-            keep = (target != ignore_index).unsqueeze(1)
-            grad = torch.softmax(upcast, dim=-1)
-            index = torch.where(keep, target.unsqueeze(1), 0)
-            grad.scatter_add_(1, index, -keep.to(grad.dtype))
-            grad.mul_(keep)
-            grad = grad.div_(count).to(logits.dtype)
-            del logits, upcast
-            grad_rows[start : start + size] = grad @ weight.to(grad.dtype)
-            grad_weight += (grad.t() @ chunk.to(grad.dtype)).to(grad_weight.dtype)
-            if grad_bias is not None:
-                grad_bias += grad.sum(0).to(grad_bias.dtype)
+        with torch.autocast(rows.device.type, enabled=False):
+            for start in range(0, rows.shape[0], size):
+                chunk, target = rows_low[start : start + size], labels[start : start + size]
+                logits = F.linear(chunk, weight_low, bias_low).to(_loss_dtype(rows_low))
+                keep = target != ignore_index
+                index = torch.where(keep, target, 0).unsqueeze(1)
+                lse = torch.logsumexp(logits, dim=-1)
+                total = total + ((lse - logits.gather(1, index).squeeze(1)) * keep).sum()
+                scale = (
+                    keep.to(logits.dtype) / count
+                )  # s: 1 / count on kept rows, 0 on ignored ones
+                # softmax times s, then minus s at the label: no boolean indexing (it would
+                # wait for the GPU to count the rows)
+                grad = logits.sub_((lse - scale.log()).unsqueeze(1)).exp_()
+                grad.scatter_add_(1, index, -scale.unsqueeze(1))
+                grad = grad.to(dtype)
+                del logits
+                grad_rows[start : start + size] = grad @ weight_low
+                grad_weight += grad.t() @ chunk
+                if grad_bias is not None:
+                    grad_bias += grad.sum(0)
         ctx.save_for_backward(grad_rows, grad_weight, grad_bias)
         return total / count
 
@@ -151,6 +162,14 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+def _matmul_dtype(rows: torch.Tensor) -> torch.dtype:
+    """The dtype autocast would run the head's matmul in (the rows' dtype without autocast)."""
+    device = rows.device.type
+    if torch.is_autocast_enabled(device):
+        return torch.get_autocast_dtype(device)
+    return rows.dtype
 
 
 def _loss_dtype(tensor: torch.Tensor) -> torch.dtype:

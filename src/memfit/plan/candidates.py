@@ -1,7 +1,8 @@
 """Candidate plans and their screening predictions, before any of them is traced.
 
-A candidate checkpoints the first ``k`` blocks with one policy, splits the batch into ``n``
-micro-batches and optionally chunks the loss. Its memory and time are predicted from the
+A candidate checkpoints the first ``k`` blocks with one policy (and, optionally, only the
+pointwise submodules of the other blocks), splits the batch into ``n`` micro-batches and
+optionally chunks the loss. Its memory and time are predicted from the
 unmodified step and the block figures: activations a policy does not keep are subtracted per
 block, what depends on the batch is divided by ``n``, the chunked loss removes the logits
 measured in its own trace; time adds each block's recomputation and the per-micro-batch
@@ -51,11 +52,22 @@ class Candidate:
     peak_reserved: int
     peak_allocated: int
     step_s: float
+    rest: tuple[str, ...] = ()  # the other blocks, whose pointwise submodules are checkpointed
+    rest_policy: Policy | None = None
 
     def techniques(self, head: str) -> tuple[Technique, ...]:
         found: list[Technique] = []
-        if self.blocks and self.policy.kind != "none":
+        pointwise = (
+            [f"{block}.{sub}" for block in self.rest for sub in self.rest_policy.submodules]
+            if self.rest_policy is not None
+            else []
+        )
+        if self.blocks and self.policy.kind == "pointwise":
+            pointwise = [f"{b}.{sub}" for b in self.blocks for sub in self.policy.submodules]
+        elif self.blocks and self.policy.kind != "none":
             found.append(Checkpoint(modules=self.blocks, save=self.policy.save))
+        if pointwise:
+            found.append(Checkpoint(modules=tuple(pointwise)))
         if self.micro_batches > 1:
             found.append(MicroBatch(n=self.micro_batches))
         if self.chunks > 1:
@@ -76,12 +88,22 @@ def screen(
     profile = baseline.profile
     dynamic = profile.peak_allocated - baseline.static_bytes
     base_ratio = profile.peak_reserved / max(1, profile.peak_allocated)
+    pointwise = next((p for p in policies if p.kind == "pointwise"), None)
     candidates = []
     for policy in policies:
         counts = [0] if policy.kind == "none" else range(1, len(blocks) + 1)
-        for k in counts:
+        rests: list[Policy | None] = [None]
+        if pointwise is not None and policy.kind in ("full", "selective"):
+            rests.append(pointwise)
+        for k, rest in ((k, r) for k in counts for r in rests):
+            others = len(blocks) - k if rest is not None else 0
+            if rest is not None and others == 0:
+                continue
             saving = k * max(0, saved_per_block - policy.kept_bytes)
+            if rest is not None:
+                saving += others * max(0, saved_per_block - rest.kept_bytes)
             transient = (saved_per_block - policy.kept_bytes) if k else 0
+            recompute_s = k * policy.recompute_s + (others * rest.recompute_s if rest else 0.0)
             for n in micro_batch_options:
                 for chunks in chunk_options:
                     chunk_saving = baseline.chunked_saving if chunks > 1 else 0
@@ -95,7 +117,7 @@ def screen(
                         ratio = base_ratio
                     time_s = (
                         baseline.step_s
-                        + k * policy.recompute_s
+                        + recompute_s
                         + (n - 1) * (baseline.fb_launches * launch_s + baseline.weight_cast_s)
                         + (baseline.chunked_extra_s if chunks > 1 else 0.0)
                     )
@@ -108,6 +130,8 @@ def screen(
                             int(allocated * ratio),
                             int(allocated),
                             time_s,
+                            tuple(blocks[k:]) if rest is not None else (),
+                            rest,
                         )
                     )
     return candidates

@@ -47,13 +47,16 @@ class Calibration:
     matmul efficiency comes out at the datasheet rate because FlopCounterMode counts the FLOPs
     of the products only, while their epilogues overlap the memory-bound work around them.
     ``selective_op_s`` is what selective checkpointing adds per operator in its regions (its
-    dispatch mode intercepts every operator in forward and in recomputation, in Python).
+    dispatch mode intercepts every operator in forward and in recomputation, in Python): every
+    block of the same three models checkpointed selectively (matrix products kept) ran 38-68 us
+    per operator and pass slower than predicted without it
+    (bench/results/diag_techniques_h200.json); 55 us errs towards not choosing it in eager mode.
     """
 
     matmul_efficiency: float = 1.0
     bandwidth_efficiency: float = 0.5
     launch_s: float = 6e-6
-    selective_op_s: float = 16e-6
+    selective_op_s: float = 55e-6
     device: str = ""
 
 

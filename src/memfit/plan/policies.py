@@ -42,16 +42,18 @@ class Policy:
     """How one block is checkpointed.
 
     Attributes:
-        kind: "none", "selective" or "full".
+        kind: "none", "pointwise", "selective" or "full".
         save: operator kinds whose outputs are kept (selective only).
         kept_bytes: predicted bytes the block keeps from forward to backward (besides inputs).
         recompute_s: predicted time to recompute in backward.
+        submodules: for "pointwise", the checkpointed submodules, relative to the block.
     """
 
     kind: str
     save: tuple[str, ...]
     kept_bytes: int
     recompute_s: float
+    submodules: tuple[str, ...] = ()
 
 
 def _knapsack(values: np.ndarray, weights: np.ndarray, cap: float) -> np.ndarray:

@@ -1,12 +1,13 @@
 """``memfit.plan``: the fastest combination of techniques that fits a memory budget.
 
 1. Trace the unmodified step (``memfit.estimate``'s tracer). If it fits, the plan is empty.
-2. Find the repeated blocks, trace once with all of them fully checkpointed (what a block keeps
-   then), read each block's costs, and build a ladder of checkpointing policies per block
-   (none, selective ones from a knapsack solved with HiGHS, full); identical blocks are solved
-   once. Trace once with a chunked loss where the model has an LM head.
-3. Screen every combination (policy x number of blocks x micro-batches x chunked loss) with
-   the additive model in ``candidates.py``, fastest first.
+2. Find the repeated blocks, read each block's costs, and build a ladder of checkpointing
+   policies per block (none; pointwise: only the submodules without matrix products, traced
+   once with them checkpointed; selective ones from a knapsack solved with HiGHS; full);
+   identical blocks are solved once. Trace once with a chunked loss where the model has an LM
+   head.
+3. Screen every combination (policy x number of blocks, the other blocks pointwise or not x
+   micro-batches x chunked loss) with the additive model in ``candidates.py``, fastest first.
 4. Trace the fastest candidates that screening says fit, in order, until one fits for real
    (the full tracer and allocator simulation, with a safety margin for prediction error).
 
@@ -28,8 +29,9 @@ from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Baseline, Candidate, screen
 from memfit.plan.cost import load_calibration
 from memfit.plan.plan import Plan, model_fingerprint
+from memfit.plan.pointwise import pointwise_policy, pointwise_submodules
 from memfit.plan.policies import Policy, block_policies
-from memfit.plan.techniques import ChunkedLoss, MicroBatch
+from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch
 from memfit.profile import Category, Phase
 from memfit.report.frontier import FrontierPoint, pareto
 from memfit.trace.estimate import StepTrace, trace_step
@@ -54,7 +56,7 @@ def plan(
     blocks: Sequence[str] | None = None,
     allow: Sequence[str] = ALLOWED,
     head: str = "lm_head",
-    chunks: int = 8,
+    chunks: int = 4,
     max_micro_batches: int = 8,
     margin: float = 0.01,
     max_traces: int = 4,
@@ -143,6 +145,7 @@ def plan(
     if block_names:
         stats = block_stats(base, block_names)[0]
         policies = block_policies(stats, load_calibration(spec).selective_op_s)
+        policies += _pointwise(base, trace, block_names)
     batch_total = _batch_size(base)
     micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= min(batch_total, max_micro_batches)]
     if "micro_batch" not in allow:
@@ -197,6 +200,18 @@ def _blocks(base: StepTrace, blocks: Sequence[str] | None) -> list[str]:
 def _none_policy(base: StepTrace, blocks: list[str]) -> Policy:
     saved = {m.fqn: m.activation_bytes for m in base.profile.modules}
     return Policy("none", (), saved.get(blocks[0], 0) if blocks else 0, 0.0)
+
+
+def _pointwise(base: StepTrace, trace: Tracer, blocks: list[str]) -> list[Policy]:
+    submodules = pointwise_submodules(base, blocks[0])
+    if not submodules:
+        return []
+    modules = tuple(f"{block}.{sub}" for block in blocks for sub in submodules)
+    try:
+        traced = trace((Checkpoint(modules=modules),))
+    except MemfitError:
+        return []  # the blocks differ: some lack these submodules
+    return [pointwise_policy(base, traced, blocks[0], submodules, len(blocks))]
 
 
 def _baseline(
@@ -310,8 +325,14 @@ def _verify(
 
 def _key(candidate: Candidate) -> tuple[int, ...]:
     """How much a candidate does to save memory: more blocks, stronger policy, chunked loss."""
-    strength = {"none": 0, "selective": 1, "full": 2}[candidate.policy.kind]
-    return (len(candidate.blocks), strength, candidate.chunks, candidate.micro_batches)
+    strength = {"none": 0, "pointwise": 1, "selective": 2, "full": 3}[candidate.policy.kind]
+    return (
+        len(candidate.blocks),
+        strength,
+        len(candidate.rest),
+        candidate.chunks,
+        candidate.micro_batches,
+    )
 
 
 def _frontier(
@@ -343,6 +364,8 @@ def _label(candidate: Candidate) -> str:
     parts = []
     if candidate.blocks and candidate.policy.kind != "none":
         parts.append(f"{candidate.policy.kind} ckpt x{len(candidate.blocks)}")
+    if candidate.rest:
+        parts.append(f"pointwise ckpt x{len(candidate.rest)}")
     if candidate.micro_batches > 1:
         parts.append(f"micro-batch x{candidate.micro_batches}")
     if candidate.chunks > 1:
