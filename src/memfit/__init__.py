@@ -27,6 +27,7 @@ _EXPORTS = {
     "MicroBatch": "memfit.plan.techniques",
     "MixedPrecision": "memfit.plan.techniques",
     "ChunkedLoss": "memfit.plan.techniques",
+    "FusedActivation": "memfit.plan.techniques",
     "MemoryProfile": "memfit.profile",
     "ModuleMemory": "memfit.profile",
     "TimelineEvent": "memfit.profile",

@@ -96,11 +96,12 @@ class _LinearCrossEntropy(torch.autograd.Function):
     For one chunk with logits ``z`` (upcast to float32 as Hugging Face does), labels ``y`` and
     ``s = 1 / count`` on kept rows (0 on ignored ones)::
 
-        loss  = sum_rows s * count * (logsumexp(z) - z[y])
-        dz    = s * (softmax(z) - onehot(y)) = exp(z - logsumexp(z) + log s) - s * onehot(y)
+        loss  = sum_kept_rows (logsumexp(z) - z[y])          (divided by count at the end)
+        dz    = s * (softmax(z) - onehot(y))
 
-    so the gradient takes one in-place pass over the float32 logits (``log 0 = -inf`` zeroes
-    ignored rows). The head is cast to the matmul dtype once, not per chunk. The gradients of
+    computed in place in the float32 logits (``exp(z - max z)``, its row sums, then the scale),
+    so that only one chunk-sized buffer is alive besides the matmul's output. The head is cast
+    to the matmul dtype once, not per chunk. The gradients of
     the rows, the weight and the bias follow through the linear map in that dtype, as the
     unchunked backward computes them; the weight's gradient is summed over chunks in its own
     dtype (float32 for an autocast model).
@@ -131,15 +132,18 @@ class _LinearCrossEntropy(torch.autograd.Function):
                 logits = F.linear(chunk, weight_low, bias_low).to(_loss_dtype(rows_low))
                 keep = target != ignore_index
                 index = torch.where(keep, target, 0).unsqueeze(1)
-                lse = torch.logsumexp(logits, dim=-1)
-                total = total + ((lse - logits.gather(1, index).squeeze(1)) * keep).sum()
-                scale = (
-                    keep.to(logits.dtype) / count
-                )  # s: 1 / count on kept rows, 0 on ignored ones
-                # softmax times s, then minus s at the label: no boolean indexing (it would
+                picked = logits.gather(1, index)  # z[y], before the logits are overwritten
+                # in place from here: torch.logsumexp would hold a second chunk-sized buffer
+                top = logits.amax(dim=-1, keepdim=True)
+                grad = logits.sub_(top).exp_()  # exp(z - max)
+                total_exp = grad.sum(dim=-1, keepdim=True)
+                lse = top + total_exp.log()
+                total = total + ((lse - picked).squeeze(1) * keep).sum()
+                # s: 1 / count on kept rows, 0 on ignored ones; no boolean indexing (it would
                 # wait for the GPU to count the rows)
-                grad = logits.sub_((lse - scale.log()).unsqueeze(1)).exp_()
-                grad.scatter_add_(1, index, -scale.unsqueeze(1))
+                scale = (keep.to(grad.dtype) / count).unsqueeze(1)
+                grad.mul_(scale / total_exp)  # s * softmax(z)
+                grad.scatter_add_(1, index, -scale)
                 grad = grad.to(dtype)
                 del logits
                 grad_rows[start : start + size] = grad @ weight_low

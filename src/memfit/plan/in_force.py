@@ -11,12 +11,18 @@ from torch import nn
 
 from memfit.errors import InvalidInputError
 from memfit.plan.plan import Plan, model_fingerprint, technique_label
-from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision
+from memfit.plan.techniques import (
+    Checkpoint,
+    ChunkedLoss,
+    FusedActivation,
+    MicroBatch,
+    MixedPrecision,
+)
 
 __all__ = ["InForce", "techniques_in_force"]
 
-_MODEL_CHANGING = (Checkpoint, ChunkedLoss)
-_KNOWN = (Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision)
+_MODEL_CHANGING = (FusedActivation, Checkpoint, ChunkedLoss)
+_KNOWN = (Checkpoint, ChunkedLoss, FusedActivation, MicroBatch, MixedPrecision)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,7 @@ from memfit.errors import InvalidInputError
 from memfit.plan.techniques import (
     Checkpoint,
     ChunkedLoss,
+    FusedActivation,
     MicroBatch,
     MixedPrecision,
     Technique,
@@ -29,6 +30,7 @@ TECHNIQUE_TYPES: dict[str, type] = {
     "micro_batch": MicroBatch,
     "mixed_precision": MixedPrecision,
     "chunked_loss": ChunkedLoss,
+    "fused_activation": FusedActivation,
 }
 _NAME_OF_TYPE = {cls: name for name, cls in TECHNIQUE_TYPES.items()}
 
@@ -51,6 +53,8 @@ def technique_label(technique: Technique) -> str:
         return technique.precision
     if isinstance(technique, ChunkedLoss):
         return f"chunked loss x{technique.chunks}"
+    if isinstance(technique, FusedActivation):
+        return f"fused GELU {_compact(technique.modules)}"
     return repr(technique)
 
 

@@ -1,6 +1,8 @@
 """``memfit.plan``: the fastest combination of techniques that fits a memory budget.
 
 1. Trace the unmodified step (``memfit.estimate``'s tracer). If it fits, the plan is empty.
+   Otherwise Hugging Face's elementwise tanh-GELUs, if any, are fused first (less memory and
+   less time, equal to rounding) and everything below is planned on top of that.
 2. Find the repeated blocks, read each block's costs, and build a ladder of checkpointing
    policies per block (none; pointwise: only the submodules without matrix products, traced
    once with them checkpointed; selective ones from a knapsack solved with HiGHS; full);
@@ -31,7 +33,7 @@ from memfit.plan.cost import load_calibration
 from memfit.plan.plan import Plan, model_fingerprint
 from memfit.plan.pointwise import pointwise_policy, pointwise_submodules
 from memfit.plan.policies import Policy, block_policies
-from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch
+from memfit.plan.techniques import Checkpoint, ChunkedLoss, FusedActivation, MicroBatch
 from memfit.profile import Category, Phase
 from memfit.report.frontier import FrontierPoint, pareto
 from memfit.trace.estimate import StepTrace, trace_step
@@ -39,7 +41,7 @@ from memfit.units import format_bytes, parse_bytes
 
 __all__ = ["plan"]
 
-ALLOWED = ("checkpoint", "micro_batch", "chunked_loss")
+ALLOWED = ("checkpoint", "micro_batch", "chunked_loss", "fused_activation")
 Tracer = Callable[..., StepTrace]  # techniques -> the step traced with them in force
 
 
@@ -74,7 +76,7 @@ def plan(
         blocks: module names (fnmatch patterns) that may be checkpointed; default: the
             repeated blocks found automatically.
         allow: techniques the planner may use (``checkpoint``, ``micro_batch``,
-            ``chunked_loss``).
+            ``chunked_loss``, ``fused_activation``).
         head: the LM head for a chunked loss.
         margin: keep the predicted reserved peak this fraction below the budget, for
             prediction error (the accuracy benchmark's worst reserved error is about 1% on
@@ -113,8 +115,10 @@ def plan(
         seq_len=seq_len,
     )
 
+    first: tuple[Any, ...] = ()  # in every plan: the fused activations, once found
+
     def trace(techniques: tuple[Any, ...] = ()) -> StepTrace:
-        return trace_step(model, batch, plan=list(techniques) or None, **options)
+        return trace_step(model, batch, plan=list(first + techniques) or None, **options)
 
     report("tracing the unmodified step")
     base = trace()
@@ -125,7 +129,7 @@ def plan(
         techniques: tuple[Any, ...], traced: StepTrace, frontier: Sequence[FrontierPoint] = ()
     ) -> Plan:
         return Plan(
-            techniques=techniques,
+            techniques=first + techniques,
             budget=limit,
             device=spec.name,
             profile=traced.profile,
@@ -138,6 +142,16 @@ def plan(
     if base.profile.peak_reserved <= target:
         point = FrontierPoint("unmodified", base.profile.peak_reserved, baseline_s, chosen=True)
         return make((), base, [point])
+    from memfit.apply.fused_activation import fusable_activations
+
+    fusable = fusable_activations(base.model.module) if "fused_activation" in allow else []
+    if fusable:
+        first = (FusedActivation(modules=tuple(fusable)),)
+        base = trace()
+        if base.profile.peak_reserved <= target:
+            step_s = base.profile.step_time_s or 0.0
+            point = FrontierPoint("fused GELU", base.profile.peak_reserved, step_s, chosen=True)
+            return make((), base, [point])
     report("measuring what each block keeps")
     block_names = _blocks(base, blocks) if "checkpoint" in allow else []
     baseline = _baseline(base, trace, block_names, allow, head, chunks)
@@ -166,7 +180,7 @@ def plan(
         baseline.static_bytes * base.profile.peak_reserved / max(1, base.profile.peak_allocated)
     )
     chosen, traced_points = _verify(candidates, target, static, trace, head, max_traces)
-    frontier = _frontier(candidates, traced_points, chosen)
+    frontier = _frontier(candidates, traced_points, chosen, "fused GELU" if first else "")
     report(f"planned in {time.perf_counter() - started:.1f} s")
     if chosen is None:
         raise _infeasible(limit, target, base, traced_points)
@@ -339,9 +353,12 @@ def _frontier(
     candidates: list[Candidate],
     traced_points: list[tuple[Candidate, StepTrace]],
     chosen: tuple[tuple[Any, ...], StepTrace] | None,
+    first: str = "",
 ) -> list[FrontierPoint]:
     points = [
-        FrontierPoint(_label(c), c.peak_reserved, c.step_s) for c in candidates if c.step_s > 0
+        FrontierPoint(_label(c, first), c.peak_reserved, c.step_s)
+        for c in candidates
+        if c.step_s > 0
     ]
     front = pareto(points)
     if len(front) > 12:  # keep the ends and an even spread between them
@@ -351,7 +368,7 @@ def _frontier(
         is_chosen = chosen is not None and traced is chosen[1]
         front.append(
             FrontierPoint(
-                _label(candidate) + " (traced)",
+                _label(candidate, first) + " (traced)",
                 traced.profile.peak_reserved,
                 traced.profile.step_time_s or candidate.step_s,
                 chosen=is_chosen,
@@ -360,8 +377,8 @@ def _frontier(
     return front
 
 
-def _label(candidate: Candidate) -> str:
-    parts = []
+def _label(candidate: Candidate, first: str = "") -> str:
+    parts = [first] if first else []
     if candidate.blocks and candidate.policy.kind != "none":
         parts.append(f"{candidate.policy.kind} ckpt x{len(candidate.blocks)}")
     if candidate.rest:

@@ -15,6 +15,7 @@ __all__ = [
     "MicroBatch",
     "MixedPrecision",
     "ChunkedLoss",
+    "FusedActivation",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
 ]
@@ -86,4 +87,16 @@ class ChunkedLoss:
     labels_key: str = "labels"
 
 
-Technique = Checkpoint | MicroBatch | MixedPrecision | ChunkedLoss
+@dataclass(frozen=True)
+class FusedActivation:
+    """Replace the activation modules matching ``modules`` by one fused kernel each.
+
+    Only Hugging Face's elementwise tanh-GELUs (``gelu_new``, ``gelu_fast``, ``gelu_accurate``)
+    qualify: ``nn.GELU(approximate="tanh")`` computes the same function, equal to rounding,
+    keeping only its input for backward.
+    """
+
+    modules: tuple[str, ...]
+
+
+Technique = Checkpoint | MicroBatch | MixedPrecision | ChunkedLoss | FusedActivation
