@@ -21,6 +21,7 @@ GiB = 1024**3
 ANCHOR_STYLE = {  # label -> (marker, colour)
     "unmodified": ("s", "#444444"),
     "hf full checkpointing": ("D", "#d62728"),
+    "memfit full checkpointing": ("d", "#9467bd"),
     "compile 1.0": ("^", "#7f7f7f"),
     "compile 0.5": ("^", "#ff7f0e"),
     "compile 0.2": ("v", "#ff7f0e"),
@@ -84,6 +85,35 @@ def frontier_table(frontier: dict[str, Any], compiled: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def compiled_plans_table(frontier: dict[str, Any], plans: dict[str, Any]) -> str:
+    """The eager plans compiled, against the compiled unmodified step of the same run."""
+    lines = [
+        "| model | budget | plan | compiled: reserved | step | vs compiled unmodified "
+        "| eager step |",
+        "|---|---:|---|---:|---:|---:|---:|",
+    ]
+    for model, data in plans.get("models", {}).items():
+        base = data["anchors"]["compile 1.0"]
+        lines.append(
+            f"| {model} | | compiled unmodified | {base['peak_reserved'] / GiB:.2f} GiB "
+            f"| {1e3 * base['step_s']:.1f} ms | | |"
+        )
+        eager = {p["label"]: p for p in frontier["models"][model]["plans"]}
+        for p in data["plans"]:
+            if "measured" not in p:
+                lines.append(f"| {model} | {p['label']} | {p['plan']} | failed | | | |")
+                continue
+            m, e = p["measured"], eager[p["label"]].get("measured", {})
+            over = " **over budget**" if p["violation"] else ""
+            lines.append(
+                f"| {model} | {p['budget'] / GiB:.2f} GiB ({p['label']}) | {p['plan']} "
+                f"| {m['peak_reserved'] / GiB:.2f} GiB{over} | {1e3 * m['step_s']:.1f} ms "
+                f"| {100 * (m['step_s'] / base['step_s'] - 1):+.1f}% "
+                f"| {1e3 * e.get('step_s', 0):.1f} ms |"
+            )
+    return "\n".join(lines)
+
+
 def guard_table(guard: dict[str, Any]) -> str:
     over, rec = guard.get("overhead", {}), guard.get("recovery", {})
     leak, finder = guard.get("leak", {}), guard.get("find_batch_size", {})
@@ -112,7 +142,9 @@ def guard_table(guard: dict[str, Any]) -> str:
     return "\n".join(["| | H200 |", "|---|---|"] + [f"| {a} | {b} |" for a, b in rows])
 
 
-def plot_frontier(frontier: dict[str, Any], compiled: dict[str, Any], out: Path) -> None:
+def plot_frontier(
+    frontier: dict[str, Any], compiled: dict[str, Any], plans: dict[str, Any], out: Path
+) -> None:
     models = frontier.get("models", {})
     fig, axes = plt.subplots(1, len(models), figsize=(5.2 * len(models), 4.4), squeeze=False)
     for ax, (model, data) in zip(axes[0], models.items(), strict=True):
@@ -125,6 +157,20 @@ def plot_frontier(frontier: dict[str, Any], compiled: dict[str, Any], out: Path)
         ax.plot(*zip(*points, strict=True), "o-", color="#1f77b4", label="memfit plans (eager)")
         for p in data["plans"]:
             ax.axvline(p["budget"] / GiB, color="#1f77b4", alpha=0.12, lw=1)
+        compiled_plans = [
+            (p["measured"]["peak_reserved"] / GiB, 1e3 * p["measured"]["step_s"])
+            for p in plans.get("models", {}).get(model, {}).get("plans", [])
+            if "measured" in p
+        ]
+        if compiled_plans:
+            ax.scatter(
+                *zip(*compiled_plans, strict=True),
+                marker="o",
+                facecolors="none",
+                edgecolors="#1f77b4",
+                s=46,
+                label="memfit plans, compiled",
+            )
         for label, m in anchors.items():
             marker, colour = ANCHOR_STYLE.get(label, ("x", "black"))
             ax.scatter(
@@ -158,12 +204,15 @@ def main() -> None:
     acc = _load(results, "accuracy_h200.json")
     frontier = _load(results, "frontier_h200.json")
     compiled = _load(results, "frontier_compile_h200.json")
+    plans = _load(results, "frontier_compile_plans_h200.json")
     guard = _load(results, "guard_h200.json")
     print(accuracy_table(acc), end="\n\n")
     print(frontier_table(frontier, compiled), end="\n\n")
+    if plans:
+        print(compiled_plans_table(frontier, plans), end="\n\n")
     print(guard_table(guard))
     if frontier:
-        plot_frontier(frontier, compiled, results / "frontier_h200.png")
+        plot_frontier(frontier, compiled, plans, results / "frontier_h200.png")
 
 
 if __name__ == "__main__":
