@@ -101,10 +101,9 @@ class _LinearCrossEntropy(torch.autograd.Function):
 
     computed in place in the float32 logits (``exp(z - max z)``, its row sums, then the scale),
     so that only one chunk-sized buffer is alive besides the matmul's output. The head is cast
-    to the matmul dtype once, not per chunk. The gradients of
-    the rows, the weight and the bias follow through the linear map in that dtype, as the
-    unchunked backward computes them; the weight's gradient is summed over chunks in its own
-    dtype (float32 for an autocast model).
+    to the matmul dtype once, not per chunk. The gradients of the rows, the weight and the bias
+    follow through the linear map in that dtype, as the unchunked backward computes them; the
+    weight's gradient is summed over chunks in its own dtype (float32 for an autocast model).
     """
 
     @staticmethod
