@@ -70,15 +70,21 @@ def pointwise_submodules(traced: StepTrace, block: str, min_share: float = 0.02)
 
 
 def pointwise_policy(
-    base: StepTrace, traced: StepTrace, block: str, submodules: list[str], blocks: int
+    base: StepTrace, traced: StepTrace, saved_per_block: int, submodules: list[str], blocks: int
 ) -> Policy:
-    """The policy from a step ``traced`` with ``submodules`` checkpointed in every block.
+    """The policy from a step ``traced`` with ``submodules`` checkpointed in all ``blocks``.
 
-    What a block keeps is read off that trace; the recomputation time is the traced step's
-    extra time shared out over the ``blocks``.
+    The saving is the traced step's lower peak, shared out over the blocks: what a block keeps
+    is its unmodified ``saved_per_block`` less that share (per-module attribution would miss
+    what the recomputation frees in the modules around it). The recomputation time is the
+    traced step's extra time, shared out the same way.
     """
-    keeps = {m.fqn: m.activation_bytes for m in traced.profile.modules}
+    saving = max(0, base.profile.peak_allocated - traced.profile.peak_allocated) // max(1, blocks)
     extra = (traced.profile.step_time_s or 0.0) - (base.profile.step_time_s or 0.0)
     return Policy(
-        "pointwise", (), keeps.get(block, 0), max(0.0, extra) / max(1, blocks), tuple(submodules)
+        "pointwise",
+        (),
+        max(0, saved_per_block - saving),
+        max(0.0, extra) / max(1, blocks),
+        tuple(submodules),
     )

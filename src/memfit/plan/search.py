@@ -159,7 +159,7 @@ def plan(
     if block_names:
         stats = block_stats(base, block_names)[0]
         policies = block_policies(stats, load_calibration(spec).selective_op_s)
-        policies += _pointwise(base, trace, block_names)
+        policies += _pointwise(base, trace, block_names, policies[0].kept_bytes)
     batch_total = _batch_size(base)
     micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= min(batch_total, max_micro_batches)]
     if "micro_batch" not in allow:
@@ -216,7 +216,7 @@ def _none_policy(base: StepTrace, blocks: list[str]) -> Policy:
     return Policy("none", (), saved.get(blocks[0], 0) if blocks else 0, 0.0)
 
 
-def _pointwise(base: StepTrace, trace: Tracer, blocks: list[str]) -> list[Policy]:
+def _pointwise(base: StepTrace, trace: Tracer, blocks: list[str], saved: int) -> list[Policy]:
     submodules = pointwise_submodules(base, blocks[0])
     if not submodules:
         return []
@@ -225,7 +225,7 @@ def _pointwise(base: StepTrace, trace: Tracer, blocks: list[str]) -> list[Policy
         traced = trace((Checkpoint(modules=modules),))
     except MemfitError:
         return []  # the blocks differ: some lack these submodules
-    return [pointwise_policy(base, traced, blocks[0], submodules, len(blocks))]
+    return [pointwise_policy(base, traced, saved, submodules, len(blocks))]
 
 
 def _baseline(
