@@ -71,6 +71,10 @@ def test_the_planner_fuses_gelus_first_when_allowed(gpt2_unmodified):
     assert isinstance(plan.techniques[0], FusedActivation)
     assert plan.techniques[0].modules == ("transformer.h.0.mlp.act", "transformer.h.1.mlp.act")
     assert plan.profile.peak_reserved <= budget
+    assert "overrates what fusing the GELUs saves" in plan.notes[0]
+    unmodified = [p for p in plan.frontier if p.label == "unmodified"]
+    assert [p.peak_reserved for p in unmodified] == [gpt2_unmodified.peak_reserved]
+    assert memfit.Plan.from_json(plan.to_json()).techniques == plan.techniques
     # the plan runs: its step gives the unfused model's loss, to rounding
     model, reference = hf_gpt2(), hf_gpt2()
     batch = {"input_ids": torch.randint(0, VOCAB, (64, 16))}

@@ -43,6 +43,10 @@ __all__ = ["plan"]
 
 ALLOWED = ("checkpoint", "micro_batch", "chunked_loss", "fused_activation")
 Tracer = Callable[..., StepTrace]  # techniques -> the step traced with them in force
+FUSED_NOTE = (
+    "the predicted time overrates what fusing the GELUs saves: on an H200, such plans ran "
+    "Hugging Face GPT-2 and GPT-2 medium 9-28% faster than unmodified where 41-52% was predicted"
+)
 
 
 def plan(
@@ -124,10 +128,14 @@ def plan(
     base = trace()
     fingerprint = model_fingerprint(base.model.module)
     baseline_s = base.profile.step_time_s or 0.0
+    unmodified_peak = base.profile.peak_reserved
 
     def make(
         techniques: tuple[Any, ...], traced: StepTrace, frontier: Sequence[FrontierPoint] = ()
     ) -> Plan:
+        if first:  # the frontier's candidates all fuse: show the step as it is too
+            unmodified = FrontierPoint("unmodified", unmodified_peak, baseline_s)
+            frontier = [unmodified, *frontier]
         return Plan(
             techniques=first + techniques,
             budget=limit,
@@ -137,6 +145,7 @@ def plan(
             baseline_step_time_s=baseline_s,
             frontier=tuple(frontier),
             model_fingerprint=fingerprint,
+            notes=(FUSED_NOTE,) if first else (),
         )
 
     if base.profile.peak_reserved <= target:

@@ -29,6 +29,7 @@ def plan_text(plan: Plan) -> str:
         )
     for technique in plan.techniques:
         lines.append(f"  - {technique!r}")
+    lines += [f"note: {note}" for note in plan.notes]
     if plan.frontier:
         rows = [
             (
