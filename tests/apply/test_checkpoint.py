@@ -47,8 +47,10 @@ def checkpointed(model, *patterns, save=FULL):
         (tiny_llama, "layers.*"),
         (hf_gpt2, "transformer.h.*"),
         (hf_llama, "model.layers.*"),  # HF calls its layers with keyword arguments
+        (hf_gpt2, "transformer.h.*.mlp.act"),  # pointwise: a submodule without products
+        (hf_llama, "model.layers.*.*_layernorm"),
     ],
-    ids=["zoo-gpt2", "zoo-llama", "hf-gpt2", "hf-llama"],
+    ids=["zoo-gpt2", "zoo-llama", "hf-gpt2", "hf-llama", "hf-gpt2-gelu", "hf-llama-norms"],
 )
 def test_gradients_identical(build, pattern, save):
     batch = token_batch()
