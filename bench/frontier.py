@@ -1,16 +1,20 @@
 """Plans against budgets on a real GPU, side by side with what users do today.
 
-Run on the GPU machine:  python bench/frontier.py --out DIR [--models hf-gpt2,...] [--compile]
+Run on the GPU machine:  python bench/frontier.py --out DIR [--models hf-gpt2,...]
+  then:  python bench/frontier.py --out DIR2 --compile --plans-from DIR/frontier.json
 
 For Hugging Face GPT-2 (bs 8, seq 1024), GPT-2 medium (bs 8, seq 1024) and a LLaMA-style 1B
 (bs 4, seq 2048), bf16-mixed, fused AdamW, in one process per call:
   * anchors: the unmodified step; Hugging Face ``gradient_checkpointing_enable()`` (full
-    checkpointing, non-reentrant); with --compile, torch.compile unmodified and with
-    ``torch._functorch.config.activation_memory_budget`` 0.5 and 0.2;
+    checkpointing, non-reentrant); memfit's own full checkpointing of every block;
   * plans: ``memfit.plan`` (the CPU-only path, run here) at budgets from the unmodified peak down
-    to below full checkpointing, each applied with ``memfit.apply`` and measured.
+    to below full checkpointing, each applied with ``memfit.apply`` and measured;
+  * with --compile: torch.compile unmodified and with
+    ``torch._functorch.config.activation_memory_budget`` (--compile-budgets), and with
+    --plans-from, that eager run's plans (--plan-labels) applied and then compiled in place.
 Measured: peak reserved (``max_memory_reserved`` over 5 steps after 3 warm-up steps) and the
-median step time (CUDA events). Writes DIR/frontier.json; prints a table last.
+median step time (CUDA events). Writes DIR/frontier.json (frontier_compile.json with
+--compile); prints a table last.
 """
 
 from __future__ import annotations
@@ -115,7 +119,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--compile", action="store_true", help="torch.compile anchors only")
+    parser.add_argument("--compile", action="store_true", help="torch.compile runs only")
     parser.add_argument("--fractions", default="0.75,0.5,0.3")
     parser.add_argument("--compile-budgets", default="1.0,0.5,0.2")
     parser.add_argument(
