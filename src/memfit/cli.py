@@ -127,19 +127,26 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
 @model_options
 @click.option("--budget", required=True, help="Reserved-memory budget, e.g. 16GiB or 0.5.")
 @click.option("--blocks", help="Comma-separated module patterns to checkpoint (default: found).")
+@click.option(
+    "--allow",
+    help="Comma-separated techniques the planner may use (default: all of checkpoint, "
+    "micro_batch, chunked_loss, fused_activation; leave out fused_activation for bit-identical "
+    "math).",
+)
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
 def plan_command(
     fmt: str,
     quiet: bool,
     budget: str,
     blocks: str | None,
+    allow: str | None,
     out_path: str | None,
     **options: Any,
 ) -> None:
     """Choose the fastest techniques that make MODEL's step fit --budget."""
     from pathlib import Path
 
-    from memfit.plan.search import plan
+    from memfit.plan.search import ALLOWED, plan
     from memfit.plan.text import plan_text
     from memfit.report.progress import Progress
 
@@ -150,6 +157,7 @@ def plan_command(
             **values,
             budget=budget,
             blocks=[b.strip() for b in blocks.split(",")] if blocks else None,
+            allow=tuple(a.strip() for a in allow.split(",")) if allow else ALLOWED,
             progress=bar.set_stage,
         )
     if out_path:

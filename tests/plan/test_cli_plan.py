@@ -70,3 +70,12 @@ def test_bad_budget_exits_2_with_the_fix(model_file, budget, says, capsys):
 def test_budget_is_required(model_file, capsys):
     assert main(["plan", model_file, "--input", BATCH]) == 2
     assert "Missing option '--budget'" in capsys.readouterr().err
+
+
+def test_allow_limits_the_techniques(model_file, midway, capsys):
+    args = [*plan_args(model_file, f"{midway}B"), "--allow", "micro_batch", "--quiet"]
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip().startswith("micro-batch x")
+    assert main([*plan_args(model_file, f"{midway}B"), "--allow", "offload"]) == 2
+    err = capsys.readouterr().err
+    assert "['offload'] in allow; known: checkpoint" in err and "Traceback" not in err
