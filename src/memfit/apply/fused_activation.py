@@ -75,5 +75,8 @@ def apply_fused_activation(
             f"tanh-GELUs ({', '.join(sorted(FUSABLE))}); name only those modules, e.g. "
             f"{', '.join(fusable_activations(model)[:3]) or 'none in this model'}"
         )
-    undos = [replace_module(model, name, m, FusedTanhGELU(m)) for name, m in matched]
+    undos = [
+        replace_module(model, name, m, FusedTanhGELU(m), by="FusedActivation")
+        for name, m in matched
+    ]
     return functools.partial(run_in_reverse, undos)

@@ -122,7 +122,7 @@ def find_head(model: nn.Module, name: str) -> nn.Linear:
 
 
 def replace_module(
-    model: nn.Module, name: str, old: nn.Module, new: nn.Module
+    model: nn.Module, name: str, old: nn.Module, new: nn.Module, *, by: str = "ChunkedLoss"
 ) -> Callable[[], None]:
     """Put ``new`` where ``old`` is (``name``); returns the undo, which puts ``old`` back.
 
@@ -139,9 +139,7 @@ def replace_module(
         if target is None:
             return
         if target._modules.get(attr) is not new:
-            raise MemfitError(
-                f"{name!r} was replaced after ChunkedLoss was applied; memfit left it alone"
-            )
+            raise MemfitError(f"{name!r} was replaced after {by} was applied; memfit left it alone")
         setattr(target, attr, old)
 
     return undo

@@ -57,15 +57,11 @@ class Candidate:
 
     def techniques(self, head: str) -> tuple[Technique, ...]:
         found: list[Technique] = []
-        pointwise = (
-            [f"{block}.{sub}" for block in self.rest for sub in self.rest_policy.submodules]
-            if self.rest_policy is not None
-            else []
-        )
-        if self.blocks and self.policy.kind == "pointwise":
-            pointwise = [f"{b}.{sub}" for b in self.blocks for sub in self.policy.submodules]
-        elif self.blocks and self.policy.kind != "none":
+        if self.blocks and self.policy.kind in ("full", "selective"):
             found.append(Checkpoint(modules=self.blocks, save=self.policy.save))
+        pointwise = [f"{b}.{sub}" for b in self.rest for sub in self._rest_submodules()]
+        if self.policy.kind == "pointwise":
+            pointwise = [f"{b}.{sub}" for b in self.blocks for sub in self.policy.submodules]
         if pointwise:
             found.append(Checkpoint(modules=tuple(pointwise)))
         if self.micro_batches > 1:
@@ -73,6 +69,22 @@ class Candidate:
         if self.chunks > 1:
             found.append(ChunkedLoss(chunks=self.chunks, head=head))
         return tuple(found)
+
+    def _rest_submodules(self) -> tuple[str, ...]:
+        return self.rest_policy.submodules if self.rest_policy is not None else ()
+
+    def label(self, first: str = "") -> str:
+        """A short name for tables: ``first`` (what every plan does) and what this one adds."""
+        parts = [first] if first else []
+        if self.blocks and self.policy.kind != "none":
+            parts.append(f"{self.policy.kind} ckpt x{len(self.blocks)}")
+        if self.rest:
+            parts.append(f"pointwise ckpt x{len(self.rest)}")
+        if self.micro_batches > 1:
+            parts.append(f"micro-batch x{self.micro_batches}")
+        if self.chunks > 1:
+            parts.append(f"chunked loss x{self.chunks}")
+        return " + ".join(parts) or "unmodified"
 
 
 def screen(

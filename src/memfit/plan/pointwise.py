@@ -12,28 +12,20 @@ dispatch cost.
 from __future__ import annotations
 
 from memfit.plan.policies import Policy
+from memfit.plan.techniques import SELECTIVE_SAVE_DEFAULT
 from memfit.trace.estimate import StepTrace
 
 __all__ = ["pointwise_submodules", "pointwise_policy", "EXPENSIVE_OPS"]
 
-# Operators whose recomputation costs real work: products, attention, convolutions.
-EXPENSIVE_OPS = frozenset(
-    {
-        "mm",
-        "addmm",
-        "bmm",
-        "baddbmm",
-        "matmul",
-        "linear",
-        "convolution",
-        "_scaled_dot_product_flash_attention",
-        "_scaled_dot_product_efficient_attention",
-        "_scaled_dot_product_cudnn_attention",
-        "_flash_attention_forward",
-        "_efficient_attention_forward",
-        "embedding",
-    }
-)
+# Operators whose recomputation costs real work: those selective checkpointing keeps by default
+# (products, attention, convolutions), their composite spellings, and embedding lookups.
+EXPENSIVE_OPS = frozenset(SELECTIVE_SAVE_DEFAULT) | {
+    "matmul",
+    "linear",
+    "_flash_attention_forward",
+    "_efficient_attention_forward",
+    "embedding",
+}
 
 
 def pointwise_submodules(traced: StepTrace, block: str, min_share: float = 0.02) -> list[str]:

@@ -26,15 +26,15 @@ from typing import Any
 from torch import nn
 
 from memfit.devices import DeviceSpec, get_device
-from memfit.errors import BudgetInfeasibleError, InvalidInputError, MemfitError
+from memfit.errors import InvalidInputError, MemfitError
 from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Baseline, Candidate, screen
 from memfit.plan.cost import load_calibration
+from memfit.plan.infeasible import infeasible_error
 from memfit.plan.plan import Plan, model_fingerprint
 from memfit.plan.pointwise import pointwise_policy, pointwise_submodules
 from memfit.plan.policies import Policy, block_policies
 from memfit.plan.techniques import Checkpoint, ChunkedLoss, FusedActivation, MicroBatch
-from memfit.profile import Category, Phase
 from memfit.report.frontier import FrontierPoint, pareto
 from memfit.trace.estimate import StepTrace, trace_step
 from memfit.units import format_bytes, parse_bytes
@@ -192,7 +192,7 @@ def plan(
     frontier = _frontier(candidates, traced_points, chosen, "fused GELU" if first else "")
     report(f"planned in {time.perf_counter() - started:.1f} s")
     if chosen is None:
-        raise _infeasible(limit, target, base, traced_points)
+        raise infeasible_error(limit, target, base, traced_points)
     techniques, traced = chosen
     return make(techniques, traced, frontier)
 
@@ -365,9 +365,7 @@ def _frontier(
     first: str = "",
 ) -> list[FrontierPoint]:
     points = [
-        FrontierPoint(_label(c, first), c.peak_reserved, c.step_s)
-        for c in candidates
-        if c.step_s > 0
+        FrontierPoint(c.label(first), c.peak_reserved, c.step_s) for c in candidates if c.step_s > 0
     ]
     front = pareto(points)
     if len(front) > 12:  # keep the ends and an even spread between them
@@ -377,61 +375,10 @@ def _frontier(
         is_chosen = chosen is not None and traced is chosen[1]
         front.append(
             FrontierPoint(
-                _label(candidate, first) + " (traced)",
+                candidate.label(first) + " (traced)",
                 traced.profile.peak_reserved,
                 traced.profile.step_time_s or candidate.step_s,
                 chosen=is_chosen,
             )
         )
     return front
-
-
-def _label(candidate: Candidate, first: str = "") -> str:
-    parts = [first] if first else []
-    if candidate.blocks and candidate.policy.kind != "none":
-        parts.append(f"{candidate.policy.kind} ckpt x{len(candidate.blocks)}")
-    if candidate.rest:
-        parts.append(f"pointwise ckpt x{len(candidate.rest)}")
-    if candidate.micro_batches > 1:
-        parts.append(f"micro-batch x{candidate.micro_batches}")
-    if candidate.chunks > 1:
-        parts.append(f"chunked loss x{candidate.chunks}")
-    return " + ".join(parts) or "unmodified"
-
-
-def _infeasible(
-    limit: int, target: int, base: StepTrace, traced_points: list[tuple[Candidate, StepTrace]]
-) -> BudgetInfeasibleError:
-    best = min((t.profile.peak_reserved for _, t in traced_points), default=0)
-    cats = base.profile.by_category
-    # gradients from the record: at a peak in forward, by_category holds none of them
-    grads = sum(base.record.grad_bytes.values()) or cats.get(Category.GRAD, 0)
-    states = cats.get(Category.PARAM, 0) + cats.get(Category.OPTIMIZER, 0) + grads
-    return BudgetInfeasibleError(
-        f"budget {format_bytes(limit)} cannot be met: the most memory-saving plan still needs "
-        f"{format_bytes(best)} reserved ({format_bytes(best - target)} missing, with the "
-        f"{format_bytes(limit - target)} safety margin); weights, gradients and optimizer "
-        f"state alone take {format_bytes(states)}. What would close the gap: "
-        f"{_optimizer_hint(traced_points)}offloading optimizer state to the CPU, sharding "
-        f"across GPUs (FSDP), or low-bit optimizer state (torchao) -- not planned by memfit "
-        f"yet; or a smaller batch."
-    )
-
-
-def _optimizer_hint(traced_points: list[tuple[Candidate, StepTrace]]) -> str:
-    """A fused optimizer, when the smallest plan peaks in a multi-tensor step's temporaries."""
-    if not traced_points:
-        return ""
-    profile = min((t.profile for _, t in traced_points), key=lambda p: p.peak_reserved)
-    temporaries = profile.by_category.get(Category.TEMPORARY, 0)
-    name = (profile.optimizer or "").lower()
-    if profile.peak_phase is not Phase.OPTIMIZER or "fused" in name or not name.startswith("adam"):
-        return ""
-    if temporaries < 0.02 * profile.peak_allocated:
-        return ""
-    return (
-        f"a fused optimizer (optimizer='{name.split()[0]}-fused', i.e. "
-        f"torch.optim.{'AdamW' if name.startswith('adamw') else 'Adam'}(..., fused=True): the "
-        f"same update without the {format_bytes(temporaries)} of temporaries that {name}'s "
-        f"step holds at the peak); "
-    )
