@@ -4,8 +4,9 @@ python bench/diag_techniques.py --out DIR [--models ...]  ->  DIR/diag_technique
 
 Per model (bf16-mixed, fused AdamW), hand-made plans: the unmodified step, the chunked loss,
 checkpointing only the blocks' pointwise submodules (activations, norms), selective and full
-checkpointing of every block; for each, the measured peak reserved and median step time next to
-``memfit.estimate``'s prediction of the same plan.
+checkpointing of every block, LeanAutocast, FusedGatedMLP (LLaMA), all lean techniques
+together; for each, the measured peak reserved and median step time next to
+``memfit.estimate``'s prediction of the same plan (--plans picks some by label).
 
 The committed run (bench/results/diag_techniques_h200.json) also holds "chunked x8 (previous
 code)": the chunked loss before its gradient took one pass over the logits, measured then.
@@ -37,9 +38,14 @@ POINTWISE = {
 }
 
 
+GATED = {"hf-llama-1b": ("model.layers.*.mlp",)}
+
+
 def plans(name: str) -> dict:
     blocks, pointwise = (BLOCKS[name],), POINTWISE[name]
     chunked = memfit.ChunkedLoss(chunks=8)
+    lean: list = [memfit.FusedGatedMLP(modules=GATED[name])] if name in GATED else []
+    lean += [memfit.LeanAutocast(), C(modules=pointwise)]
     return {
         "unmodified": [],
         "chunked x8": [chunked],
@@ -48,6 +54,10 @@ def plans(name: str) -> dict:
         "pointwise ckpt + chunked x8": [C(modules=pointwise), chunked],
         "selective ckpt (mm saved)": [C(modules=blocks, save=SELECTIVE_SAVE_DEFAULT)],
         "full ckpt": [C(modules=blocks)],
+        "lean autocast": [memfit.LeanAutocast()],
+        **({"fused gated MLP": lean[:1]} if name in GATED else {}),
+        "lean (all of the above)": lean,
+        "lean + chunked x4": [*lean, memfit.ChunkedLoss(chunks=4)],
     }
 
 
@@ -55,6 +65,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
     parser.add_argument("--models", default="hf-gpt2,hf-gpt2-medium,hf-llama-1b")
+    parser.add_argument("--plans", help="comma-separated labels (default: all)")
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -63,6 +74,8 @@ def main() -> None:
     for name in args.models.split(","):
         builder, spec, _, _ = EXTERNAL[name]
         for label, techniques in plans(name).items():
+            if args.plans and label not in args.plans.split(","):
+                continue
             row = {"model": name, "plan": label}
             try:
                 predicted = memfit.estimate(

@@ -28,6 +28,8 @@ _EXPORTS = {
     "MixedPrecision": "memfit.plan.techniques",
     "ChunkedLoss": "memfit.plan.techniques",
     "FusedActivation": "memfit.plan.techniques",
+    "FusedGatedMLP": "memfit.plan.techniques",
+    "LeanAutocast": "memfit.plan.techniques",
     "MemoryProfile": "memfit.profile",
     "ModuleMemory": "memfit.profile",
     "TimelineEvent": "memfit.profile",

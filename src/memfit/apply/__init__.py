@@ -85,6 +85,8 @@ def apply(
         micro_batches=context.micro_batches or 1,
         device_type=device_type,
         forward_batch=context.forward_batch,
+        lean_autocast=context.lean_autocast,
+        recompute_products=context.recompute_products,
     )
 
 

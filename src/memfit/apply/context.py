@@ -42,12 +42,18 @@ class ApplyContext:
             and accumulate gradients (None: one).
         precision: set by ``MixedPrecision``: the precision name the step runs in (None: as
             the step was configured).
+        lean_autocast: set by ``LeanAutocast``: autocast without its weight cache, and
+            forward under ``memfit.apply.lean_autocast.lean_saving``.
+        recompute_products: set by ``FusedGatedMLP``: forward under ``lean_saving`` (at
+            least for its gated products).
     """
 
     loss_fn: LossFn | None = None
     forward_batch: BatchFn | None = None
     micro_batches: int | None = None
     precision: str | None = None
+    lean_autocast: bool = False
+    recompute_products: bool = False
 
     def model_inputs(self, batch: Any) -> Any:
         """What the model is called with for ``batch``."""

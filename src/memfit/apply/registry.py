@@ -113,4 +113,11 @@ def _same_kind(error: MemfitError, message: str) -> MemfitError:
 def _load_builtin_appliers() -> None:
     # Importing the modules registers their appliers (kept out of module import time so that
     # registry.py has no import cycle with them).
-    from memfit.apply import checkpoint, chunked_loss, fused_activation, step_options  # noqa: F401
+    from memfit.apply import (  # noqa: F401
+        checkpoint,
+        chunked_loss,
+        fused_activation,
+        fused_gated_mlp,
+        lean_autocast,
+        step_options,
+    )

@@ -47,6 +47,10 @@ class TrainStep:
         device_type: the device autocast runs for (``"cuda"``).
         forward_batch: what the model is called with, given the batch (a technique may drop
             keys, such as labels when the loss is computed outside the model).
+        lean_autocast: run autocast without its weight cache, and forward keeping no autocast
+            copy twice (``LeanAutocast``).
+        recompute_products: keep the factors of ``FusedGatedMLP``'s products, not the
+            products.
 
     Attributes:
         autocast: a zero-argument factory of the autocast context (replaceable: memfit's tracer
@@ -67,6 +71,8 @@ class TrainStep:
         micro_batches: int = 1,
         device_type: str = "cuda",
         forward_batch: Callable[[Any], Any] | None = None,
+        lean_autocast: bool = False,
+        recompute_products: bool = False,
     ) -> None:
         if micro_batches < 1:
             raise InvalidInputError(f"micro_batches={micro_batches} must be at least 1")
@@ -77,6 +83,8 @@ class TrainStep:
         self.precision = Precision.parse(precision)
         self.micro_batches = micro_batches
         self.forward_batch = forward_batch
+        self.lean_autocast = lean_autocast
+        self.recompute_products = recompute_products
         self.mark: Mark = _no_mark
         self.grad_scale: torch.Tensor | None = None  # fp16 scaling emulated on fake tensors
         self.grad_scaler: Any = None
@@ -88,13 +96,14 @@ class TrainStep:
                 contextlib.nullcontext
             )
         else:
-            self.autocast = lambda: torch.autocast(device_type, dtype=dtype)
+            cache = not lean_autocast
+            self.autocast = lambda: torch.autocast(device_type, dtype=dtype, cache_enabled=cache)
 
     # --- the guard protocol ---------------------------------------------------------------
     def forward_backward(self, batch: Any, *, loss_scale: float = 1.0) -> torch.Tensor:
         """Forward and backward of one (micro-)batch; gradients add up in ``param.grad``."""
         self.mark("forward")
-        with self.autocast():
+        with self.autocast(), self._saving():
             inputs = self.forward_batch(batch) if self.forward_batch else batch
             if self.forward is not None:
                 output = self.forward(self.model, inputs)
@@ -111,6 +120,16 @@ class TrainStep:
         else:
             scaled.backward()
         return loss.detach()
+
+    def _saving(self) -> contextlib.AbstractContextManager[Any]:
+        if not (self.lean_autocast or self.recompute_products):
+            return contextlib.nullcontext()
+        from memfit.apply.lean_autocast import lean_saving, warn_if_compiled
+
+        warn_if_compiled(model_module(self.model))
+
+        lean = self.lean_autocast
+        return lean_saving(weights=lean, shared=lean)
 
     def optimizer_step(self) -> None:
         """Apply the accumulated gradients, then set them to None."""

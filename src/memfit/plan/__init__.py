@@ -19,6 +19,9 @@ _EXPORTS = {
     "MicroBatch": "memfit.plan.techniques",
     "MixedPrecision": "memfit.plan.techniques",
     "ChunkedLoss": "memfit.plan.techniques",
+    "FusedActivation": "memfit.plan.techniques",
+    "FusedGatedMLP": "memfit.plan.techniques",
+    "LeanAutocast": "memfit.plan.techniques",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,9 +1,9 @@
 """Candidate plans and their screening predictions, before any of them is traced.
 
-A candidate checkpoints the first ``k`` blocks with one policy (and, optionally, only the
-pointwise submodules of the other blocks), splits the batch into ``n`` micro-batches and
-optionally chunks the loss. Its memory and time are predicted from the
-unmodified step and the block figures: activations a policy does not keep are subtracted per
+A candidate checkpoints the first ``k`` blocks with one policy (and, optionally, makes the
+other blocks lean: pointwise submodules checkpointed, gated MLPs fused, lean autocast),
+splits the batch into ``n`` micro-batches and optionally chunks the loss. Its memory and time
+are predicted from the unmodified step and the block figures: activations a policy does not keep are subtracted per
 block, what depends on the batch is divided by ``n``, the chunked loss removes the logits
 measured in its own trace; time adds each block's recomputation and the per-micro-batch
 overheads. Screening only orders the candidates: the chosen one is always traced in full.
@@ -14,7 +14,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memfit.plan.policies import Policy
-from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch, Technique
+from memfit.plan.techniques import (
+    Checkpoint,
+    ChunkedLoss,
+    FusedGatedMLP,
+    LeanAutocast,
+    MicroBatch,
+    Technique,
+)
 from memfit.profile import Category, MemoryProfile
 
 __all__ = ["Candidate", "Baseline", "screen"]
@@ -52,34 +59,47 @@ class Candidate:
     peak_reserved: int
     peak_allocated: int
     step_s: float
-    rest: tuple[str, ...] = ()  # the other blocks, whose pointwise submodules are checkpointed
+    rest: tuple[str, ...] = ()  # the other blocks, made lean by rest_policy
     rest_policy: Policy | None = None
 
     def techniques(self, head: str) -> tuple[Technique, ...]:
         found: list[Technique] = []
+        lean, lean_blocks = self._lean()
+        if lean is not None and lean.gated:  # before any Checkpoint wraps these forwards
+            # fully checkpointed blocks too: their recomputation then holds less at once
+            full = self.blocks if self.policy.kind == "full" else ()
+            modules = tuple(f"{b}.{sub}" for b in full + lean_blocks for sub in lean.gated)
+            found.append(FusedGatedMLP(modules=modules))
+        if lean is not None and lean.lean_autocast:
+            found.append(LeanAutocast())
         if self.blocks and self.policy.kind in ("full", "selective"):
             found.append(Checkpoint(modules=self.blocks, save=self.policy.save))
-        pointwise = [f"{b}.{sub}" for b in self.rest for sub in self._rest_submodules()]
-        if self.policy.kind == "pointwise":
-            pointwise = [f"{b}.{sub}" for b in self.blocks for sub in self.policy.submodules]
-        if pointwise:
-            found.append(Checkpoint(modules=tuple(pointwise)))
+        if lean is not None and lean.submodules:
+            modules = tuple(f"{b}.{sub}" for b in lean_blocks for sub in lean.submodules)
+            found.append(Checkpoint(modules=modules))
         if self.micro_batches > 1:
             found.append(MicroBatch(n=self.micro_batches))
         if self.chunks > 1:
             found.append(ChunkedLoss(chunks=self.chunks, head=head))
         return tuple(found)
 
-    def _rest_submodules(self) -> tuple[str, ...]:
-        return self.rest_policy.submodules if self.rest_policy is not None else ()
+    def _lean(self) -> tuple[Policy | None, tuple[str, ...]]:
+        """The pointwise policy in force and the blocks it is applied to."""
+        if self.policy.kind == "pointwise":
+            return self.policy, self.blocks
+        if self.rest and self.rest_policy is not None:
+            return self.rest_policy, self.rest
+        return None, ()
 
     def label(self, first: str = "") -> str:
         """A short name for tables: ``first`` (what every plan does) and what this one adds."""
         parts = [first] if first else []
-        if self.blocks and self.policy.kind != "none":
+        if self.blocks and self.policy.kind == "pointwise":
+            parts.append(f"lean x{len(self.blocks)}")
+        elif self.blocks and self.policy.kind != "none":
             parts.append(f"{self.policy.kind} ckpt x{len(self.blocks)}")
         if self.rest:
-            parts.append(f"pointwise ckpt x{len(self.rest)}")
+            parts.append(f"lean x{len(self.rest)}")
         if self.micro_batches > 1:
             parts.append(f"micro-batch x{self.micro_batches}")
         if self.chunks > 1:

@@ -15,14 +15,24 @@ from memfit.plan.techniques import (
     Checkpoint,
     ChunkedLoss,
     FusedActivation,
+    FusedGatedMLP,
+    LeanAutocast,
     MicroBatch,
     MixedPrecision,
 )
 
 __all__ = ["InForce", "techniques_in_force"]
 
-_MODEL_CHANGING = (FusedActivation, Checkpoint, ChunkedLoss)
-_KNOWN = (Checkpoint, ChunkedLoss, FusedActivation, MicroBatch, MixedPrecision)
+_MODEL_CHANGING = (FusedActivation, FusedGatedMLP, Checkpoint, ChunkedLoss)
+_KNOWN = (
+    Checkpoint,
+    ChunkedLoss,
+    FusedActivation,
+    FusedGatedMLP,
+    MicroBatch,
+    MixedPrecision,
+    LeanAutocast,
+)
 
 
 @dataclass(frozen=True)
@@ -41,6 +51,10 @@ class InForce:
     def micro_batches(self) -> int:
         found = [t.n for t in self.techniques if isinstance(t, MicroBatch)]
         return found[-1] if found else 1
+
+    @property
+    def lean_autocast(self) -> bool:
+        return any(isinstance(t, LeanAutocast) for t in self.techniques)
 
     @property
     def label(self) -> str:

@@ -16,6 +16,8 @@ from memfit.plan.techniques import (
     Checkpoint,
     ChunkedLoss,
     FusedActivation,
+    FusedGatedMLP,
+    LeanAutocast,
     MicroBatch,
     MixedPrecision,
     Technique,
@@ -31,6 +33,8 @@ TECHNIQUE_TYPES: dict[str, type] = {
     "mixed_precision": MixedPrecision,
     "chunked_loss": ChunkedLoss,
     "fused_activation": FusedActivation,
+    "fused_gated_mlp": FusedGatedMLP,
+    "lean_autocast": LeanAutocast,
 }
 _NAME_OF_TYPE = {cls: name for name, cls in TECHNIQUE_TYPES.items()}
 
@@ -55,6 +59,10 @@ def technique_label(technique: Technique) -> str:
         return f"chunked loss x{technique.chunks}"
     if isinstance(technique, FusedActivation):
         return f"fused GELU {_compact(technique.modules)}"
+    if isinstance(technique, FusedGatedMLP):
+        return f"fused gated MLP {_compact(technique.modules)}"
+    if isinstance(technique, LeanAutocast):
+        return "lean autocast"
     return repr(technique)
 
 

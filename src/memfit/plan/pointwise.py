@@ -62,14 +62,21 @@ def pointwise_submodules(traced: StepTrace, block: str, min_share: float = 0.02)
 
 
 def pointwise_policy(
-    base: StepTrace, traced: StepTrace, saved_per_block: int, submodules: list[str], blocks: int
+    base: StepTrace,
+    traced: StepTrace,
+    saved_per_block: int,
+    submodules: list[str],
+    blocks: int,
+    gated: list[str] | None = None,
+    lean_autocast: bool = False,
 ) -> Policy:
     """The policy from a step ``traced`` with ``submodules`` checkpointed in all ``blocks``.
 
     The saving is the traced step's lower peak, shared out over the blocks: what a block keeps
     is its unmodified ``saved_per_block`` less that share (per-module attribution would miss
     what the recomputation frees in the modules around it). The recomputation time is the
-    traced step's extra time, shared out the same way.
+    traced step's extra time, shared out the same way. ``gated`` and ``lean_autocast`` say what else
+    the traced step did (``FusedGatedMLP`` on those submodules, ``LeanAutocast``).
     """
     saving = max(0, base.profile.peak_allocated - traced.profile.peak_allocated) // max(1, blocks)
     extra = (traced.profile.step_time_s or 0.0) - (base.profile.step_time_s or 0.0)
@@ -79,4 +86,6 @@ def pointwise_policy(
         max(0, saved_per_block - saving),
         max(0.0, extra) / max(1, blocks),
         tuple(submodules),
+        tuple(gated or ()),
+        lean_autocast,
     )

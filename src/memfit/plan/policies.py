@@ -47,6 +47,10 @@ class Policy:
         kept_bytes: predicted bytes the block keeps from forward to backward (besides inputs).
         recompute_s: predicted time to recompute in backward.
         submodules: for "pointwise", the checkpointed submodules, relative to the block.
+        gated: for "pointwise", the gated MLPs given ``FusedGatedMLP``, relative to the block.
+        lean_autocast: for "pointwise", whether the plan recasts weights in backward
+            (``LeanAutocast``, a whole-step technique credited to the blocks that keep their
+            activations, where autocast's copies of their weights would be kept).
     """
 
     kind: str
@@ -54,6 +58,8 @@ class Policy:
     kept_bytes: int
     recompute_s: float
     submodules: tuple[str, ...] = ()
+    gated: tuple[str, ...] = ()
+    lean_autocast: bool = False
 
 
 def _knapsack(values: np.ndarray, weights: np.ndarray, cap: float) -> np.ndarray:

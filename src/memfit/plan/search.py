@@ -4,8 +4,9 @@
    Otherwise Hugging Face's elementwise tanh-GELUs, if any, are fused first (less memory and
    less time, equal to rounding) and everything below is planned on top of that.
 2. Find the repeated blocks, read each block's costs, and build a ladder of checkpointing
-   policies per block (none; pointwise: only the submodules without matrix products, traced
-   once with them checkpointed; selective ones from a knapsack solved with HiGHS; full);
+   policies per block (none; lean: only the submodules without matrix products checkpointed,
+   gated MLPs fused and, under mixed precision, lean autocast, traced once all together;
+   selective ones from a knapsack solved with HiGHS; full);
    identical blocks are solved once. Trace once with a chunked loss where the model has an LM
    head.
 3. Screen every combination (policy x number of blocks, the other blocks pointwise or not x
@@ -34,14 +35,29 @@ from memfit.plan.infeasible import infeasible_error
 from memfit.plan.plan import Plan, model_fingerprint
 from memfit.plan.pointwise import pointwise_policy, pointwise_submodules
 from memfit.plan.policies import Policy, block_policies
-from memfit.plan.techniques import Checkpoint, ChunkedLoss, FusedActivation, MicroBatch
+from memfit.plan.techniques import (
+    Checkpoint,
+    ChunkedLoss,
+    FusedActivation,
+    FusedGatedMLP,
+    LeanAutocast,
+    MicroBatch,
+)
 from memfit.report.frontier import FrontierPoint, pareto
 from memfit.trace.estimate import StepTrace, trace_step
+from memfit.trace.precision import Precision
 from memfit.units import format_bytes, parse_bytes
 
 __all__ = ["plan"]
 
-ALLOWED = ("checkpoint", "micro_batch", "chunked_loss", "fused_activation")
+ALLOWED = (
+    "checkpoint",
+    "micro_batch",
+    "chunked_loss",
+    "fused_activation",
+    "fused_gated_mlp",
+    "lean_autocast",
+)
 Tracer = Callable[..., StepTrace]  # techniques -> the step traced with them in force
 FUSED_NOTE = (
     "the predicted time overrates what fusing the GELUs saves: on an H200, such plans ran "
@@ -65,7 +81,7 @@ def plan(
     chunks: int = 4,
     max_micro_batches: int = 8,
     margin: float = 0.01,
-    max_traces: int = 4,
+    max_traces: int = 6,
     batch_size: int | None = None,
     seq_len: int | None = None,
     progress: Callable[[str], None] | None = None,
@@ -80,7 +96,7 @@ def plan(
         blocks: module names (fnmatch patterns) that may be checkpointed; default: the
             repeated blocks found automatically.
         allow: techniques the planner may use (``checkpoint``, ``micro_batch``,
-            ``chunked_loss``, ``fused_activation``).
+            ``chunked_loss``, ``fused_activation``, ``fused_gated_mlp``, ``lean_autocast``).
         head: the LM head for a chunked loss.
         margin: keep the predicted reserved peak this fraction below the budget, for
             prediction error (the accuracy benchmark's worst reserved error is about 1% on
@@ -162,13 +178,16 @@ def plan(
             point = FrontierPoint("fused GELU", base.profile.peak_reserved, step_s, chosen=True)
             return make((), base, [point])
     report("measuring what each block keeps")
-    block_names = _blocks(base, blocks) if "checkpoint" in allow else []
+    per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
+    block_names = _blocks(base, blocks) if per_block else []
     baseline = _baseline(base, trace, block_names, allow, head, chunks)
     policies = [_none_policy(base, block_names)]
     if block_names:
         stats = block_stats(base, block_names)[0]
-        policies = block_policies(stats, load_calibration(spec).selective_op_s)
-        policies += _pointwise(base, trace, block_names, policies[0].kept_bytes)
+        if "checkpoint" in allow:
+            policies = block_policies(stats, load_calibration(spec).selective_op_s)
+        mixed = Precision.parse(precision).autocast_dtype is not None
+        policies += _pointwise(base, trace, block_names, policies[0].kept_bytes, allow, mixed)
     batch_total = _batch_size(base)
     micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= min(batch_total, max_micro_batches)]
     if "micro_batch" not in allow:
@@ -225,16 +244,35 @@ def _none_policy(base: StepTrace, blocks: list[str]) -> Policy:
     return Policy("none", (), saved.get(blocks[0], 0) if blocks else 0, 0.0)
 
 
-def _pointwise(base: StepTrace, trace: Tracer, blocks: list[str], saved: int) -> list[Policy]:
-    submodules = pointwise_submodules(base, blocks[0])
-    if not submodules:
+def _pointwise(
+    base: StepTrace, trace: Tracer, blocks: list[str], saved: int, allow: Sequence[str], mixed: bool
+) -> list[Policy]:
+    """The lean policy: pointwise checkpointing, fused gated MLPs and lean_autocast weights."""
+    from memfit.apply.fused_gated_mlp import gated_mlps
+
+    block = base.model.module.get_submodule(blocks[0])
+    gated = gated_mlps(block) if "fused_gated_mlp" in allow else []
+    submodules = [
+        sub
+        for sub in (pointwise_submodules(base, blocks[0]) if "checkpoint" in allow else [])
+        if not any(sub.startswith(g + ".") for g in gated)  # fused MLPs no longer call these
+    ]
+    lean_autocast = mixed and "lean_autocast" in allow
+    if not (submodules or gated or lean_autocast):
         return []
-    modules = tuple(f"{block}.{sub}" for block in blocks for sub in submodules)
+    techniques: list[Any] = []
+    if gated:
+        techniques.append(FusedGatedMLP(modules=tuple(f"{b}.{g}" for b in blocks for g in gated)))
+    if lean_autocast:
+        techniques.append(LeanAutocast())
+    if submodules:
+        modules = tuple(f"{b}.{sub}" for b in blocks for sub in submodules)
+        techniques.append(Checkpoint(modules=modules))
     try:
-        traced = trace((Checkpoint(modules=modules),))
+        traced = trace(tuple(techniques))
     except MemfitError:
         return []  # the blocks differ: some lack these submodules
-    return [pointwise_policy(base, traced, saved, submodules, len(blocks))]
+    return [pointwise_policy(base, traced, saved, submodules, len(blocks), gated, lean_autocast)]
 
 
 def _baseline(

@@ -16,6 +16,8 @@ __all__ = [
     "MixedPrecision",
     "ChunkedLoss",
     "FusedActivation",
+    "FusedGatedMLP",
+    "LeanAutocast",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
 ]
@@ -99,4 +101,36 @@ class FusedActivation:
     modules: tuple[str, ...]
 
 
-Technique = Checkpoint | MicroBatch | MixedPrecision | ChunkedLoss | FusedActivation
+@dataclass(frozen=True)
+class FusedGatedMLP:
+    """Compute the gate product of the gated MLPs matching ``modules`` in one autograd function.
+
+    ``down(act(gate(x)) * up(x))`` (LLaMA, Mistral, Qwen2; SiLU or GELU) keeps ``gate(x)``,
+    ``up(x)`` and ``act(gate(x))`` for backward; the function keeps the first two and recomputes
+    the activation in backward (one elementwise kernel). The same operators run on the same
+    values, so gradients are bit-identical.
+    """
+
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LeanAutocast:
+    """Keep no low-precision copies of the weights from forward to backward (mixed precision).
+
+    Autocast casts each float32 weight to bf16/fp16 for its matrix product, caches the copy until
+    the forward ends, and autograd keeps it until backward has used it: a second, half-size set
+    of weights alive through the step. With this technique the cache is off and backward casts
+    the weight again from the float32 parameter (the same deterministic cast: bit-identical).
+    """
+
+
+Technique = (
+    Checkpoint
+    | MicroBatch
+    | MixedPrecision
+    | ChunkedLoss
+    | FusedActivation
+    | FusedGatedMLP
+    | LeanAutocast
+)

@@ -197,6 +197,8 @@ def trace_step(
                 micro_batches=techniques.micro_batches,
                 device_type="fake",
                 forward_batch=context.forward_batch,
+                lean_autocast=techniques.lean_autocast,
+                recompute_products=context.recompute_products,
             )
 
         record = traced_step(

@@ -172,7 +172,8 @@ def traced_step(
                 dtype = step.precision.autocast_dtype
                 policy: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
                 if dtype is not None:
-                    step.autocast = lambda: torch.autocast("cpu", dtype=dtype)
+                    cache = not step.lean_autocast
+                    step.autocast = lambda: torch.autocast("cpu", dtype=dtype, cache_enabled=cache)
                     policy = cuda_autocast_policy(dtype)
                 if step.precision.grad_scaler:
                     step.grad_scale = torch.full((), 65536.0)
