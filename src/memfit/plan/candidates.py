@@ -6,7 +6,8 @@ splits the batch into ``n`` micro-batches and optionally chunks the loss. Its me
 are predicted from the unmodified step and the block figures: activations a policy does not
 keep are subtracted per block, what depends on the batch is divided by ``n``, the chunked loss
 removes the logits measured in its own trace; time adds each block's recomputation and the
-per-micro-batch overheads. Screening only orders the candidates: the chosen one is always traced in full.
+per-micro-batch overheads. Screening only orders the candidates: the chosen one is always
+traced in full.
 """
 
 from __future__ import annotations
