@@ -85,11 +85,12 @@ class _Recompute:
 class _State:
     weights: bool
     shared: bool
-    casts: dict[tuple[int, int, torch.dtype], tuple[Any, torch.Tensor]] = field(
+    # weak references throughout, so that nothing here outlives what autograd keeps (inside a
+    # checkpointed module autograd keeps none of these tensors)
+    casts: dict[tuple[int, int, torch.dtype], tuple[Any, weakref.ref]] = field(
         default_factory=dict
     )
-    # by id of the output: weak references to it and to the inputs, so that none outlives
-    # what autograd keeps (inside a checkpointed module, autograd keeps none of them)
+    # by id of the output: the output, the function and the inputs
     recipes: dict[int, tuple[weakref.ref, Callable[..., torch.Tensor], tuple]] = field(
         default_factory=dict
     )
@@ -139,9 +140,10 @@ def _shared_cast(state: _State, base: torch.Tensor) -> torch.Tensor | None:
         return None
     key = (id(source), index, base.dtype)
     earlier = state.casts.get(key)
-    if earlier is not None and earlier[0] is source and earlier[1].shape == base.shape:
-        return earlier[1]
-    state.casts[key] = (source, base)
+    first = earlier[1]() if earlier is not None and earlier[0] is source else None
+    if first is not None and first.shape == base.shape:
+        return first
+    state.casts[key] = (source, weakref.ref(base))
     return None
 
 

@@ -127,7 +127,6 @@ class TrainStep:
         from memfit.apply.lean_autocast import lean_saving, warn_if_compiled
 
         warn_if_compiled(model_module(self.model))
-
         lean = self.lean_autocast
         return lean_saving(weights=lean, shared=lean)
 
