@@ -11,7 +11,8 @@ For Hugging Face GPT-2 (bs 8, seq 1024), GPT-2 medium (bs 8, seq 1024) and a LLa
     to below full checkpointing, each applied with ``memfit.apply`` and measured;
   * with --compile: torch.compile unmodified and with
     ``torch._functorch.config.activation_memory_budget`` (--compile-budgets), and with
-    --plans-from, that eager run's plans (--plan-labels) applied and then compiled in place.
+    --plans-from, that eager run's plans (--plan-labels) applied and then compiled in place;
+  * --allow limits the planner's techniques (e.g. without the lean ones, for compiled models).
 Measured: peak reserved (``max_memory_reserved`` over 5 steps after 3 warm-up steps) and the
 median step time (CUDA events). Writes DIR/frontier.json (frontier_compile.json with
 --compile); prints a table last.
@@ -128,6 +129,9 @@ def main() -> None:
         "without --compile)",
     )
     parser.add_argument("--plan-labels", default="activations x0.5,full checkpointing's")
+    parser.add_argument(
+        "--allow", help="techniques the planner may use (memfit.plan's allow; default: all)"
+    )
     args = parser.parse_args()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -199,6 +203,7 @@ def main() -> None:
                         device=device,
                         optimizer=OPTIMIZER,
                         precision=PRECISION,
+                        **({"allow": tuple(args.allow.split(","))} if args.allow else {}),
                     )
                 except memfit.MemfitError as error:
                     row.update(error=str(error), plan_s=time.perf_counter() - started)
