@@ -29,6 +29,7 @@ from memfit.trace.cuda.composites import cuda_composites
 from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.cuda.workspaces import cuda_workspace_rules
 from memfit.trace.fakeify import FakeModel
+from memfit.trace.hf_masks import gpu_mask_branches
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults
 from memfit.trace.recorder import MemoryRecorder, _Trace
@@ -132,7 +133,12 @@ def traced_step(
     recorder.on_op = on_op
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        with fake_mode, ModuleTracker() as tracker, cuda_composites(device, stack):
+        with (
+            fake_mode,
+            ModuleTracker() as tracker,
+            cuda_composites(device, stack),
+            gpu_mask_branches(batch),
+        ):
             with cuda_optimizer_defaults(), recorder:
                 recorder.attach(tracker, fake_model.module)
                 recorder.track(fake_model.params.values(), Category.PARAM, op="parameter")
