@@ -19,9 +19,9 @@ from .helpers import BATCH, build
 
 def test_no_technique_when_the_unmodified_step_fits(unmodified):
     # the planner keeps `margin` below the budget: at exactly the predicted peak only a plan
-    # without margin is empty, with the default margin the budget must be 1% larger
+    # without margin is empty, with the default margin the budget must be 2% larger
     exact = memfit.plan(build, BATCH, budget=unmodified.peak_reserved, margin=0.0)
-    roomy = memfit.plan(build, BATCH, budget=int(unmodified.peak_reserved / 0.99) + 1)
+    roomy = memfit.plan(build, BATCH, budget=int(unmodified.peak_reserved / 0.98) + 1)
     for chosen in (exact, roomy):
         assert chosen.techniques == ()
         assert chosen.label == "unmodified"
@@ -30,15 +30,15 @@ def test_no_technique_when_the_unmodified_step_fits(unmodified):
         assert chosen.step_time_s == unmodified.step_time_s
         assert [p.chosen for p in chosen.frontier] == [True]
     tight = memfit.plan(build, BATCH, budget=unmodified.peak_reserved)
-    assert tight.techniques != ()  # the 1% margin asks for something
-    assert tight.profile.peak_reserved <= unmodified.peak_reserved * 0.99
+    assert tight.techniques != ()  # the 2% margin asks for something
+    assert tight.profile.peak_reserved <= unmodified.peak_reserved * 0.98
 
 
 def test_plan_fits_a_tighter_budget(midway, midway_plan, unmodified):
     plan = midway_plan
     assert plan.techniques, "the unmodified step does not fit midway"
     assert plan.budget == midway and plan.device == "h100-80gb"
-    assert plan.profile.peak_reserved <= midway * 0.99  # the default margin is kept
+    assert plan.profile.peak_reserved <= midway * 0.98  # the default margin is kept
     assert plan.model_fingerprint == model_fingerprint(build())
     # an independent trace of the chosen plan predicts the same peak, within the budget
     again = memfit.estimate(build, BATCH, plan=plan)
@@ -68,7 +68,7 @@ def test_frontier_is_consistent(midway, midway_plan):
     assert all(a > b for a, b in zip(times, times[1:], strict=False))
     assert screened[-1].label == "unmodified"
     # no traced plan that fits the budget is faster than the chosen one
-    target = midway * 0.99
+    target = midway * 0.98
     for point in traced:
         if point.peak_reserved <= target:
             assert point.step_time_s >= chosen[0].step_time_s, point
@@ -86,7 +86,7 @@ def test_frontier_is_consistent(midway, midway_plan):
 
 @pytest.fixture(scope="module")
 def below_full(all_checkpointed):
-    """A budget the fully checkpointed step misses by the 1% margin, and its plan."""
+    """A budget the fully checkpointed step misses by the 2% margin, and its plan."""
     budget = all_checkpointed.peak_reserved
     return budget, memfit.plan(build, BATCH, budget=budget)
 
@@ -95,7 +95,7 @@ def test_below_full_checkpointing_needs_another_technique(below_full):
     budget, plan = below_full
     # no checkpointing policy saves more than full checkpointing of every block
     assert plan.of(MicroBatch) or plan.of(ChunkedLoss), plan.label
-    assert plan.profile.peak_reserved <= budget * 0.99
+    assert plan.profile.peak_reserved <= budget * 0.98
     assert sum(p.chosen for p in plan.frontier) == 1
 
 
@@ -113,14 +113,14 @@ def test_below_full_checkpointing_is_not_much_slower_than_a_fitting_alternative(
         ChunkedLoss(chunks=8),
     )
     other = memfit.estimate(build, BATCH, plan=alternative)
-    assert other.peak_reserved <= budget * 0.99  # it fits
+    assert other.peak_reserved <= budget * 0.98  # it fits
     assert plan.step_time_s <= 1.5 * other.step_time_s
 
 
 def test_allow_restricts_the_techniques(midway):
     plan = memfit.plan(build, BATCH, budget=midway, allow=("micro_batch",))
     assert plan.techniques and all(isinstance(t, MicroBatch) for t in plan.techniques)
-    assert plan.profile.peak_reserved <= midway * 0.99
+    assert plan.profile.peak_reserved <= midway * 0.98
     with pytest.raises(InvalidInputError, match=r"\['offload'\] in allow; known: checkpoint"):
         memfit.plan(build, BATCH, budget=midway, allow=("checkpoint", "offload"))
 
@@ -139,7 +139,7 @@ def test_infeasible_budget_says_what_is_missing(unmodified):
     ).groups()
     needs, missing = parse_bytes(needs.replace(" ", "")), parse_bytes(missing.replace(" ", ""))
     assert params * 3 < needs <= unmodified.peak_reserved
-    target = int(budget * (1 - 0.01))
+    target = int(budget * (1 - 0.02))  # the default margin
     assert missing == pytest.approx(needs - target, rel=0.01)
     assert margin == format_bytes(budget - target)
     for fix in ("offloading optimizer state", "sharding across GPUs", "low-bit optimizer"):

@@ -87,9 +87,7 @@ class _State:
     shared: bool
     # weak references throughout, so that nothing here outlives what autograd keeps (inside a
     # checkpointed module autograd keeps none of these tensors)
-    casts: dict[tuple[int, int, torch.dtype], tuple[Any, weakref.ref]] = field(
-        default_factory=dict
-    )
+    casts: dict[tuple[int, int, torch.dtype], tuple[Any, weakref.ref]] = field(default_factory=dict)
     # by id of the output: the output, the function and the inputs
     recipes: dict[int, tuple[weakref.ref, Callable[..., torch.Tensor], tuple]] = field(
         default_factory=dict
