@@ -35,8 +35,8 @@ def gpu_mask_branches(batch: Any) -> Iterator[None]:
     def find_packed_sequence_indices(*args: Any, **kwargs: Any) -> None:
         return None  # positions 0..n-1: one sequence per row
 
-    module.find_packed_sequence_indices = find_packed_sequence_indices
+    setattr(module, "find_packed_sequence_indices", find_packed_sequence_indices)
     try:
         yield
     finally:
-        module.find_packed_sequence_indices = original
+        setattr(module, "find_packed_sequence_indices", original)
