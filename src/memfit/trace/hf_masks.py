@@ -21,12 +21,14 @@ from typing import Any
 
 __all__ = ["gpu_mask_branches"]
 
+_SEARCH = "find_packed_sequence_indices"  # transformers.masking_utils' packed-sequence search
+
 
 @contextlib.contextmanager
 def gpu_mask_branches(batch: Any) -> Iterator[None]:
     """Within, transformers finds no packed sequences in positions it made itself (if loaded)."""
     module = sys.modules.get("transformers.masking_utils")
-    original = getattr(module, "find_packed_sequence_indices", None)
+    original = getattr(module, _SEARCH, None)
     own_positions = not isinstance(batch, Mapping) or "position_ids" in batch
     if module is None or original is None or own_positions:
         yield
@@ -35,8 +37,8 @@ def gpu_mask_branches(batch: Any) -> Iterator[None]:
     def find_packed_sequence_indices(*args: Any, **kwargs: Any) -> None:
         return None  # positions 0..n-1: one sequence per row
 
-    setattr(module, "find_packed_sequence_indices", find_packed_sequence_indices)
+    setattr(module, _SEARCH, find_packed_sequence_indices)
     try:
         yield
     finally:
-        setattr(module, "find_packed_sequence_indices", original)
+        setattr(module, _SEARCH, original)
