@@ -1,16 +1,18 @@
-"""The FusedGatedMLP applier: a gated MLP's ``act(gate) * up`` keeps two tensors, not three.
+"""The FusedGatedMLP applier: a gated MLP keeps its two projections, not four tensors.
 
 ``down(act(gate(x)) * up(x))`` written with autograd keeps ``gate(x)`` (for the activation's
-backward), and both factors of the product, ``act(gate(x))`` and ``up(x)``: three tensors of the
-MLP's inner width per layer. ``GatedProduct`` keeps ``gate(x)`` and ``up(x)`` and recomputes the
-activation in backward (one elementwise kernel); on LLaMA-1B (inner width 5632, batch 4 x 2048
-tokens, bf16) that is 88 MiB per layer. Backward runs the operators autograd runs
+backward), both factors of the product, ``act(gate(x))`` and ``up(x)``, and the product itself
+(for the down projection's weight gradient): four tensors of the MLP's inner width per layer.
+``GatedProduct`` keeps ``gate(x)`` and ``up(x)``; the activation is recomputed in backward and,
+under memfit's training step (``lean_saving``), so is the product the down projection keeps,
+from the same two tensors. On LLaMA-1B (inner width 5632, batch 4 x 2048 tokens, bf16) that is
+176 MiB per layer for two elementwise kernels. Backward runs the operators autograd runs
 (``silu_backward``/``gelu_backward`` and two products) on the same values: gradients are
 bit-identical.
 
 Each matched module gets an instance ``forward``; undo removes it. Only modules whose class's
-forward is exactly that expression qualify (Hugging Face's LLaMA, Mistral, Qwen2, Qwen3, Gemma
-MLPs; memfit's zoo ``SwiGLU``), with a SiLU or GELU activation.
+forward is exactly that expression qualify (Hugging Face's LLaMA-style MLPs: LLaMA, Mistral,
+Qwen2; memfit's zoo ``SwiGLU``), with a SiLU or tanh/exact GELU activation.
 """
 
 from __future__ import annotations

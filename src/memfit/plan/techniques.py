@@ -106,9 +106,9 @@ class FusedGatedMLP:
     """Compute the gate product of the gated MLPs matching ``modules`` in one autograd function.
 
     ``down(act(gate(x)) * up(x))`` (LLaMA, Mistral, Qwen2; SiLU or GELU) keeps ``gate(x)``,
-    ``up(x)`` and ``act(gate(x))`` for backward; the function keeps the first two and recomputes
-    the activation in backward (one elementwise kernel). The same operators run on the same
-    values, so gradients are bit-identical.
+    ``up(x)``, ``act(gate(x))`` and the product for backward; fused, only the first two are
+    kept and the rest is recomputed in backward (two elementwise kernels). The same operators
+    run on the same values, so gradients are bit-identical.
     """
 
     modules: tuple[str, ...]
