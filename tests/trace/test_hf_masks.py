@@ -11,7 +11,7 @@ from memfit.trace.estimate import trace_step
 BATCH, SEQ = 2, 64
 
 
-def hf_llama():
+def hf_llama():  # its own: tests/apply/helpers.py casts to float64, which a fake build cannot
     from transformers import LlamaConfig, LlamaForCausalLM
 
     config = LlamaConfig(

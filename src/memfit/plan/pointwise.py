@@ -1,4 +1,6 @@
-"""Pointwise checkpointing: recompute only a block's submodules that do no matrix products.
+"""Lean blocks: pointwise checkpointing, fused gated MLPs and lean autocast, as one policy.
+
+Pointwise checkpointing recomputes only a block's submodules that do no matrix products.
 
 Activations written as chains of elementwise operators (Hugging Face GPT-2's tanh-GELU,
 RMSNorm upcast to float32) keep several full-size intermediates for backward, yet cost little
@@ -6,16 +8,27 @@ to recompute: checkpointing just those submodules frees most of their memory for
 memory-bound kernels (measured on an H200: GPT-2's GELUs hold 26% of its peak; LLaMA-1B's
 norms 14%, recomputed for 0.1% of the step; bench/results/diag_techniques_h200.json). It is plain
 ``torch.utils.checkpoint`` on small modules, without selective checkpointing's per-operator
-dispatch cost.
+dispatch cost. A lean block adds ``FusedGatedMLP`` and ``LeanAutocast`` (``memfit.apply``): like
+pointwise checkpointing they keep no tensor twice and change no result, so the planner traces
+the three together once and offers them as one policy.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from memfit.errors import MemfitError
 from memfit.plan.policies import Policy
-from memfit.plan.techniques import SELECTIVE_SAVE_DEFAULT
+from memfit.plan.techniques import (
+    SELECTIVE_SAVE_DEFAULT,
+    Checkpoint,
+    FusedGatedMLP,
+    LeanAutocast,
+)
 from memfit.trace.estimate import StepTrace
 
-__all__ = ["pointwise_submodules", "pointwise_policy", "EXPENSIVE_OPS"]
+__all__ = ["pointwise_submodules", "pointwise_policy", "lean_policy", "EXPENSIVE_OPS"]
 
 # Operators whose recomputation costs real work: those selective checkpointing keeps by default
 # (products, attention, convolutions), their composite spellings, and embedding lookups.
@@ -75,8 +88,8 @@ def pointwise_policy(
     The saving is the traced step's lower peak, shared out over the blocks: what a block keeps
     is its unmodified ``saved_per_block`` less that share (per-module attribution would miss
     what the recomputation frees in the modules around it). The recomputation time is the
-    traced step's extra time, shared out the same way. ``gated`` and ``lean_autocast`` say what else
-    the traced step did (``FusedGatedMLP`` on those submodules, ``LeanAutocast``).
+    traced step's extra time, shared out the same way. ``gated`` and ``lean_autocast`` say what
+    else the traced step did (``FusedGatedMLP`` on those submodules, ``LeanAutocast``).
     """
     saving = max(0, base.profile.peak_allocated - traced.profile.peak_allocated) // max(1, blocks)
     extra = (traced.profile.step_time_s or 0.0) - (base.profile.step_time_s or 0.0)
@@ -89,3 +102,42 @@ def pointwise_policy(
         tuple(gated or ()),
         lean_autocast,
     )
+
+
+def lean_policy(
+    base: StepTrace,
+    trace: Callable[..., StepTrace],
+    blocks: list[str],
+    saved: int,
+    allow: Sequence[str],
+    mixed: bool,
+) -> list[Policy]:
+    """The lean policy of ``blocks`` (none if nothing applies), from one trace of all of them.
+
+    The block's gated MLPs are fused, its other pointwise submodules checkpointed and, under
+    mixed precision, autocast made lean, as far as ``allow`` lets.
+    """
+    from memfit.apply.fused_gated_mlp import gated_mlps
+
+    block = base.model.module.get_submodule(blocks[0])
+    gated = gated_mlps(block) if "fused_gated_mlp" in allow else []
+    submodules = [
+        sub
+        for sub in (pointwise_submodules(base, blocks[0]) if "checkpoint" in allow else [])
+        if not any(sub.startswith(g + ".") for g in gated)  # fused MLPs no longer call these
+    ]
+    lean_autocast = mixed and "lean_autocast" in allow
+    if not (submodules or gated or lean_autocast):
+        return []
+    techniques: list[Any] = []
+    if gated:
+        techniques.append(FusedGatedMLP(modules=tuple(f"{b}.{g}" for b in blocks for g in gated)))
+    if lean_autocast:
+        techniques.append(LeanAutocast())
+    if submodules:
+        techniques.append(Checkpoint(modules=tuple(f"{b}.{s}" for b in blocks for s in submodules)))
+    try:
+        traced = trace(tuple(techniques))
+    except MemfitError:
+        return []  # the blocks differ: some lack these submodules
+    return [pointwise_policy(base, traced, saved, submodules, len(blocks), gated, lean_autocast)]

@@ -33,16 +33,10 @@ from memfit.plan.candidates import Baseline, Candidate, screen
 from memfit.plan.cost import load_calibration
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.plan import Plan, model_fingerprint
-from memfit.plan.pointwise import pointwise_policy, pointwise_submodules
+from memfit.plan.pointwise import lean_policy
 from memfit.plan.policies import Policy, block_policies
-from memfit.plan.techniques import (
-    Checkpoint,
-    ChunkedLoss,
-    FusedActivation,
-    FusedGatedMLP,
-    LeanAutocast,
-    MicroBatch,
-)
+from memfit.plan.techniques import ChunkedLoss, FusedActivation, MicroBatch
+from memfit.plan.verify import Tracer, trace_fastest_fitting
 from memfit.report.frontier import FrontierPoint, pareto
 from memfit.trace.estimate import StepTrace, trace_step
 from memfit.trace.precision import Precision
@@ -58,7 +52,6 @@ ALLOWED = (
     "fused_gated_mlp",
     "lean_autocast",
 )
-Tracer = Callable[..., StepTrace]  # techniques -> the step traced with them in force
 FUSED_NOTE = (
     "the predicted time overrates what fusing the GELUs saves: on an H200, such plans ran "
     "Hugging Face GPT-2 and GPT-2 medium 9-28% faster than unmodified where 41-52% was predicted"
@@ -187,7 +180,7 @@ def plan(
         if "checkpoint" in allow:
             policies = block_policies(stats, load_calibration(spec).selective_op_s)
         mixed = Precision.parse(precision).autocast_dtype is not None
-        policies += _pointwise(base, trace, block_names, policies[0].kept_bytes, allow, mixed)
+        policies += lean_policy(base, trace, block_names, policies[0].kept_bytes, allow, mixed)
     batch_total = _batch_size(base)
     micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= min(batch_total, max_micro_batches)]
     if "micro_batch" not in allow:
@@ -207,7 +200,9 @@ def plan(
     static = int(
         baseline.static_bytes * base.profile.peak_reserved / max(1, base.profile.peak_allocated)
     )
-    chosen, traced_points = _verify(candidates, target, static, trace, head, max_traces)
+    chosen, traced_points = trace_fastest_fitting(
+        candidates, target, static, trace, head, max_traces
+    )
     frontier = _frontier(candidates, traced_points, chosen, "fused GELU" if first else "")
     report(f"planned in {time.perf_counter() - started:.1f} s")
     if chosen is None:
@@ -242,37 +237,6 @@ def _blocks(base: StepTrace, blocks: Sequence[str] | None) -> list[str]:
 def _none_policy(base: StepTrace, blocks: list[str]) -> Policy:
     saved = {m.fqn: m.activation_bytes for m in base.profile.modules}
     return Policy("none", (), saved.get(blocks[0], 0) if blocks else 0, 0.0)
-
-
-def _pointwise(
-    base: StepTrace, trace: Tracer, blocks: list[str], saved: int, allow: Sequence[str], mixed: bool
-) -> list[Policy]:
-    """The lean policy: pointwise checkpointing, fused gated MLPs and lean_autocast weights."""
-    from memfit.apply.fused_gated_mlp import gated_mlps
-
-    block = base.model.module.get_submodule(blocks[0])
-    gated = gated_mlps(block) if "fused_gated_mlp" in allow else []
-    submodules = [
-        sub
-        for sub in (pointwise_submodules(base, blocks[0]) if "checkpoint" in allow else [])
-        if not any(sub.startswith(g + ".") for g in gated)  # fused MLPs no longer call these
-    ]
-    lean_autocast = mixed and "lean_autocast" in allow
-    if not (submodules or gated or lean_autocast):
-        return []
-    techniques: list[Any] = []
-    if gated:
-        techniques.append(FusedGatedMLP(modules=tuple(f"{b}.{g}" for b in blocks for g in gated)))
-    if lean_autocast:
-        techniques.append(LeanAutocast())
-    if submodules:
-        modules = tuple(f"{b}.{sub}" for b in blocks for sub in submodules)
-        techniques.append(Checkpoint(modules=modules))
-    try:
-        traced = trace(tuple(techniques))
-    except MemfitError:
-        return []  # the blocks differ: some lack these submodules
-    return [pointwise_policy(base, traced, saved, submodules, len(blocks), gated, lean_autocast)]
 
 
 def _baseline(
@@ -321,79 +285,6 @@ def _batch_size(base: StepTrace) -> int:
         return int(text.split("[", 1)[1].split(",", 1)[0].rstrip("]"))
     except (IndexError, ValueError):
         return 1
-
-
-def _verify(
-    candidates: list[Candidate],
-    target: int,
-    static: int,
-    trace: Tracer,
-    head: str,
-    max_traces: int,
-) -> tuple[tuple[tuple[Any, ...], StepTrace] | None, list[tuple[Candidate, StepTrace]]]:
-    """Trace candidates fastest first; keep the fastest that really fits.
-
-    After each trace, screening's estimate of the memory that depends on the plan is rescaled
-    by how far it was off (a secant step, in either direction), so that the next candidate
-    traced is the fastest one that now looks like it fits: closing in on the fastest plan
-    that fits from both sides.
-    """
-    traced_points: list[tuple[Candidate, StepTrace]] = []
-    tried: set[int] = set()
-    best: tuple[Candidate, StepTrace] | None = None
-    scale = 1.0
-
-    def predicted(candidate: Candidate) -> float:
-        return static + (candidate.peak_reserved - static) * scale
-
-    for _ in range(max_traces):
-        fitting = [
-            c
-            for c in candidates
-            if id(c) not in tried
-            and predicted(c) <= target
-            and (best is None or c.step_s < best[0].step_s)
-        ]
-        if not fitting:
-            break
-        candidate = min(fitting, key=lambda c: c.step_s)
-        tried.add(id(candidate))
-        traced = trace(candidate.techniques(head))
-        traced_points.append((candidate, traced))
-        if traced.profile.peak_reserved <= target:
-            best = (candidate, traced)
-        expected = candidate.peak_reserved - static
-        if expected > 0:
-            ratio = (traced.profile.peak_reserved - static) / expected
-            scale = min(3.0, max(0.3, ratio))
-    if best is not None:
-        return (best[0].techniques(head), best[1]), traced_points
-    # nothing fitted: fall back on the most memory-saving candidates, first without
-    # micro-batching (which keeps all gradients alive across micro-batches), then any
-    single = [c for c in candidates if c.micro_batches == 1]
-    fallbacks = [max(single, key=_key)] if single else []
-    fallbacks.append(min(candidates, key=lambda c: (c.peak_reserved, [-x for x in _key(c)])))
-    for candidate in fallbacks:
-        if id(candidate) in tried:
-            continue
-        tried.add(id(candidate))
-        traced = trace(candidate.techniques(head))
-        traced_points.append((candidate, traced))
-        if traced.profile.peak_reserved <= target:
-            return (candidate.techniques(head), traced), traced_points
-    return None, traced_points
-
-
-def _key(candidate: Candidate) -> tuple[int, ...]:
-    """How much a candidate does to save memory: more blocks, stronger policy, chunked loss."""
-    strength = {"none": 0, "pointwise": 1, "selective": 2, "full": 3}[candidate.policy.kind]
-    return (
-        len(candidate.blocks),
-        strength,
-        len(candidate.rest),
-        candidate.chunks,
-        candidate.micro_batches,
-    )
 
 
 def _frontier(
