@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import inspect
 import logging
 
@@ -16,9 +15,6 @@ from memfit.guard import LeakWatch
 
 def _loop(watch: LeakWatch, *, leak: bool, steps: int = 10):
     """Training with a validation loss summed each step, without no_grad and without .item()."""
-    # earlier tests' garbage (graphs kept alive by tracebacks) must not be collected mid-loop:
-    # the CPU census counts it until then, and its collection would look like a drop
-    gc.collect()
     torch.manual_seed(0)
     model = nn.Sequential(nn.Linear(16, 32), nn.Tanh(), nn.Linear(32, 1))
     opt = torch.optim.SGD(model.parameters(), lr=0.01)

@@ -162,7 +162,12 @@ def graph_stats(
 
 
 def retained_bytes() -> int:
-    """Bytes held by live tensors plus what graph-attached tensors keep saved (host census)."""
+    """Bytes held by live tensors plus what graph-attached tensors keep saved (host census).
+
+    Unreachable cycles are collected first: tensors in garbage are not retained, and counting
+    them until Python's collector happens to run would make the count drop at random steps.
+    """
+    gc.collect()
     seen: set[int] = set()
     total = 0
     for obj in gc.get_objects():
