@@ -31,14 +31,17 @@ def trace_fastest_fitting(
     After each trace, screening's estimate of the memory that depends on the plan is rescaled
     by how far it was off (a secant step, in either direction), so that the next candidate
     traced is the fastest one that now looks like it fits: closing in on the fastest plan
-    that fits from both sides.
+    that fits from both sides. Screening errs differently with and without micro-batching
+    and the chunked loss (each changes what the allocator can reuse), so each of these four
+    families has its own correction, learnt from its own traces (none until one is traced).
     """
     traced_points: list[tuple[Candidate, StepTrace]] = []
     tried: set[int] = set()
     best: tuple[Candidate, StepTrace] | None = None
-    scale = 1.0
+    scales: dict[tuple[bool, bool], float] = {}
 
     def predicted(candidate: Candidate) -> float:
+        scale = scales.get(_family(candidate), 1.0)
         return static + (candidate.peak_reserved - static) * scale
 
     for _ in range(max_traces):
@@ -60,7 +63,7 @@ def trace_fastest_fitting(
         expected = candidate.peak_reserved - static
         if expected > 0:
             ratio = (traced.profile.peak_reserved - static) / expected
-            scale = min(3.0, max(0.3, ratio))
+            scales[_family(candidate)] = min(3.0, max(0.3, ratio))
     if best is not None:
         return (best[0].techniques(head), best[1]), traced_points
     # nothing fitted: fall back on the most memory-saving candidates, first without
@@ -77,6 +80,10 @@ def trace_fastest_fitting(
         if traced.profile.peak_reserved <= target:
             return (candidate.techniques(head), traced), traced_points
     return None, traced_points
+
+
+def _family(candidate: Candidate) -> tuple[bool, bool]:
+    return candidate.micro_batches > 1, candidate.chunks > 1
 
 
 def _key(candidate: Candidate) -> tuple[int, ...]:
