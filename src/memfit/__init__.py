@@ -30,6 +30,7 @@ _EXPORTS = {
     "FusedActivation": "memfit.plan.techniques",
     "FusedGatedMLP": "memfit.plan.techniques",
     "LeanAutocast": "memfit.plan.techniques",
+    "FusedOptimizer": "memfit.plan.techniques",
     "MemoryProfile": "memfit.profile",
     "ModuleMemory": "memfit.profile",
     "TimelineEvent": "memfit.profile",

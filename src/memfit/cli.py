@@ -130,9 +130,9 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
 @click.option(
     "--allow",
     help="Comma-separated techniques the planner may use (default: all of checkpoint, "
-    "micro_batch, chunked_loss, fused_activation, fused_gated_mlp, lean_autocast; leave out "
-    "fused_activation for bit-identical math, lean_autocast and fused_gated_mlp for models "
-    "you compile).",
+    "micro_batch, chunked_loss, fused_activation, fused_gated_mlp, lean_autocast, "
+    "fused_optimizer; leave out fused_activation and fused_optimizer for bit-identical math, "
+    "lean_autocast and fused_gated_mlp for models you compile).",
 )
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
 def plan_command(

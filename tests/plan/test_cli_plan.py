@@ -33,7 +33,7 @@ def test_plan_table(model_file, midway, midway_plan, capsys):
     for technique in midway_plan.techniques:
         assert f"  - {technique!r}" in lines
     assert "alternatives weighed" in out
-    header = next(i for i, line in enumerate(lines) if line.startswith("plan  ") and "step" in line)
+    header = next(i for i, line in enumerate(lines) if line.startswith("plan  ") and "peak" in line)
     rows = lines[header + 2 :]
     assert len(rows) == len(midway_plan.frontier)
     assert sum(row.startswith("* ") for row in rows) == 1

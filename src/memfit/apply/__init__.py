@@ -44,7 +44,9 @@ def apply(
         plan: a ``memfit.Plan`` (from ``memfit.plan``) or a sequence of techniques.
         model: the ``nn.Module`` the plan was made for (changed in place; ``plan.undo(model)``
             restores it exactly).
-        optimizer: its optimizer, or None for forward and backward only.
+        optimizer: its optimizer, or None for forward and backward only. A plan with
+            ``FusedOptimizer`` switches it to its fused kernel (Adam and AdamW only) until
+            ``plan.undo(model)``.
         loss_fn, forward: as for ``memfit.estimate``.
         precision: overrides the precision the plan was made for.
         device_type: the device autocast runs for.
@@ -53,10 +55,13 @@ def apply(
         A ``TrainStep``: ``loss = step(batch)``.
 
     Raises:
-        InvalidInputError: the plan was made for another model, a technique is malformed, or
-            ``precision`` is unknown; the model is unchanged.
+        InvalidInputError: the plan was made for another model, a technique is malformed,
+            ``precision`` is unknown, or the plan has ``FusedOptimizer`` and the optimizer is
+            not Adam/AdamW; the model is unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged.
     """
+    from memfit.apply.fused_optimizer import check_fusable, use_fused
+    from memfit.apply.undo import record
     from memfit.errors import InvalidInputError
     from memfit.plan.in_force import techniques_in_force
     from memfit.plan.plan import Plan, model_fingerprint
@@ -70,8 +75,13 @@ def apply(
         )
     if precision is not None:
         Precision.parse(precision)  # checked before the model is changed
+    fuse = in_force.fused_optimizer and optimizer is not None  # without one, nothing to fuse
+    if fuse:
+        check_fusable(optimizer)  # before the model is changed
     context = ApplyContext(loss_fn=loss_fn)
     apply_techniques(model, in_force.techniques, context=context)
+    if fuse:
+        record(model, use_fused(optimizer))  # plan.undo(model) switches it back
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
     chosen = precision or context.precision
     if chosen is None and isinstance(plan, Plan) and plan.profile is not None:

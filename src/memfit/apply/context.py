@@ -13,7 +13,9 @@ from typing import Any
 
 import torch
 
-__all__ = ["ApplyContext", "LossFn", "BatchFn"]
+from memfit.errors import InvalidInputError
+
+__all__ = ["ApplyContext", "LossFn", "BatchFn", "set_once"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 """``(output, batch) -> scalar loss``; ``batch`` is the batch as given, labels included."""
@@ -46,6 +48,8 @@ class ApplyContext:
             forward under ``memfit.apply.lean_autocast.lean_saving``.
         recompute_products: set by ``FusedGatedMLP``: forward under ``lean_saving`` (at
             least for its gated products).
+        fused_optimizer: set by ``FusedOptimizer``: the optimizer steps with its fused kernel
+            (``memfit.apply.fused_optimizer.use_fused``).
     """
 
     loss_fn: LossFn | None = None
@@ -54,7 +58,20 @@ class ApplyContext:
     precision: str | None = None
     lean_autocast: bool = False
     recompute_products: bool = False
+    fused_optimizer: bool = False
 
     def model_inputs(self, batch: Any) -> Any:
         """What the model is called with for ``batch``."""
         return batch if self.forward_batch is None else self.forward_batch(batch)
+
+
+def set_once(context: ApplyContext, flag: str, technique: str) -> Callable[[], None]:
+    """Set the boolean ``flag`` of ``context`` for ``technique``; the returned undo clears it.
+
+    Raises:
+        InvalidInputError: the flag is set already (the plan has the technique twice).
+    """
+    if getattr(context, flag):
+        raise InvalidInputError(f"the plan has {technique} twice; keep one")
+    setattr(context, flag, True)
+    return lambda: setattr(context, flag, False)

@@ -42,10 +42,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from memfit.apply.context import ApplyContext
+from memfit.apply.context import ApplyContext, set_once
 from memfit.apply.registry import register_applier
 from memfit.apply.undo import UndoFn
-from memfit.errors import InvalidInputError, MemfitError
+from memfit.errors import MemfitError
 from memfit.plan.techniques import LeanAutocast
 
 __all__ = ["apply_lean_autocast", "lean_saving", "recomputable", "warn_if_compiled"]
@@ -240,11 +240,4 @@ def apply_lean_autocast(model: nn.Module, technique: LeanAutocast, context: Appl
     Raises:
         InvalidInputError: the plan has LeanAutocast twice.
     """
-    if context.lean_autocast:
-        raise InvalidInputError("the plan has LeanAutocast twice; keep one")
-    context.lean_autocast = True
-
-    def undo() -> None:
-        context.lean_autocast = False
-
-    return undo
+    return set_once(context, "lean_autocast", "LeanAutocast")

@@ -118,6 +118,7 @@ def _load_builtin_appliers() -> None:
         chunked_loss,
         fused_activation,
         fused_gated_mlp,
+        fused_optimizer,
         lean_autocast,
         step_options,
     )

@@ -16,6 +16,7 @@ from memfit.plan.techniques import (
     ChunkedLoss,
     FusedActivation,
     FusedGatedMLP,
+    FusedOptimizer,
     LeanAutocast,
     MicroBatch,
     MixedPrecision,
@@ -32,6 +33,7 @@ _KNOWN = (
     MicroBatch,
     MixedPrecision,
     LeanAutocast,
+    FusedOptimizer,
 )
 
 
@@ -55,6 +57,10 @@ class InForce:
     @property
     def lean_autocast(self) -> bool:
         return any(isinstance(t, LeanAutocast) for t in self.techniques)
+
+    @property
+    def fused_optimizer(self) -> bool:
+        return any(isinstance(t, FusedOptimizer) for t in self.techniques)
 
     @property
     def label(self) -> str:

@@ -37,7 +37,8 @@ def optimizer_hint(traced_points: list[tuple[Candidate, StepTrace]]) -> str:
     profile = min((t.profile for _, t in traced_points), key=lambda p: p.peak_reserved)
     temporaries = profile.by_category.get(Category.TEMPORARY, 0)
     name = (profile.optimizer or "").lower()
-    if profile.peak_phase is not Phase.OPTIMIZER or "fused" in name or not name.startswith("adam"):
+    fused = "fused" in name or "fused optimizer" in profile.plan  # a FusedOptimizer in the plan
+    if profile.peak_phase is not Phase.OPTIMIZER or fused or not name.startswith("adam"):
         return ""
     if temporaries < 0.02 * profile.peak_allocated:
         return ""

@@ -17,6 +17,7 @@ from memfit.plan.techniques import (
     ChunkedLoss,
     FusedActivation,
     FusedGatedMLP,
+    FusedOptimizer,
     LeanAutocast,
     MicroBatch,
     MixedPrecision,
@@ -35,6 +36,7 @@ TECHNIQUE_TYPES: dict[str, type] = {
     "fused_activation": FusedActivation,
     "fused_gated_mlp": FusedGatedMLP,
     "lean_autocast": LeanAutocast,
+    "fused_optimizer": FusedOptimizer,
 }
 _NAME_OF_TYPE = {cls: name for name, cls in TECHNIQUE_TYPES.items()}
 
@@ -63,6 +65,8 @@ def technique_label(technique: Technique) -> str:
         return f"fused gated MLP {_compact(technique.modules)}"
     if isinstance(technique, LeanAutocast):
         return "lean autocast"
+    if isinstance(technique, FusedOptimizer):
+        return "fused optimizer step"
     return repr(technique)
 
 

@@ -1,8 +1,9 @@
 """``memfit.plan``: the fastest combination of techniques that fits a memory budget.
 
 1. Trace the unmodified step (``memfit.estimate``'s tracer). If it fits, the plan is empty.
-   Otherwise Hugging Face's elementwise tanh-GELUs, if any, are fused first (less memory and
-   less time, equal to rounding) and everything below is planned on top of that.
+   Otherwise Adam/AdamW's multi-tensor step is made fused where that lowers the peak, and
+   Hugging Face's elementwise tanh-GELUs, if any, are fused (each less memory and no more
+   time, equal to rounding); everything below is planned on top of that.
 2. Find the repeated blocks, read each block's costs, and build a ladder of checkpointing
    policies per block (none; lean: only the submodules without matrix products checkpointed,
    gated MLPs fused and, under mixed precision, lean autocast, traced once all together;
@@ -35,8 +36,9 @@ from memfit.plan.infeasible import infeasible_error
 from memfit.plan.plan import Plan, model_fingerprint
 from memfit.plan.pointwise import lean_policy
 from memfit.plan.policies import Policy, block_policies
-from memfit.plan.techniques import ChunkedLoss, FusedActivation, MicroBatch
+from memfit.plan.techniques import ChunkedLoss, FusedActivation, FusedOptimizer, MicroBatch
 from memfit.plan.verify import Tracer, trace_fastest_fitting
+from memfit.profile import Phase
 from memfit.report.frontier import FrontierPoint, pareto
 from memfit.trace.estimate import StepTrace, trace_step
 from memfit.trace.precision import Precision
@@ -51,6 +53,7 @@ ALLOWED = (
     "fused_activation",
     "fused_gated_mlp",
     "lean_autocast",
+    "fused_optimizer",
 )
 FUSED_NOTE = (
     "the predicted time overrates what fusing the GELUs saves: on an H200, such plans ran "
@@ -89,7 +92,8 @@ def plan(
         blocks: module names (fnmatch patterns) that may be checkpointed; default: the
             repeated blocks found automatically.
         allow: techniques the planner may use (``checkpoint``, ``micro_batch``,
-            ``chunked_loss``, ``fused_activation``, ``fused_gated_mlp``, ``lean_autocast``).
+            ``chunked_loss``, ``fused_activation``, ``fused_gated_mlp``, ``lean_autocast``,
+            ``fused_optimizer``).
         head: the LM head for a chunked loss.
         margin: keep the predicted reserved peak this fraction below the budget, for
             prediction error (the measured frontier plans' reserved peaks came out between
@@ -128,7 +132,8 @@ def plan(
         seq_len=seq_len,
     )
 
-    first: tuple[Any, ...] = ()  # in every plan: the fused activations, once found
+    first: tuple[Any, ...] = ()  # in every plan: the fusions that save memory, once found
+    first_label = ""
 
     def trace(techniques: tuple[Any, ...] = ()) -> StepTrace:
         return trace_step(model, batch, plan=list(first + techniques) or None, **options)
@@ -145,6 +150,7 @@ def plan(
         if first:  # the frontier's candidates all fuse: show the step as it is too
             unmodified = FrontierPoint("unmodified", unmodified_peak, baseline_s)
             frontier = [unmodified, *frontier]
+        gelus = any(isinstance(t, FusedActivation) for t in first)
         return Plan(
             techniques=first + techniques,
             budget=limit,
@@ -154,7 +160,7 @@ def plan(
             baseline_step_time_s=baseline_s,
             frontier=tuple(frontier),
             model_fingerprint=fingerprint,
-            notes=(FUSED_NOTE,) if first else (),
+            notes=(FUSED_NOTE,) if gelus else (),
         )
 
     if base.profile.peak_reserved <= target:
@@ -162,13 +168,24 @@ def plan(
         return make((), base, [point])
     from memfit.apply.fused_activation import fusable_activations
 
+    fusions: list[tuple[str, Any]] = []
+    if "fused_optimizer" in allow and _may_fuse(optimizer):
+        fusions.append(("fused optimizer", FusedOptimizer()))
     fusable = fusable_activations(base.model.module) if "fused_activation" in allow else []
     if fusable:
-        first = (FusedActivation(modules=tuple(fusable)),)
-        base = trace()
+        fusions.append(("fused GELU", FusedActivation(modules=tuple(fusable))))
+    for name, fusion in fusions:  # less memory, no slower: in every plan from here on
+        try:
+            fused = trace((fusion,))
+        except MemfitError:  # e.g. an optimizer without a fused kernel
+            continue
+        if isinstance(fusion, FusedOptimizer) and not _saves_in_step(base, fused):
+            continue  # the user's optimizer is changed only where that saves memory
+        first, base = first + (fusion,), fused
+        first_label = " + ".join(filter(None, (first_label, name)))
         if base.profile.peak_reserved <= target:
             step_s = base.profile.step_time_s or 0.0
-            point = FrontierPoint("fused GELU", base.profile.peak_reserved, step_s, chosen=True)
+            point = FrontierPoint(first_label, base.profile.peak_reserved, step_s, chosen=True)
             return make((), base, [point])
     report("measuring what each block keeps")
     per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
@@ -203,12 +220,31 @@ def plan(
     chosen, traced_points = trace_fastest_fitting(
         candidates, target, static, trace, head, max_traces
     )
-    frontier = _frontier(candidates, traced_points, chosen, "fused GELU" if first else "")
+    frontier = _frontier(candidates, traced_points, chosen, first_label)
     report(f"planned in {time.perf_counter() - started:.1f} s")
     if chosen is None:
         raise infeasible_error(limit, target, base, traced_points)
     techniques, traced = chosen
     return make(techniques, traced, frontier)
+
+
+def _saves_in_step(base: StepTrace, fused: StepTrace) -> bool:
+    """Whether the fused optimizer step holds less than the multi-tensor one (the step's peak
+    may lie elsewhere until other techniques bring the activations down)."""
+
+    def step_peak(traced: StepTrace) -> int:
+        events = traced.profile.timeline
+        return max((e.allocated for e in events if e.phase is Phase.OPTIMIZER), default=0)
+
+    return step_peak(fused) < step_peak(base)
+
+
+def _may_fuse(optimizer: Any) -> bool:
+    """Whether the optimizer may be Adam or AdamW without the fused kernel yet."""
+    if isinstance(optimizer, str):
+        name = optimizer.lower()
+        return name.startswith("adam") and "fused" not in name
+    return callable(optimizer)  # a factory: the trace tells (use_fused refuses other types)
 
 
 def _budget_bytes(budget: Any, spec: DeviceSpec) -> int:

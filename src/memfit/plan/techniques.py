@@ -18,6 +18,7 @@ __all__ = [
     "FusedActivation",
     "FusedGatedMLP",
     "LeanAutocast",
+    "FusedOptimizer",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
 ]
@@ -125,6 +126,18 @@ class LeanAutocast:
     """
 
 
+@dataclass(frozen=True)
+class FusedOptimizer:
+    """Run Adam's or AdamW's update as PyTorch's fused kernel (``fused=True``).
+
+    On CUDA, ``torch.optim.AdamW`` defaults to its multi-tensor (``foreach``) implementation,
+    which holds temporaries as large as a tensor list of the parameters while it steps (on
+    LLaMA-1B at the peak: 3.55 GiB). The fused kernel updates each parameter in place. It is
+    the same update, computed in float32 in another order: results agree within float32
+    rounding (a few elements in a hundred differ in the last bit). Gradients are unchanged.
+    """
+
+
 Technique = (
     Checkpoint
     | MicroBatch
@@ -133,4 +146,5 @@ Technique = (
     | FusedActivation
     | FusedGatedMLP
     | LeanAutocast
+    | FusedOptimizer
 )

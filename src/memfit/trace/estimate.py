@@ -162,6 +162,7 @@ def trace_step(
     progress: Callable[[str], None] | None = None,
 ) -> StepTrace:
     """``estimate``, returning the recorded trace with the profile (planner, diagnostics)."""
+    from memfit.apply.fused_optimizer import use_fused
     from memfit.apply.train_step import TrainStep
     from memfit.plan.cost import load_calibration
     from memfit.plan.in_force import techniques_in_force
@@ -188,9 +189,12 @@ def trace_step(
     with fake_model.swapped(), techniques.applied_to(fake_model.module, fake_mode) as context:
 
         def make_step() -> TrainStep:
+            optimizer_object = make_optimizer(optimizer, fake_model.trainable())
+            if techniques.fused_optimizer and optimizer_object is not None:
+                use_fused(optimizer_object)
             return TrainStep(
                 fake_model,
-                make_optimizer(optimizer, fake_model.trainable()),
+                optimizer_object,
                 loss_fn=context.loss_fn or loss_fn,
                 forward=forward,
                 precision=precision,

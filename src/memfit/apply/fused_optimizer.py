@@ -1,0 +1,102 @@
+"""The FusedOptimizer applier: Adam and AdamW step with PyTorch's fused kernel.
+
+``torch.optim.Adam``/``AdamW`` read ``fused`` and ``foreach`` from each parameter group at every
+step, so switching an existing optimizer is a matter of those two flags, plus where the step
+counts live: the fused kernel wants each ``state["step"]`` as a float32 tensor on the
+parameter's device, the other implementations keep it on the host (as
+``Optimizer.load_state_dict`` arranges for either). ``use_fused`` checks what PyTorch's
+constructor checks for ``fused=True`` and raises before changing anything; its undo puts the
+flags and the step counts back.
+
+The technique's own applier only marks the ``ApplyContext``: the model is not changed, and the
+optimizer is switched where it is known (``memfit.apply``, and the tracer's step). Without an
+optimizer (forward and backward only) there is nothing to switch.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import nn
+
+from memfit.apply.context import ApplyContext, set_once
+from memfit.apply.registry import register_applier
+from memfit.apply.undo import UndoFn
+from memfit.errors import InvalidInputError
+from memfit.plan.techniques import FusedOptimizer
+
+__all__ = ["apply_fused_optimizer", "check_fusable", "use_fused"]
+
+_FUSABLE = (torch.optim.Adam, torch.optim.AdamW)
+_DEVICES = ("cuda", "cpu", "xpu", "mps")  # fused Adam kernels exist for these (torch >= 2.4)
+
+
+@register_applier(FusedOptimizer)
+def apply_fused_optimizer(
+    model: nn.Module, technique: FusedOptimizer, context: ApplyContext
+) -> UndoFn:
+    """Set ``context.fused_optimizer``; the optimizer is switched by ``use_fused``.
+
+    Raises:
+        InvalidInputError: the plan has FusedOptimizer twice.
+    """
+    return set_once(context, "fused_optimizer", "FusedOptimizer")
+
+
+def check_fusable(optimizer: object) -> None:
+    """Raise unless ``use_fused(optimizer)`` can switch it (nothing is changed).
+
+    Raises:
+        InvalidInputError: an optimizer other than Adam/AdamW, a differentiable one, or
+            parameters that are not floating point or live on a device without the kernel.
+    """
+    fix = "plan without it (allow leaving out 'fused_optimizer'), or use torch.optim.Adam/AdamW"
+    if type(optimizer) not in _FUSABLE:
+        raise InvalidInputError(
+            f"FusedOptimizer switches torch.optim.Adam and AdamW to fused=True, not a "
+            f"{type(optimizer).__name__}; {fix}"
+        )
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    for group in optimizer.param_groups:
+        if group.get("differentiable"):
+            raise InvalidInputError(
+                f"FusedOptimizer: the optimizer is differentiable=True, which PyTorch's fused "
+                f"kernel does not support; {fix}"
+            )
+        for param in group["params"]:
+            if not torch.is_floating_point(param) or param.device.type not in _DEVICES:
+                raise InvalidInputError(
+                    f"FusedOptimizer: a parameter of dtype {param.dtype} on {param.device} has no "
+                    f"fused kernel (floating point on {', '.join(_DEVICES)} only); {fix}"
+                )
+
+
+def use_fused(optimizer: torch.optim.Optimizer) -> UndoFn:
+    """Make ``optimizer`` step with the fused kernel; the returned callable switches it back.
+
+    Raises:
+        InvalidInputError: see ``check_fusable``; the optimizer is then unchanged.
+    """
+    check_fusable(optimizer)
+    before = [(group.get("fused"), group.get("foreach")) for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["fused"], group["foreach"] = True, False
+        for param in group["params"]:
+            _move_step(optimizer, param, device=param.device)
+    return functools.partial(_restore, optimizer, before)
+
+
+def _restore(optimizer: torch.optim.Optimizer, before: list[tuple[object, object]]) -> None:
+    for group, (fused, foreach) in zip(optimizer.param_groups, before, strict=True):
+        group["fused"], group["foreach"] = fused, foreach
+        for param in group["params"]:
+            if not (fused or group.get("capturable")):
+                _move_step(optimizer, param, device=torch.device("cpu"))
+
+
+def _move_step(optimizer: torch.optim.Optimizer, param: torch.Tensor, device: torch.device) -> None:
+    state = optimizer.state.get(param)
+    step = state.get("step") if state else None
+    if isinstance(step, torch.Tensor) and step.device != device:
+        state["step"] = step.to(device=device, dtype=torch.float32)  # type: ignore[index]
