@@ -78,11 +78,18 @@ def plans() -> None:
                     precision=PRECISION,
                 )
                 now = plan.label
+                assert plan.profile is not None
+                predicted = {
+                    "predicted_reserved": plan.profile.peak_reserved,
+                    "predicted_step_s": plan.step_time_s,
+                    "predicted_baseline_s": plan.baseline_step_time_s,
+                }
             except memfit.MemfitError as error:
-                now = "infeasible: " + str(error).split(":")[0]
+                now, predicted = "infeasible: " + str(error).split(":")[0], {}
             then = measured.get("plan") or "infeasible: " + measured["error"].split(":")[0]
             row = {"model": name, "label": measured["label"], "measured_plan": then, "plan": now}
             row.update(same=now == then, plan_s=time.perf_counter() - started)
+            row.update(budget=measured["budget"], **predicted)
             rows.append(row)
             print(
                 f"{name:15s} {measured['label']:26s} {'same' if row['same'] else 'DIFFERS'}: {now}",

@@ -29,7 +29,15 @@ from memfit.plan.techniques import FusedOptimizer
 __all__ = ["apply_fused_optimizer", "check_fusable", "use_fused"]
 
 _FUSABLE = (torch.optim.Adam, torch.optim.AdamW)
-_DEVICES = ("cuda", "cpu", "xpu", "mps")  # fused Adam kernels exist for these (torch >= 2.4)
+
+
+def _devices() -> list[str]:
+    """Device types with fused optimizer kernels, as PyTorch's constructor checks them."""
+    try:
+        from torch.utils._foreach_utils import _get_fused_kernels_supported_devices
+    except ImportError:  # a private helper: should it move, the kernels of torch 2.6 remain
+        return ["cuda", "cpu", "xpu", "mps"]
+    return list(_get_fused_kernels_supported_devices())
 
 
 @register_applier(FusedOptimizer)
@@ -64,11 +72,12 @@ def check_fusable(optimizer: object) -> None:
                 f"FusedOptimizer: the optimizer is differentiable=True, which PyTorch's fused "
                 f"kernel does not support; {fix}"
             )
+        devices = _devices()
         for param in group["params"]:
-            if not torch.is_floating_point(param) or param.device.type not in _DEVICES:
+            if not torch.is_floating_point(param) or param.device.type not in devices:
                 raise InvalidInputError(
                     f"FusedOptimizer: a parameter of dtype {param.dtype} on {param.device} has no "
-                    f"fused kernel (floating point on {', '.join(_DEVICES)} only); {fix}"
+                    f"fused kernel (floating point on {', '.join(devices)} only); {fix}"
                 )
 
 
