@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import torch
+from torch import nn
 
 import memfit
 from memfit.apply.train_step import TrainStep
+from memfit.apply.undo import undo_all
 from memfit.errors import InvalidInputError
 from memfit.plan.plan import Plan
 from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision
@@ -110,6 +113,17 @@ def test_uneven_micro_batches_are_weighted_by_their_size(n, sizes):
     assert_same_grads(expected_grads, grads, exact=False)
     # unweighted accumulation (each micro-batch's mean loss summed) would be far off
     assert not torch.allclose(loss * len(sizes), expected_loss, rtol=1e-3)
+
+
+def test_micro_batching_a_batchnorm_model_warns_that_it_is_not_exact():
+    with_bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
+    with pytest.warns(UserWarning, match=r"BatchNorm in training mode \(1 layers, e.g. '1'\)"):
+        memfit.apply(Plan(techniques=(MicroBatch(2),)), with_bn)
+    undo_all(with_bn)
+    with_bn.eval()  # running statistics: samples independent again
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        memfit.apply(Plan(techniques=(MicroBatch(2),)), with_bn)
 
 
 def test_micro_batch_count_is_checked():

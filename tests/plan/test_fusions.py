@@ -1,4 +1,5 @@
-"""The fusions every plan starts with: the optimizer's fused step, only where it applies."""
+"""What every plan does first: fuse the optimizer step where it applies, and leave out
+micro-batching where it would not be exact."""
 
 from __future__ import annotations
 
@@ -30,3 +31,12 @@ def test_optimizers_given_as_factories(midway):
     assert not _fused(sgd)  # no fused kernel to switch to: the trace of it was refused
     already = memfit.plan(build, BATCH, budget=midway, optimizer="adamw-fused")
     assert not _fused(already)
+
+
+def test_micro_batching_is_left_out_for_batchnorm_models():
+    unmodified = memfit.estimate("resnet50", batch_size=16)
+    plan = memfit.plan("resnet50", batch_size=16, budget=int(unmodified.peak_reserved * 0.8))
+    assert plan.profile is not None and plan.profile.peak_reserved <= plan.budget * 0.98
+    assert not any(isinstance(t, memfit.MicroBatch) for t in plan.techniques)
+    assert not any("micro-batch" in point.label for point in plan.frontier)
+    assert any("micro-batching left out: 53 BatchNorm layers" in note for note in plan.notes)

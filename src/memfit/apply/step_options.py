@@ -18,7 +18,17 @@ from memfit.errors import InvalidInputError
 from memfit.plan.techniques import MicroBatch, MixedPrecision
 from memfit.trace.precision import Precision
 
-__all__ = ["apply_micro_batch", "apply_mixed_precision"]
+__all__ = ["apply_micro_batch", "apply_mixed_precision", "batch_statistics"]
+
+
+def batch_statistics(model: nn.Module) -> list[str]:
+    """Modules that normalise with the statistics of the whole batch (BatchNorm in training
+    mode): with them, micro-batches compute another function than the batch."""
+    return [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
+    ]
 
 
 @register_applier(MicroBatch)
@@ -42,6 +52,15 @@ def apply_micro_batch(model: nn.Module, technique: MicroBatch, context: ApplyCon
         )
     if technique.n == 1:
         warnings.warn("MicroBatch(n=1) has no effect: batches are not split", stacklevel=3)
+    shared = batch_statistics(model)
+    if technique.n > 1 and shared:
+        warnings.warn(
+            f"MicroBatch(n={technique.n}) on a model with BatchNorm in training mode "
+            f"({len(shared)} layers, e.g. {shared[0]!r}): each micro-batch is normalised with "
+            f"its own statistics, so the update is not the full batch's (memfit.plan leaves "
+            f"micro-batching out for such models)",
+            stacklevel=3,
+        )
     context.micro_batches = technique.n
 
     def undo() -> None:

@@ -134,6 +134,7 @@ def plan(
 
     first: tuple[Any, ...] = ()  # in every plan: the fusions that save memory, once found
     first_label = ""
+    notes: list[str] = []  # for the user, in the plan
 
     def trace(techniques: tuple[Any, ...] = ()) -> StepTrace:
         return trace_step(model, batch, plan=list(first + techniques) or None, **options)
@@ -160,13 +161,14 @@ def plan(
             baseline_step_time_s=baseline_s,
             frontier=tuple(frontier),
             model_fingerprint=fingerprint,
-            notes=(FUSED_NOTE,) if gelus else (),
+            notes=tuple(notes) + ((FUSED_NOTE,) if gelus else ()),
         )
 
     if base.profile.peak_reserved <= target:
         point = FrontierPoint("unmodified", base.profile.peak_reserved, baseline_s, chosen=True)
         return make((), base, [point])
     from memfit.apply.fused_activation import fusable_activations
+    from memfit.apply.step_options import batch_statistics
 
     fusions: list[tuple[str, Any]] = []
     if "fused_optimizer" in allow and _may_fuse(optimizer):
@@ -187,6 +189,14 @@ def plan(
             step_s = base.profile.step_time_s or 0.0
             point = FrontierPoint(first_label, base.profile.peak_reserved, step_s, chosen=True)
             return make((), base, [point])
+    shared = batch_statistics(base.model.module) if "micro_batch" in allow else []
+    if shared:  # micro-batching would not be exact
+        allow = tuple(a for a in allow if a != "micro_batch")
+        notes.append(
+            f"micro-batching left out: {len(shared)} BatchNorm layers (e.g. {shared[0]}) "
+            f"normalise with the batch's statistics, which micro-batches would change; a "
+            f"hand-made plan with MicroBatch accepts that"
+        )
     report("measuring what each block keeps")
     per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
     block_names = _blocks(base, blocks) if per_block else []
