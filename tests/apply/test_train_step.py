@@ -115,6 +115,19 @@ def test_uneven_micro_batches_are_weighted_by_their_size(n, sizes):
     assert not torch.allclose(loss * len(sizes), expected_loss, rtol=1e-3)
 
 
+def test_micro_batches_with_unequal_shares_of_labelled_tokens_warn():
+    padded = token_batch(4, ignore=True)  # -100 in the first and last samples
+    expected_loss, _ = loss_and_grads(tiny_gpt2(), padded)
+    step = memfit.apply(Plan(techniques=(MicroBatch(2),)), tiny_gpt2())
+    with pytest.warns(UserWarning, match=r"hold \[21, 22\] labelled tokens .* for \[2, 2\]"):
+        loss = step(padded)
+    assert not torch.allclose(loss, expected_loss, rtol=1e-6)  # indeed not the batch's loss
+    with warnings.catch_warnings():  # checked once per step object
+        warnings.simplefilter("error")
+        step(padded)
+        memfit.apply(Plan(techniques=(MicroBatch(2),)), tiny_gpt2())(token_batch(4, ignore=False))
+
+
 def test_micro_batching_a_batchnorm_model_warns_that_it_is_not_exact():
     with_bn = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 1))
     with pytest.warns(UserWarning, match=r"BatchNorm in training mode \(1 layers, e.g. '1'\)"):

@@ -71,7 +71,7 @@ def apply_techniques(model: nn.Module, techniques: Iterable[Any], *, context: Ap
     _load_builtin_appliers()
     unknown = [t for t in techniques if type(t) not in _APPLIERS]
     if unknown:
-        known = ", ".join(cls.__name__ for cls in _APPLIERS)
+        known = ", ".join(sorted(cls.__name__ for cls in _APPLIERS))
         raise InvalidInputError(
             f"no applier for {', '.join(repr(t) for t in unknown)}; known techniques: {known} "
             f"(register one with memfit.apply.register_applier)"

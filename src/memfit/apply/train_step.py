@@ -12,12 +12,14 @@ backward runs outside autocast, and gradients are set to None after the optimize
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
+from memfit.apply.chunked_loss import IGNORE_INDEX
 from memfit.errors import InvalidInputError
 from memfit.trace.inputs import call_model
 from memfit.trace.precision import Precision
@@ -85,6 +87,7 @@ class TrainStep:
         self.forward_batch = forward_batch
         self.lean_autocast = lean_autocast
         self.recompute_products = recompute_products
+        self._checked_label_shares = False
         self.mark: Mark = _no_mark
         self.grad_scale: torch.Tensor | None = None  # fp16 scaling emulated on fake tensors
         self.grad_scaler: Any = None
@@ -163,12 +166,43 @@ class TrainStep:
                 f"use at most {total}"
             )
         sizes = micro_batch_sizes(total, -(-total // self.micro_batches))
+        parts = split_batch(batch, sizes)
+        if not self._checked_label_shares:  # once: the count needs a device synchronisation
+            self._checked_label_shares = True
+            warn_if_label_shares_differ(parts, sizes)
         loss: torch.Tensor | None = None
-        for part, size in zip(split_batch(batch, sizes), sizes, strict=True):
+        for part, size in zip(parts, sizes, strict=True):
             part_loss = self.forward_backward(part, loss_scale=size / total) * (size / total)
             loss = part_loss if loss is None else loss + part_loss
         assert loss is not None
         return loss
+
+
+def warn_if_label_shares_differ(parts: list[Any], sizes: list[int]) -> None:
+    """Warn when micro-batches hold shares of labelled tokens unlike their shares of samples.
+
+    Losses weighted ``n_i / N`` add up to the full batch's when the loss is a mean over
+    samples. Language-model losses are means over the tokens whose label is not -100: with
+    padding, a micro-batch's share of those can differ from its share of samples, and the
+    update is then not the full batch's.
+    """
+    from torch._subclasses.fake_tensor import is_fake
+
+    labels = [p.get("labels") if isinstance(p, Mapping) else None for p in parts]
+    if not all(isinstance(x, torch.Tensor) and not is_fake(x) for x in labels):
+        return
+    counts = [int((x != IGNORE_INDEX).sum()) for x in labels]  # type: ignore[union-attr]
+    total, samples = sum(counts), sum(sizes)
+    gap = max(abs(c / max(1, total) - n / samples) for c, n in zip(counts, sizes, strict=True))
+    if gap > 1e-6:
+        warnings.warn(
+            f"the micro-batches hold {counts} labelled tokens (labels other than -100) for "
+            f"{sizes} samples: with a loss that is a mean over labelled tokens, weighting them "
+            f"by samples gives another update than the full batch's (shares differ by up to "
+            f"{gap:.1%}). Give batches of equal labelled lengths, a loss that is a mean over "
+            f"samples, or plan without micro-batching (allow without 'micro_batch')",
+            stacklevel=5,  # the caller of step(batch)
+        )
 
 
 def model_module(model: Any) -> nn.Module | None:
