@@ -189,8 +189,10 @@ def warn_if_label_shares_differ(parts: list[Any], sizes: list[int]) -> None:
     from torch._subclasses.fake_tensor import is_fake
 
     labels = [p.get("labels") if isinstance(p, Mapping) else None for p in parts]
-    if not all(isinstance(x, torch.Tensor) and not is_fake(x) for x in labels):
-        return
+    if not all(
+        isinstance(x, torch.Tensor) and not is_fake(x) and x.device.type != "meta" for x in labels
+    ):
+        return  # no labels, or a traced step: nothing to count
     counts = [int((x != IGNORE_INDEX).sum()) for x in labels]  # type: ignore[union-attr]
     total, samples = sum(counts), sum(sizes)
     gap = max(abs(c / max(1, total) - n / samples) for c, n in zip(counts, sizes, strict=True))
