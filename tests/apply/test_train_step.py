@@ -115,6 +115,19 @@ def test_uneven_micro_batches_are_weighted_by_their_size(n, sizes):
     assert not torch.allclose(loss * len(sizes), expected_loss, rtol=1e-3)
 
 
+def test_with_a_chunked_loss_padded_micro_batches_give_the_batch_token_mean():
+    padded = token_batch(5, ignore=True)  # -100 in the first and last samples, 3 micro-batches
+    expected_loss, expected_grads = loss_and_grads(tiny_gpt2(), padded)
+    model = tiny_gpt2()
+    step = memfit.apply(Plan(techniques=(MicroBatch(3), ChunkedLoss(2))), model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # exact: nothing to warn about
+        loss = step(padded)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert_same_grads(expected_grads, grads, exact=False)
+
+
 def test_micro_batches_with_unequal_shares_of_labelled_tokens_warn():
     padded = token_batch(4, ignore=True)  # -100 in the first and last samples
     expected_loss, _ = loss_and_grads(tiny_gpt2(), padded)

@@ -199,8 +199,9 @@ def apply_chunked_loss(model: nn.Module, technique: ChunkedLoss, context: ApplyC
           after the head (Gemma 2 soft-capping, Cohere's logit scale) are refused at the first
           step; so are models that compute logits without calling the head module.
         - Forward hooks registered on the head do not run while applied.
-        - The micro-batch loss is the mean over its own valid tokens; with ``MicroBatch``,
-          use ``chunked_cross_entropy(num_items=...)`` for a whole-batch token mean.
+        - Called on a part of a batch, the loss is the mean over that part's labelled
+          tokens; with ``MicroBatch`` the training step divides each part by the whole
+          batch's count instead (``num_items``), so the sum is the batch's token mean.
 
     Raises:
         InvalidInputError: ``chunks`` < 1, the head is missing or not a Linear, or the context
@@ -235,18 +236,34 @@ def apply_chunked_loss(model: nn.Module, technique: ChunkedLoss, context: ApplyC
 
 
 class _ChunkedLossFn:
-    """``(output, batch) -> loss`` for the TrainStep: the chunked loss of the output's logits."""
+    """``(output, batch) -> loss`` for the TrainStep: the chunked loss of the output's logits.
+
+    ``num_items``, while set (the step sets it to ``count_items`` of the whole batch when it
+    splits the batch into micro-batches), replaces each micro-batch's own count of labelled
+    tokens: the micro-batch losses then add up to the whole batch's token mean.
+    """
 
     def __init__(self, head: HiddenStatesHead, technique: ChunkedLoss) -> None:
         self.head = head
         self.technique = technique
+        self.num_items: torch.Tensor | None = None
 
     def __call__(self, output: Any, batch: Any) -> torch.Tensor:
         hidden = self.head.hidden_states_in(_logits_of(output), self.technique.head)
         labels = _labels_of(batch, self.technique.labels_key)
         return chunked_cross_entropy(
-            hidden, self.head.weight, self.head.bias, labels, self.technique.chunks
+            hidden,
+            self.head.weight,
+            self.head.bias,
+            labels,
+            self.technique.chunks,
+            num_items=self.num_items,
         )
+
+    def count_items(self, batch: Any) -> torch.Tensor:
+        """The tokens of ``batch`` that count in the loss (next-token labels other than -100)."""
+        labels = _labels_of(batch, self.technique.labels_key)
+        return (labels[:, 1:] != IGNORE_INDEX).sum()
 
 
 def _without(key: str, batch: Any) -> Any:

@@ -45,7 +45,8 @@ class TrainStep:
             ``model(batch)`` / ``model(**batch)`` / ``model(*batch)``.
         precision: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or ``"bf16"``.
         micro_batches: split each batch into this many micro-batches (gradient accumulation,
-            losses weighted by ``n_i / N``: exact for losses that are means over samples).
+            losses weighted by ``n_i / N``: exact for losses that are means over samples; a
+            chunked loss divides each by the whole batch's labelled tokens instead).
         device_type: the device autocast runs for (``"cuda"``).
         forward_batch: what the model is called with, given the batch (a technique may drop
             keys, such as labels when the loss is computed outside the model).
@@ -167,6 +168,9 @@ class TrainStep:
             )
         sizes = micro_batch_sizes(total, -(-total // self.micro_batches))
         parts = split_batch(batch, sizes)
+        count_items = getattr(self.loss_fn, "count_items", None)
+        if count_items is not None:  # a token mean that can be normalised by the whole batch
+            return self._accumulate_token_mean(batch, parts, count_items)
         if not self._checked_label_shares:  # once: the count needs a device synchronisation
             self._checked_label_shares = True
             warn_if_label_shares_differ(parts, sizes)
@@ -176,6 +180,19 @@ class TrainStep:
             loss = part_loss if loss is None else loss + part_loss
         assert loss is not None
         return loss
+
+    def _accumulate_token_mean(
+        self, batch: Any, parts: list[Any], count_items: Callable[[Any], torch.Tensor]
+    ) -> torch.Tensor:
+        """Each part's loss divided by the whole batch's labelled tokens, not its own: the
+        parts add up to the batch's loss, however the labelled tokens are spread."""
+        loss_fn: Any = self.loss_fn
+        loss_fn.num_items = count_items(batch)
+        try:
+            losses = [self.forward_backward(part) for part in parts]
+        finally:
+            loss_fn.num_items = None
+        return torch.stack(losses).sum()
 
 
 def warn_if_label_shares_differ(parts: list[Any], sizes: list[int]) -> None:
