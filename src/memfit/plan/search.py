@@ -177,6 +177,7 @@ def plan(
     if fusable:
         fusions.append(("fused GELU", FusedActivation(modules=tuple(fusable))))
     for name, fusion in fusions:  # less memory, no slower: in every plan from here on
+        report(f"tracing with the {name.removeprefix('fused ')} fused")
         try:
             fused = trace((fusion,))
         except MemfitError:  # e.g. an optimizer without a fused kernel
