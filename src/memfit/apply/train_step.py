@@ -12,8 +12,9 @@ backward runs outside autocast, and gradients are set to None after the optimize
 from __future__ import annotations
 
 import contextlib
+import inspect
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -45,8 +46,9 @@ class TrainStep:
             ``model(batch)`` / ``model(**batch)`` / ``model(*batch)``.
         precision: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or ``"bf16"``.
         micro_batches: split each batch into this many micro-batches (gradient accumulation,
-            losses weighted by ``n_i / N``: exact for losses that are means over samples; a
-            chunked loss divides each by the whole batch's labelled tokens instead).
+            losses weighted by ``n_i / N``: exact for losses that are means over samples;
+            memfit's chunked loss and Hugging Face's causal-LM loss divide each by the whole
+            batch's labelled tokens instead, exact for token means).
         device_type: the device autocast runs for (``"cuda"``).
         forward_batch: what the model is called with, given the batch (a technique may drop
             keys, such as labels when the loss is computed outside the model).
@@ -168,9 +170,10 @@ class TrainStep:
             )
         sizes = micro_batch_sizes(total, -(-total // self.micro_batches))
         parts = split_batch(batch, sizes)
-        count_items = getattr(self.loss_fn, "count_items", None)
-        if count_items is not None:  # a token mean that can be normalised by the whole batch
-            return self._accumulate_token_mean(batch, parts, count_items)
+        normalised = self._normalised_by_batch(batch, parts)
+        if normalised is not None:  # each part's loss divided by the batch's labelled tokens
+            with normalised as ready:
+                return torch.stack([self.forward_backward(part) for part in ready]).sum()
         if not self._checked_label_shares:  # once: the count needs a device synchronisation
             self._checked_label_shares = True
             warn_if_label_shares_differ(parts, sizes)
@@ -181,18 +184,49 @@ class TrainStep:
         assert loss is not None
         return loss
 
-    def _accumulate_token_mean(
-        self, batch: Any, parts: list[Any], count_items: Callable[[Any], torch.Tensor]
-    ) -> torch.Tensor:
-        """Each part's loss divided by the whole batch's labelled tokens, not its own: the
-        parts add up to the batch's loss, however the labelled tokens are spread."""
+    def _normalised_by_batch(
+        self, batch: Any, parts: list[Any]
+    ) -> contextlib.AbstractContextManager[list[Any]] | None:
+        """The parts, made to divide their token-mean losses by the whole batch's count of
+        labelled tokens (so that they add up to the batch's loss however padding is spread),
+        for the losses that can: memfit's chunked loss and Hugging Face's causal-LM loss.
+        None for other losses (the parts are then weighted by their samples)."""
         loss_fn: Any = self.loss_fn
-        loss_fn.num_items = count_items(batch)
-        try:
-            losses = [self.forward_backward(part) for part in parts]
-        finally:
-            loss_fn.num_items = None
-        return torch.stack(losses).sum()
+        if hasattr(loss_fn, "count_items"):
+            return _with_num_items(loss_fn, loss_fn.count_items(batch), parts)
+        plain_call = loss_fn is None and self.forward is None and self.forward_batch is None
+        if plain_call and _hf_causal_lm_loss(model_module(self.model)):
+            labels = batch["labels"] if isinstance(batch, Mapping) else None
+            if isinstance(labels, torch.Tensor) and labels.dim() == 2:
+                count = (labels[:, 1:] != IGNORE_INDEX).sum()  # the labels its loss shifts in
+                return contextlib.nullcontext(
+                    [{**part, "num_items_in_batch": count} for part in parts]
+                )
+        return None
+
+
+@contextlib.contextmanager
+def _with_num_items(loss_fn: Any, count: torch.Tensor, parts: list[Any]) -> Iterator[list[Any]]:
+    loss_fn.num_items = count
+    try:
+        yield parts
+    finally:
+        loss_fn.num_items = None
+
+
+def _hf_causal_lm_loss(module: nn.Module | None) -> bool:
+    """Whether ``module`` is a Hugging Face model whose loss is ``ForCausalLMLoss`` and whose
+    forward passes ``num_items_in_batch`` on to it (through ``**kwargs``)."""
+    if module is None or not type(module).__module__.startswith("transformers."):
+        return False
+    try:
+        from transformers.loss.loss_utils import ForCausalLMLoss
+    except ImportError:  # transformers without its loss module (before 4.46)
+        return False
+    if getattr(module, "loss_function", None) is not ForCausalLMLoss:
+        return False
+    parameters = inspect.signature(type(module).forward).parameters.values()
+    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def warn_if_label_shares_differ(parts: list[Any], sizes: list[int]) -> None:
