@@ -122,31 +122,27 @@ def test_uneven_micro_batches_are_weighted_by_their_size(n, sizes):
     assert not torch.allclose(loss * len(sizes), expected_loss, rtol=1e-3)
 
 
-def test_with_a_chunked_loss_padded_micro_batches_give_the_batch_token_mean():
-    padded = token_batch(5, ignore=True)  # -100 in the first and last samples, 3 micro-batches
-    expected_loss, expected_grads = loss_and_grads(tiny_gpt2(), padded)
-    model = tiny_gpt2()
-    step = memfit.apply(Plan(techniques=(MicroBatch(3), ChunkedLoss(2))), model)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")  # exact: nothing to warn about
-        loss = step(padded)
-    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
-    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
-    assert_same_grads(expected_grads, grads, exact=False)
-
-
-@pytest.mark.parametrize("build", [hf_gpt2, hf_llama], ids=["hf-gpt2", "hf-llama"])
-def test_hugging_face_causal_lms_give_the_batch_token_mean_from_padded_micro_batches(build):
-    padded = token_batch(5, ignore=True)  # micro-batches of 2, 2, 1: 19, 22, 9 labelled
+@pytest.mark.parametrize(
+    ("build", "techniques", "rtol"),
+    [
+        (tiny_gpt2, (MicroBatch(3), ChunkedLoss(2)), 1e-12),
+        # Hugging Face's loss runs in float32 (logits.float()) whatever the model's dtype
+        (hf_gpt2, (MicroBatch(3),), 1e-6),
+        (hf_llama, (MicroBatch(3),), 1e-6),
+    ],
+    ids=["chunked-loss", "hf-gpt2", "hf-llama"],
+)
+def test_padded_micro_batches_give_the_batch_token_mean(build, techniques, rtol):
+    # micro-batches of 2, 2 and 1 samples: 19, 22 and 9 labelled tokens; weighted by samples,
+    # the loss would be 4e-4 off relatively (hf-llama: 4.57809 against 4.58002)
+    padded = token_batch(5, ignore=True)
     expected_loss, expected_grads = loss_and_grads(build(), padded)
     model = build()
-    step = memfit.apply(Plan(techniques=(MicroBatch(3),)), model)
+    step = memfit.apply(Plan(techniques=techniques), model)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # exact: nothing to warn about
         loss = step(padded)
-    # Hugging Face's loss runs in float32 (logits.float()) however the model's dtype; weighted
-    # by samples instead, it would be 4e-4 off relatively (hf-llama: 4.57809 against 4.58002)
-    torch.testing.assert_close(loss, expected_loss, rtol=1e-6, atol=0)
+    torch.testing.assert_close(loss, expected_loss, rtol=rtol, atol=0)
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     assert_same_grads(expected_grads, grads, exact=False)
 
