@@ -91,6 +91,7 @@ class TrainStep:
         self.lean_autocast = lean_autocast
         self.recompute_products = recompute_products
         self._checked_label_shares = False
+        self._hf_token_mean: bool | None = None  # the model's loss is HF's causal-LM loss
         self.mark: Mark = _no_mark
         self.grad_scale: torch.Tensor | None = None  # fp16 scaling emulated on fake tensors
         self.grad_scaler: Any = None
@@ -194,8 +195,10 @@ class TrainStep:
         loss_fn: Any = self.loss_fn
         if hasattr(loss_fn, "count_items"):
             return _with_num_items(loss_fn, loss_fn.count_items(batch), parts)
-        plain_call = loss_fn is None and self.forward is None and self.forward_batch is None
-        if plain_call and _hf_causal_lm_loss(model_module(self.model)):
+        if self._hf_token_mean is None:  # once: the signature and the loss do not change
+            plain_call = loss_fn is None and self.forward is None and self.forward_batch is None
+            self._hf_token_mean = plain_call and _hf_causal_lm_loss(model_module(self.model))
+        if self._hf_token_mean:
             labels = batch["labels"] if isinstance(batch, Mapping) else None
             if isinstance(labels, torch.Tensor) and labels.dim() == 2:
                 count = (labels[:, 1:] != IGNORE_INDEX).sum()  # the labels its loss shifts in

@@ -10,7 +10,7 @@ from typing import Any
 from torch import nn
 
 from memfit.errors import InvalidInputError
-from memfit.plan.plan import Plan, model_fingerprint, technique_label
+from memfit.plan.plan import TECHNIQUE_TYPES, Plan, model_fingerprint, technique_label
 from memfit.plan.techniques import (
     Checkpoint,
     ChunkedLoss,
@@ -25,16 +25,7 @@ from memfit.plan.techniques import (
 __all__ = ["InForce", "techniques_in_force"]
 
 _MODEL_CHANGING = (FusedActivation, FusedGatedMLP, Checkpoint, ChunkedLoss)
-_KNOWN = (
-    Checkpoint,
-    ChunkedLoss,
-    FusedActivation,
-    FusedGatedMLP,
-    MicroBatch,
-    MixedPrecision,
-    LeanAutocast,
-    FusedOptimizer,
-)
+_KNOWN = tuple(TECHNIQUE_TYPES.values())  # the built-in techniques, all modelled
 
 
 @dataclass(frozen=True)
