@@ -1,4 +1,4 @@
-"""The reference microbenchmarks of ``memfit calibrate`` (memfit.plan.calibrate.REFERENCE).
+"""The reference microbenchmarks of ``memfit calibrate`` (memfit.measure.calibrate.REFERENCE).
 
 Run on the GPU the cost model's defaults were fitted on (an H200):
 python bench/calibrate_reference.py --out DIR  ->  DIR/calibrate_h200.json (three repeats)
@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import torch  # noqa: E402
 
 from memfit.devices import local_device  # noqa: E402
-from memfit.plan.calibrate import run_microbenchmarks  # noqa: E402
+from memfit.measure.calibrate import run_microbenchmarks  # noqa: E402
 
 
 def main() -> None:

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
 from frontier import BLOCKS, OPTIMIZER, PRECISION, measure_plan  # noqa: E402
-from memfit.plan.techniques import SELECTIVE_SAVE_DEFAULT  # noqa: E402
+from memfit.techniques import SELECTIVE_SAVE_DEFAULT  # noqa: E402
 from models import EXTERNAL  # noqa: E402
 
 C = memfit.Checkpoint

@@ -41,7 +41,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from memfit.guard import LeakWatch, OOMGuard, find_batch_size  # noqa: E402
-from memfit.guard.split import micro_batch_sizes, split_batch  # noqa: E402
+from memfit.step.batch import micro_batch_sizes, split_batch  # noqa: E402
 
 GiB = 1024**3
 

@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
-import memfit.apply.lean_autocast as lean  # noqa: E402
+import memfit.step.lean_saving as lean  # noqa: E402
 from frontier import OPTIMIZER, PRECISION, measure_plan  # noqa: E402
 from models import EXTERNAL  # noqa: E402
 

@@ -2,8 +2,8 @@
 
 Run on a machine with a CUDA GPU::
 
-    python bench/snapshot_fixture.py tests/report/fixtures/tiny_train.pickle
-    python bench/snapshot_fixture.py tests/report/fixtures/tiny_train_meta.pickle --metadata
+    python bench/snapshot_fixture.py tests/snapshot/fixtures/tiny_train.pickle
+    python bench/snapshot_fixture.py tests/snapshot/fixtures/tiny_train_meta.pickle --metadata
 
 It records ``torch.cuda.memory._record_memory_history(stacks="python")`` over model creation and
 a few AdamW steps of a two-block MLP, then writes the snapshot (the same data

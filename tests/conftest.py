@@ -1,6 +1,8 @@
 import pytest
 import torch
 
+pytest_plugins = ["tests.snapshot_fixtures"]  # make_snapshot, make_profile
+
 
 def pytest_collection_modifyitems(config, items):
     if torch.cuda.is_available():

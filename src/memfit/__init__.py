@@ -9,12 +9,14 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
+from memfit.techniques import TABLE  # plain data: imports no torch
+
 __version__ = "0.1.0"
 
 # public name -> module that defines it
 _EXPORTS = {
     "estimate": "memfit.trace.estimate",
-    "measure": "memfit.measure.run",
+    "measure": "memfit.measure",
     "report": "memfit.report",
     "OOMGuard": "memfit.guard",
     "find_batch_size": "memfit.guard",
@@ -22,15 +24,7 @@ _EXPORTS = {
     "Plan": "memfit.plan.plan",
     "plan": "memfit.plan",
     "apply": "memfit.apply",
-    "TrainStep": "memfit.apply",
-    "Checkpoint": "memfit.plan.techniques",
-    "MicroBatch": "memfit.plan.techniques",
-    "MixedPrecision": "memfit.plan.techniques",
-    "ChunkedLoss": "memfit.plan.techniques",
-    "FusedActivation": "memfit.plan.techniques",
-    "FusedGatedMLP": "memfit.plan.techniques",
-    "LeanAutocast": "memfit.plan.techniques",
-    "FusedOptimizer": "memfit.plan.techniques",
+    "TrainStep": "memfit.step.train_step",
     "MemoryProfile": "memfit.profile",
     "ModuleMemory": "memfit.profile",
     "TimelineEvent": "memfit.profile",
@@ -42,6 +36,7 @@ _EXPORTS = {
     "parse_bytes": "memfit.units",
     "format_bytes": "memfit.units",
 }
+_EXPORTS.update({row.type.__name__: "memfit.techniques" for row in TABLE})
 
 __all__ = sorted(_EXPORTS) + ["__version__"]
 
@@ -51,7 +46,7 @@ def __getattr__(name: str) -> Any:
     if module is None:
         raise AttributeError(f"module 'memfit' has no attribute {name!r}")
     imported = importlib.import_module(module)
-    # memfit.report is a callable package (see memfit/report/__init__.py)
+    # memfit.plan, memfit.apply and memfit.report are callable packages (memfit.verbs)
     value = imported if module == f"memfit.{name}" else getattr(imported, name)
     globals()[name] = value
     return value

@@ -4,6 +4,9 @@ memfit estimate gpt2 --device h100-80gb
 memfit estimate path/to/model.py:build --input "input_ids=int64[8,1024]<50257"
 memfit devices | memfit zoo | memfit calibrate
 memfit report gpt2 --out report.html | memfit compare a.json b.json
+
+Each command imports what it needs when it runs: ``memfit --help`` and errors in the
+arguments answer without importing torch.
 """
 
 from __future__ import annotations
@@ -15,7 +18,9 @@ from typing import Any
 
 import click
 
+from memfit.devices import DEFAULT_DEVICE
 from memfit.errors import MemfitError
+from memfit.techniques import TABLE, Exactness, default_allow
 
 __all__ = ["main"]
 
@@ -82,7 +87,7 @@ def model_options(function: Any) -> Any:
                 help="fp32, bf16-mixed, fp16-mixed or bf16.",
             ),
             click.option(
-                "--device", default="h100-80gb", show_default=True, help="See `memfit devices`."
+                "--device", default=DEFAULT_DEVICE, show_default=True, help="See `memfit devices`."
             ),
             click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True),
             click.option("--quiet", "-q", is_flag=True, help="Print the verdict line only."),
@@ -129,10 +134,9 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
 @click.option("--blocks", help="Comma-separated module patterns to checkpoint (default: found).")
 @click.option(
     "--allow",
-    help="Comma-separated techniques the planner may use (default: all of checkpoint, "
-    "micro_batch, chunked_loss, fused_activation, fused_gated_mlp, lean_autocast, "
-    "fused_optimizer; leave out fused_activation and fused_optimizer for bit-identical math, "
-    "lean_autocast and fused_gated_mlp for models you compile).",
+    help=f"Comma-separated techniques the planner may use (default: {', '.join(default_allow())};"
+    f" leave out {', '.join(r.name for r in TABLE if r.exactness is Exactness.ROUNDING)} for "
+    f"bit-identical math, lean_autocast and fused_gated_mlp for models you compile).",
 )
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
 def plan_command(
@@ -147,8 +151,8 @@ def plan_command(
     """Choose the fastest techniques that make MODEL's step fit --budget."""
     from pathlib import Path
 
-    from memfit.plan.search import ALLOWED, plan
-    from memfit.plan.text import plan_text
+    from memfit.plan.search import plan
+    from memfit.report.plan_text import plan_text
     from memfit.report.progress import Progress
 
     values = _model_option_values(**options)
@@ -158,7 +162,7 @@ def plan_command(
             **values,
             budget=budget,
             blocks=[b.strip() for b in blocks.split(",")] if blocks else None,
-            allow=tuple(a.strip() for a in allow.split(",")) if allow else ALLOWED,
+            allow=allow,
             progress=bar.set_stage,
         )
     if out_path:
@@ -268,8 +272,8 @@ def calibrate(dry_run: bool, fmt: str) -> None:
     """
     from dataclasses import asdict
 
-    from memfit.plan.calibrate import calibrate as run_calibration
-    from memfit.plan.cost import Calibration, save_calibration
+    from memfit.cost import Calibration, save_calibration
+    from memfit.measure.calibrate import calibrate as run_calibration
 
     progress = (lambda _: None) if fmt == "json" else (lambda what: click.echo(f"timing {what}"))
     measured, calibration = run_calibration(progress=progress)

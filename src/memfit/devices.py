@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from memfit.errors import DeviceError
 from memfit.units import MiB
 
-__all__ = ["DeviceSpec", "DEVICES", "get_device", "local_device", "device_names"]
+__all__ = ["DeviceSpec", "DEVICES", "DEFAULT_DEVICE", "get_device", "local_device", "device_names"]
 
 _TERA = 10**12
 _GIGA = 10**9
@@ -112,6 +112,9 @@ DEVICES: dict[str, DeviceSpec] = {
         _spec("v100-32gb", "Tesla V100-SXM2-32GB", 32_494, 900, 0, 125, 0, 15.7, (7, 0), 80),
     )
 }
+
+DEFAULT_DEVICE = "h100-80gb"
+"""The device predictions are for when none is named."""
 
 _ALIASES = {
     "h100": "h100-80gb",

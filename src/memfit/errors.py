@@ -12,6 +12,7 @@ __all__ = [
     "UnsupportedModelError",
     "BudgetInfeasibleError",
     "DeviceError",
+    "UnsplittableBatchError",
 ]
 
 
@@ -33,3 +34,7 @@ class BudgetInfeasibleError(MemfitError):
 
 class DeviceError(MemfitError):
     """A device name is unknown or the local GPU is missing."""
+
+
+class UnsplittableBatchError(InvalidInputError):
+    """A batch (or a part of it) cannot be cut into micro-batches along its first dimension."""

@@ -12,9 +12,9 @@ from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from memfit.apply.context import ApplyContext
-from memfit.trace.inputs import call_model
-from memfit.trace.step import compute_loss
+from memfit.step.batch import call_model
+from memfit.step.context import ApplyContext
+from memfit.step.loss import compute_loss
 
 VOCAB = 97
 """A prime vocabulary, so that no other dimension of the test models equals it."""

@@ -11,11 +11,11 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import memfit.apply.checkpoint as checkpoint_module
 from memfit.apply.checkpoint import is_checkpointed
-from memfit.apply.context import ApplyContext
-from memfit.apply.registry import apply_techniques
-from memfit.apply.undo import undo_all
 from memfit.errors import InvalidInputError, MemfitError
-from memfit.plan.techniques import Checkpoint
+from memfit.step.context import ApplyContext
+from memfit.step.registry import apply_techniques
+from memfit.step.undo import undo_all
+from memfit.techniques import Checkpoint
 from memfit.zoo.resnet import ResNet, ResNetConfig
 
 from .helpers import (

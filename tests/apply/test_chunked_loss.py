@@ -8,12 +8,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from memfit.apply.chunked_loss import chunked_cross_entropy
-from memfit.apply.context import ApplyContext
 from memfit.apply.head import HiddenStatesHead
-from memfit.apply.registry import apply_techniques
-from memfit.apply.undo import undo_all
 from memfit.errors import InvalidInputError, UnsupportedModelError
-from memfit.plan.techniques import ChunkedLoss
+from memfit.step.context import ApplyContext
+from memfit.step.registry import apply_techniques
+from memfit.step.undo import undo_all
+from memfit.techniques import ChunkedLoss
 from memfit.zoo.output import causal_lm_loss
 
 from .helpers import (

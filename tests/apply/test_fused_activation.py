@@ -5,12 +5,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memfit.apply.context import ApplyContext
-from memfit.apply.fused_activation import FusedTanhGELU, fusable_activations
-from memfit.apply.registry import apply_techniques
-from memfit.apply.undo import undo_all
+from memfit.apply.fused_activation import FusedTanhGELU
 from memfit.errors import InvalidInputError
-from memfit.plan.techniques import FusedActivation
+from memfit.step.context import ApplyContext
+from memfit.step.registry import apply_techniques
+from memfit.step.undo import undo_all
+from memfit.structure.layers import fusable_activations
+from memfit.techniques import FusedActivation
 
 from .helpers import StorageTracker, hf_gpt2, hf_llama, loss_and_grads, token_batch
 

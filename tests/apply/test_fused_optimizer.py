@@ -8,9 +8,9 @@ from torch import nn
 
 import memfit
 from memfit.apply.fused_optimizer import use_fused
-from memfit.apply.undo import applied
 from memfit.errors import InvalidInputError
-from memfit.plan.techniques import Checkpoint, FusedOptimizer
+from memfit.step.undo import applied
+from memfit.techniques import Checkpoint, FusedOptimizer
 
 from .helpers import VOCAB, tiny_gpt2
 

@@ -86,7 +86,7 @@ def test_estimator_is_optional_and_its_guess_is_used(monkeypatch, caplog) -> Non
     assert result.predicted is None and result.trials[0].batch_size == 1  # clean fallback
     assert any("no estimated batch size" in r.getMessage() for r in caplog.records)
 
-    import memfit.trace.estimate as trace_estimate
+    import memfit.guard.predict as trace_estimate  # where the guard calls estimate
 
     calls = []
 

@@ -9,7 +9,7 @@ import torch
 
 from memfit.guard import batch_size_of, micro_batch_sizes, split_batch
 from memfit.guard.policy import MicroBatchPolicy
-from memfit.guard.split import shape_key
+from memfit.step.batch import shape_key
 
 
 def test_micro_batch_sizes_cover_the_batch_exactly() -> None:

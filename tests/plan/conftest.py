@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 import memfit
-from memfit.plan.techniques import Checkpoint
+from memfit.techniques import Checkpoint
 
 from .helpers import BATCH, build
 

@@ -78,4 +78,4 @@ def test_allow_limits_the_techniques(model_file, midway, capsys):
     assert capsys.readouterr().out.strip().startswith("micro-batch x")
     assert main([*plan_args(model_file, f"{midway}B"), "--allow", "offload"]) == 2
     err = capsys.readouterr().err
-    assert "['offload'] in allow; known: checkpoint" in err and "Traceback" not in err
+    assert "['offload'] in allow; the planner chooses from: " in err and "Traceback" not in err

@@ -8,7 +8,7 @@ from torch import nn
 
 import memfit
 from memfit import zoo
-from memfit.plan.techniques import FusedOptimizer
+from memfit.techniques import FusedOptimizer
 
 from .helpers import BATCH, build
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from memfit.plan.candidates import Candidate
 from memfit.plan.policies import Policy
-from memfit.plan.techniques import Checkpoint, FusedGatedMLP, LeanAutocast
+from memfit.techniques import Checkpoint, FusedGatedMLP, LeanAutocast
 
 LEAN = Policy("pointwise", (), 10, 0.001, ("norm",), ("mlp",), True)
 FULL = Policy("full", (), 1, 0.01)

@@ -9,8 +9,8 @@ import torch
 
 import memfit
 from memfit.errors import InvalidInputError
-from memfit.plan.plan import Plan, model_fingerprint
-from memfit.plan.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision
+from memfit.plan.plan import Plan
+from memfit.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision, model_fingerprint
 from memfit.zoo.gpt2 import GPT2, GPT2Config
 
 from .helpers import BATCH, CONFIG, build
@@ -48,12 +48,14 @@ def test_hand_made_plan_round_trips():
 
 
 def test_unknown_technique_names_in_a_plan():
-    with pytest.raises(InvalidInputError, match="unknown technique 'offload'; known: checkpoint"):
+    with pytest.raises(
+        InvalidInputError, match="unknown technique 'offload'; known: mixed_precision"
+    ):
         Plan.from_dict({"techniques": [{"type": "offload", "optimizer": True}]})
     with pytest.raises(InvalidInputError, match="plan is not valid JSON"):
         Plan.from_json("{techniques: []")
     # a technique the tracer does not model is refused, not silently left out of the estimate
-    with pytest.raises(InvalidInputError, match=r"cannot estimate 'offload'.*known: Checkpoint"):
+    with pytest.raises(InvalidInputError, match=r"cannot estimate 'offload'.*known: MixedPrecision"):
         memfit.estimate(build, BATCH, plan=[Checkpoint(LAYERS), "offload"])
 
 
@@ -112,7 +114,7 @@ def test_mixed_precision_in_a_plan_overrides_the_precision(unmodified):
 
 
 def test_a_planned_plan_applies_and_trains_like_the_plain_step(midway_plan):
-    from memfit.apply.train_step import TrainStep
+    from memfit.step.train_step import TrainStep
 
     torch.manual_seed(1)
     batch = {"input_ids": torch.randint(0, 1000, (2, 32))}

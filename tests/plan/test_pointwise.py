@@ -11,7 +11,7 @@ import memfit
 from memfit.plan.candidates import Candidate
 from memfit.plan.pointwise import pointwise_submodules
 from memfit.plan.policies import Policy
-from memfit.plan.techniques import Checkpoint, FusedActivation
+from memfit.techniques import Checkpoint, FusedActivation
 from memfit.trace.estimate import trace_step
 
 BATCH = f"input_ids=int64[4,16]<{VOCAB} labels=int64[4,16]<{VOCAB}"

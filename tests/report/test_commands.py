@@ -160,9 +160,9 @@ def test_report_estimates_a_zoo_model(tmp_path: Path) -> None:
 
 
 def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> None:
-    import memfit
+    from memfit.plan.frontier import FrontierPoint
     from memfit.plan.plan import Plan
-    from memfit.report.frontier import FrontierPoint
+    from memfit.report import commands
 
     asked = {}
     points = (
@@ -174,7 +174,7 @@ def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> No
         asked.update(options, model=model)
         return Plan(techniques=(), frontier=points)
 
-    monkeypatch.setattr(memfit, "plan", fake_plan)
+    monkeypatch.setattr(commands, "make_plan", fake_plan)
     out = tmp_path / "r.html"
     args = ["gpt2", "--batch-size", "1", "--seq-len", "32", "--budget", "8GiB", "--out", str(out)]
     result = CliRunner().invoke(report, args)
@@ -185,13 +185,13 @@ def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> No
 
 
 def test_a_budget_no_plan_meets_is_a_note_not_a_failure(tmp_path: Path, monkeypatch) -> None:
-    import memfit
     from memfit.errors import BudgetInfeasibleError
+    from memfit.report import commands
 
     def infeasible(model, batch, **options):
         raise BudgetInfeasibleError("budget 1.00 GiB cannot be met: 3.00 GiB missing")
 
-    monkeypatch.setattr(memfit, "plan", infeasible)
+    monkeypatch.setattr(commands, "make_plan", infeasible)
     out = tmp_path / "r.html"
     args = ["gpt2", "--batch-size", "1", "--seq-len", "32", "--budget", "1GiB", "--out", str(out)]
     result = CliRunner().invoke(report, args)
@@ -201,8 +201,8 @@ def test_a_budget_no_plan_meets_is_a_note_not_a_failure(tmp_path: Path, monkeypa
 
 
 def test_a_saved_plan_brings_its_frontier(tmp_path: Path, make_profile) -> None:
+    from memfit.plan.frontier import FrontierPoint
     from memfit.plan.plan import Plan
-    from memfit.report.frontier import FrontierPoint
 
     plan = Plan(
         techniques=(),

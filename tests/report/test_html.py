@@ -10,12 +10,12 @@ import matplotlib
 import pytest
 
 from memfit.errors import MemfitError
+from memfit.plan.frontier import pareto
 from memfit.profile import Phase, TimelineEvent
 from memfit.report import FrontierPoint, report
-from memfit.report.fragmentation import analyze
-from memfit.report.frontier import pareto
-from memfit.report.snapshot_profile import snapshot_profile
-from memfit.report.thin import thin_indices
+from memfit.snapshot.fragmentation import analyze
+from memfit.snapshot.profile import snapshot_profile
+from memfit.snapshot.thin import thin_indices
 
 GiB = 2**30
 FRONTIER = [

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from memfit.plan.techniques import Checkpoint
+from memfit.techniques import Checkpoint
 from memfit.trace.estimate import trace_step
 
 BATCH, SEQ = 2, 64

@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from memfit.errors import InvalidInputError, UnsupportedModelError
-from memfit.trace.inputs import call_model, describe_batch, make_inputs, parse_input_spec
+from memfit.step.batch import call_model, describe_batch
+from memfit.trace.inputs import make_inputs, parse_input_spec
 
 
 def test_named_spec():

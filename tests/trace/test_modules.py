@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from tests.models import TINY_GPT2_INPUT, tiny_gpt2
 
-from memfit.plan.techniques import Checkpoint, MicroBatch
 from memfit.profile import Category, Phase
+from memfit.techniques import Checkpoint, MicroBatch
 from memfit.trace.estimate import trace_step
 
 

@@ -7,14 +7,15 @@ the plan in force.
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
-from memfit.apply.context import ApplyContext
-from memfit.apply.registry import apply_techniques, known_techniques, register_applier
-from memfit.apply.train_step import TrainStep
-from memfit.apply.undo import applied, undo_all
+from memfit.step.context import ApplyContext
+from memfit.step.in_force import check_fingerprint, techniques_in_force
+from memfit.step.precision import Precision
+from memfit.step.registry import apply_techniques, known_techniques, register_applier
+from memfit.step.train_step import TrainStep
+from memfit.step.undo import applied, undo_all
+from memfit.verbs import make_callable
 
 __all__ = [
     "apply",
@@ -60,32 +61,17 @@ def apply(
             not Adam/AdamW; the model is unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged.
     """
-    from memfit.apply.fused_optimizer import check_fusable, use_fused
-    from memfit.apply.undo import record
-    from memfit.errors import InvalidInputError
-    from memfit.plan.in_force import techniques_in_force
-    from memfit.plan.plan import Plan, model_fingerprint
-    from memfit.trace.precision import Precision
-
     in_force = techniques_in_force(plan)
-    if in_force.fingerprint and in_force.fingerprint != model_fingerprint(model):
-        raise InvalidInputError(
-            "this plan was made for another model (its parameters' names and shapes differ); "
-            "make a plan for this model with memfit.plan(model, batch, ...)"
-        )
+    check_fingerprint(in_force.fingerprint, model)
     if precision is not None:
         Precision.parse(precision)  # checked before the model is changed
-    fuse = in_force.fused_optimizer and optimizer is not None  # without one, nothing to fuse
-    if fuse:
-        check_fusable(optimizer)  # before the model is changed
     context = ApplyContext(loss_fn=loss_fn)
-    apply_techniques(model, in_force.techniques, context=context)
-    if fuse:
-        record(model, use_fused(optimizer))  # plan.undo(model) switches it back
+    apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
     chosen = precision or context.precision
-    if chosen is None and isinstance(plan, Plan) and plan.profile is not None:
-        chosen = plan.profile.precision
+    profile = getattr(plan, "profile", None)
+    if chosen is None and profile is not None:
+        chosen = profile.precision
     return TrainStep(
         model,
         optimizer,
@@ -100,11 +86,4 @@ def apply(
     )
 
 
-# Note: [callable package] as in memfit.report: ``memfit.apply(...)`` must work even though
-# importing any ``memfit.apply.*`` module binds the name ``memfit.apply`` to this package.
-class _CallablePackage(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> TrainStep:
-        return apply(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, apply)

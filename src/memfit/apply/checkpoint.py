@@ -30,13 +30,13 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 
-from memfit.apply.blocks import find_blocks
-from memfit.apply.context import ApplyContext
-from memfit.apply.matching import match_modules
-from memfit.apply.registry import register_applier
-from memfit.apply.undo import UndoFn, run_in_reverse
 from memfit.errors import InvalidInputError, MemfitError
-from memfit.plan.techniques import Checkpoint
+from memfit.step.context import ApplyContext
+from memfit.step.registry import register_applier
+from memfit.step.undo import UndoFn, run_in_reverse
+from memfit.structure.blocks import find_blocks
+from memfit.structure.matching import match_modules
+from memfit.techniques import Checkpoint
 
 __all__ = ["apply_checkpoint", "save_policy", "is_checkpointed"]
 

@@ -23,16 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from memfit.apply.context import ApplyContext
 from memfit.apply.head import HiddenStatesHead, find_head, replace_module
-from memfit.apply.registry import register_applier
-from memfit.apply.undo import UndoFn
 from memfit.errors import InvalidInputError, UnsupportedModelError
-from memfit.plan.techniques import ChunkedLoss
+from memfit.step.context import ApplyContext
+from memfit.step.loss import IGNORE_INDEX
+from memfit.step.registry import register_applier
+from memfit.step.undo import UndoFn
+from memfit.techniques import ChunkedLoss
 
 __all__ = ["chunked_cross_entropy", "apply_chunked_loss", "IGNORE_INDEX"]
 
-IGNORE_INDEX = -100
 """Label value left out of the loss (PyTorch's and Hugging Face's convention)."""
 
 

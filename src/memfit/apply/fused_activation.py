@@ -16,28 +16,16 @@ import functools
 
 from torch import nn
 
-from memfit.apply.context import ApplyContext
 from memfit.apply.head import replace_module
-from memfit.apply.matching import match_modules
-from memfit.apply.registry import register_applier
-from memfit.apply.undo import UndoFn, run_in_reverse
 from memfit.errors import InvalidInputError
-from memfit.plan.techniques import FusedActivation
+from memfit.step.context import ApplyContext
+from memfit.step.registry import register_applier
+from memfit.step.undo import UndoFn, run_in_reverse
+from memfit.structure.layers import FUSABLE, fusable_activations, is_fusable_gelu
+from memfit.structure.matching import match_modules
+from memfit.techniques import FusedActivation
 
-__all__ = ["apply_fused_activation", "fusable_activations", "FUSABLE"]
-
-FUSABLE = frozenset({"NewGELUActivation", "FastGELUActivation", "AccurateGELUActivation"})
-"""Hugging Face activation classes that compute the tanh approximation of GELU elementwise."""
-
-
-def _fusable(module: nn.Module) -> bool:
-    kind = type(module)
-    return kind.__name__ in FUSABLE and kind.__module__.startswith("transformers.")
-
-
-def fusable_activations(model: nn.Module) -> list[str]:
-    """Names of the modules ``FusedActivation`` can replace."""
-    return [name for name, module in model.named_modules() if name and _fusable(module)]
+__all__ = ["apply_fused_activation"]
 
 
 class FusedTanhGELU(nn.GELU):
@@ -67,7 +55,7 @@ def apply_fused_activation(
         what="FusedActivation",
         hint=lambda: ", ".join(fusable_activations(model)[:3]) or "none in this model",
     )
-    wrong = [(name, type(m).__name__) for name, m in matched if not _fusable(m)]
+    wrong = [(name, type(m).__name__) for name, m in matched if not is_fusable_gelu(m)]
     if wrong:
         name, kind = wrong[0]
         raise InvalidInputError(

@@ -18,33 +18,22 @@ Qwen2; memfit's zoo ``SwiGLU``), with a SiLU or tanh/exact GELU activation.
 from __future__ import annotations
 
 import functools
-import inspect
-import re
 import types
-from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-from memfit.apply.context import ApplyContext
-from memfit.apply.lean_autocast import recomputable
-from memfit.apply.matching import match_modules
-from memfit.apply.registry import register_applier
-from memfit.apply.undo import UndoFn, run_in_reverse
 from memfit.errors import InvalidInputError, MemfitError
-from memfit.plan.techniques import FusedGatedMLP
+from memfit.step.context import ApplyContext
+from memfit.step.lean_saving import recomputable
+from memfit.step.registry import register_applier
+from memfit.step.undo import UndoFn, run_in_reverse
+from memfit.structure.gated_mlp import Activation, gated_activation, gated_mlps, is_gated_mlp
+from memfit.structure.matching import match_modules
+from memfit.techniques import FusedGatedMLP
 
-__all__ = ["apply_fused_gated_mlp", "gated_mlps", "GatedProduct"]
-
-# the forward bodies this applier replaces, whitespace removed (Hugging Face's; memfit's zoo)
-_HF_BODIES = (
-    "down_proj=self.down_proj(self.act_fn(self.gate_proj(x))*self.up_proj(x))returndown_proj",
-    "returnself.down_proj(self.act_fn(self.gate_proj(x))*self.up_proj(x))",
-)
-_SILU_BODY = "returnself.down_proj(F.silu(self.gate_proj(x))*self.up_proj(x))"
-Activation = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[..., torch.Tensor]]
+__all__ = ["apply_fused_gated_mlp", "GatedProduct"]
 
 
 class GatedProduct(torch.autograd.Function):
@@ -89,60 +78,6 @@ class _Recomputed:
         return activated
 
 
-def _activation(module: nn.Module) -> Activation | None:
-    """The activation's function and ATen backward, for SiLU and GELU modules."""
-    body = _forward_body(type(module))
-    if body == _SILU_BODY:
-        return F.silu, torch.ops.aten.silu_backward
-    act = getattr(module, "act_fn", None)
-    if body not in _HF_BODIES or act is None:
-        return None
-    kind = type(act).__name__
-    from_transformers = type(act).__module__.startswith("transformers.")
-    if isinstance(act, nn.SiLU) or (kind == "SiLUActivation" and from_transformers):
-        return F.silu, torch.ops.aten.silu_backward
-    approximate = None
-    if type(act) is nn.GELU:
-        approximate = act.approximate
-    elif kind == "GELUTanh" and from_transformers and getattr(act, "act", None) is not None:
-        approximate = "tanh" if isinstance(act.act, functools.partial) else None
-    if approximate is None:
-        return None
-    return (
-        functools.partial(F.gelu, approximate=approximate),
-        functools.partial(torch.ops.aten.gelu_backward, approximate=approximate),
-    )
-
-
-_BODIES: dict[type, str] = {}
-
-
-def _forward_body(kind: type) -> str:
-    """The class's forward after its ``def`` line, comments and whitespace removed."""
-    if kind not in _BODIES:
-        _BODIES[kind] = _read_body(kind)
-    return _BODIES[kind]
-
-
-def _read_body(kind: Any) -> str:
-    try:
-        lines = inspect.getsource(kind.forward).splitlines()[1:]
-    except (OSError, TypeError):
-        return ""
-    return re.sub(r"\s+", "", "".join(line.split("#", 1)[0] for line in lines))
-
-
-def _qualifies(module: nn.Module) -> bool:
-    parts = [getattr(module, n, None) for n in ("gate_proj", "up_proj", "down_proj")]
-    plain = all(type(p) is nn.Linear for p in parts)
-    return plain and "forward" not in module.__dict__ and _activation(module) is not None
-
-
-def gated_mlps(model: nn.Module) -> list[str]:
-    """Names of the modules ``FusedGatedMLP`` can change."""
-    return [name for name, module in model.named_modules() if name and _qualifies(module)]
-
-
 def _fused_forward(activation: Activation, module: nn.Module, x: torch.Tensor) -> torch.Tensor:
     gate, up, down = module.gate_proj, module.up_proj, module.down_proj
     assert callable(gate) and callable(up) and callable(down)  # Linear layers (_qualifies)
@@ -169,7 +104,7 @@ def apply_fused_gated_mlp(
         what="FusedGatedMLP",
         hint=lambda: ", ".join(gated_mlps(model)[:3]) or "none in this model",
     )
-    wrong = [(name, m) for name, m in matched if not _qualifies(m)]
+    wrong = [(name, m) for name, m in matched if not is_gated_mlp(m)]
     if wrong:
         name, module = wrong[0]
         raise InvalidInputError(
@@ -189,7 +124,7 @@ def apply_fused_gated_mlp(
 
 
 def _install(name: str, module: nn.Module) -> UndoFn:
-    activation = _activation(module)
+    activation = gated_activation(module)
     assert activation is not None  # checked by _qualifies
     bound = functools.partial(_fused_forward, activation)
     bound.__name__ = bound.__qualname__ = "forward"  # type: ignore[attr-defined]  # torch.compile

@@ -8,9 +8,9 @@ parameter's device, the other implementations keep it on the host (as
 constructor checks for ``fused=True`` and raises before changing anything; its undo puts the
 flags and the step counts back.
 
-The technique's own applier only marks the ``ApplyContext``: the model is not changed, and the
-optimizer is switched where it is known (``memfit.apply``, and the tracer's step). Without an
-optimizer (forward and backward only) there is nothing to switch.
+The technique's applier changes no model: it adds ``use_fused`` to the context's optimizer
+changes, run where the optimizer is known (``memfit.apply`` on the user's, the tracer on the
+one it builds). Without an optimizer (forward and backward only) there is nothing to switch.
 """
 
 from __future__ import annotations
@@ -20,11 +20,11 @@ import functools
 import torch
 from torch import nn
 
-from memfit.apply.context import ApplyContext, set_once
-from memfit.apply.registry import register_applier
-from memfit.apply.undo import UndoFn
 from memfit.errors import InvalidInputError
-from memfit.plan.techniques import FusedOptimizer
+from memfit.step.context import ApplyContext
+from memfit.step.registry import register_applier
+from memfit.step.undo import UndoFn
+from memfit.techniques import FusedOptimizer
 
 __all__ = ["apply_fused_optimizer", "check_fusable", "use_fused"]
 
@@ -40,16 +40,19 @@ def _devices() -> list[str]:
     return list(_get_fused_kernels_supported_devices())
 
 
-@register_applier(FusedOptimizer)
+@register_applier(FusedOptimizer, check_optimizer=lambda optimizer: check_fusable(optimizer))
 def apply_fused_optimizer(
     model: nn.Module, technique: FusedOptimizer, context: ApplyContext
 ) -> UndoFn:
-    """Set ``context.fused_optimizer``; the optimizer is switched by ``use_fused``.
+    """Add ``use_fused`` to the context's optimizer changes.
 
     Raises:
         InvalidInputError: the plan has FusedOptimizer twice.
     """
-    return set_once(context, "fused_optimizer", "FusedOptimizer")
+    if use_fused in context.optimizer_changes:
+        raise InvalidInputError("the plan has FusedOptimizer twice; keep one")
+    context.optimizer_changes.append(use_fused)
+    return functools.partial(context.optimizer_changes.remove, use_fused)
 
 
 def check_fusable(optimizer: object) -> None:

@@ -11,24 +11,15 @@ import warnings
 
 from torch import nn
 
-from memfit.apply.context import ApplyContext
-from memfit.apply.registry import register_applier
-from memfit.apply.undo import UndoFn
 from memfit.errors import InvalidInputError
-from memfit.plan.techniques import MicroBatch, MixedPrecision
-from memfit.trace.precision import Precision
+from memfit.step.context import ApplyContext
+from memfit.step.precision import Precision
+from memfit.step.registry import register_applier
+from memfit.step.undo import UndoFn
+from memfit.structure.layers import batch_statistics
+from memfit.techniques import MicroBatch, MixedPrecision
 
-__all__ = ["apply_micro_batch", "apply_mixed_precision", "batch_statistics"]
-
-
-def batch_statistics(model: nn.Module) -> list[str]:
-    """Modules that normalise with the statistics of the whole batch (BatchNorm in training
-    mode): with them, micro-batches compute another function than the batch."""
-    return [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, nn.modules.batchnorm._BatchNorm) and module.training
-    ]
+__all__ = ["apply_micro_batch", "apply_mixed_precision"]
 
 
 @register_applier(MicroBatch)

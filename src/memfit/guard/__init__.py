@@ -16,7 +16,7 @@ from memfit.guard.leak import Culprit, LeakReport, LeakWatch
 from memfit.guard.metrics import GuardMetrics
 from memfit.guard.oom import OOMInfo, parse_oom_message
 from memfit.guard.protocol import MicroBatchStep
-from memfit.guard.split import Splitter, batch_size_of, micro_batch_sizes, split_batch
+from memfit.step.batch import Splitter, batch_size_of, micro_batch_sizes, split_batch
 
 __all__ = [
     "OOMGuard",

@@ -2,13 +2,9 @@
 
 from __future__ import annotations
 
-from memfit.errors import InvalidInputError, MemfitError
+from memfit.errors import MemfitError, UnsplittableBatchError
 
 __all__ = ["UnsplittableBatchError", "OOMUnrecoverableError", "StateRestoreError"]
-
-
-class UnsplittableBatchError(InvalidInputError):
-    """A batch (or a part of it) cannot be cut into micro-batches along its first dimension."""
 
 
 class OOMUnrecoverableError(MemfitError):

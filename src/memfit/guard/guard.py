@@ -28,7 +28,7 @@ from memfit.guard.options import GuardOptions
 from memfit.guard.protocol import MicroBatchStep, is_micro_batch_step
 from memfit.guard.recovery import Recovery
 from memfit.guard.snapshot import StepSnapshot
-from memfit.guard.split import batch_size_of, micro_batch_sizes, shape_key, split_batch
+from memfit.step.batch import batch_size_of, micro_batch_sizes, shape_key, split_batch
 
 __all__ = ["OOMGuard"]
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable
 from dataclasses import dataclass
 
-from memfit.guard.split import per_sample_numel
+from memfit.step.batch import per_sample_numel
 
 __all__ = ["MicroBatchPolicy"]
 

@@ -14,6 +14,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from memfit.devices import DEFAULT_DEVICE
+from memfit.trace.estimate import estimate
+
 __all__ = ["estimate_largest_batch", "usable_bytes"]
 
 log = logging.getLogger("memfit.guard")
@@ -59,18 +62,16 @@ def estimate_largest_batch(
     """
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     try:
-        import memfit.trace.estimate as trace_estimate
-
         if budget_bytes is None:
             if device.type != "cuda":
                 log.info("memfit.guard: model is not on a GPU; no estimated batch size")
                 return None
             budget_bytes = usable_bytes(device)
         kwargs = {"precision": "fp32", **(estimate_kwargs or {})}
-        kwargs.setdefault("device", "cuda" if device.type == "cuda" else "h100-80gb")
+        kwargs.setdefault("device", "cuda" if device.type == "cuda" else DEFAULT_DEVICE)
         peaks = []
         for size in (_SMALL, _LARGE):
-            profile = trace_estimate.estimate(
+            profile = estimate(
                 model,
                 lambda size=size: make_batch(size),
                 optimizer=_optimizer_arg(optimizer),

@@ -20,7 +20,7 @@ from memfit.guard.oom import OOMInfo
 from memfit.guard.options import GuardOptions
 from memfit.guard.policy import MicroBatchPolicy
 from memfit.guard.snapshot import StepSnapshot
-from memfit.guard.split import micro_batch_sizes
+from memfit.step.batch import micro_batch_sizes
 
 __all__ = ["Recovery", "free_memory"]
 

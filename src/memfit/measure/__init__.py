@@ -1,0 +1,15 @@
+"""Real measurement on the local GPU: ``memfit.measure(model, batch)`` (same schema as estimate),
+and the microbenchmarks of ``memfit calibrate``.
+
+The package is callable (``memfit.verbs``): ``memfit.measure(...)`` is
+``memfit.measure.run.measure``.
+"""
+
+from __future__ import annotations
+
+from memfit.measure.run import measure
+from memfit.verbs import make_callable
+
+__all__ = ["measure"]
+
+make_callable(__name__, measure)

@@ -1,13 +1,14 @@
 """``memfit.measure``: the same training step run for real on the local GPU.
 
 It returns the MemoryProfile schema that ``memfit.estimate`` predicts, so the two compare module
-by module: the same step function (``memfit.trace.step``) and the same recorder run on real CUDA
+by module: the same step function (``memfit.step.loss``) and the same recorder run on real CUDA
 tensors; the peaks come from PyTorch's own counters (``max_memory_allocated/reserved``) over
 steady-state steps after warm-up.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -17,20 +18,20 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from memfit.apply.train_step import TrainStep
 from memfit.devices import local_device
 from memfit.errors import DeviceError, InvalidInputError
 from memfit.measure.op_probe import OpCost, OpProbe
 from memfit.profile import Category, MemoryProfile, Phase, TimelineEvent
-from memfit.trace.assemble import assemble_profile, module_table
-from memfit.trace.estimate import _live_until, _param_bytes_trainable, _resolve
-from memfit.trace.inputs import describe_batch
+from memfit.step.batch import describe_batch
+from memfit.step.loss import LossFn
+from memfit.step.precision import Precision
+from memfit.step.train_step import TrainStep
+from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
+from memfit.trace.inputs import resolve
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import make_optimizer, optimizer_label
-from memfit.trace.precision import Precision
-from memfit.trace.recorder import MemoryRecorder, _Trace
+from memfit.trace.recorder import MemoryRecorder, Trace, live_until
 from memfit.trace.replay import replay
-from memfit.trace.step import LossFn
 
 __all__ = ["measure", "measure_step", "MeasuredStep"]
 
@@ -40,7 +41,7 @@ class MeasuredStep:
     """A measured step: the profile, the recorded trace of its last step, per-op readings."""
 
     profile: MemoryProfile
-    trace: _Trace
+    trace: Trace
     marks: dict[str, int]
     readings: list[tuple[Phase, int, int, str, int]]
     op_costs: list[OpCost] = field(default_factory=list)
@@ -98,7 +99,7 @@ def measure_step(
         raise InvalidInputError(f"warmup={warmup} and steps={steps} must both be at least 1")
     spec = local_device()
     precision = Precision.parse(precision)
-    name, model, batch = _resolve(model, batch, batch_size, seq_len)
+    name, model, batch = resolve(model, batch, batch_size, seq_len)
     cuda = torch.device("cuda")
     # blocks cached by earlier work in this process would count in this step's reserved peak
     gc.collect()
@@ -145,8 +146,8 @@ def measure_step(
         modules=module_table(
             module,
             recorder.trace,
-            _live_until(recorder.trace.events, marks.get("backward", 0)),
-            _param_bytes_trainable(dict(module.named_parameters())),
+            live_until(recorder.trace.events, marks.get("backward", 0)),
+            trainable_param_bytes(dict(module.named_parameters())),
         ),
         header=dict(
             source="measure",
@@ -248,6 +249,4 @@ def _timeline(readings: list[tuple[Phase, int, int, str, int]], limit: int = 200
 
 
 def _with(profile: MemoryProfile, **changes: Any) -> MemoryProfile:
-    import dataclasses
-
     return dataclasses.replace(profile, **changes)

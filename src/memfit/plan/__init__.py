@@ -1,43 +1,22 @@
 """Plans: ``plan = memfit.plan(model, batch, budget="16GiB")`` picks techniques for a budget.
 
-Names are imported on first use: the tracer imports ``memfit.plan.cost`` and the planner
-imports the tracer, so importing everything here would be circular.
+The package is callable (``memfit.verbs``): ``memfit.plan(...)`` is ``memfit.plan.search.plan``.
+The technique classes are those of ``memfit.techniques``, here for convenience.
 """
 
 from __future__ import annotations
 
-import importlib
-import sys
-import types
-from typing import Any
+from memfit.plan.frontier import FrontierPoint, pareto  # noqa: F401
+from memfit.plan.plan import Plan  # noqa: F401
+from memfit.plan.search import plan
+from memfit.techniques import TABLE, model_fingerprint  # noqa: F401
+from memfit.verbs import make_callable
 
-_EXPORTS = {
-    "plan": "memfit.plan.search",
-    "Plan": "memfit.plan.plan",
-    "model_fingerprint": "memfit.plan.plan",
-    "Checkpoint": "memfit.plan.techniques",
-    "MicroBatch": "memfit.plan.techniques",
-    "MixedPrecision": "memfit.plan.techniques",
-    "ChunkedLoss": "memfit.plan.techniques",
-    "FusedActivation": "memfit.plan.techniques",
-    "FusedGatedMLP": "memfit.plan.techniques",
-    "LeanAutocast": "memfit.plan.techniques",
-}
-__all__ = sorted(_EXPORTS)
+globals().update({row.type.__name__: row.type for row in TABLE})
 
+__all__ = sorted(
+    ["plan", "Plan", "FrontierPoint", "pareto", "model_fingerprint"]
+    + [row.type.__name__ for row in TABLE]
+)
 
-# Note: [callable package] see memfit.report: ``memfit.plan(...)`` is this package, callable.
-class _CallablePackage(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        from memfit.plan.search import plan
-
-        return plan(*args, **kwargs)
-
-    def __getattr__(self, name: str) -> Any:
-        module = _EXPORTS.get(name)
-        if module is None:
-            raise AttributeError(f"module 'memfit.plan' has no attribute {name!r}")
-        return getattr(importlib.import_module(module), name)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, plan)

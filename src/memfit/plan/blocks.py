@@ -3,7 +3,7 @@
 From one traced, unmodified step: for each block, the time of its forward operators (what full
 recomputation costs again) and, per operator kind, the bytes its outputs occupy and the time
 they take (what selective checkpointing trades: keep an operator's outputs, or recompute it).
-Blocks found by ``memfit.apply.blocks.find_blocks`` are usually identical, so one block's
+Blocks found by ``memfit.structure.blocks.find_blocks`` are usually identical, so one block's
 figures stand for all ("identical blocks solved once").
 """
 

@@ -15,7 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from memfit.plan.policies import Policy
-from memfit.plan.techniques import (
+from memfit.profile import Category, MemoryProfile
+from memfit.techniques import (
     Checkpoint,
     ChunkedLoss,
     FusedGatedMLP,
@@ -23,7 +24,6 @@ from memfit.plan.techniques import (
     MicroBatch,
     Technique,
 )
-from memfit.profile import Category, MemoryProfile
 
 __all__ = ["Candidate", "Baseline", "screen"]
 

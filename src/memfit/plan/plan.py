@@ -3,77 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 from torch import nn
 
 from memfit.errors import InvalidInputError
-from memfit.plan.techniques import (
-    Checkpoint,
-    ChunkedLoss,
-    FusedActivation,
-    FusedGatedMLP,
-    FusedOptimizer,
-    LeanAutocast,
-    MicroBatch,
-    MixedPrecision,
-    Technique,
-)
+from memfit.plan.frontier import FrontierPoint
 from memfit.profile import MemoryProfile
-from memfit.report.frontier import FrontierPoint
+from memfit.step.undo import undo_all
+from memfit.techniques import TABLE, Technique, by_name, info, technique_label
 
-__all__ = ["Plan", "model_fingerprint", "TECHNIQUE_TYPES"]
-
-TECHNIQUE_TYPES: dict[str, type] = {
-    "checkpoint": Checkpoint,
-    "micro_batch": MicroBatch,
-    "mixed_precision": MixedPrecision,
-    "chunked_loss": ChunkedLoss,
-    "fused_activation": FusedActivation,
-    "fused_gated_mlp": FusedGatedMLP,
-    "lean_autocast": LeanAutocast,
-    "fused_optimizer": FusedOptimizer,
-}
-_NAME_OF_TYPE = {cls: name for name, cls in TECHNIQUE_TYPES.items()}
-
-
-def model_fingerprint(model: nn.Module) -> str:
-    """A short hash of the parameters' names and shapes: which model a plan is for."""
-    digest = hashlib.sha256()
-    for name, param in model.named_parameters():
-        digest.update(f"{name}:{tuple(param.shape)};".encode())
-    return digest.hexdigest()[:16]
-
-
-def technique_label(technique: Technique) -> str:
-    if isinstance(technique, Checkpoint):
-        kind = "selective" if technique.selective else "full"
-        return f"checkpoint[{kind}] {_compact(technique.modules)}"
-    if isinstance(technique, MicroBatch):
-        return f"micro-batch x{technique.n}"
-    if isinstance(technique, MixedPrecision):
-        return technique.precision
-    if isinstance(technique, ChunkedLoss):
-        return f"chunked loss x{technique.chunks}"
-    if isinstance(technique, FusedActivation):
-        return f"fused GELU {_compact(technique.modules)}"
-    if isinstance(technique, FusedGatedMLP):
-        return f"fused gated MLP {_compact(technique.modules)}"
-    if isinstance(technique, LeanAutocast):
-        return "lean autocast"
-    if isinstance(technique, FusedOptimizer):
-        return "fused optimizer step"
-    return repr(technique)
-
-
-def _compact(patterns: Sequence[str]) -> str:
-    if len(patterns) <= 3:
-        return ",".join(patterns)
-    return f"{patterns[0]}..{patterns[-1]} ({len(patterns)} modules)"
+__all__ = ["Plan"]
 
 
 @dataclass(frozen=True)
@@ -117,15 +60,11 @@ class Plan:
 
     def undo(self, model: nn.Module) -> None:
         """Restore ``model`` exactly as it was before ``memfit.apply`` changed it."""
-        from memfit.apply.undo import undo_all
-
         undo_all(model)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "techniques": [
-                {"type": _NAME_OF_TYPE[type(t)], **dataclasses.asdict(t)} for t in self.techniques
-            ],
+            "techniques": [{"type": _name_of(t), **dataclasses.asdict(t)} for t in self.techniques],
             "label": self.label,
             "budget": self.budget,
             "device": self.device,
@@ -146,15 +85,11 @@ class Plan:
         techniques = []
         for item in data.get("techniques", ()):
             item = dict(item)
-            kind = item.pop("type", None)
-            if kind not in TECHNIQUE_TYPES:
-                raise InvalidInputError(
-                    f"unknown technique {kind!r}; known: {', '.join(TECHNIQUE_TYPES)}"
-                )
+            row = by_name(str(item.pop("type", None)))
             for key, value in item.items():
                 if isinstance(value, list):
                     item[key] = tuple(value)
-            techniques.append(TECHNIQUE_TYPES[kind](**item))
+            techniques.append(row.type(**item))
         profile = data.get("profile")
         return cls(
             techniques=tuple(techniques),
@@ -174,3 +109,13 @@ class Plan:
             return cls.from_dict(json.loads(text))
         except json.JSONDecodeError as error:
             raise InvalidInputError(f"plan is not valid JSON: {error}") from error
+
+
+def _name_of(technique: Any) -> str:
+    row = info(technique)
+    if row is None:
+        raise InvalidInputError(
+            f"{technique!r} is not in memfit's technique table "
+            f"({', '.join(r.type.__name__ for r in TABLE)}); a plan with it cannot be saved"
+        )
+    return row.name

@@ -20,7 +20,8 @@ from typing import Any
 
 from memfit.errors import MemfitError
 from memfit.plan.policies import Policy
-from memfit.plan.techniques import (
+from memfit.structure.gated_mlp import gated_mlps
+from memfit.techniques import (
     SELECTIVE_SAVE_DEFAULT,
     Checkpoint,
     FusedGatedMLP,
@@ -117,8 +118,6 @@ def lean_policy(
     The block's gated MLPs are fused, its other pointwise submodules checkpointed and, under
     mixed precision, autocast made lean, as far as ``allow`` lets.
     """
-    from memfit.apply.fused_gated_mlp import gated_mlps
-
     block = base.model.module.get_submodule(blocks[0])
     gated = gated_mlps(block) if "fused_gated_mlp" in allow else []
     submodules = [

@@ -20,45 +20,78 @@ The budget is on *reserved* memory, what ``torch.cuda.max_memory_reserved()`` re
 
 from __future__ import annotations
 
-import dataclasses
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
-from memfit.devices import DeviceSpec, get_device
+from memfit.cost import load_calibration
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
 from memfit.errors import InvalidInputError, MemfitError
+from memfit.plan.baseline import (
+    batch_size,
+    checkpointable_blocks,
+    none_policy,
+    screening_baseline,
+)
 from memfit.plan.blocks import block_stats
-from memfit.plan.candidates import Baseline, Candidate, screen
-from memfit.plan.cost import load_calibration
+from memfit.plan.candidates import Candidate, screen
+from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
-from memfit.plan.plan import Plan, model_fingerprint
+from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
-from memfit.plan.policies import Policy, block_policies
-from memfit.plan.techniques import ChunkedLoss, FusedActivation, FusedOptimizer, MicroBatch
-from memfit.plan.verify import Tracer, trace_fastest_fitting
+from memfit.plan.policies import block_policies
+from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
-from memfit.report.frontier import FrontierPoint, pareto
+from memfit.step.precision import Precision
+from memfit.structure.layers import batch_statistics, fusable_activations
+from memfit.techniques import (
+    FusedActivation,
+    FusedOptimizer,
+    model_fingerprint,
+    parse_allow,
+)
 from memfit.trace.estimate import StepTrace, trace_step
-from memfit.trace.precision import Precision
+from memfit.trace.settings import StepSettings
 from memfit.units import format_bytes, parse_bytes
 
-__all__ = ["plan"]
+__all__ = ["plan", "PlanSettings"]
 
-ALLOWED = (
-    "checkpoint",
-    "micro_batch",
-    "chunked_loss",
-    "fused_activation",
-    "fused_gated_mlp",
-    "lean_autocast",
-    "fused_optimizer",
-)
 FUSED_NOTE = (
     "the predicted time overrates what fusing the GELUs saves: on an H200, such plans ran "
     "Hugging Face GPT-2 and GPT-2 medium 9-28% faster than unmodified where 41-52% was predicted"
 )
+
+
+@dataclass(frozen=True)
+class PlanSettings:
+    """What the search may do and how hard it looks (``plan``'s arguments, checked).
+
+    Attributes:
+        budget: the reserved-memory budget in bytes.
+        allow: names of the techniques it may choose (``memfit.techniques.TABLE``).
+        blocks: module patterns that may be checkpointed; None: the repeated blocks.
+        head, chunks: the LM head and the number of slices of a chunked loss.
+        max_micro_batches: the most micro-batches a plan splits a batch into.
+        margin: fraction of the budget kept free for prediction error.
+        max_traces: candidates traced in full before giving up on the screening order.
+    """
+
+    budget: int
+    allow: tuple[str, ...]
+    blocks: Sequence[str] | None = None
+    head: str = "lm_head"
+    chunks: int = 4
+    max_micro_batches: int = 8
+    margin: float = 0.02
+    max_traces: int = 6
+
+    @property
+    def target(self) -> int:
+        """The predicted reserved peak a plan may reach."""
+        return int(self.budget * (1 - self.margin))
 
 
 def plan(
@@ -66,13 +99,13 @@ def plan(
     batch: Any = None,
     *,
     budget: str | int | float,
-    device: str | DeviceSpec = "h100-80gb",
+    device: str | DeviceSpec = DEFAULT_DEVICE,
     optimizer: Any = "adamw",
     precision: str = "bf16-mixed",
     loss_fn: Any = None,
     forward: Any = None,
     blocks: Sequence[str] | None = None,
-    allow: Sequence[str] = ALLOWED,
+    allow: str | Sequence[str] | None = None,
     head: str = "lm_head",
     chunks: int = 4,
     max_micro_batches: int = 8,
@@ -91,9 +124,8 @@ def plan(
         device: the target GPU (``memfit devices``).
         blocks: module names (fnmatch patterns) that may be checkpointed; default: the
             repeated blocks found automatically.
-        allow: techniques the planner may use (``checkpoint``, ``micro_batch``,
-            ``chunked_loss``, ``fused_activation``, ``fused_gated_mlp``, ``lean_autocast``,
-            ``fused_optimizer``).
+        allow: the techniques the planner may use, by name (one, or several); default: every
+            technique it plans that keeps the math (``memfit.techniques.default_allow()``).
         head: the LM head for a chunked loss.
         margin: keep the predicted reserved peak this fraction below the budget, for
             prediction error (the measured frontier plans' reserved peaks came out between
@@ -112,17 +144,8 @@ def plan(
           an infeasible budget names them as what would close the gap.
         * Checkpointing is planned for the first k blocks with one policy for all of them.
     """
-    report = progress or (lambda message: None)
-    started = time.perf_counter()
     spec = get_device(device)
-    limit = _budget_bytes(budget, spec)
-    unknown = set(allow) - set(ALLOWED)
-    if unknown:
-        raise InvalidInputError(
-            f"unknown technique(s) {sorted(unknown)} in allow; known: {', '.join(ALLOWED)}"
-        )
-    target = int(limit * (1 - margin))
-    options = dict(
+    step = StepSettings(
         loss_fn=loss_fn,
         forward=forward,
         optimizer=optimizer,
@@ -131,112 +154,174 @@ def plan(
         batch_size=batch_size,
         seq_len=seq_len,
     )
+    settings = PlanSettings(
+        budget=_budget_bytes(budget, spec),
+        allow=parse_allow(allow),
+        blocks=blocks,
+        head=head,
+        chunks=chunks,
+        max_micro_batches=max_micro_batches,
+        margin=margin,
+        max_traces=max_traces,
+    )
+    return _Search(model, batch, step, settings, progress).run()
 
-    first: tuple[Any, ...] = ()  # in every plan: the fusions that save memory, once found
-    first_label = ""
-    notes: list[str] = []  # for the user, in the plan
 
-    def trace(techniques: tuple[Any, ...] = ()) -> StepTrace:
-        return trace_step(model, batch, plan=list(first + techniques) or None, **options)
+class _Search:
+    """One planning run: its phases, and what they learn about the step."""
 
-    report("tracing the unmodified step")
-    base = trace()
-    fingerprint = model_fingerprint(base.model.module)
-    baseline_s = base.profile.step_time_s or 0.0
-    unmodified_peak = base.profile.peak_reserved
+    def __init__(
+        self,
+        model: Any,
+        batch: Any,
+        step: StepSettings,
+        settings: PlanSettings,
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.model, self.batch, self.step, self.settings = model, batch, step, settings
+        self.report = progress or (lambda message: None)
+        self.allow = settings.allow
+        self.first: tuple[Any, ...] = ()  # in every plan: the fusions that save memory
+        self.first_label = ""
+        self.notes: list[str] = []  # for the user, in the plan
+
+    def run(self) -> Plan:
+        started = time.perf_counter()
+        self.report("tracing the unmodified step")
+        self.base = self.trace()
+        self.fingerprint = model_fingerprint(self.base.model.module)
+        self.baseline_s = self.base.profile.step_time_s or 0.0
+        self.unmodified_peak = self.base.profile.peak_reserved
+        if self.fits(self.base):
+            label = "unmodified"
+            point = FrontierPoint(label, self.unmodified_peak, self.baseline_s, chosen=True)
+            return self.make((), self.base, [point])
+        fused = self.fuse_first()
+        if fused is not None:
+            return fused
+        self.leave_out_inexact_micro_batching()
+        candidates = self.screen()
+        self.report("tracing the most promising plans")
+        chosen, traced_points = trace_fastest_fitting(
+            candidates,
+            self.settings.target,
+            self.static,
+            self.trace,
+            self.settings.head,
+            self.settings.max_traces,
+        )
+        frontier = plan_frontier(candidates, traced_points, chosen, self.first_label)
+        self.report(f"planned in {time.perf_counter() - started:.1f} s")
+        if chosen is None:
+            raise infeasible_error(
+                self.settings.budget, self.settings.target, self.base, traced_points
+            )
+        techniques, traced = chosen
+        return self.make(techniques, traced, frontier)
+
+    def trace(self, techniques: tuple[Any, ...] = ()) -> StepTrace:
+        return trace_step(self.model, self.batch, self.step, plan=list(self.first + techniques))
+
+    def fits(self, traced: StepTrace) -> bool:
+        return traced.profile.peak_reserved <= self.settings.target
 
     def make(
-        techniques: tuple[Any, ...], traced: StepTrace, frontier: Sequence[FrontierPoint] = ()
+        self,
+        techniques: tuple[Any, ...],
+        traced: StepTrace,
+        frontier: Sequence[FrontierPoint] = (),
     ) -> Plan:
-        if first:  # the frontier's candidates all fuse: show the step as it is too
-            unmodified = FrontierPoint("unmodified", unmodified_peak, baseline_s)
+        if self.first:  # the frontier's candidates all fuse: show the step as it is too
+            unmodified = FrontierPoint("unmodified", self.unmodified_peak, self.baseline_s)
             frontier = [unmodified, *frontier]
-        gelus = any(isinstance(t, FusedActivation) for t in first)
+        gelus = any(isinstance(t, FusedActivation) for t in self.first)
         return Plan(
-            techniques=first + techniques,
-            budget=limit,
-            device=spec.name,
+            techniques=self.first + techniques,
+            budget=self.settings.budget,
+            device=get_device(self.step.device).name,
             profile=traced.profile,
             step_time_s=traced.profile.step_time_s,
-            baseline_step_time_s=baseline_s,
+            baseline_step_time_s=self.baseline_s,
             frontier=tuple(frontier),
-            model_fingerprint=fingerprint,
-            notes=tuple(notes) + ((FUSED_NOTE,) if gelus else ()),
+            model_fingerprint=self.fingerprint,
+            notes=tuple(self.notes) + ((FUSED_NOTE,) if gelus else ()),
         )
 
-    if base.profile.peak_reserved <= target:
-        point = FrontierPoint("unmodified", base.profile.peak_reserved, baseline_s, chosen=True)
-        return make((), base, [point])
-    from memfit.apply.fused_activation import fusable_activations
-    from memfit.apply.step_options import batch_statistics
+    def fuse_first(self) -> Plan | None:
+        """Fuse what saves memory at no cost (the optimizer step, HF's GELUs), in every plan
+        from here on; the plan, if that alone fits."""
+        fusions: list[tuple[str, Any]] = []
+        if "fused_optimizer" in self.allow and _may_fuse(self.step.optimizer):
+            fusions.append(("fused optimizer", FusedOptimizer()))
+        module = self.base.model.module
+        fusable = fusable_activations(module) if "fused_activation" in self.allow else []
+        if fusable:
+            fusions.append(("fused GELU", FusedActivation(modules=tuple(fusable))))
+        for name, fusion in fusions:
+            self.report(f"tracing with the {name.removeprefix('fused ')} fused")
+            try:
+                fused = self.trace((fusion,))
+            except MemfitError:  # e.g. an optimizer without a fused kernel
+                continue
+            if isinstance(fusion, FusedOptimizer) and not _saves_in_step(self.base, fused):
+                continue  # the user's optimizer is changed only where that saves memory
+            self.first, self.base = self.first + (fusion,), fused
+            self.first_label = " + ".join(filter(None, (self.first_label, name)))
+            if self.fits(self.base):
+                peak, step_s = self.base.profile.peak_reserved, self.base.profile.step_time_s
+                point = FrontierPoint(self.first_label, peak, step_s or 0.0, chosen=True)
+                return self.make((), self.base, [point])
+        return None
 
-    fusions: list[tuple[str, Any]] = []
-    if "fused_optimizer" in allow and _may_fuse(optimizer):
-        fusions.append(("fused optimizer", FusedOptimizer()))
-    fusable = fusable_activations(base.model.module) if "fused_activation" in allow else []
-    if fusable:
-        fusions.append(("fused GELU", FusedActivation(modules=tuple(fusable))))
-    for name, fusion in fusions:  # less memory, no slower: in every plan from here on
-        report(f"tracing with the {name.removeprefix('fused ')} fused")
-        try:
-            fused = trace((fusion,))
-        except MemfitError:  # e.g. an optimizer without a fused kernel
-            continue
-        if isinstance(fusion, FusedOptimizer) and not _saves_in_step(base, fused):
-            continue  # the user's optimizer is changed only where that saves memory
-        first, base = first + (fusion,), fused
-        first_label = " + ".join(filter(None, (first_label, name)))
-        if base.profile.peak_reserved <= target:
-            step_s = base.profile.step_time_s or 0.0
-            point = FrontierPoint(first_label, base.profile.peak_reserved, step_s, chosen=True)
-            return make((), base, [point])
-    shared = batch_statistics(base.model.module) if "micro_batch" in allow else []
-    if shared:  # micro-batching would not be exact
-        allow = tuple(a for a in allow if a != "micro_batch")
-        notes.append(
-            f"micro-batching left out: {len(shared)} BatchNorm layers (e.g. {shared[0]}) "
-            f"normalise with the batch's statistics, which micro-batches would change; a "
-            f"hand-made plan with MicroBatch accepts that"
+    def leave_out_inexact_micro_batching(self) -> None:
+        """Micro-batches normalise BatchNorm layers with their own statistics: not exact."""
+        module = self.base.model.module
+        shared = batch_statistics(module) if "micro_batch" in self.allow else []
+        if shared:
+            self.allow = tuple(a for a in self.allow if a != "micro_batch")
+            self.notes.append(
+                f"micro-batching left out: {len(shared)} BatchNorm layers (e.g. {shared[0]}) "
+                f"normalise with the batch's statistics, which micro-batches would change; a "
+                f"hand-made plan with MicroBatch accepts that"
+            )
+
+    def screen(self) -> list[Candidate]:
+        """Every combination of policies, blocks, micro-batches and chunking, screened."""
+        self.report("measuring what each block keeps")
+        allow, settings, base = self.allow, self.settings, self.base
+        spec = get_device(self.step.device)
+        per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
+        block_names = checkpointable_blocks(base, settings.blocks) if per_block else []
+        baseline = screening_baseline(
+            base, self.trace, block_names, allow, settings.head, settings.chunks
         )
-    report("measuring what each block keeps")
-    per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
-    block_names = _blocks(base, blocks) if per_block else []
-    baseline = _baseline(base, trace, block_names, allow, head, chunks)
-    policies = [_none_policy(base, block_names)]
-    if block_names:
-        stats = block_stats(base, block_names)[0]
-        if "checkpoint" in allow:
-            policies = block_policies(stats, load_calibration(spec).selective_op_s)
-        mixed = Precision.parse(precision).autocast_dtype is not None
-        policies += lean_policy(base, trace, block_names, policies[0].kept_bytes, allow, mixed)
-    batch_total = _batch_size(base)
-    micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= min(batch_total, max_micro_batches)]
-    if "micro_batch" not in allow:
-        micro = [1]
-    chunk_options = [1, chunks] if baseline.chunked_saving > 0 else [1]
-    saved = policies[0].kept_bytes
-    candidates = screen(
-        baseline,
-        policies,
-        block_names,
-        saved,
-        micro,
-        chunk_options,
-        load_calibration(spec).launch_s,
-    )
-    report("tracing the most promising plans")
-    static = int(
-        baseline.static_bytes * base.profile.peak_reserved / max(1, base.profile.peak_allocated)
-    )
-    chosen, traced_points = trace_fastest_fitting(
-        candidates, target, static, trace, head, max_traces
-    )
-    frontier = _frontier(candidates, traced_points, chosen, first_label)
-    report(f"planned in {time.perf_counter() - started:.1f} s")
-    if chosen is None:
-        raise infeasible_error(limit, target, base, traced_points)
-    techniques, traced = chosen
-    return make(techniques, traced, frontier)
+        policies = [none_policy(base, block_names)]
+        if block_names:
+            stats = block_stats(base, block_names)[0]
+            if "checkpoint" in allow:
+                policies = block_policies(stats, load_calibration(spec).selective_op_s)
+            mixed = Precision.parse(self.step.precision).autocast_dtype is not None
+            kept = policies[0].kept_bytes
+            policies += lean_policy(base, self.trace, block_names, kept, allow, mixed)
+        batch_total = batch_size(base)
+        limit = min(batch_total, settings.max_micro_batches)
+        micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= limit]
+        if "micro_batch" not in allow:
+            micro = [1]
+        chunk_options = [1, settings.chunks] if baseline.chunked_saving > 0 else [1]
+        profile = base.profile
+        self.static = int(
+            baseline.static_bytes * profile.peak_reserved / max(1, profile.peak_allocated)
+        )
+        return screen(
+            baseline,
+            policies,
+            block_names,
+            policies[0].kept_bytes,
+            micro,
+            chunk_options,
+            load_calibration(spec).launch_s,
+        )
 
 
 def _saves_in_step(base: StepTrace, fused: StepTrace) -> bool:
@@ -266,95 +351,3 @@ def _budget_bytes(budget: Any, spec: DeviceSpec) -> int:
             f"({format_bytes(spec.memory_bytes)}); give a smaller budget or another --device"
         )
     return limit
-
-
-def _blocks(base: StepTrace, blocks: Sequence[str] | None) -> list[str]:
-    from memfit.apply.blocks import find_blocks
-    from memfit.apply.matching import match_modules
-
-    module = base.model.module
-    if blocks is None:
-        return find_blocks(module)
-    found = match_modules(
-        module, list(blocks), what="blocks", hint=lambda: ", ".join(find_blocks(module)[:4])
-    )
-    return [name for name, _ in found]
-
-
-def _none_policy(base: StepTrace, blocks: list[str]) -> Policy:
-    saved = {m.fqn: m.activation_bytes for m in base.profile.modules}
-    return Policy("none", (), saved.get(blocks[0], 0) if blocks else 0, 0.0)
-
-
-def _baseline(
-    base: StepTrace,
-    trace: Tracer,
-    blocks: list[str],
-    allow: Sequence[str],
-    head: str,
-    chunks: int,
-) -> Baseline:
-    ops = [op for op in base.record.ops if op.stage in ("forward", "backward")]
-    casts = sum(op.seconds for op in ops if op.stage == "forward" and op.op == "_to_copy")
-    baseline = Baseline(
-        base.profile,
-        base.profile.step_time_s or 0.0,
-        len(ops),
-        casts,
-        grad_bytes=sum(base.record.grad_bytes.values()),
-    )
-    if "micro_batch" in allow and _batch_size(base) >= 2:
-        halves = trace((MicroBatch(n=2),)).profile
-        dynamic = base.profile.peak_allocated - baseline.static_bytes
-        screened = dynamic / 2
-        traced = halves.peak_allocated - baseline.static_bytes - baseline.grad_bytes
-        baseline = dataclasses.replace(
-            baseline,
-            micro_scale=max(0.1, traced / screened) if screened > 0 else 1.0,
-            micro_ratio=halves.peak_reserved / max(1, halves.peak_allocated),
-        )
-    if "chunked_loss" not in allow:
-        return baseline
-    try:
-        chunked = trace((ChunkedLoss(chunks=chunks, head=head),))
-    except MemfitError:
-        return baseline  # no LM head or no labels: the technique does not apply
-    return dataclasses.replace(
-        baseline,
-        chunked_saving=base.profile.peak_allocated - chunked.profile.peak_allocated,
-        chunked_extra_s=(chunked.profile.step_time_s or 0.0) - baseline.step_s,
-    )
-
-
-def _batch_size(base: StepTrace) -> int:
-    text = base.profile.batch
-    try:
-        return int(text.split("[", 1)[1].split(",", 1)[0].rstrip("]"))
-    except (IndexError, ValueError):
-        return 1
-
-
-def _frontier(
-    candidates: list[Candidate],
-    traced_points: list[tuple[Candidate, StepTrace]],
-    chosen: tuple[tuple[Any, ...], StepTrace] | None,
-    first: str = "",
-) -> list[FrontierPoint]:
-    points = [
-        FrontierPoint(c.label(first), c.peak_reserved, c.step_s) for c in candidates if c.step_s > 0
-    ]
-    front = pareto(points)
-    if len(front) > 12:  # keep the ends and an even spread between them
-        step = (len(front) - 1) / 11
-        front = [front[round(i * step)] for i in range(12)]
-    for candidate, traced in traced_points:
-        is_chosen = chosen is not None and traced is chosen[1]
-        front.append(
-            FrontierPoint(
-                candidate.label(first) + " (traced)",
-                traced.profile.peak_reserved,
-                traced.profile.step_time_s or candidate.step_s,
-                chosen=is_chosen,
-            )
-        )
-    return front

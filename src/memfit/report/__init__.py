@@ -3,7 +3,7 @@
     memfit.report(profile, "report.html")                    # HTML (and PNGs with png_dir=)
     print(memfit.report.profile_text(profile))                # aligned tables, peak first
     snap = memfit.report.load_snapshot("snapshot.pickle")     # safe: plain data only
-    profile, trace = memfit.report.snapshot_profile(snap)     # a real run as a MemoryProfile
+    profile, trace = memfit.snapshot.profile(snap)     # a real run as a MemoryProfile
     frag = memfit.report.analyze_fragmentation(trace)         # floor, ideal packing, reserved
 
 Renderers return strings, dicts and figures; only the command line prints.
@@ -11,20 +11,16 @@ Renderers return strings, dicts and figures; only the command line prints.
 
 from __future__ import annotations
 
-import sys
-import types
-from pathlib import Path
-from typing import Any
-
+from memfit.plan.frontier import FrontierPoint, pareto
 from memfit.report.build import compare_report, profile_views, report, report_html
 from memfit.report.compare import ProfileDiff, diff_profiles, diff_text, load_comparable
-from memfit.report.fragmentation import Fragmentation, SettingPrediction
-from memfit.report.fragmentation import analyze as analyze_fragmentation
-from memfit.report.frontier import FrontierPoint, pareto
-from memfit.report.packing import Interval, Packing, live_peak, pack
-from memfit.report.snapshot import load_snapshot
-from memfit.report.snapshot_profile import snapshot_profile
 from memfit.report.text import Verdict, fragmentation_text, profile_summary, profile_text, verdict
+from memfit.snapshot.fragmentation import Fragmentation, SettingPrediction
+from memfit.snapshot.fragmentation import analyze as analyze_fragmentation
+from memfit.snapshot.load import load_snapshot
+from memfit.snapshot.packing import Interval, Packing, live_peak, pack
+from memfit.snapshot.profile import snapshot_profile
+from memfit.verbs import make_callable
 
 __all__ = [
     "report",
@@ -53,15 +49,4 @@ __all__ = [
     "load_comparable",
 ]
 
-
-# Note: [callable package]
-# The public API is ``memfit.report(profile, "report.html")`` while this package is also
-# ``memfit.report``. Python binds ``memfit.report`` to the package as soon as anything imports a
-# submodule, so the name cannot reliably mean the function. Instead the package itself is
-# callable and forwards to :func:`report`; every other name stays an ordinary attribute.
-class _CallablePackage(types.ModuleType):
-    def __call__(self, *args: Any, **kwargs: Any) -> Path:
-        return report(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallablePackage
+make_callable(__name__, report)

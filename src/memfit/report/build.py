@@ -9,15 +9,21 @@ from pathlib import Path
 from typing import Any
 
 from memfit.errors import InvalidInputError
+from memfit.plan.frontier import FrontierPoint, check_points
 from memfit.profile import Category, MemoryProfile
 from memfit.report import mpl
 from memfit.report.figures import breakdown_figure, timeline_figure
+from memfit.report.figures_compare import (
+    compare_categories_figure,
+    compare_modules_figure,
+    compare_timeline_figure,
+)
 from memfit.report.figures_modules import modules_figure
 from memfit.report.figures_snapshot import fragmentation_figure
-from memfit.report.fragmentation import Fragmentation
-from memfit.report.frontier import FrontierPoint, check_points, frontier_figure
+from memfit.report.frontier import frontier_figure
 from memfit.report.html import Stat, View, render_page
 from memfit.report.text import headline, verdict
+from memfit.snapshot.fragmentation import Fragmentation
 from memfit.units import format_bytes
 
 __all__ = ["report", "profile_views", "report_html", "as_profile"]
@@ -213,12 +219,6 @@ def write_pngs(views: Sequence[View], folder: str | Path) -> list[Path]:
 
 def compare_report(diff: Any, path: str | Path, *, png_dir: str | Path | None = None) -> Path:
     """Write the HTML comparison of two runs (a ``compare.ProfileDiff``)."""
-    from memfit.report.figures_compare import (
-        compare_categories_figure,
-        compare_modules_figure,
-        compare_timeline_figure,
-    )
-
     a, b = diff.a, diff.b
     name_a, name_b = diff.names
     views = [

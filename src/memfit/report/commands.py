@@ -14,16 +14,19 @@ from typing import Any
 
 import click
 
-from memfit.errors import InvalidInputError
+from memfit.devices import DEFAULT_DEVICE, get_device
+from memfit.errors import BudgetInfeasibleError, InvalidInputError
+from memfit.plan.frontier import FrontierPoint
+from memfit.plan.search import plan as make_plan
 from memfit.profile import MemoryProfile
 from memfit.report import build
 from memfit.report.compare import diff_profiles, diff_text, load_comparable
-from memfit.report.fragmentation import Fragmentation, analyze
-from memfit.report.frontier import FrontierPoint
 from memfit.report.progress import Progress
-from memfit.report.snapshot import load_snapshot
-from memfit.report.snapshot_profile import snapshot_profile
 from memfit.report.text import fragmentation_text, profile_summary, profile_text
+from memfit.snapshot.fragmentation import Fragmentation, analyze
+from memfit.snapshot.load import load_snapshot
+from memfit.snapshot.profile import snapshot_profile
+from memfit.trace.estimate import estimate
 from memfit.units import format_bytes, parse_bytes
 
 __all__ = ["report", "compare"]
@@ -47,8 +50,6 @@ def _load_run(
     """A profile from a JSON file, or a profile and its trace from a snapshot."""
     if not _is_snapshot(path):
         return load_comparable(path), None
-    from memfit.devices import get_device
-
     spec = get_device(device) if device else None
     with Progress(f"reading {Path(path).name}", enabled=show):
         profile, trace = snapshot_profile(
@@ -62,27 +63,22 @@ def _step_options(options: dict[str, Any]) -> dict[str, Any]:
     return {
         "optimizer": options["optimizer"],
         "precision": options["precision"],
-        "device": options["device"] or "h100-80gb",
+        "device": options["device"] or DEFAULT_DEVICE,
         "batch_size": options["batch_size"],
         "seq_len": options["seq_len"],
     }
 
 
 def _estimate(model: str, options: dict[str, Any], show: bool) -> MemoryProfile:
-    import memfit
-
     with Progress(f"estimating {model}", enabled=show) as bar:
-        return memfit.estimate(model, None, **_step_options(options), progress=bar.set_stage)
+        return estimate(model, None, **_step_options(options), progress=bar.set_stage)
 
 
 def _plan_frontier(model: str, budget: str, options: dict[str, Any], show: bool) -> Any:
     """The planner's frontier for ``budget``, or () with a note when no plan meets it."""
-    import memfit
-    from memfit.errors import BudgetInfeasibleError
-
     with Progress(f"planning {model} for {budget}", enabled=show) as bar:
         try:
-            plan = memfit.plan(
+            plan = make_plan(
                 model, None, budget=budget, **_step_options(options), progress=bar.set_stage
             )
         except BudgetInfeasibleError as error:

@@ -10,7 +10,7 @@ import numpy as np
 
 from memfit.profile import Category, MemoryProfile, Phase
 from memfit.report import mpl
-from memfit.report.thin import thin_indices
+from memfit.snapshot.thin import thin_indices
 from memfit.units import format_bytes
 
 if TYPE_CHECKING:

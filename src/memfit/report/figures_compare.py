@@ -8,7 +8,7 @@ import numpy as np
 
 from memfit.report import mpl
 from memfit.report.compare import ProfileDiff
-from memfit.report.thin import thin_indices
+from memfit.snapshot.thin import thin_indices
 from memfit.units import format_bytes
 
 if TYPE_CHECKING:

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from memfit.report import mpl
-from memfit.report.fragmentation import Fragmentation
+from memfit.snapshot.fragmentation import Fragmentation
 from memfit.units import format_bytes
 
 if TYPE_CHECKING:

@@ -1,85 +1,21 @@
-"""The frontier of plans: predicted step time against peak memory, one point per plan.
+"""The frontier figure: the planner's points, predicted step time against peak memory.
 
-The planner produces the points; this module only holds them and draws them. A plan is worth
-considering only if no other plan is both smaller and faster: those are the Pareto-optimal
-points, joined by a line in the figure.
+The Pareto-optimal points (``memfit.plan.frontier.pareto``) are joined by a line.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from memfit.errors import InvalidInputError
+from memfit.plan.frontier import FrontierPoint, check_points, pareto
 from memfit.report import mpl
 from memfit.units import format_bytes
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["FrontierPoint", "pareto", "check_points", "frontier_figure"]
-
-
-@dataclass(frozen=True, slots=True)
-class FrontierPoint:
-    """One plan on the frontier.
-
-    Attributes:
-        label: what the plan does, e.g. ``"checkpoint layers.* + bf16"``.
-        peak_reserved: its predicted (or measured) reserved peak, in bytes.
-        step_time_s: its predicted (or measured) time per training step.
-        chosen: the plan the planner picked.
-        measured: True when both numbers come from a real run (an anchor), not the models.
-    """
-
-    label: str
-    peak_reserved: int
-    step_time_s: float
-    chosen: bool = False
-    measured: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FrontierPoint:
-        try:
-            return cls(
-                label=str(data["label"]),
-                peak_reserved=int(data["peak_reserved"]),
-                step_time_s=float(data["step_time_s"]),
-                chosen=bool(data.get("chosen", False)),
-                measured=bool(data.get("measured", False)),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidInputError(
-                f"frontier point {dict(data)!r} is malformed ({error}); each needs label, "
-                f"peak_reserved (bytes) and step_time_s"
-            ) from error
-
-
-def check_points(points: Sequence[FrontierPoint]) -> tuple[FrontierPoint, ...]:
-    """Validate a frontier: positive numbers, at most one chosen plan."""
-    for p in points:
-        if p.peak_reserved < 0 or not p.step_time_s > 0:
-            raise InvalidInputError(
-                f"frontier point {p.label!r} has peak_reserved={p.peak_reserved} and "
-                f"step_time_s={p.step_time_s}; both must be positive"
-            )
-    chosen = [p.label for p in points if p.chosen]
-    if len(chosen) > 1:
-        raise InvalidInputError(f"frontier has {len(chosen)} chosen plans ({chosen}); mark one")
-    return tuple(points)
-
-
-def pareto(points: Sequence[FrontierPoint]) -> list[FrontierPoint]:
-    """The points no other point beats on both memory and time, by increasing memory."""
-    front: list[FrontierPoint] = []
-    for p in sorted(points, key=lambda q: (q.peak_reserved, q.step_time_s)):
-        if not front or p.step_time_s < front[-1].step_time_s:
-            front.append(p)
-    return front
+__all__ = ["frontier_figure"]
 
 
 def frontier_figure(points: Sequence[FrontierPoint], *, budget: int | None = None) -> Figure:

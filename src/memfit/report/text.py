@@ -6,8 +6,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from memfit.profile import Category, MemoryProfile
-from memfit.report.fragmentation import Fragmentation
 from memfit.report.tables import format_table
+from memfit.snapshot.fragmentation import Fragmentation
 from memfit.units import format_bytes
 
 __all__ = [

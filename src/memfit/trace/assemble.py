@@ -5,19 +5,20 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 from memfit.profile import Category, LiveTensor, MemoryProfile, ModuleMemory, Phase, TimelineEvent
 from memfit.trace.allocator import round_size
-from memfit.trace.recorder import _Trace
+from memfit.trace.recorder import Trace
 from memfit.trace.replay import Replay
 
-__all__ = ["assemble_profile", "thin_timeline", "module_table"]
+__all__ = ["assemble_profile", "thin_timeline", "module_table", "trainable_param_bytes"]
 
 MAX_TIMELINE_POINTS = 2000
 
 
-def thin_timeline(replay: Replay, trace: _Trace, limit: int = MAX_TIMELINE_POINTS) -> tuple:
+def thin_timeline(replay: Replay, trace: Trace, limit: int = MAX_TIMELINE_POINTS) -> tuple:
     """At most ``limit`` points; each bucket keeps its highest reading, so peaks survive."""
     count = len(replay.allocated)
     if count == 0:
@@ -50,7 +51,7 @@ def _ancestors(fqn: str) -> Iterable[str]:
 
 
 def module_table(
-    root: nn.Module, trace: _Trace, live_after_forward: set[int], grads: dict[str, int]
+    root: nn.Module, trace: Trace, live_after_forward: set[int], grads: dict[str, int]
 ) -> tuple[ModuleMemory, ...]:
     """Per-module memory in model order: parameters, gradients, saved activations."""
     inclusive: dict[str, int] = defaultdict(int)
@@ -85,7 +86,7 @@ def _within(param_name: str, module_name: str) -> bool:
 
 def assemble_profile(
     *,
-    trace: _Trace,
+    trace: Trace,
     replay: Replay,
     modules: tuple[ModuleMemory, ...],
     header: dict,
@@ -126,3 +127,8 @@ def assemble_profile(
         outside_pytorch=outside_pytorch,
         warnings=warnings,
     )
+
+
+def trainable_param_bytes(params: dict[str, torch.Tensor]) -> dict[str, int]:
+    """Bytes of each parameter that gets a gradient."""
+    return {n: p.numel() * p.element_size() for n, p in params.items() if p.requires_grad}

@@ -21,22 +21,28 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from memfit.devices import DeviceSpec, get_device
-from memfit.errors import InvalidInputError
+from memfit.cost import load_calibration
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
 from memfit.profile import MemoryProfile
+from memfit.step.batch import describe_batch
+from memfit.step.in_force import InForce, techniques_in_force
+from memfit.step.loss import LossFn
+from memfit.step.precision import Precision
+from memfit.step.train_step import TrainStep
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
-from memfit.trace.assemble import assemble_profile, module_table
+from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.fakeify import FakeModel, prepare_batch, prepare_model
-from memfit.trace.inputs import describe_batch, make_inputs, parse_input_spec
+from memfit.trace.inputs import resolve
 from memfit.trace.optimizers import make_optimizer, optimizer_label
-from memfit.trace.precision import Precision
-from memfit.trace.recorder import _Trace
+from memfit.trace.recorder import MemoryRecorder, Trace, live_until
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
-from memfit.trace.step import LossFn
+from memfit.trace.settings import StepSettings
 
-__all__ = ["estimate", "trace_step", "StepTrace"]
+__all__ = ["estimate", "trace_step", "StepTrace", "StepSettings"]
+
+Progress = Callable[[str], None]
 
 
 @dataclass
@@ -44,36 +50,10 @@ class StepTrace:
     """A traced step: the profile and what it was made of (for the planner and diagnostics)."""
 
     profile: MemoryProfile
-    trace: _Trace
+    trace: Trace
     marks: dict[str, int]
     model: FakeModel
     record: StepRecord
-
-
-def _resolve(
-    model: Any, batch: Any, batch_size: int | None, seq_len: int | None
-) -> tuple[str, nn.Module | Callable[[], nn.Module], Any]:
-    """Zoo names become a builder and (without a batch) the zoo's example batch."""
-    name = None
-    if isinstance(model, str):
-        from memfit import zoo
-
-        entry = zoo.get(model)
-        name, model = entry.name, entry.build
-        if batch is None:
-            batch = lambda: entry.make_batch(batch_size, seq_len)  # noqa: E731
-    if batch is None:
-        raise InvalidInputError(
-            "no batch given; pass example inputs (a tensor, dict or tuple), an input spec such "
-            "as 'input_ids=int64[8,1024]<50257', or a zoo model name for its default batch"
-        )
-    if isinstance(batch, str):
-        specs = parse_input_spec(batch)
-        batch = lambda: make_inputs(specs)  # noqa: E731
-    if name is None:
-        name = getattr(model, "__name__", None) if not isinstance(model, nn.Module) else None
-        name = name or type(model).__name__
-    return name, model, batch
 
 
 def estimate(
@@ -84,13 +64,13 @@ def estimate(
     forward: Callable[[Any, Any], Any] | None = None,
     optimizer: str | Callable[..., torch.optim.Optimizer] | None = "adamw",
     precision: str | Precision = "bf16-mixed",
-    device: str | DeviceSpec = "h100-80gb",
+    device: str | DeviceSpec = DEFAULT_DEVICE,
     plan: Any = None,
     batch_size: int | None = None,
     seq_len: int | None = None,
     stack: CudaStack = DEFAULT_STACK,
     allocator: AllocatorSettings = DEFAULT_SETTINGS,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
 ) -> MemoryProfile:
     """Predict the GPU memory of one steady-state training step, without a GPU.
 
@@ -128,55 +108,72 @@ def estimate(
           value, named in the profile's warnings.
         * One GPU, one stream; distributed training is not modelled.
     """
-    return trace_step(
-        model,
-        batch,
+    settings = StepSettings(
         loss_fn=loss_fn,
         forward=forward,
         optimizer=optimizer,
         precision=precision,
         device=device,
-        plan=plan,
-        batch_size=batch_size,
-        seq_len=seq_len,
         stack=stack,
         allocator=allocator,
-        progress=progress,
-    ).profile
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
+    return trace_step(model, batch, settings, plan=plan, progress=progress).profile
 
 
 def trace_step(
     model: nn.Module | Callable[[], nn.Module] | str,
     batch: Any = None,
+    settings: StepSettings | None = None,
     *,
-    loss_fn: LossFn | None = None,
-    forward: Callable[[Any, Any], Any] | None = None,
-    optimizer: str | Callable[..., torch.optim.Optimizer] | None = "adamw",
-    precision: str | Precision = "bf16-mixed",
-    device: str | DeviceSpec = "h100-80gb",
     plan: Any = None,
-    batch_size: int | None = None,
-    seq_len: int | None = None,
-    stack: CudaStack = DEFAULT_STACK,
-    allocator: AllocatorSettings = DEFAULT_SETTINGS,
-    progress: Callable[[str], None] | None = None,
+    progress: Progress | None = None,
+    **options: Any,
 ) -> StepTrace:
-    """``estimate``, returning the recorded trace with the profile (planner, diagnostics)."""
-    from memfit.apply.fused_optimizer import use_fused
-    from memfit.apply.train_step import TrainStep
-    from memfit.plan.cost import load_calibration
-    from memfit.plan.in_force import techniques_in_force
+    """``estimate``, returning the recorded trace with the profile (planner, diagnostics).
 
+    Args:
+        settings: how the step runs; ``options`` replace some of them by keyword
+            (``trace_step(model, batch, precision="fp32")``).
+    """
+    settings = (settings or StepSettings()).with_options(**options)
     report = progress or (lambda message: None)
-    spec = get_device(device)
+    spec = get_device(settings.device)
     techniques = techniques_in_force(plan)
-    precision = Precision.parse(techniques.precision or precision)
-    warnings = _device_warnings(spec, precision)
-    name, model, batch = _resolve(model, batch, batch_size, seq_len)
+    precision = Precision.parse(techniques.precision or settings.precision)
+    name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
     started = time.perf_counter()
     fake_mode = FakeTensorMode()
     report(f"building {name} on fake tensors")
-    recorder = new_recorder(spec, stack)
+    recorder = new_recorder(spec, settings.stack)
+    fake_model, example = _build(model, batch, fake_mode, recorder, precision)
+    report("tracing forward, backward and optimizer step")
+    record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
+    report("simulating the CUDA caching allocator")
+    header = dict(
+        source="estimate",
+        model=name,
+        device=spec.name,
+        device_memory=spec.memory_bytes,
+        precision=precision.name,
+        optimizer=optimizer_label(settings.optimizer),
+        batch=describe_batch(example),
+    )
+    profile = _profile(record, fake_model, settings, spec, header)
+    profile = dataclasses.replace(profile, plan=techniques.label, step_time_s=record.step_time_s())
+    report(f"done in {time.perf_counter() - started:.1f} s")
+    return StepTrace(profile, record.trace, record.marks, fake_model, record)
+
+
+def _build(
+    model: nn.Module | Callable[[], nn.Module],
+    batch: Any,
+    fake_mode: FakeTensorMode,
+    recorder: MemoryRecorder,
+    precision: Precision,
+) -> tuple[FakeModel, Any]:
+    """The model and the example batch on fake tensors."""
     # A builder builds on the device, as `with torch.device("cuda"): model = build()` does:
     # its temporaries (weights replaced when tying, say) leave cached blocks behind.
     building = recorder if not isinstance(model, nn.Module) else contextlib.nullcontext()
@@ -184,19 +181,30 @@ def trace_step(
         fake_model = prepare_model(model, fake_mode, param_dtype=precision.param_dtype)
     with fake_mode, torch.device("cpu"):
         example = batch() if callable(batch) else batch
-    example = prepare_batch(example, fake_mode)
-    report("tracing forward, backward and optimizer step")
+    return fake_model, prepare_batch(example, fake_mode)
+
+
+def _trace(
+    fake_model: FakeModel,
+    example: Any,
+    fake_mode: FakeTensorMode,
+    recorder: MemoryRecorder,
+    techniques: InForce,
+    settings: StepSettings,
+    precision: Precision,
+) -> StepRecord:
+    """One step with the plan's techniques applied to the fake model, recorded."""
+    spec = get_device(settings.device)
     with fake_model.swapped(), techniques.applied_to(fake_model.module, fake_mode) as context:
 
         def make_step() -> TrainStep:
-            optimizer_object = make_optimizer(optimizer, fake_model.trainable())
-            if techniques.fused_optimizer and optimizer_object is not None:
-                use_fused(optimizer_object)
+            optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
+            context.change_optimizer(optimizer)  # the fake optimizer: nothing to undo
             return TrainStep(
                 fake_model,
-                optimizer_object,
-                loss_fn=context.loss_fn or loss_fn,
-                forward=forward,
+                optimizer,
+                loss_fn=context.loss_fn or settings.loss_fn,
+                forward=settings.forward,
                 precision=precision,
                 micro_batches=techniques.micro_batches,
                 device_type="fake",
@@ -205,67 +213,39 @@ def trace_step(
                 recompute_products=context.recompute_products,
             )
 
-        record = traced_step(
+        return traced_step(
             fake_mode=fake_mode,
             fake_model=fake_model,
             batch=example,
             make_step=make_step,
             device=spec,
-            stack=stack,
+            stack=settings.stack,
             calibration=load_calibration(spec),
             recorder=recorder,
         )
-    report("simulating the CUDA caching allocator")
-    result = replay(record.trace, record.marks, allocator)
-    live_after_forward = _live_until(record.trace.events, record.marks.get("backward", 0))
-    header = dict(
-        source="estimate",
-        model=name,
-        device=spec.name,
-        device_memory=spec.memory_bytes,
-        precision=precision.name,
-        optimizer=optimizer_label(optimizer),
-        batch=describe_batch(example),
-    )
-    profile = assemble_profile(
+
+
+def _profile(
+    record: StepRecord,
+    fake_model: FakeModel,
+    settings: StepSettings,
+    spec: DeviceSpec,
+    header: dict[str, Any],
+) -> MemoryProfile:
+    """The recorded step replayed through the allocator, as a MemoryProfile."""
+    result = replay(record.trace, record.marks, settings.allocator)
+    live_after_forward = live_until(record.trace.events, record.marks.get("backward", 0))
+    grads = record.grad_bytes or trainable_param_bytes(fake_model.params)
+    return assemble_profile(
         trace=record.trace,
         replay=result,
-        modules=module_table(
-            fake_model.module,
-            record.trace,
-            live_after_forward,
-            record.grad_bytes or _param_bytes_trainable(fake_model.params),
-        ),
+        modules=module_table(fake_model.module, record.trace, live_after_forward, grads),
         header=header,
         outside_pytorch={"cuda_context": spec.cuda_context_bytes},
-        warnings=tuple(warnings + record.warnings),
+        warnings=tuple(
+            _device_warnings(spec, Precision.parse(header["precision"])) + record.warnings
+        ),
     )
-    profile = dataclasses.replace(profile, plan=techniques.label, step_time_s=record.step_time_s())
-    report(f"done in {time.perf_counter() - started:.1f} s")
-    return StepTrace(profile, record.trace, record.marks, fake_model, record)
-
-
-def _selective_overhead_s(record: StepRecord, techniques: Any, spec: DeviceSpec) -> float:
-    """Selective checkpointing's dispatch cost: per operator of its regions, forward and again
-    in recomputation (``Calibration.selective_op_s``)."""
-    from memfit.apply.matching import name_matches
-    from memfit.plan.cost import load_calibration
-    from memfit.plan.techniques import Checkpoint
-
-    patterns = [
-        p for t in techniques.techniques if isinstance(t, Checkpoint) and t.save for p in t.modules
-    ]
-    if not patterns:
-        return 0.0
-
-    def inside(module: str) -> bool:
-        parts = module.split(".")
-        return any(
-            name_matches(".".join(parts[:n]), p) for p in patterns for n in range(1, len(parts) + 1)
-        )
-
-    count = sum(1 for op in record.ops if op.stage == "forward" and inside(op.module))
-    return 2 * count * load_calibration(spec).selective_op_s
 
 
 def _device_warnings(spec: DeviceSpec, precision: Precision) -> list[str]:
@@ -276,17 +256,3 @@ def _device_warnings(spec: DeviceSpec, precision: Precision) -> list[str]:
                 f"emulated and slowly there. Consider precision='fp16-mixed'."
             ]
     return []
-
-
-def _param_bytes_trainable(params: dict[str, torch.Tensor]) -> dict[str, int]:
-    return {n: p.numel() * p.element_size() for n, p in params.items() if p.requires_grad}
-
-
-def _live_until(events: list[int], stop: int) -> set[int]:
-    live: set[int] = set()
-    for key in events[:stop]:
-        if key > 0:
-            live.add(key)
-        else:
-            live.discard(-key)
-    return live

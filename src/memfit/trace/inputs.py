@@ -1,4 +1,4 @@
-"""Example inputs: the input-spec mini-language and calling a model with a batch.
+"""Example inputs: the input-spec mini-language.
 
 An input spec names each tensor the model takes, its dtype and shape, and for integer inputs an
 exclusive upper bound on the values (token ids, class labels)::
@@ -8,22 +8,24 @@ exclusive upper bound on the values (token ids, class labels)::
     float32[32,784]                       # one unnamed tensor: model(x)
     float32[32,784] int64[32]<10          # unnamed tensors: model(x, y)
 
-Items are separated by spaces or semicolons. A batch is called as the model expects it: a tensor
-as ``model(batch)``, a dict as ``model(**batch)``, a tuple or list as ``model(*batch)``.
+Items are separated by spaces or semicolons. A batch is called as the model expects it
+(``memfit.step.batch.call_model``).
 """
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from torch import nn
 
-from memfit.errors import InvalidInputError, UnsupportedModelError
+from memfit import zoo
+from memfit.errors import InvalidInputError
 
-__all__ = ["TensorSpec", "parse_input_spec", "make_inputs", "call_model", "describe_batch"]
+__all__ = ["TensorSpec", "parse_input_spec", "make_inputs", "resolve"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -120,44 +122,32 @@ def make_inputs(specs: list[TensorSpec], *, device: str | torch.device = "cpu") 
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
-def call_model(model: Any, batch: Any) -> Any:
-    """``model(batch)`` for a tensor, ``model(**batch)`` for a dict, ``model(*batch)`` otherwise.
+def resolve(
+    model: Any, batch: Any, batch_size: int | None = None, seq_len: int | None = None
+) -> tuple[str, nn.Module | Callable[[], nn.Module], Any]:
+    """What ``memfit.estimate`` and ``memfit.measure`` take, as (name, model or builder, batch).
+
+    A zoo name becomes its builder and (without a batch) its example batch, of ``batch_size``
+    and ``seq_len`` if given; an input spec becomes a maker of those inputs.
 
     Raises:
-        UnsupportedModelError: when the batch does not fit the model's signature.
+        InvalidInputError: no batch for a model that is not a zoo name, or a malformed spec.
     """
-    try:
-        if isinstance(batch, torch.Tensor):
-            return model(batch)
-        if isinstance(batch, Mapping):
-            return model(**batch)
-        if isinstance(batch, (tuple, list)):
-            return model(*batch)
-    except TypeError as error:
-        if "argument" not in str(error):
-            raise
-        raise UnsupportedModelError(
-            f"the batch ({describe_batch(batch)}) does not fit the model's forward "
-            f"signature: {error}. A dict is passed as keyword arguments, a tuple as positional "
-            f"ones; give the inputs the model's forward() expects (see --input)."
-        ) from error
-    raise UnsupportedModelError(
-        f"batch of type {type(batch).__name__} is not supported; pass a tensor, a dict of "
-        f"tensors (model(**batch)) or a tuple of tensors (model(*batch))"
-    )
-
-
-def describe_batch(batch: Any) -> str:
-    """A short text such as ``input_ids=int64[8,1024] labels=int64[8,1024]``."""
-
-    def one(tensor: Any) -> str:
-        if isinstance(tensor, torch.Tensor):
-            dtype = str(tensor.dtype).removeprefix("torch.")
-            return f"{dtype}[{','.join(str(d) for d in tensor.shape)}]"
-        return type(tensor).__name__
-
-    if isinstance(batch, Mapping):
-        return " ".join(f"{k}={one(v)}" for k, v in batch.items())
-    if isinstance(batch, (tuple, list)):
-        return " ".join(one(v) for v in batch)
-    return one(batch)
+    name = None
+    if isinstance(model, str):
+        entry = zoo.get(model)
+        name, model = entry.name, entry.build
+        if batch is None:
+            batch = lambda: entry.make_batch(batch_size, seq_len)  # noqa: E731
+    if batch is None:
+        raise InvalidInputError(
+            "no batch given; pass example inputs (a tensor, dict or tuple), an input spec such "
+            "as 'input_ids=int64[8,1024]<50257', or a zoo model name for its default batch"
+        )
+    if isinstance(batch, str):
+        specs = parse_input_spec(batch)
+        batch = lambda: make_inputs(specs)  # noqa: E731
+    if name is None:
+        name = getattr(model, "__name__", None) if not isinstance(model, nn.Module) else None
+        name = name or type(model).__name__
+    return name, model, batch

@@ -27,7 +27,7 @@ from torch.utils.module_tracker import ModuleTracker
 from memfit.profile import Category, Phase
 from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback
 
-__all__ = ["Allocation", "MemoryRecorder", "WorkspaceRule"]
+__all__ = ["Allocation", "MemoryRecorder", "WorkspaceRule", "Trace", "live_until"]
 
 # A rule sees each call of its operator after it ran and records the memory the kernel uses
 # beyond its outputs (a cuBLAS/cuDNN workspace, a flash-attention accumulator) through
@@ -59,7 +59,9 @@ class Allocation:
 
 
 @dataclass
-class _Trace:
+class Trace:
+    """Every allocation of a traced step, and the order of allocations and frees."""
+
     allocations: dict[int, Allocation] = field(default_factory=dict)
     # +key for an allocation, -key for a free (keys start at 1)
     events: list[int] = field(default_factory=list)
@@ -87,7 +89,7 @@ class MemoryRecorder(TorchDispatchMode):
         self.device_type = device_type
         self._closed = False
         self.warnings: list[str] = []  # assumptions made for operators fake tensors cannot run
-        self.trace = _Trace()
+        self.trace = Trace()
         self.phase = Phase.SETUP
         self.workspace_rules = workspace_rules or {}
         self.on_op = on_op
@@ -212,9 +214,6 @@ class MemoryRecorder(TorchDispatchMode):
 
         return free
 
-    def live_keys(self) -> set[int]:
-        return set(self._live.values())
-
     # --- dispatch -------------------------------------------------------------------------
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
@@ -242,3 +241,14 @@ class MemoryRecorder(TorchDispatchMode):
 
 def _storage_id(tensor: torch.Tensor) -> int:
     return tensor.untyped_storage()._cdata
+
+
+def live_until(events: list[int], stop: int) -> set[int]:
+    """The keys of the allocations alive after the first ``stop`` events."""
+    live: set[int] = set()
+    for key in events[:stop]:
+        if key > 0:
+            live.add(key)
+        else:
+            live.discard(-key)
+    return live

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings, CachingAllocatorSim
-from memfit.trace.recorder import _Trace
+from memfit.trace.recorder import Trace
 
 __all__ = ["Replay", "replay"]
 
@@ -47,7 +47,7 @@ class Replay:
     num_alloc_retries: int = 0
 
 
-def _segments(trace: _Trace, marks: dict[str, int]) -> dict[str, range]:
+def _segments(trace: Trace, marks: dict[str, int]) -> dict[str, range]:
     end = len(trace.events)
     forward = marks.get("forward", 0)
     if "optimizer0" not in marks:
@@ -63,7 +63,7 @@ def _segments(trace: _Trace, marks: dict[str, int]) -> dict[str, range]:
     }
 
 
-def _iterations(trace: _Trace, marks: dict[str, int]) -> tuple[list[int], list[int], list[int]]:
+def _iterations(trace: Trace, marks: dict[str, int]) -> tuple[list[int], list[int], list[int]]:
     """Event indices of setup, of the first iteration and of a steady iteration."""
     parts = _segments(trace, marks)
     if "fb" not in parts:
@@ -75,7 +75,7 @@ def _iterations(trace: _Trace, marks: dict[str, int]) -> tuple[list[int], list[i
 
 
 def replay(
-    trace: _Trace,
+    trace: Trace,
     marks: dict[str, int],
     settings: AllocatorSettings = DEFAULT_SETTINGS,
     *,
@@ -132,7 +132,7 @@ def replay(
 
 
 def _live_at(
-    trace: _Trace, setup: list[int], first: list[int], result: Replay, once: set[int]
+    trace: Trace, setup: list[int], first: list[int], result: Replay, once: set[int]
 ) -> set[int]:
     live: set[int] = set()
     for index in (*setup, *first):

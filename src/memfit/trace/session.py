@@ -3,7 +3,7 @@
 ``traced_step`` runs a ``TrainStep`` (the code ``memfit.apply`` runs for real) on fake CPU
 tensors inside every emulation of the device model: CUDA autocast's casts, the CUDA branch of
 composites, torch.optim's CUDA implementations and the kernels' workspaces. It records every
-allocation (``MemoryRecorder``), the predicted time of every operator (``memfit.plan.cost``) and
+allocation (``MemoryRecorder``), the predicted time of every operator (``memfit.cost``) and
 the phase boundaries, and records the optimizer's first step (which creates its state) and a
 second, steady one.
 """
@@ -20,10 +20,11 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
+from memfit.cost import Calibration, op_time
 from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
-from memfit.plan.cost import Calibration, op_time
 from memfit.profile import Category, Phase
+from memfit.step.loss import optimizer_update
 from memfit.trace.cuda.autocast import cuda_autocast_policy
 from memfit.trace.cuda.composites import cuda_composites
 from memfit.trace.cuda.stack import CudaStack
@@ -32,8 +33,7 @@ from memfit.trace.fakeify import FakeModel
 from memfit.trace.hf_masks import gpu_mask_branches
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults
-from memfit.trace.recorder import MemoryRecorder, _Trace
-from memfit.trace.step import optimizer_update
+from memfit.trace.recorder import MemoryRecorder, Trace
 
 __all__ = ["TracedOp", "StepRecord", "traced_step", "new_recorder"]
 
@@ -55,7 +55,7 @@ class TracedOp:
 
 @dataclass
 class StepRecord:
-    trace: _Trace
+    trace: Trace
     marks: dict[str, int]
     ops: list[TracedOp] = field(default_factory=list)
     grad_bytes: dict[str, int] = field(default_factory=dict)

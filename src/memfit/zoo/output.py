@@ -14,10 +14,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-__all__ = ["ZooOutput", "causal_lm_loss", "token_loss", "IGNORE_INDEX"]
+from memfit.step.loss import IGNORE_INDEX
 
-IGNORE_INDEX = -100
-"""Label value that the losses skip (PyTorch's and Hugging Face's convention)."""
+__all__ = ["ZooOutput", "causal_lm_loss", "token_loss", "IGNORE_INDEX"]
 
 
 @dataclass(frozen=True)

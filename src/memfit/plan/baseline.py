@@ -1,0 +1,79 @@
+"""What screening needs from the traced, unmodified step: its ``Baseline``, its blocks."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Sequence
+
+from memfit.errors import MemfitError
+from memfit.plan.candidates import Baseline
+from memfit.plan.policies import Policy
+from memfit.structure.blocks import find_blocks
+from memfit.structure.matching import match_modules
+from memfit.techniques import ChunkedLoss, MicroBatch
+from memfit.trace.estimate import StepTrace
+
+__all__ = ["screening_baseline", "checkpointable_blocks", "none_policy", "batch_size"]
+
+
+def checkpointable_blocks(base: StepTrace, blocks: Sequence[str] | None) -> list[str]:
+    module = base.model.module
+    if blocks is None:
+        return find_blocks(module)
+    found = match_modules(
+        module, list(blocks), what="blocks", hint=lambda: ", ".join(find_blocks(module)[:4])
+    )
+    return [name for name, _ in found]
+
+
+def none_policy(base: StepTrace, blocks: list[str]) -> Policy:
+    saved = {m.fqn: m.activation_bytes for m in base.profile.modules}
+    return Policy("none", (), saved.get(blocks[0], 0) if blocks else 0, 0.0)
+
+
+def screening_baseline(
+    base: StepTrace,
+    trace: Callable[..., StepTrace],
+    blocks: list[str],
+    allow: Sequence[str],
+    head: str,
+    chunks: int,
+) -> Baseline:
+    ops = [op for op in base.record.ops if op.stage in ("forward", "backward")]
+    casts = sum(op.seconds for op in ops if op.stage == "forward" and op.op == "_to_copy")
+    baseline = Baseline(
+        base.profile,
+        base.profile.step_time_s or 0.0,
+        len(ops),
+        casts,
+        grad_bytes=sum(base.record.grad_bytes.values()),
+    )
+    if "micro_batch" in allow and batch_size(base) >= 2:
+        halves = trace((MicroBatch(n=2),)).profile
+        dynamic = base.profile.peak_allocated - baseline.static_bytes
+        screened = dynamic / 2
+        traced = halves.peak_allocated - baseline.static_bytes - baseline.grad_bytes
+        baseline = dataclasses.replace(
+            baseline,
+            micro_scale=max(0.1, traced / screened) if screened > 0 else 1.0,
+            micro_ratio=halves.peak_reserved / max(1, halves.peak_allocated),
+        )
+    if "chunked_loss" not in allow:
+        return baseline
+    try:
+        chunked = trace((ChunkedLoss(chunks=chunks, head=head),))
+    except MemfitError:
+        return baseline  # no LM head or no labels: the technique does not apply
+    return dataclasses.replace(
+        baseline,
+        chunked_saving=base.profile.peak_allocated - chunked.profile.peak_allocated,
+        chunked_extra_s=(chunked.profile.step_time_s or 0.0) - baseline.step_s,
+    )
+
+
+def batch_size(base: StepTrace) -> int:
+    text = base.profile.batch
+    try:
+        return int(text.split("[", 1)[1].split(",", 1)[0].rstrip("]"))
+    except (IndexError, ValueError):
+        return 1

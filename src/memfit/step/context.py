@@ -1,0 +1,98 @@
+"""ApplyContext: what the appliers tell the training step about how to run it.
+
+Some techniques change the model (checkpointing wraps forwards); others change how the step
+calls the model and computes the loss (a chunked loss computes the LM head itself, so the model
+must not receive the labels). Appliers write the second kind here; the training step reads it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from memfit.errors import InvalidInputError
+from memfit.step.undo import UndoFn, run_in_reverse
+
+__all__ = ["ApplyContext", "LossFn", "BatchFn", "OptimizerChange", "set_once"]
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+"""``(output, batch) -> scalar loss``; ``batch`` is the batch as given, labels included."""
+
+BatchFn = Callable[[Any], Any]
+"""``batch -> model inputs``: what the model is called with."""
+
+OptimizerChange = Callable[[torch.optim.Optimizer], UndoFn]
+"""Changes an optimizer in place (validating first, changing nothing when it raises); returns
+the callable that changes it back."""
+
+
+@dataclass
+class ApplyContext:
+    """How the training step must run once the techniques are applied.
+
+    The step creates one context (with the user's ``loss_fn``, if any), passes it to
+    ``apply_techniques``, and then, for each (micro-)batch::
+
+        output = call_model(model, context.model_inputs(batch))
+        loss = compute_loss(context.loss_fn, output, batch)   # the full batch, with labels
+
+    Attributes:
+        loss_fn: the loss; None means ``memfit.step.loss.default_loss`` (``output.loss``).
+            ``ChunkedLoss`` sets it, and refuses to replace a loss the user gave.
+        forward_batch: maps a batch to the model's inputs; None calls the model with the batch
+            itself. ``ChunkedLoss`` sets it to drop the labels, so that the model does not
+            compute a loss of its own on what are now hidden states.
+        micro_batches: set by ``MicroBatch``: split each batch into this many micro-batches
+            and accumulate gradients (None: one).
+        precision: set by ``MixedPrecision``: the precision name the step runs in (None: as
+            the step was configured).
+        lean_autocast: set by ``LeanAutocast``: autocast without its weight cache, and
+            forward under ``memfit.step.lean_saving.lean_saving``.
+        recompute_products: set by ``FusedGatedMLP``: forward under ``lean_saving`` (at
+            least for its gated products).
+        optimizer_changes: what techniques do to the optimizer (``FusedOptimizer`` switches it
+            to its fused kernel), run by ``change_optimizer`` once the optimizer exists: by
+            ``memfit.apply`` on the user's, by the tracer on the one it builds.
+    """
+
+    loss_fn: LossFn | None = None
+    forward_batch: BatchFn | None = None
+    micro_batches: int | None = None
+    precision: str | None = None
+    lean_autocast: bool = False
+    recompute_products: bool = False
+    optimizer_changes: list[OptimizerChange] = field(default_factory=list)
+
+    def change_optimizer(self, optimizer: torch.optim.Optimizer | None) -> UndoFn:
+        """Run ``optimizer_changes`` on ``optimizer``, all or none; returns their undo.
+
+        Without an optimizer (forward and backward only) there is nothing to change.
+        """
+        done: list[UndoFn] = []
+        if optimizer is not None:
+            try:
+                for change in self.optimizer_changes:
+                    done.append(change(optimizer))
+            except BaseException:
+                run_in_reverse(done)
+                raise
+        return lambda: run_in_reverse(done)
+
+    def model_inputs(self, batch: Any) -> Any:
+        """What the model is called with for ``batch``."""
+        return batch if self.forward_batch is None else self.forward_batch(batch)
+
+
+def set_once(context: ApplyContext, flag: str, technique: str) -> Callable[[], None]:
+    """Set the boolean ``flag`` of ``context`` for ``technique``; the returned undo clears it.
+
+    Raises:
+        InvalidInputError: the flag is set already (the plan has the technique twice).
+    """
+    if getattr(context, flag):
+        raise InvalidInputError(f"the plan has {technique} twice; keep one")
+    setattr(context, flag, True)
+    return lambda: setattr(context, flag, False)

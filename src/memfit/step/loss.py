@@ -1,0 +1,86 @@
+"""The pieces of a training step shared by memfit's TrainStep on real and fake tensors: the
+default loss, the checks on the loss, and the optimizer update (with or without loss scaling).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import torch
+
+from memfit.errors import UnsupportedModelError
+
+__all__ = ["default_loss", "compute_loss", "optimizer_update", "LossFn", "IGNORE_INDEX"]
+
+IGNORE_INDEX = -100  # the label cross-entropy skips (PyTorch's and Hugging Face's default)
+
+LossFn = Callable[[Any, Any], torch.Tensor]
+
+
+def default_loss(output: Any, batch: Any) -> torch.Tensor:
+    """``output.loss`` (or ``output["loss"]``) when the model computes one, else the mean output."""
+    loss = getattr(output, "loss", None)
+    if loss is None and isinstance(output, Mapping):
+        loss = output.get("loss")
+    if loss is not None:
+        return loss
+    first = output
+    while isinstance(first, (tuple, list)) and first:
+        first = first[0]
+    if isinstance(first, Mapping) and first:
+        first = next(iter(first.values()))
+    logits = getattr(first, "logits", first)
+    if not isinstance(logits, torch.Tensor):
+        raise UnsupportedModelError(
+            f"cannot find a loss in the model's output ({type(output).__name__}); pass "
+            f"loss_fn=lambda output, batch: ... returning a scalar tensor"
+        )
+    return logits.float().mean()
+
+
+def compute_loss(loss_fn: LossFn | None, output: Any, batch: Any) -> torch.Tensor:
+    """The scalar loss, checked.
+
+    Raises:
+        UnsupportedModelError: when the loss is not a floating scalar tensor.
+    """
+    try:
+        loss = (loss_fn or default_loss)(output, batch)
+    except UnsupportedModelError:
+        raise
+    except Exception as error:  # the user's loss function: report it, whatever it raised
+        raise UnsupportedModelError(
+            f"the loss function raised {type(error).__name__}: {error}"
+        ) from error
+    if not isinstance(loss, torch.Tensor):
+        raise UnsupportedModelError(
+            f"the loss is a {type(loss).__name__}, not a tensor; loss_fn must return a scalar "
+            f"tensor computed from the output"
+        )
+    if loss.numel() != 1 or not loss.is_floating_point():
+        shape = list(loss.shape)
+        raise UnsupportedModelError(
+            f"the loss must be a floating-point scalar, got {str(loss.dtype)} of shape {shape}; "
+            f"reduce it (e.g. .mean()) in loss_fn"
+        )
+    return loss
+
+
+def optimizer_update(
+    optimizer: torch.optim.Optimizer, scaler: Any, grad_scale: torch.Tensor | None
+) -> None:
+    """``optimizer.step()``, through a GradScaler (real) or its op-by-op emulation (fake)."""
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+        return
+    if grad_scale is not None:  # GradScaler.unscale_ + step + update, without its .item()
+        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        found_inf = torch.zeros((), device=grad_scale.device)
+        torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, grad_scale.reciprocal())
+        optimizer.step()
+        growth_tracker = torch.zeros((), dtype=torch.int32, device=grad_scale.device)
+        torch._amp_update_scale_(grad_scale, growth_tracker, found_inf, 2.0, 0.5, 2000)
+        return
+    optimizer.step()

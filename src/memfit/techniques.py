@@ -1,0 +1,338 @@
+"""THE technique table: what a plan can do to a training step, and what each technique is.
+
+Each technique is a frozen dataclass (its settings) and one ``TechniqueInfo`` row in ``TABLE``:
+its name (for ``--allow``, ``allow=`` and a plan's JSON), whether it keeps the math exactly or
+changes it (allowed only on request), what it cannot be combined with, and the module holding
+its applier. Everything else reads this table: the planner (what it may choose), the tracer
+(what it can predict), ``memfit.apply`` (which applier runs), the command line and
+``memfit.__init__`` (what is public). Adding a technique is one dataclass and one row here, one
+applier in ``memfit.apply`` (registered with ``memfit.apply.register_applier``), and what the
+tracer and the cost model must know of it.
+
+Patterns name modules by their fully qualified name with shell wildcards (``fnmatch``):
+``"layers.*"`` is every direct child of ``layers``.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
+
+from memfit.errors import InvalidInputError
+
+if TYPE_CHECKING:  # the table is read without importing torch (the command line's help)
+    from torch import nn
+
+__all__ = [
+    "TABLE",
+    "TechniqueInfo",
+    "Exactness",
+    "info",
+    "by_name",
+    "parse_allow",
+    "default_allow",
+    "technique_label",
+    "model_fingerprint",
+    "PlanLike",
+    "Checkpoint",
+    "MicroBatch",
+    "MixedPrecision",
+    "ChunkedLoss",
+    "FusedActivation",
+    "FusedGatedMLP",
+    "LeanAutocast",
+    "FusedOptimizer",
+    "Technique",
+    "SELECTIVE_SAVE_DEFAULT",
+]
+
+# Operators whose outputs selective checkpointing keeps by default: the expensive ones (matrix
+# products and attention), so that only cheap pointwise work is recomputed in backward.
+SELECTIVE_SAVE_DEFAULT: tuple[str, ...] = (
+    "mm",
+    "addmm",
+    "bmm",
+    "baddbmm",
+    "_scaled_dot_product_flash_attention",
+    "_scaled_dot_product_efficient_attention",
+    "_scaled_dot_product_cudnn_attention",
+    "convolution",
+)
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """Activation checkpointing of the modules matching ``modules`` (non-reentrant).
+
+    Attributes:
+        modules: fnmatch patterns of module names, e.g. ``("layers.0", "layers.1")``.
+        save: operator names (ATen overload packets, e.g. ``"mm"``) whose outputs are kept in
+            forward; everything else inside the module is recomputed in backward. Empty means
+            full checkpointing (only the module's inputs are kept). Implemented with
+            ``torch.utils.checkpoint.create_selective_checkpoint_contexts``.
+    """
+
+    modules: tuple[str, ...]
+    save: tuple[str, ...] = ()
+
+    @property
+    def selective(self) -> bool:
+        return bool(self.save)
+
+
+@dataclass(frozen=True)
+class MicroBatch:
+    """Split each batch into ``n`` micro-batches and accumulate gradients.
+
+    Losses are scaled by ``n_i / N`` so the update equals the full batch's (for losses that are
+    means over samples). Sizes that do not divide the batch give one smaller last micro-batch.
+    """
+
+    n: int
+
+
+@dataclass(frozen=True)
+class MixedPrecision:
+    """Run the step in ``precision`` (``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"``)."""
+
+    precision: str
+
+
+@dataclass(frozen=True)
+class ChunkedLoss:
+    """Compute the LM head and cross-entropy over ``chunks`` slices of the sequence.
+
+    The full-vocabulary logits are never materialised: each chunk's logits are recomputed in
+    backward. The model must be a causal LM whose head is the module ``head`` and whose batch
+    carries ``labels`` (next-token targets, ``-100`` ignored); the loss equals the model's own
+    mean cross-entropy.
+    """
+
+    chunks: int
+    head: str = "lm_head"
+    labels_key: str = "labels"
+
+
+@dataclass(frozen=True)
+class FusedActivation:
+    """Replace the activation modules matching ``modules`` by one fused kernel each.
+
+    Only Hugging Face's elementwise tanh-GELUs (``gelu_new``, ``gelu_fast``, ``gelu_accurate``)
+    qualify: ``nn.GELU(approximate="tanh")`` computes the same function, equal to rounding,
+    keeping only its input for backward.
+    """
+
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class FusedGatedMLP:
+    """Compute the gate product of the gated MLPs matching ``modules`` in one autograd function.
+
+    ``down(act(gate(x)) * up(x))`` (LLaMA, Mistral, Qwen2; SiLU or GELU) keeps ``gate(x)``,
+    ``up(x)``, ``act(gate(x))`` and the product for backward; fused, only the first two are
+    kept and the rest is recomputed in backward (two elementwise kernels). The same operators
+    run on the same values, so gradients are bit-identical.
+    """
+
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LeanAutocast:
+    """Keep no low-precision copies of the weights from forward to backward (mixed precision).
+
+    Autocast casts each float32 weight to bf16/fp16 for its matrix product, caches the copy until
+    the forward ends, and autograd keeps it until backward has used it: a second, half-size set
+    of weights alive through the step. With this technique the cache is off and backward casts
+    the weight again from the float32 parameter (the same deterministic cast: bit-identical).
+    """
+
+
+@dataclass(frozen=True)
+class FusedOptimizer:
+    """Run Adam's or AdamW's update as PyTorch's fused kernel (``fused=True``).
+
+    On CUDA, ``torch.optim.AdamW`` defaults to its multi-tensor (``foreach``) implementation,
+    whose step holds temporaries of one float32 per weight (LLaMA-1B: 3.55 GiB at the peak).
+    The fused kernel updates each parameter in place. It is the same update, computed in
+    float32 in another order: results agree within float32 rounding (on a CPU, 2.4% of the
+    elements differed, by at most 2.4e-7 in values of order one). Gradients are unchanged.
+    """
+
+
+Technique = (
+    Checkpoint
+    | MicroBatch
+    | MixedPrecision
+    | ChunkedLoss
+    | FusedActivation
+    | FusedGatedMLP
+    | LeanAutocast
+    | FusedOptimizer
+)
+
+
+class Exactness(enum.Enum):
+    """How close the step with a technique is to the step without it."""
+
+    IDENTICAL = "identical"  # bit-identical gradients and updates
+    ROUNDING = "rounding"  # the same function, equal to floating-point rounding
+    CHANGES_MATH = "changes the math"  # trains another model: only when allowed by name
+
+
+@dataclass(frozen=True)
+class TechniqueInfo:
+    """One row of the technique table.
+
+    Attributes:
+        type: the technique's dataclass.
+        name: its name for ``--allow`` / ``allow=`` and in a plan's JSON.
+        exactness: what it keeps of the step's math; the planner chooses a technique that
+            ``CHANGES_MATH`` only when the user allows it by name.
+        planned: whether ``memfit.plan`` chooses it (``MixedPrecision`` is the user's choice,
+            never the planner's).
+        applier: the module of ``memfit.apply`` that registers its applier; imported the first
+            time a technique of this type is applied, by the tracer or by ``memfit.apply``.
+        excludes: names of techniques it cannot be combined with.
+        summary: one line for ``memfit plan --help`` and the guide.
+    """
+
+    type: type
+    name: str
+    exactness: Exactness
+    planned: bool
+    applier: str
+    label: Any  # (technique) -> str: how plans and reports name it
+    excludes: tuple[str, ...] = ()
+    summary: str = ""
+
+
+def _compact(patterns: Sequence[str]) -> str:
+    if len(patterns) <= 3:
+        return ",".join(patterns)
+    return f"{patterns[0]}..{patterns[-1]} ({len(patterns)} modules)"
+
+
+def _checkpoint_label(t: Checkpoint) -> str:
+    return f"checkpoint[{'selective' if t.selective else 'full'}] {_compact(t.modules)}"
+
+
+TABLE: tuple[TechniqueInfo, ...] = (
+    TechniqueInfo(
+        MixedPrecision, "mixed_precision", Exactness.CHANGES_MATH, planned=False,
+        applier="memfit.apply.step_options",
+        label=lambda t: t.precision, summary="run the step in another precision",
+    ),
+    TechniqueInfo(
+        FusedOptimizer, "fused_optimizer", Exactness.ROUNDING, planned=True,
+        applier="memfit.apply.fused_optimizer",
+        label=lambda t: "fused optimizer step",
+        summary="Adam/AdamW's fused kernel where its step holds less",
+    ),
+    TechniqueInfo(
+        FusedActivation, "fused_activation", Exactness.ROUNDING, planned=True,
+        applier="memfit.apply.fused_activation",
+        label=lambda t: f"fused GELU {_compact(t.modules)}",
+        summary="Hugging Face's elementwise tanh-GELUs as one kernel",
+    ),
+    TechniqueInfo(
+        Checkpoint, "checkpoint", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.checkpoint", label=_checkpoint_label,
+        summary="recompute blocks (or all but their matrix products) in backward",
+    ),
+    TechniqueInfo(
+        FusedGatedMLP, "fused_gated_mlp", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.fused_gated_mlp",
+        label=lambda t: f"fused gated MLP {_compact(t.modules)}",
+        summary="keep a gated MLP's factors, recompute its product",
+    ),
+    TechniqueInfo(
+        LeanAutocast, "lean_autocast", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.lean_autocast",
+        label=lambda t: "lean autocast",
+        summary="keep no low-precision weight copies from forward to backward",
+    ),
+    TechniqueInfo(
+        ChunkedLoss, "chunked_loss", Exactness.ROUNDING, planned=True,
+        applier="memfit.apply.chunked_loss",
+        label=lambda t: f"chunked loss x{t.chunks}",
+        summary="LM head and cross-entropy over slices of the sequence",
+    ),
+    TechniqueInfo(
+        MicroBatch, "micro_batch", Exactness.ROUNDING, planned=True,
+        applier="memfit.apply.step_options",
+        label=lambda t: f"micro-batch x{t.n}",
+        summary="split the batch and accumulate gradients",
+    ),
+)  # fmt: skip
+
+_BY_TYPE = {row.type: row for row in TABLE}
+_BY_NAME = {row.name: row for row in TABLE}
+
+
+def info(technique: Any) -> TechniqueInfo | None:
+    """The table's row for a technique (or its type); None for a type the table lacks."""
+    kind = technique if isinstance(technique, type) else type(technique)
+    return _BY_TYPE.get(kind)
+
+
+def by_name(name: str) -> TechniqueInfo:
+    """The row named ``name``.
+
+    Raises:
+        InvalidInputError: an unknown name; the message lists the known ones.
+    """
+    row = _BY_NAME.get(name)
+    if row is None:
+        raise InvalidInputError(f"unknown technique {name!r}; known: {', '.join(_BY_NAME)}")
+    return row
+
+
+def default_allow() -> tuple[str, ...]:
+    """What the planner may choose unless told otherwise: the exact techniques it plans."""
+    return tuple(r.name for r in TABLE if r.planned and r.exactness is not Exactness.CHANGES_MATH)
+
+
+def parse_allow(allow: str | Iterable[str] | None) -> tuple[str, ...]:
+    """``allow=`` as the planner takes it: None for the default, one name, or several.
+
+    Raises:
+        InvalidInputError: a name the table lacks, or one the planner never chooses.
+    """
+    if allow is None:
+        return default_allow()
+    names = [allow] if isinstance(allow, str) else list(allow)
+    names = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
+    planned = [r.name for r in TABLE if r.planned]
+    unknown = [n for n in names if n not in planned]
+    if unknown:
+        raise InvalidInputError(
+            f"unknown technique(s) {unknown} in allow; the planner chooses from: "
+            f"{', '.join(planned)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def technique_label(technique: Any) -> str:
+    """How plans, reports and the command line name a technique."""
+    row = info(technique)
+    return row.label(technique) if row is not None else repr(technique)
+
+
+def model_fingerprint(model: nn.Module) -> str:
+    """A short hash of the parameters' names and shapes: which model a plan is for."""
+    digest = hashlib.sha256()
+    for name, param in model.named_parameters():
+        digest.update(f"{name}:{tuple(param.shape)};".encode())
+    return digest.hexdigest()[:16]
+
+
+class PlanLike(Protocol):
+    """What the tracer and ``memfit.apply`` read from a ``memfit.Plan``."""
+
+    techniques: tuple[Any, ...]
+    model_fingerprint: str

@@ -1,0 +1,66 @@
+"""StepSettings: how the step to predict runs, besides the model and the batch.
+
+``memfit.estimate``, ``memfit.plan`` and ``memfit.measure`` take these as keyword arguments; the
+stages pass them on together as one object.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec
+from memfit.errors import InvalidInputError
+from memfit.step.loss import LossFn
+from memfit.step.precision import Precision
+from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
+from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
+
+__all__ = ["StepSettings"]
+
+
+@dataclass(frozen=True)
+class StepSettings:
+    """What the step does and where it runs.
+
+    Attributes:
+        loss_fn: ``(output, batch) -> scalar loss``; default ``output.loss``, else the mean
+            of the output in float32.
+        forward: ``(model, batch) -> output`` when the model is not called as
+            ``model(batch)`` / ``model(**batch)`` / ``model(*batch)``.
+        optimizer: ``"adamw"``, ``"adamw-fused"``, ``"adam"``, ``"adam-fused"``, ``"sgd"``, a
+            factory ``params -> Optimizer``, or None for forward and backward only.
+        precision: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or ``"bf16"`` (pure).
+        device: a name from ``memfit devices``, ``"cuda"`` for the local GPU, or a DeviceSpec.
+        stack: the target's software (cuDNN version...), which decides some kernels.
+        allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
+        batch_size, seq_len: the size of a zoo model's default batch.
+    """
+
+    loss_fn: LossFn | None = None
+    forward: Callable[[Any, Any], Any] | None = None
+    optimizer: str | Callable[..., torch.optim.Optimizer] | None = "adamw"
+    precision: str | Precision = "bf16-mixed"
+    device: str | DeviceSpec = DEFAULT_DEVICE
+    stack: CudaStack = DEFAULT_STACK
+    allocator: AllocatorSettings = DEFAULT_SETTINGS
+    batch_size: int | None = None
+    seq_len: int | None = None
+
+    def with_options(self, **options: Any) -> StepSettings:
+        """These settings with some replaced, by keyword (``precision="fp32"``).
+
+        Raises:
+            InvalidInputError: a keyword that is not a setting (the message lists them).
+        """
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidInputError(
+                f"unknown setting(s) {unknown}; the step's settings are: {', '.join(sorted(known))}"
+            )
+        return dataclasses.replace(self, **options)

@@ -1,0 +1,74 @@
+"""``memfit calibrate``: the H200-fitted defaults scaled by how the local GPU compares."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+from torch import nn
+
+import memfit
+from memfit.cli import main
+from memfit.cost import Calibration, load_calibration, save_calibration
+from memfit.devices import get_device
+from memfit.measure.calibrate import DEFAULTS, REFERENCE, Microbenchmarks, calibration_from
+
+
+def test_the_reference_gpu_gets_the_defaults() -> None:
+    calibration = calibration_from(REFERENCE, get_device("h200"))
+    assert calibration.matmul_efficiency == pytest.approx(DEFAULTS.matmul_efficiency)
+    assert calibration.bandwidth_efficiency == pytest.approx(DEFAULTS.bandwidth_efficiency)
+    assert calibration.launch_s == pytest.approx(DEFAULTS.launch_s)
+    assert calibration.device == "h200"
+
+
+def test_efficiencies_scale_with_the_fraction_of_the_datasheet_reached() -> None:
+    a100 = get_device("a100-80gb")
+    ref_mm, ref_bw = REFERENCE.fractions(get_device("h200"))
+    measured = Microbenchmarks(
+        matmul_flops=0.5 * ref_mm * a100.bf16_flops,  # half the reference's fraction
+        copy_bytes_s=ref_bw * a100.bandwidth_bytes_s,  # the same fraction
+        kernel_s=2 * REFERENCE.kernel_s,
+        device=a100.name,
+    )
+    calibration = calibration_from(measured, a100)
+    assert calibration.matmul_efficiency == pytest.approx(0.5 * DEFAULTS.matmul_efficiency)
+    assert calibration.bandwidth_efficiency == pytest.approx(DEFAULTS.bandwidth_efficiency)
+    assert calibration.launch_s == pytest.approx(2 * DEFAULTS.launch_s)
+    assert calibration.selective_op_s == DEFAULTS.selective_op_s
+
+
+def test_a_saved_calibration_changes_predicted_step_time(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    # large enough that FLOPs and bytes, not kernel launches, set the time
+    model = nn.Sequential(nn.Linear(2048, 8192), nn.GELU(), nn.Linear(8192, 2048))
+    batch = torch.randn(8192, 2048)
+    before = memfit.estimate(model, batch, device="h100-80gb").step_time_s
+    slow = dataclasses.replace(
+        DEFAULTS, matmul_efficiency=0.1, bandwidth_efficiency=0.05, device="h100-80gb"
+    )
+    path = save_calibration(slow)
+    assert path.is_relative_to(tmp_path)
+    assert load_calibration(get_device("h100-80gb")) == slow
+    assert load_calibration(get_device("a100-80gb")) == Calibration()  # other devices unchanged
+    after = memfit.estimate(model, batch, device="h100-80gb").step_time_s
+    assert before is not None and after is not None and after > 5 * before
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")
+def test_without_a_gpu_the_command_says_so(capsys) -> None:
+    assert main(["calibrate"]) == 2
+    err = capsys.readouterr().err
+    assert "torch sees none" in err and "Traceback" not in err
+
+
+@pytest.mark.gpu
+def test_calibrate_on_the_local_gpu(tmp_path, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert main(["calibrate"]) == 0
+    assert "saved to" in capsys.readouterr().out
+    spec = memfit.devices.local_device()
+    calibration = load_calibration(spec)
+    assert calibration.device == spec.name
+    assert 0.2 < calibration.matmul_efficiency < 2 and 0.1 < calibration.bandwidth_efficiency < 1

@@ -1,0 +1,173 @@
+"""FusedGatedMLP and LeanAutocast: bit-identical gradients, fewer bytes kept, exact undo, errors."""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from tests.apply.helpers import VOCAB, StorageTracker, hf_gpt2, hf_llama, tiny_llama, token_batch
+from torch import nn
+
+import memfit
+from memfit.errors import InvalidInputError, MemfitError
+from memfit.step.context import ApplyContext
+from memfit.step.lean_saving import lean_saving
+from memfit.step.registry import apply_techniques
+from memfit.step.undo import undo_all
+from memfit.structure.gated_mlp import gated_mlps
+from memfit.techniques import Checkpoint, FusedGatedMLP, LeanAutocast
+
+GATED = FusedGatedMLP(modules=("**.mlp",))
+
+
+def step_grads(model: nn.Module, techniques: list, precision: str, batch: dict) -> tuple:
+    """One TrainStep (no optimizer) on a copy of ``model``: its loss and every gradient."""
+    model = copy.deepcopy(model).float()
+    step = memfit.apply(techniques, model, None, precision=precision, device_type="cpu")
+    loss = step(batch)
+    return loss, {n: p.grad for n, p in model.named_parameters()}
+
+
+def test_finds_gated_mlps_of_hugging_face_and_the_zoo():
+    assert gated_mlps(hf_llama()) == ["model.layers.0.mlp", "model.layers.1.mlp"]
+    assert gated_mlps(tiny_llama()) == ["layers.0.mlp", "layers.1.mlp"]
+    assert gated_mlps(hf_gpt2()) == []  # not gated
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
+@pytest.mark.parametrize(
+    "techniques",
+    [[GATED], [LeanAutocast()], [GATED, LeanAutocast(), Checkpoint(modules=("model.layers.0",))]],
+    ids=["gated", "lean-autocast", "both+checkpoint"],
+)
+def test_gradients_are_bit_identical(techniques, precision):
+    model, batch = hf_llama(), token_batch()
+    loss, grads = step_grads(model, [], precision, batch)
+    loss_lean, grads_lean = step_grads(model, techniques, precision, batch)
+    assert torch.equal(loss, loss_lean)
+    assert grads.keys() == grads_lean.keys()
+    for name, grad in grads.items():
+        assert torch.equal(grad, grads_lean[name]), name
+
+
+def test_zoo_llama_gradients_are_bit_identical():
+    batch = token_batch()
+    model = tiny_llama()
+    _, grads = step_grads(model, [], "bf16-mixed", batch)
+    _, lean = step_grads(
+        model, [FusedGatedMLP(("layers.*.mlp",)), LeanAutocast()], "bf16-mixed", batch
+    )
+    assert all(torch.equal(grads[n], lean[n]) for n in grads)
+
+
+def kept_after_forward(model: nn.Module, context: ApplyContext, lean: bool) -> int:
+    """Elements alive between forward and backward under bf16 autocast."""
+    batch = token_batch(batch_size=4, seq_len=16)
+    tracker = StorageTracker()
+    cache = not lean
+    with tracker, torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=cache):
+        with lean_saving(weights=lean, shared=lean) if lean else torch.enable_grad():
+            loss = model(**batch).loss
+    kept = sum(s.numel for s in tracker.alive())
+    loss.backward()
+    return kept
+
+
+def test_each_keeps_less_for_backward():
+    plain = kept_after_forward(hf_llama().float(), ApplyContext(), lean=False)
+    lean = kept_after_forward(hf_llama().float(), ApplyContext(), lean=True)
+    model, context = hf_llama().float(), ApplyContext()
+    apply_techniques(model, [GATED], context=context)
+    with lean_saving(weights=False, shared=False):  # what the step does for FusedGatedMLP
+        gated = kept_after_forward(model, context, lean=False)
+    assert lean < plain and gated < plain
+
+
+def test_the_hooks_store_recipes_for_all_three_kinds(monkeypatch):
+    import memfit.step.lean_saving as lean
+
+    kinds: list[str] = []
+    original = lean._pack
+
+    def counting(state, saved):
+        packed = original(state, saved)
+        if packed is not saved:
+            kinds.append(type(packed.inner).__name__)
+        return packed
+
+    monkeypatch.setattr(lean, "_pack", counting)
+    step_grads(hf_llama(), [GATED, LeanAutocast()], "bf16-mixed", token_batch())
+    # weights cast again; k and v share q's input cast, up shares gate's; gated products
+    assert {"_Recast", "Tensor", "_Recompute"} <= set(kinds)
+
+
+def test_a_weight_changed_between_forward_and_backward_raises():
+    model = hf_llama().float()
+    with torch.autocast("cpu", dtype=torch.bfloat16, cache_enabled=False), lean_saving():
+        loss = model(**token_batch()).loss
+    with torch.no_grad():
+        model.lm_head.weight.add_(1.0)
+    with pytest.raises(MemfitError, match="changed in place between forward and backward"):
+        loss.backward()
+
+
+def test_undo_restores_the_class_forward():
+    model = hf_llama()
+    mlp = model.model.layers[0].mlp
+    context = ApplyContext()
+    apply_techniques(model, [GATED], context=context)
+    assert "forward" in mlp.__dict__ and context.recompute_products
+    undo_all(model)
+    assert "forward" not in mlp.__dict__
+
+
+def test_refuses_modules_that_are_not_gated_mlps():
+    with pytest.raises(InvalidInputError, match="not a gated MLP"):
+        apply_techniques(hf_llama(), [FusedGatedMLP(("model.layers.0",))], context=ApplyContext())
+    with pytest.raises(InvalidInputError, match="none in this model"):
+        apply_techniques(
+            hf_gpt2(), [FusedGatedMLP(("transformer.h.0.mlp",))], context=ApplyContext()
+        )
+
+
+def test_estimate_predicts_less_memory_with_them():
+    from memfit.zoo.llama import Llama, LlamaConfig
+
+    def build() -> nn.Module:
+        return Llama(
+            LlamaConfig(
+                n_layers=2, dim=256, n_heads=4, n_kv_heads=4, hidden_dim=704, vocab_size=VOCAB
+            )
+        )
+
+    batch = {"input_ids": torch.zeros(4, 256, dtype=torch.long)}
+    batch["labels"] = batch["input_ids"]
+    options = dict(precision="bf16-mixed", device="h100-80gb")
+    plain = memfit.estimate(build, batch, **options)
+    lean = memfit.estimate(
+        build, batch, plan=[FusedGatedMLP(("layers.*.mlp",)), LeanAutocast()], **options
+    )
+    assert lean.peak_allocated < plain.peak_allocated
+
+
+@pytest.mark.gpu
+def test_gradients_are_bit_identical_on_cuda():
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    model, batch = hf_llama().float().cuda(), token_batch()
+    batch = {k: v.cuda() for k, v in batch.items()}
+    grads = []
+    for techniques in ([], [GATED, LeanAutocast()]):
+        copied = copy.deepcopy(model)
+        memfit.apply(techniques, copied, None, precision="bf16-mixed")(batch)
+        grads.append({n: p.grad for n, p in copied.named_parameters()})
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
+def test_warns_when_the_model_is_compiled(monkeypatch):
+    model = hf_llama().float()
+    step = memfit.apply([LeanAutocast()], model, None, precision="bf16-mixed", device_type="cpu")
+    monkeypatch.setattr(model, "_compiled_call_impl", lambda *a, **k: model.forward(*a, **k))
+    with pytest.warns(UserWarning, match="torch.compile decides"):
+        step(token_batch())

@@ -1,0 +1,94 @@
+"""find_blocks on every zoo model, Hugging Face and torchvision models, and edge cases."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.apply.helpers import Block, Net, hf_gpt2, hf_llama
+from torch import nn
+
+import memfit.zoo as zoo
+from memfit.structure.blocks import find_blocks
+
+ZOO_BLOCKS = {
+    "gpt2": [f"layers.{i}" for i in range(12)],
+    "gpt2-medium": [f"layers.{i}" for i in range(24)],
+    "llama-1b": [f"layers.{i}" for i in range(16)],
+    "bert-base": [f"layers.{i}" for i in range(12)],
+    "vit-b16": [f"layers.{i}" for i in range(12)],
+    "resnet50": [f"stages.{s}.{b}" for s, n in enumerate((3, 4, 6, 3)) for b in range(n)],
+}
+
+
+@pytest.mark.parametrize("name", zoo.names())
+def test_zoo(name):
+    with torch.device("meta"):
+        model = zoo.get(name).build()
+    assert find_blocks(model) == ZOO_BLOCKS[name]
+
+
+def test_hugging_face():
+    from transformers import BertConfig, BertForMaskedLM
+
+    assert find_blocks(hf_gpt2()) == ["transformer.h.0", "transformer.h.1"]
+    assert find_blocks(hf_llama()) == ["model.layers.0", "model.layers.1"]
+    config = BertConfig(
+        num_hidden_layers=3,
+        hidden_size=32,
+        intermediate_size=64,
+        num_attention_heads=4,
+        vocab_size=97,
+        max_position_embeddings=16,
+    )
+    assert find_blocks(BertForMaskedLM(config)) == [f"bert.encoder.layer.{i}" for i in range(3)]
+
+
+def test_torchvision():
+    import torchvision
+
+    with torch.device("meta"):
+        resnet, vit = torchvision.models.resnet18(), torchvision.models.vit_b_16()
+    assert find_blocks(resnet) == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
+    assert find_blocks(vit) == [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
+
+
+class Mixer(nn.Module):
+    """A state-space-like layer of about the same size as ``Block``."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.proj = nn.Linear(dim, 8 * dim)
+
+
+def test_alternating_layer_types_in_one_stack():
+    model = nn.Sequential(
+        nn.Embedding(10, 8),
+        nn.ModuleList([Block(8), Mixer(8), Block(8), Mixer(8)]),
+        nn.Sequential(nn.LayerNorm(8), nn.Linear(8, 10)),  # repeated classes, but leaves
+    )
+    assert find_blocks(model) == ["1.0", "1.1", "1.2", "1.3"]
+
+
+def test_blocks_inside_a_wrapper_and_without_containers():
+    class Stack(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = Net(n_blocks=3)
+
+    assert find_blocks(nn.Sequential(Stack(), nn.Linear(3, 3))) == [
+        "0.inner.layers.0",
+        "0.inner.layers.1",
+        "0.inner.layers.2",
+    ]
+
+    class TwoBlocks(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.first, self.head, self.second = Block(8), nn.Linear(8, 2), Block(8)
+
+    assert find_blocks(TwoBlocks()) == ["first", "second"]
+
+
+def test_nothing_repeated():
+    assert find_blocks(nn.Sequential(nn.Linear(4, 4), nn.ReLU(), nn.Linear(4, 2))) == []
+    assert find_blocks(Block(8)) == []
