@@ -160,9 +160,9 @@ def test_report_estimates_a_zoo_model(tmp_path: Path) -> None:
 
 
 def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> None:
+    from memfit.plan import search
     from memfit.plan.frontier import FrontierPoint
     from memfit.plan.plan import Plan
-    from memfit.report import commands
 
     asked = {}
     points = (
@@ -174,7 +174,7 @@ def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> No
         asked.update(options, model=model)
         return Plan(techniques=(), frontier=points)
 
-    monkeypatch.setattr(commands, "make_plan", fake_plan)
+    monkeypatch.setattr(search, "plan", fake_plan)
     out = tmp_path / "r.html"
     args = ["gpt2", "--batch-size", "1", "--seq-len", "32", "--budget", "8GiB", "--out", str(out)]
     result = CliRunner().invoke(report, args)
@@ -186,12 +186,12 @@ def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> No
 
 def test_a_budget_no_plan_meets_is_a_note_not_a_failure(tmp_path: Path, monkeypatch) -> None:
     from memfit.errors import BudgetInfeasibleError
-    from memfit.report import commands
+    from memfit.plan import search
 
     def infeasible(model, batch, **options):
         raise BudgetInfeasibleError("budget 1.00 GiB cannot be met: 3.00 GiB missing")
 
-    monkeypatch.setattr(commands, "make_plan", infeasible)
+    monkeypatch.setattr(search, "plan", infeasible)
     out = tmp_path / "r.html"
     args = ["gpt2", "--batch-size", "1", "--seq-len", "32", "--budget", "1GiB", "--out", str(out)]
     result = CliRunner().invoke(report, args)

@@ -7,9 +7,8 @@ The package is callable (``memfit.verbs``): ``memfit.measure(...)`` is
 
 from __future__ import annotations
 
-from memfit.measure.run import measure
 from memfit.verbs import make_callable
 
 __all__ = ["measure"]
 
-make_callable(__name__, measure)
+make_callable(__name__, "memfit.measure.run:measure", {"measure": "memfit.measure.run"})

@@ -17,7 +17,6 @@ import click
 from memfit.devices import DEFAULT_DEVICE, get_device
 from memfit.errors import BudgetInfeasibleError, InvalidInputError
 from memfit.plan.frontier import FrontierPoint
-from memfit.plan.search import plan as make_plan
 from memfit.profile import MemoryProfile
 from memfit.report import build
 from memfit.report.compare import diff_profiles, diff_text, load_comparable
@@ -26,7 +25,6 @@ from memfit.report.text import fragmentation_text, profile_summary, profile_text
 from memfit.snapshot.fragmentation import Fragmentation, analyze
 from memfit.snapshot.load import load_snapshot
 from memfit.snapshot.profile import snapshot_profile
-from memfit.trace.estimate import estimate
 from memfit.units import format_bytes, parse_bytes
 
 __all__ = ["report", "compare"]
@@ -70,15 +68,19 @@ def _step_options(options: dict[str, Any]) -> dict[str, Any]:
 
 
 def _estimate(model: str, options: dict[str, Any], show: bool) -> MemoryProfile:
+    from memfit.trace.estimate import estimate  # imports torch: only when it runs
+
     with Progress(f"estimating {model}", enabled=show) as bar:
         return estimate(model, None, **_step_options(options), progress=bar.set_stage)
 
 
 def _plan_frontier(model: str, budget: str, options: dict[str, Any], show: bool) -> Any:
     """The planner's frontier for ``budget``, or () with a note when no plan meets it."""
+    from memfit.plan.search import plan as plan_fn  # imports torch: only when it runs
+
     with Progress(f"planning {model} for {budget}", enabled=show) as bar:
         try:
-            plan = make_plan(
+            plan = plan_fn(
                 model, None, budget=budget, **_step_options(options), progress=bar.set_stage
             )
         except BudgetInfeasibleError as error:
