@@ -25,6 +25,7 @@ _EXPORTS = {
     "plan": "memfit.plan",
     "apply": "memfit.apply",
     "TrainStep": "memfit.step.train_step",
+    "CausalLMLoss": "memfit.step.causal_lm_loss",
     "MemoryProfile": "memfit.profile",
     "ModuleMemory": "memfit.profile",
     "TimelineEvent": "memfit.profile",

@@ -92,8 +92,26 @@ def _bytes_moved(args: Any, out: Any) -> int:
     return total
 
 
+# memfit's own operators (``torch.ops.memfit``): passes over the tensors they write in place,
+# beyond the read and the write the roofline counts. cross_entropy_grad_ reads a chunk of logits
+# twice (softmax statistics, then the gradient) and writes it once.
+_EXTRA_PASSES = {"cross_entropy_grad_": 1}
+
+
+def _written_bytes(func: Any, args: tuple) -> int:
+    """Bytes of the arguments ``func`` writes in place (its schema's ``Tensor(a!)``)."""
+    total = 0
+    for argument, value in zip(func._schema.arguments, args, strict=False):
+        alias = argument.alias_info
+        if alias is not None and alias.is_write and isinstance(value, torch.Tensor):
+            total += value.numel() * value.element_size()
+    return total
+
+
 def _launches_nothing(func: Any, args: tuple, kwargs: dict, out: Any) -> bool:
     """Views, metadata and aliasing operators: every output shares an input's storage."""
+    if func.namespace == "memfit":
+        return False
     if func.namespace != "aten" or func.overloadpacket is torch.ops.aten._local_scalar_dense:
         return True
     if func._schema.is_mutable:
@@ -124,6 +142,9 @@ def op_time(
         except Exception:  # formulas assume standard arguments; fall back to bandwidth only
             flops = 0.0
     moved = _bytes_moved(args, out)
+    if func.namespace == "memfit":
+        written = _written_bytes(func, args)
+        moved += written * (1 + _EXTRA_PASSES.get(name, 0))  # written back, and read again
     if flops == 0.0 and moved == 0:
         return OpTime(name, 0.0, 0, 0.0)  # metadata and views launch nothing
     first = next((t for t in tree_flatten(args)[0] if isinstance(t, torch.Tensor)), None)

@@ -103,17 +103,25 @@ class MixedPrecision:
 
 @dataclass(frozen=True)
 class ChunkedLoss:
-    """Compute the LM head and cross-entropy over ``chunks`` slices of the sequence.
+    """Compute the LM head and a causal-LM cross-entropy over ``chunks`` slices of the tokens.
 
-    The full-vocabulary logits are never materialised: each chunk's logits are recomputed in
-    backward. The model must be a causal LM whose head is the module ``head`` and whose batch
-    carries ``labels`` (next-token targets, ``-100`` ignored); the loss equals the model's own
-    mean cross-entropy.
+    The full-vocabulary logits are never materialised: each slice's logits, loss and
+    gradients are computed at once, in forward. The step's loss becomes
+    ``CausalLMLoss(ignore_index, label_smoothing, z_loss, reduction, shift, labels_key)`` of
+    the head's logits: ``memfit.plan`` chooses this technique only where that is the step's
+    own loss (the user's ``loss_fn`` is that ``CausalLMLoss``, the model is a Hugging Face
+    causal LM, or the model's loss matched it on the example batch). The head is the module
+    ``head``; the batch carries the labels under ``labels_key``.
     """
 
     chunks: int
     head: str = "lm_head"
     labels_key: str = "labels"
+    ignore_index: int = -100
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    reduction: str = "mean"
+    shift: bool = True
 
 
 @dataclass(frozen=True)
@@ -221,6 +229,16 @@ def _checkpoint_label(t: Checkpoint) -> str:
     return f"checkpoint[{'selective' if t.selective else 'full'}] {_compact(t.modules)}"
 
 
+def _chunked_label(t: ChunkedLoss) -> str:
+    variant = [
+        *(["unshifted"] if not t.shift else []),
+        *([f"smoothing {t.label_smoothing:g}"] if t.label_smoothing else []),
+        *([f"z-loss {t.z_loss:g}"] if t.z_loss else []),
+        *(["sum"] if t.reduction != "mean" else []),
+    ]
+    return f"chunked loss x{t.chunks}" + (f" ({', '.join(variant)})" if variant else "")
+
+
 TABLE: tuple[TechniqueInfo, ...] = (
     TechniqueInfo(
         MixedPrecision, "mixed_precision", Exactness.CHANGES_MATH, planned=False,
@@ -259,7 +277,7 @@ TABLE: tuple[TechniqueInfo, ...] = (
     TechniqueInfo(
         ChunkedLoss, "chunked_loss", Exactness.ROUNDING, planned=True,
         applier="memfit.apply.chunked_loss",
-        label=lambda t: f"chunked loss x{t.chunks}",
+        label=_chunked_label,
         summary="LM head and cross-entropy over slices of the sequence",
     ),
     TechniqueInfo(

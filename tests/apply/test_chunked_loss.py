@@ -10,6 +10,7 @@ from torch import nn
 from memfit.apply.chunked_loss import chunked_cross_entropy
 from memfit.apply.head import HiddenStatesHead
 from memfit.errors import InvalidInputError, UnsupportedModelError
+from memfit.step.causal_lm_loss import CausalLMLoss
 from memfit.step.context import ApplyContext
 from memfit.step.registry import apply_techniques
 from memfit.step.undo import undo_all
@@ -55,6 +56,63 @@ def test_equals_full_logits_loss_and_grads(chunks):
         torch.testing.assert_close(a.grad, e.grad, rtol=1e-10, atol=1e-14)
 
 
+VARIANTS = [
+    CausalLMLoss(label_smoothing=0.1),
+    CausalLMLoss(z_loss=1e-2),
+    CausalLMLoss(shift=False),
+    CausalLMLoss(reduction="sum"),
+    CausalLMLoss(label_smoothing=0.2, z_loss=1e-3, reduction="sum", shift=False),
+]
+
+
+@pytest.mark.parametrize("loss", VARIANTS, ids=lambda v: repr(v.settings()))
+@pytest.mark.parametrize("chunks", [1, 5])
+def test_every_variant_equals_its_full_logits_loss_and_grads(loss, chunks):
+    """fp64: the fused chunked loss is CausalLMLoss of the full logits, to rounding."""
+    labels = token_batch()["labels"]
+    expected_leaves, actual_leaves = leaves(), leaves()
+    hidden, weight, bias = expected_leaves
+    expected = loss.from_logits(F.linear(hidden, weight, bias), labels)
+    settings = {k: v for k, v in loss.settings().items() if k != "labels_key"}
+    actual = chunked_cross_entropy(*actual_leaves, labels, chunks, **settings)
+    torch.testing.assert_close(actual, expected, rtol=1e-12, atol=0)
+    expected.backward()
+    actual.backward()
+    for e, a in zip(expected_leaves, actual_leaves, strict=True):
+        torch.testing.assert_close(a.grad, e.grad, rtol=1e-10, atol=1e-14)
+
+
+def test_causal_lm_loss_is_pytorchs_cross_entropy_plus_the_z_loss():
+    generator = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 6, VOCAB, dtype=torch.float64, generator=generator)
+    labels = token_batch(seq_len=6)["labels"]
+    z, y = logits[:, :-1].reshape(-1, VOCAB), labels[:, 1:].reshape(-1)
+    keep = y != -100
+    plain = F.cross_entropy(z, y, label_smoothing=0.1)
+    torch.testing.assert_close(CausalLMLoss(label_smoothing=0.1).from_logits(logits, labels), plain)
+    z_term = (torch.logsumexp(z[keep], -1) ** 2).sum()  # per labelled token, summed
+    summed = F.cross_entropy(z, y, reduction="sum") + 1e-3 * z_term
+    torch.testing.assert_close(
+        CausalLMLoss(z_loss=1e-3, reduction="sum").from_logits(logits, labels), summed
+    )
+    unshifted = F.cross_entropy(logits.reshape(-1, VOCAB), labels.reshape(-1))
+    torch.testing.assert_close(CausalLMLoss(shift=False).from_logits(logits, labels), unshifted)
+
+
+@pytest.mark.parametrize(
+    "settings, match",
+    [
+        ({"label_smoothing": 1.0}, r"label_smoothing=1.0\) must be in \[0, 1\)"),
+        ({"z_loss": -1}, "z_loss=-1.*>= 0"),
+        ({"reduction": "none"}, "'none' is not a scalar loss"),
+        ({"ignore_index": 1.5}, "must be an integer label"),
+    ],
+)
+def test_causal_lm_loss_refuses_bad_settings(settings, match):
+    with pytest.raises(InvalidInputError, match=match):
+        CausalLMLoss(**settings)
+
+
 def test_counts_divide_once_over_the_whole_batch():
     # Chunks hold different numbers of valid tokens: a mean of per-chunk means would differ.
     labels = torch.full((1, 9), -100)
@@ -78,9 +136,9 @@ def test_low_precision_logits_are_upcast():
     torch.testing.assert_close(actual, expected, rtol=1e-3, atol=0)
 
 
-def chunked(model, chunks=4, context=None):
+def chunked(model, chunks=4, context=None, technique=None):
     context = context or ApplyContext()
-    apply_techniques(model, [ChunkedLoss(chunks)], context=context)
+    apply_techniques(model, [technique or ChunkedLoss(chunks)], context=context)
     return model, context
 
 
@@ -167,8 +225,17 @@ def test_errors_say_the_fix():
         apply_techniques(tiny_gpt2(), [ChunkedLoss(4, head="layers.0")], context=ApplyContext())
     with pytest.raises(InvalidInputError, match="must be >= 1"):
         chunked(tiny_gpt2(), chunks=0)
-    with pytest.raises(InvalidInputError, match="drop loss_fn"):
+    with pytest.raises(InvalidInputError, match="another loss_fn: the plan would change your loss"):
         chunked(tiny_gpt2(), context=ApplyContext(loss_fn=own_loss_fp64))
+    declared = ApplyContext(loss_fn=CausalLMLoss(z_loss=1e-4))
+    with pytest.raises(
+        InvalidInputError, match=r"z_loss=0.0.*but the step's loss is.*z_loss=0.0001"
+    ):
+        chunked(tiny_gpt2(), context=declared)
+    with pytest.raises(InvalidInputError, match=r"reduction='none'.*must be one of"):
+        chunked(
+            tiny_gpt2().float(), context=ApplyContext(), technique=ChunkedLoss(2, reduction="none")
+        )
     model, context = chunked(tiny_gpt2())
     with pytest.raises(InvalidInputError, match="already applied"):
         chunked(model)

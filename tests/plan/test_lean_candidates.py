@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from memfit.plan.candidates import Candidate
 from memfit.plan.policies import Policy
-from memfit.techniques import Checkpoint, FusedGatedMLP, LeanAutocast
+from memfit.techniques import Checkpoint, ChunkedLoss, FusedGatedMLP, LeanAutocast
 
 LEAN = Policy("pointwise", (), 10, 0.001, ("norm",), ("mlp",), True)
 FULL = Policy("full", (), 1, 0.01)
@@ -15,7 +15,7 @@ def candidate(policy: Policy, blocks: tuple[str, ...], rest: tuple[str, ...] = (
 
 
 def test_full_blocks_with_lean_rest_fuse_every_mlp_before_checkpointing():
-    techniques = candidate(FULL, ("b.0",), rest=("b.1", "b.2")).techniques("lm_head")
+    techniques = candidate(FULL, ("b.0",), rest=("b.1", "b.2")).techniques(ChunkedLoss(1))
     assert techniques == (
         FusedGatedMLP(modules=("b.0.mlp", "b.1.mlp", "b.2.mlp")),
         LeanAutocast(),
@@ -26,7 +26,7 @@ def test_full_blocks_with_lean_rest_fuse_every_mlp_before_checkpointing():
 
 
 def test_all_blocks_lean():
-    techniques = candidate(LEAN, ("b.0", "b.1")).techniques("lm_head")
+    techniques = candidate(LEAN, ("b.0", "b.1")).techniques(ChunkedLoss(1))
     assert techniques == (
         FusedGatedMLP(modules=("b.0.mlp", "b.1.mlp")),
         LeanAutocast(),
@@ -35,4 +35,4 @@ def test_all_blocks_lean():
 
 
 def test_no_lean_techniques_without_a_lean_policy():
-    assert candidate(FULL, ("b.0",)).techniques("lm_head") == (Checkpoint(modules=("b.0",)),)
+    assert candidate(FULL, ("b.0",)).techniques(ChunkedLoss(1)) == (Checkpoint(modules=("b.0",)),)

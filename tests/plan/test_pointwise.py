@@ -11,7 +11,7 @@ import memfit
 from memfit.plan.candidates import Candidate
 from memfit.plan.pointwise import pointwise_submodules
 from memfit.plan.policies import Policy
-from memfit.techniques import Checkpoint, FusedActivation
+from memfit.techniques import Checkpoint, ChunkedLoss, FusedActivation
 from memfit.trace.estimate import trace_step
 
 BATCH = f"input_ids=int64[4,16]<{VOCAB} labels=int64[4,16]<{VOCAB}"
@@ -50,12 +50,12 @@ def test_a_candidate_turns_pointwise_blocks_into_submodule_checkpoints():
     full = Policy("full", (), 0, 0.0)
     blocks = ("h.0", "h.1", "h.2")
     mixed = Candidate(full, blocks[:1], 1, 1, 0, 0, 0.0, blocks[1:], pointwise)
-    assert mixed.techniques("lm_head") == (
+    assert mixed.techniques(ChunkedLoss(1)) == (
         Checkpoint(modules=("h.0",)),
         Checkpoint(modules=("h.1.mlp.act", "h.1.ln_2", "h.2.mlp.act", "h.2.ln_2")),
     )
     only = Candidate(pointwise, blocks[:2], 1, 1, 0, 0, 0.0)
-    assert only.techniques("lm_head") == (
+    assert only.techniques(ChunkedLoss(1)) == (
         Checkpoint(modules=("h.0.mlp.act", "h.0.ln_2", "h.1.mlp.act", "h.1.ln_2")),
     )
 

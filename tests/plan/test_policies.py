@@ -11,6 +11,7 @@ from memfit.plan.blocks import BlockStats, OpGroup
 from memfit.plan.candidates import Baseline, screen
 from memfit.plan.policies import Policy, _knapsack, block_policies
 from memfit.profile import Category, MemoryProfile
+from memfit.techniques import ChunkedLoss
 from memfit.units import MiB
 
 
@@ -132,7 +133,7 @@ def test_screening_trades_memory_for_time():
     by_key = {(c.policy.kind, len(c.blocks), c.micro_batches, c.chunks): c for c in candidates}
     unmodified = by_key["none", 0, 1, 1]
     assert unmodified.peak_allocated == 100 * MiB and unmodified.step_s == 1.0
-    assert unmodified.techniques("lm_head") == ()
+    assert unmodified.techniques(ChunkedLoss(1)) == ()
     for kind in ("full", "selective"):
         peaks = [by_key[kind, k, 1, 1].peak_allocated for k in range(1, 5)]
         times = [by_key[kind, k, 1, 1].step_s for k in range(1, 5)]
@@ -147,6 +148,6 @@ def test_screening_trades_memory_for_time():
     chunked = by_key["none", 0, 1, 8]
     assert unmodified.peak_allocated - chunked.peak_allocated == 5 * MiB
     assert chunked.step_s == pytest.approx(1.05)
-    techniques = by_key["full", 2, 4, 8].techniques("lm_head")
+    techniques = by_key["full", 2, 4, 8].techniques(ChunkedLoss(1))
     assert [type(t).__name__ for t in techniques] == ["Checkpoint", "MicroBatch", "ChunkedLoss"]
     assert techniques[0].modules == ("layers.0", "layers.1") and techniques[1].n == 4

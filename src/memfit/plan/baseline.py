@@ -36,9 +36,9 @@ def screening_baseline(
     trace: Callable[..., StepTrace],
     blocks: list[str],
     allow: Sequence[str],
-    head: str,
-    chunks: int,
+    chunked: ChunkedLoss | None,
 ) -> Baseline:
+    """What screening needs; ``chunked``: the chunked loss to trace once (None: not offered)."""
     ops = [op for op in base.record.ops if op.stage in ("forward", "backward")]
     casts = sum(op.seconds for op in ops if op.stage == "forward" and op.op == "_to_copy")
     baseline = Baseline(
@@ -58,16 +58,16 @@ def screening_baseline(
             micro_scale=max(0.1, traced / screened) if screened > 0 else 1.0,
             micro_ratio=halves.peak_reserved / max(1, halves.peak_allocated),
         )
-    if "chunked_loss" not in allow:
+    if chunked is None:
         return baseline
     try:
-        chunked = trace((ChunkedLoss(chunks=chunks, head=head),))
+        with_chunked = trace((chunked,))
     except MemfitError:
         return baseline  # no LM head or no labels: the technique does not apply
     return dataclasses.replace(
         baseline,
-        chunked_saving=base.profile.peak_allocated - chunked.profile.peak_allocated,
-        chunked_extra_s=(chunked.profile.step_time_s or 0.0) - baseline.step_s,
+        chunked_saving=base.profile.peak_allocated - with_chunked.profile.peak_allocated,
+        chunked_extra_s=(with_chunked.profile.step_time_s or 0.0) - baseline.step_s,
     )
 
 

@@ -12,6 +12,7 @@ traced in full.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 from memfit.plan.policies import Policy
@@ -63,7 +64,9 @@ class Candidate:
     rest: tuple[str, ...] = ()  # the other blocks, made lean by rest_policy
     rest_policy: Policy | None = None
 
-    def techniques(self, head: str) -> tuple[Technique, ...]:
+    def techniques(self, chunked: ChunkedLoss | None) -> tuple[Technique, ...]:
+        """The techniques of this candidate; ``chunked``: the chunked loss its ``chunks`` set
+        (the loss the planner checked it may compute), needed when ``chunks > 1``."""
         found: list[Technique] = []
         lean, lean_blocks = self._lean()
         if lean is not None and lean.gated:  # before any Checkpoint wraps these forwards
@@ -81,7 +84,8 @@ class Candidate:
         if self.micro_batches > 1:
             found.append(MicroBatch(n=self.micro_batches))
         if self.chunks > 1:
-            found.append(ChunkedLoss(chunks=self.chunks, head=head))
+            assert chunked is not None, "a chunked candidate without the loss it computes"
+            found.append(dataclasses.replace(chunked, chunks=self.chunks))
         return tuple(found)
 
     def _lean(self) -> tuple[Policy | None, tuple[str, ...]]:

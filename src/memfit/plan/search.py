@@ -40,6 +40,7 @@ from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Candidate, screen
 from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
+from memfit.plan.loss_check import chunkable_loss
 from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
 from memfit.plan.policies import block_policies
@@ -48,6 +49,7 @@ from memfit.profile import Phase
 from memfit.step.precision import Precision
 from memfit.structure.layers import batch_statistics, fusable_activations
 from memfit.techniques import (
+    ChunkedLoss,
     FusedActivation,
     FusedOptimizer,
     model_fingerprint,
@@ -184,6 +186,7 @@ class _Search:
         self.first: tuple[Any, ...] = ()  # in every plan: the fusions that save memory
         self.first_label = ""
         self.notes: list[str] = []  # for the user, in the plan
+        self.chunked: ChunkedLoss | None = None
 
     def run(self) -> Plan:
         started = time.perf_counter()
@@ -207,7 +210,7 @@ class _Search:
             self.settings.target,
             self.static,
             self.trace,
-            self.settings.head,
+            self.chunked,
             self.settings.max_traces,
         )
         frontier = plan_frontier(candidates, traced_points, chosen, self.first_label)
@@ -273,6 +276,25 @@ class _Search:
                 return self.make((), self.base, [point])
         return None
 
+    def chunked_loss(self) -> ChunkedLoss | None:
+        """The chunked loss the plan may use: one computing the step's own loss, or none (with
+        a note saying why, where the model has an LM head)."""
+        if "chunked_loss" not in self.allow:
+            return None
+        loss, note = chunkable_loss(
+            self.model,
+            self.batch,
+            self.base.model.module,
+            self.step.loss_fn,
+            self.step.forward,
+            self.settings.head,
+        )
+        if note:
+            self.notes.append(note)
+        if loss is None:
+            return None
+        return ChunkedLoss(chunks=self.settings.chunks, head=self.settings.head, **loss.settings())
+
     def leave_out_inexact_micro_batching(self) -> None:
         """Micro-batches normalise BatchNorm layers with their own statistics: not exact."""
         module = self.base.model.module
@@ -292,9 +314,8 @@ class _Search:
         spec = get_device(self.step.device)
         per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
         block_names = checkpointable_blocks(base, settings.blocks) if per_block else []
-        baseline = screening_baseline(
-            base, self.trace, block_names, allow, settings.head, settings.chunks
-        )
+        self.chunked = self.chunked_loss()
+        baseline = screening_baseline(base, self.trace, block_names, allow, self.chunked)
         policies = [none_policy(base, block_names)]
         if block_names:
             stats = block_stats(base, block_names)[0]

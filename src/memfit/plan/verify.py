@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any
 
 from memfit.plan.candidates import Candidate
+from memfit.techniques import ChunkedLoss
 from memfit.trace.estimate import StepTrace
 
 __all__ = ["Tracer", "trace_fastest_fitting"]
@@ -23,7 +24,7 @@ def trace_fastest_fitting(
     target: int,
     static: int,
     trace: Tracer,
-    head: str,
+    chunked: ChunkedLoss | None,
     max_traces: int,
 ) -> tuple[tuple[tuple[Any, ...], StepTrace] | None, list[tuple[Candidate, StepTrace]]]:
     """Trace candidates fastest first; keep the fastest that really fits.
@@ -56,7 +57,7 @@ def trace_fastest_fitting(
             break
         candidate = min(fitting, key=lambda c: c.step_s)
         tried.add(id(candidate))
-        traced = trace(candidate.techniques(head))
+        traced = trace(candidate.techniques(chunked))
         traced_points.append((candidate, traced))
         if traced.profile.peak_reserved <= target:
             best = (candidate, traced)
@@ -65,7 +66,7 @@ def trace_fastest_fitting(
             ratio = (traced.profile.peak_reserved - static) / expected
             scales[_family(candidate)] = min(3.0, max(0.3, ratio))
     if best is not None:
-        return (best[0].techniques(head), best[1]), traced_points
+        return (best[0].techniques(chunked), best[1]), traced_points
     # nothing fitted: fall back on the most memory-saving candidates, first without
     # micro-batching (which keeps all gradients alive across micro-batches), then any
     single = [c for c in candidates if c.micro_batches == 1]
@@ -75,10 +76,10 @@ def trace_fastest_fitting(
         if id(candidate) in tried:
             continue
         tried.add(id(candidate))
-        traced = trace(candidate.techniques(head))
+        traced = trace(candidate.techniques(chunked))
         traced_points.append((candidate, traced))
         if traced.profile.peak_reserved <= target:
-            return (candidate.techniques(head), traced), traced_points
+            return (candidate.techniques(chunked), traced), traced_points
     return None, traced_points
 
 

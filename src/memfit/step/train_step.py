@@ -12,7 +12,6 @@ backward runs outside autocast, and gradients are set to None after the optimize
 from __future__ import annotations
 
 import contextlib
-import inspect
 import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
@@ -22,6 +21,7 @@ from torch import nn
 
 from memfit.errors import InvalidInputError
 from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, split_batch
+from memfit.step.causal_lm_loss import hf_causal_lm_loss
 from memfit.step.lean_saving import lean_saving, warn_if_compiled
 from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update
 from memfit.step.precision import Precision
@@ -193,7 +193,7 @@ class TrainStep:
             return _with_num_items(loss_fn, loss_fn.count_items(batch), parts)
         if self._hf_token_mean is None:  # once: the signature and the loss do not change
             plain_call = loss_fn is None and self.forward is None and self.forward_batch is None
-            self._hf_token_mean = plain_call and _hf_causal_lm_loss(model_module(self.model))
+            self._hf_token_mean = plain_call and hf_causal_lm_loss(model_module(self.model))
         if self._hf_token_mean:
             labels = batch["labels"] if isinstance(batch, Mapping) else None
             if isinstance(labels, torch.Tensor) and labels.dim() == 2:
@@ -211,21 +211,6 @@ def _with_num_items(loss_fn: Any, count: torch.Tensor, parts: list[Any]) -> Iter
         yield parts
     finally:
         loss_fn.num_items = None
-
-
-def _hf_causal_lm_loss(module: nn.Module | None) -> bool:
-    """Whether ``module`` is a Hugging Face model whose loss is ``ForCausalLMLoss`` and whose
-    forward passes ``num_items_in_batch`` on to it (through ``**kwargs``)."""
-    if module is None or not type(module).__module__.startswith("transformers."):
-        return False
-    try:
-        from transformers.loss.loss_utils import ForCausalLMLoss
-    except ImportError:  # transformers without its loss module (before 4.46)
-        return False
-    if getattr(module, "loss_function", None) is not ForCausalLMLoss:
-        return False
-    parameters = inspect.signature(type(module).forward).parameters.values()
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
 def warn_if_label_shares_differ(parts: list[Any], sizes: list[int]) -> None:

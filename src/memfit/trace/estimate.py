@@ -195,7 +195,8 @@ def _trace(
 ) -> StepRecord:
     """One step with the plan's techniques applied to the fake model, recorded."""
     spec = get_device(settings.device)
-    with fake_model.swapped(), techniques.applied_to(fake_model.module, fake_mode) as context:
+    applied = techniques.applied_to(fake_model.module, fake_mode, settings.loss_fn)
+    with fake_model.swapped(), applied as context:
 
         def make_step() -> TrainStep:
             optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
@@ -203,7 +204,7 @@ def _trace(
             return TrainStep(
                 fake_model,
                 optimizer,
-                loss_fn=context.loss_fn or settings.loss_fn,
+                loss_fn=context.loss_fn,
                 forward=settings.forward,
                 precision=precision,
                 micro_batches=techniques.micro_batches,

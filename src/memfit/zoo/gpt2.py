@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from memfit.step.causal_lm_loss import CausalLMLoss
 from memfit.zoo._checks import check_heads
 from memfit.zoo.blocks import PreNormBlock, dropout, init_normal_
 from memfit.zoo.output import ZooOutput, causal_lm_loss
@@ -65,6 +66,8 @@ class GPT2(nn.Module):
     Args:
         config: sizes; ``GPT2_SMALL`` or ``GPT2_MEDIUM`` for the released shapes.
     """
+
+    memfit_loss = CausalLMLoss()  # its loss, declared: the planner may chunk it
 
     def __init__(self, config: GPT2Config) -> None:
         super().__init__()

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from memfit.step.causal_lm_loss import CausalLMLoss
 from memfit.zoo._checks import check_heads
 from memfit.zoo.attention import SelfAttention, rotary_tables
 from memfit.zoo.blocks import init_normal_
@@ -113,6 +114,8 @@ class Llama(nn.Module):
     Args:
         config: sizes.
     """
+
+    memfit_loss = CausalLMLoss()  # its loss, declared: the planner may chunk it
 
     def __init__(self, config: LlamaConfig) -> None:
         super().__init__()
