@@ -29,6 +29,11 @@ from memfit.step.loss import IGNORE_INDEX
 
 __all__ = ["linear_cross_entropy", "matmul_dtype"]
 
+# Accumulate the head's gradient on CUDA with one bf16-input, float32-output product per chunk
+# (aten::addmm.dtype_out) instead of a bf16 product added to it: one pass less over the head's
+# gradient. Off until measured on a GPU (bench/costs.py --parts loss sets it for one variant).
+FP32_OUT_PRODUCT = False
+
 
 def linear_cross_entropy(
     hidden: torch.Tensor,
@@ -145,6 +150,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_rows[start:stop] = grad @ weight_low
                 if grad_weight.dtype == dtype:
                     grad_weight.addmm_(grad.t(), chunk)
+                elif FP32_OUT_PRODUCT and grad.is_cuda and grad_weight.dtype == torch.float32:
+                    torch.ops.aten.addmm.dtype_out(
+                        grad_weight, grad.t(), chunk, torch.float32, out=grad_weight
+                    )
                 else:
                     grad_weight += grad.t() @ chunk
                 if grad_bias is not None:
