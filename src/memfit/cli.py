@@ -287,7 +287,7 @@ def calibrate(dry_run: bool, fmt: str) -> None:
         f"{measured.device}: bf16 matmul {measured.matmul_flops / 1e12:.0f} TFLOP/s, "
         f"copy {measured.copy_bytes_s / 1e9:.0f} GB/s, {1e6 * measured.kernel_s:.1f} us per kernel"
     )
-    for name in ("matmul_efficiency", "bandwidth_efficiency", "launch_s"):
+    for name in ("matmul_efficiency", "bandwidth_efficiency", "kernel_s", "host_forward_op_s"):
         click.echo(
             f"  {name:<21} {getattr(calibration, name):.4g} (default {getattr(default, name):.4g})"
         )

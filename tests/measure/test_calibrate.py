@@ -19,7 +19,7 @@ def test_the_reference_gpu_gets_the_defaults() -> None:
     calibration = calibration_from(REFERENCE, get_device("h200"))
     assert calibration.matmul_efficiency == pytest.approx(DEFAULTS.matmul_efficiency)
     assert calibration.bandwidth_efficiency == pytest.approx(DEFAULTS.bandwidth_efficiency)
-    assert calibration.launch_s == pytest.approx(DEFAULTS.launch_s)
+    assert calibration.kernel_s == pytest.approx(DEFAULTS.kernel_s)
     assert calibration.device == "h200"
 
 
@@ -35,8 +35,9 @@ def test_efficiencies_scale_with_the_fraction_of_the_datasheet_reached() -> None
     calibration = calibration_from(measured, a100)
     assert calibration.matmul_efficiency == pytest.approx(0.5 * DEFAULTS.matmul_efficiency)
     assert calibration.bandwidth_efficiency == pytest.approx(DEFAULTS.bandwidth_efficiency)
-    assert calibration.launch_s == pytest.approx(2 * DEFAULTS.launch_s)
-    assert calibration.selective_op_s == DEFAULTS.selective_op_s
+    assert calibration.kernel_s == pytest.approx(2 * DEFAULTS.kernel_s)
+    assert calibration.host_forward_op_s == pytest.approx(2 * DEFAULTS.host_forward_op_s)
+    assert calibration.selective_op_s == pytest.approx(2 * DEFAULTS.selective_op_s)
 
 
 def test_a_saved_calibration_changes_predicted_step_time(tmp_path, monkeypatch) -> None:

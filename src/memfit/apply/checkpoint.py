@@ -30,6 +30,7 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 
+from memfit.cost.overhead import note as note_overhead
 from memfit.errors import InvalidInputError, MemfitError
 from memfit.step.context import ApplyContext
 from memfit.step.registry import register_applier
@@ -118,6 +119,7 @@ def save_policy(save: tuple[str, ...]) -> Callable[..., CheckpointPolicy]:
     wanted = {_qualified(name) for name in save}
 
     def policy(ctx: Any, op: Any, *args: Any, **kwargs: Any) -> CheckpointPolicy:
+        note_overhead("selective_op")  # the step-time model prices this Python per operator
         qualified = getattr(getattr(op, "overloadpacket", op), "_qualified_op_name", "")
         if qualified in wanted:
             return CheckpointPolicy.MUST_SAVE

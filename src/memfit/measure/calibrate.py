@@ -1,13 +1,14 @@
 """``memfit calibrate``: fit the cost model's constants to the local GPU.
 
-The default ``Calibration`` was fitted to measured step times on an H200 (see ``cost.py``); those
-constants hold what a whole eager step achieves, which microbenchmarks alone do not give. So
-calibration is relative: three microbenchmarks (a large bf16 matrix product, a large copy, a
-chain of one-element kernels) are timed on the local GPU and compared with the same
-microbenchmarks on that H200, each as a fraction of its own datasheet rate. A GPU whose matrix
-products reach 70% of its datasheet rate where the H200's reached 80% gets a matmul efficiency
-of 0.875 times the default; launch overhead scales with the measured per-kernel time.
-``selective_op_s`` (Python dispatch per operator) is kept.
+The default ``Calibration`` was fitted per operator class to measured step times on an H200
+(``memfit.cost``); those constants hold what whole eager steps achieve, which microbenchmarks
+alone do not give. So calibration is relative: three microbenchmarks (a large bf16 matrix
+product, a large copy, a chain of one-element kernels) are timed on the local GPU and compared
+with the same microbenchmarks on that H200, each as a fraction of its own datasheet rate. A GPU
+whose matrix products reach 70% of its datasheet rate where the H200's reached 80% gets 0.875
+times the default efficiency of products, attention and convolutions; the memory-bound classes
+scale with the copy's bandwidth, and the kernel and host overheads with the time per kernel of
+the chain (which the host's dispatch bounds).
 """
 
 from __future__ import annotations
@@ -73,11 +74,22 @@ def calibration_from(
     reference_spec = reference_spec or get_device(reference.device)
     mm, bw = measured.fractions(spec)
     ref_mm, ref_bw = reference.fractions(reference_spec)
+    launch = measured.kernel_s / reference.kernel_s  # a chain of tiny kernels: host-bound
+    bandwidth = bw / ref_bw
     return replace(
         defaults,
         matmul_efficiency=defaults.matmul_efficiency * mm / ref_mm,
-        bandwidth_efficiency=defaults.bandwidth_efficiency * bw / ref_bw,
-        launch_s=defaults.launch_s * measured.kernel_s / reference.kernel_s,
+        attention_efficiency=defaults.attention_efficiency * mm / ref_mm,
+        attention_backward_efficiency=defaults.attention_backward_efficiency * mm / ref_mm,
+        conv_efficiency=defaults.conv_efficiency * mm / ref_mm,
+        bandwidth_efficiency=defaults.bandwidth_efficiency * bandwidth,
+        reduction_efficiency=defaults.reduction_efficiency * bandwidth,
+        optimizer_efficiency=defaults.optimizer_efficiency * bandwidth,
+        kernel_s=defaults.kernel_s * launch,
+        host_forward_op_s=defaults.host_forward_op_s * launch,
+        host_backward_op_s=defaults.host_backward_op_s * launch,
+        host_optimizer_op_s=defaults.host_optimizer_op_s * launch,
+        selective_op_s=defaults.selective_op_s * launch,
         device=spec.name,
     )
 

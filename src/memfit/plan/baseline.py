@@ -39,13 +39,9 @@ def screening_baseline(
     chunked: ChunkedLoss | None,
 ) -> Baseline:
     """What screening needs; ``chunked``: the chunked loss to trace once (None: not offered)."""
-    ops = [op for op in base.record.ops if op.stage in ("forward", "backward")]
-    casts = sum(op.seconds for op in ops if op.stage == "forward" and op.op == "_to_copy")
     baseline = Baseline(
         base.profile,
         base.profile.step_time_s or 0.0,
-        len(ops),
-        casts,
         grad_bytes=sum(base.record.grad_bytes.values()),
     )
     if "micro_batch" in allow and batch_size(base) >= 2:
@@ -57,6 +53,7 @@ def screening_baseline(
             baseline,
             micro_scale=max(0.1, traced / screened) if screened > 0 else 1.0,
             micro_ratio=halves.peak_reserved / max(1, halves.peak_allocated),
+            micro_extra_s=max(0.0, (halves.step_time_s or 0.0) - baseline.step_s),
         )
     if chunked is None:
         return baseline

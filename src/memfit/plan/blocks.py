@@ -1,7 +1,8 @@
 """What each checkpointable block costs, read off a traced step.
 
-From one traced, unmodified step: for each block, the time of its forward operators (what full
-recomputation costs again) and, per operator kind, the bytes its outputs occupy and the time
+From one traced, unmodified step: for each block, the time of its forward operators, CPU and GPU
+overlapped (what full recomputation costs again) and, per operator kind, the bytes its outputs
+occupy and the time
 they take (what selective checkpointing trades: keep an operator's outputs, or recompute it).
 Blocks found by ``memfit.structure.blocks.find_blocks`` are usually identical, so one block's
 figures stand for all ("identical blocks solved once").
@@ -12,6 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
+from memfit.cost import overlapped_seconds
 from memfit.profile import Phase
 from memfit.trace.allocator import round_size
 from memfit.trace.estimate import StepTrace
@@ -52,18 +54,19 @@ def _inside(module: str, block: str) -> bool:
 
 def block_stats(traced: StepTrace, blocks: list[str]) -> list[BlockStats]:
     """Per-block figures of the unmodified step ``traced``."""
-    times: dict[str, float] = defaultdict(float)
-    counts: dict[str, int] = defaultdict(int)
+    sequences: dict[str, list[tuple[float, float, bool]]] = defaultdict(list)
     group_time: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
     for op in traced.record.ops:
         if op.stage != "forward":
             continue
         for block in blocks:
             if _inside(op.module, block):
-                times[block] += op.seconds
-                counts[block] += 1
-                group_time[block][op.op.split(".")[0]] += op.seconds
+                sequences[block].append((op.host_s, op.seconds, op.synchronises))
+                # recomputed alone, an operator costs the slower of issuing and running it
+                group_time[block][op.op.split(".")[0]] += max(op.seconds, op.host_s)
                 break
+    times = {block: overlapped_seconds(ops) for block, ops in sequences.items()}
+    counts = {block: len(ops) for block, ops in sequences.items()}
     group_bytes: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for allocation in traced.trace.allocations.values():
         if allocation.phase is not Phase.FORWARD or allocation.host or " (" in allocation.op:
@@ -83,7 +86,14 @@ def block_stats(traced: StepTrace, blocks: list[str]) -> list[BlockStats]:
         )
         kept = outputs.get(block, 0)
         stats.append(
-            BlockStats(block, times[block], saved.get(block, 0), groups, kept, counts[block])
+            BlockStats(
+                block,
+                times.get(block, 0.0),
+                saved.get(block, 0),
+                groups,
+                kept,
+                counts.get(block, 0),
+            )
         )
     return stats
 

@@ -5,8 +5,9 @@ other blocks lean: pointwise submodules checkpointed, gated MLPs fused, lean aut
 splits the batch into ``n`` micro-batches and optionally chunks the loss. Its memory and time
 are predicted from the unmodified step and the block figures: activations a policy does not
 keep are subtracted per block, what depends on the batch is divided by ``n``, the chunked loss
-removes the logits measured in its own trace; time adds each block's recomputation and the
-per-micro-batch overheads. Screening only orders the candidates: the chosen one is always
+removes the logits measured in its own trace; time adds each block's recomputation, what each
+micro-batch beyond the first added in a traced step of two, and what the chunked loss added in
+its own trace. Screening only orders the candidates: the chosen one is always
 traced in full.
 """
 
@@ -35,8 +36,7 @@ class Baseline:
 
     profile: MemoryProfile
     step_s: float
-    fb_launches: int  # kernels in forward and backward (each micro-batch launches them again)
-    weight_cast_s: float  # autocast's weight casts, redone by every micro-batch
+    micro_extra_s: float = 0.0  # what each micro-batch beyond the first adds (traced at two)
     grad_bytes: int = 0  # gradients, alive across micro-batches once there are several
     chunked_saving: int = 0  # allocated bytes the chunked loss saves (its own trace)
     chunked_extra_s: float = 0.0
@@ -119,7 +119,6 @@ def screen(
     saved_per_block: int,
     micro_batch_options: list[int],
     chunk_options: list[int],
-    launch_s: float,
 ) -> list[Candidate]:
     """Every combination, with predicted peak memory and step time."""
     profile = baseline.profile
@@ -155,7 +154,7 @@ def screen(
                     time_s = (
                         baseline.step_s
                         + recompute_s
-                        + (n - 1) * (baseline.fb_launches * launch_s + baseline.weight_cast_s)
+                        + (n - 1) * baseline.micro_extra_s
                         + (baseline.chunked_extra_s if chunks > 1 else 0.0)
                     )
                     candidates.append(

@@ -341,7 +341,6 @@ class _Search:
             policies[0].kept_bytes,
             micro,
             chunk_options,
-            load_calibration(spec).launch_s,
         )
 
 

@@ -19,16 +19,28 @@ __all__ = ["RecomputeSafeModuleTracker"]
 
 
 class RecomputeSafeModuleTracker(ModuleTracker):
-    """``ModuleTracker`` that keeps no autograd graph alive for modules run inside backward."""
+    """``ModuleTracker`` that keeps no autograd graph alive for modules run inside backward.
+
+    Attributes:
+        recomputing: how many module forwards are running inside backward (recomputation by
+            checkpointing): while positive, operators are issued by Python module code, as
+            in forward, not by the autograd engine.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.recomputing = 0
 
     def _fw_pre_hook(self, mod: Any, input: Any) -> None:
         if self.is_bw:
+            self.recomputing += 1
             self._get_append_fn(self._get_mod_name(mod), False)()
             return
         super()._fw_pre_hook(mod, input)
 
     def _fw_post_hook(self, mod: Any, input: Any, output: Any) -> None:
         if self.is_bw:
+            self.recomputing = max(0, self.recomputing - 1)
             self._get_pop_fn(self._get_mod_name(mod), False)()
             return
         super()._fw_post_hook(mod, input, output)

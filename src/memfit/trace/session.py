@@ -20,7 +20,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
-from memfit.cost import Calibration, op_time
+from memfit.cost import Calibration, op_time, overlapped_seconds
+from memfit.cost.overhead import take as take_overhead
 from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.profile import Category, Phase
@@ -42,15 +43,26 @@ _PHASE_OF_MARK = {"forward": Phase.FORWARD, "backward": Phase.BACKWARD}
 
 @dataclass(frozen=True, slots=True)
 class TracedOp:
-    """One operator of the traced step: where it ran and its predicted time."""
+    """One operator of the traced step: where it ran and its predicted time.
 
-    stage: str  # the last phase mark: forward, backward, optimizer0, optimizer1, zero_grad
+    Attributes:
+        stage: the last phase mark: forward, backward, optimizer0, optimizer1, zero_grad.
+        seconds: its GPU time (0 for views and allocations).
+        host_s: the CPU time to issue it, with what techniques charged to it.
+        recompute: run again by checkpointing, inside backward.
+    """
+
+    stage: str
     module: str
     op: str
     seconds: float
     flops: float
     bytes: int = 0
     rate: float = 0.0
+    host_s: float = 0.0
+    kind: str = ""
+    synchronises: bool = False
+    recompute: bool = False
 
 
 @dataclass
@@ -62,16 +74,23 @@ class StepRecord:
     warnings: list[str] = field(default_factory=list)
 
     def step_time_s(self) -> float:
-        """Forward, backward and one steady optimizer step."""
+        """Forward, backward and one steady optimizer step, CPU and GPU overlapped."""
         first_opt_only = "optimizer1" in self.marks
-        return sum(
-            op.seconds for op in self.ops if not (first_opt_only and op.stage == "optimizer0")
+        return overlapped_seconds(
+            (op.host_s, op.seconds, op.synchronises)
+            for op in self.ops
+            if not (first_opt_only and op.stage == "optimizer0")
         )
 
 
 def new_recorder(device: DeviceSpec, stack: CudaStack) -> MemoryRecorder:
     """A recorder with the device's kernel workspaces."""
     return MemoryRecorder(cuda_workspace_rules(device, stack))
+
+
+def _charged(calibration: Calibration) -> float:
+    """Host time techniques noted for the operator just run (``memfit.cost.overhead``)."""
+    return sum(n * getattr(calibration, f"{kind}_s", 0.0) for kind, n in take_overhead().items())
 
 
 def _host_step_counters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
@@ -116,20 +135,27 @@ def traced_step(
     stage = ["setup"]
 
     def on_op(func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        cost = op_time(func, args, kwargs, out, device, calibration)
-        if cost.seconds:
-            record.ops.append(
-                TracedOp(
-                    stage[0],
-                    recorder.current_module(),
-                    cost.op,
-                    cost.seconds,
-                    cost.flops,
-                    cost.bytes,
-                    cost.rate,
-                )
+        recompute = stage[0] == "backward" and tracker_of[0].recomputing > 0
+        cost = op_time(
+            func, args, kwargs, out, device, calibration, "forward" if recompute else stage[0]
+        )
+        record.ops.append(
+            TracedOp(
+                stage[0],
+                recorder.current_module(),
+                cost.op,
+                cost.seconds,
+                cost.flops,
+                cost.bytes,
+                cost.rate,
+                cost.host_s + _charged(calibration),
+                cost.kind,
+                cost.synchronises,
+                recompute,
             )
+        )
 
+    tracker_of: list[Any] = [None]
     recorder.on_op = on_op
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
@@ -140,6 +166,8 @@ def traced_step(
             gpu_mask_branches(batch),
         ):
             with cuda_optimizer_defaults(), recorder:
+                tracker_of[0] = tracker
+                take_overhead()  # nothing charged before the step belongs to it
                 recorder.attach(tracker, fake_model.module)
                 recorder.track(fake_model.params.values(), Category.PARAM, op="parameter")
                 recorder.track(fake_model.buffers.values(), Category.BUFFER, op="buffer")
