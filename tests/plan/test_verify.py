@@ -4,6 +4,9 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+import pytest
+
+import memfit
 from memfit.plan.candidates import Candidate
 from memfit.plan.policies import Policy
 from memfit.plan.verify import trace_fastest_fitting
@@ -14,6 +17,20 @@ HEAD = ChunkedLoss(1, head="head")  # the loss chunked candidates compute
 NONE = Policy("none", (), 0, 0.0)
 
 
+def _llama():
+    from memfit.zoo.llama import Llama, LlamaConfig
+
+    config = LlamaConfig(
+        n_layers=4, dim=128, n_heads=4, n_kv_heads=4, hidden_dim=352, vocab_size=2000,
+        max_seq_len=128,
+    )  # fmt: skip
+    return Llama(config)
+
+
+SPEC = "input_ids=int64[8,128]<2000 labels=int64[8,128]<2000"
+SMALL = {"llama": (_llama, SPEC)}
+
+
 def _candidate(micro: int, chunks: int, screened: int, step_s: float) -> Candidate:
     return Candidate(NONE, (), micro, chunks, screened, screened, step_s)
 
@@ -21,7 +38,8 @@ def _candidate(micro: int, chunks: int, screened: int, step_s: float) -> Candida
 def _tracer(truth: dict[tuple, int], calls: list[tuple]):
     def trace(techniques: tuple) -> SimpleNamespace:
         calls.append(techniques)
-        return SimpleNamespace(profile=SimpleNamespace(peak_reserved=truth[techniques]))
+        peak = truth[techniques]  # no traced time: the screened one stands
+        return SimpleNamespace(profile=SimpleNamespace(peak_reserved=peak, step_time_s=None))
 
     return trace
 
@@ -32,12 +50,12 @@ def test_a_miss_of_the_chunked_loss_does_not_rule_out_micro_batching() -> None:
     halves = _candidate(2, 1, 100, 2.0)
     truth = {chunked.techniques(HEAD): 130, halves.techniques(HEAD): 105}
     calls: list[tuple] = []
-    chosen, traced = trace_fastest_fitting(
+    chosen, verified = trace_fastest_fitting(
         [chunked, halves], 110, 50, _tracer(truth, calls), HEAD, 4
     )
     # one correction for all (x1.6) would have put micro-batching at 130 and left it untried
     assert chosen is not None and chosen[0] == halves.techniques(HEAD)
-    assert [c for c, _ in traced] == [chunked, halves]
+    assert [c for c, _ in verified.traced] == [chunked, halves]
 
 
 def test_the_correction_holds_within_a_family() -> None:
@@ -47,9 +65,46 @@ def test_the_correction_holds_within_a_family() -> None:
     truth = {fast.techniques(HEAD): 130, slow.techniques(HEAD): 114}
     truth[fallback.techniques(HEAD)] = 70
     calls: list[tuple] = []
-    chosen, traced = trace_fastest_fitting(
+    chosen, verified = trace_fastest_fitting(
         [fast, slow, fallback], 110, 50, _tracer(truth, calls), HEAD, 4
     )
     # 50 + 40 * 1.6 = 114 > 110: the slower plan is skipped, the next that fits is traced
-    assert [c for c, _ in traced] == [fast, fallback]
+    assert [c for c, _ in verified.traced] == [fast, fallback]
     assert chosen is not None and chosen[0] == fallback.techniques(HEAD)
+
+
+def test_a_plan_slower_than_screened_does_not_stop_the_search() -> None:
+    # screening: a 1.0, b 1.2, c 1.5; traced, a takes 1.4: b and c are still worth a trace
+    a, b, c = _candidate(1, 1, 90, 1.0), _candidate(1, 4, 90, 1.2), _candidate(1, 8, 90, 1.5)
+    times = {a.techniques(HEAD): 1.4, b.techniques(HEAD): 1.3, c.techniques(HEAD): 1.6}
+    calls: list[tuple] = []
+
+    def trace(techniques: tuple) -> SimpleNamespace:
+        calls.append(techniques)
+        return SimpleNamespace(
+            profile=SimpleNamespace(peak_reserved=90, step_time_s=times[techniques])
+        )
+
+    chosen, verified = trace_fastest_fitting([a, b, c], 110, 50, trace, HEAD, 4)
+    assert chosen is not None and chosen[0] == b.techniques(HEAD)
+    assert [x for x, _ in verified.traced] == [a, b]  # c (screened 1.5) cannot beat 1.3
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model, fraction", [("llama", 0.8), ("llama", 0.7)])
+def test_the_chosen_plan_is_not_dominated_by_its_frontier(model, fraction) -> None:
+    """The issue's CPU repro: ``micro-batch x4`` chosen while its own frontier listed a plan
+    smaller and faster (``lean x2 + micro-batch x4``). At 0.8 this model's plan was dominated
+    before (``full ckpt x2 + lean x2 + chunked loss x4`` over the chosen ``full ckpt x3 +
+    chunked loss x4``)."""
+    build, spec = SMALL[model]
+    peak = memfit.estimate(build, spec).peak_reserved
+    plan = memfit.plan(build, spec, budget=int(fraction * peak))
+    (chosen,) = [p for p in plan.frontier if p.chosen]
+    assert chosen.peak_reserved == plan.profile.peak_reserved
+    dominating = [
+        p
+        for p in plan.frontier
+        if p.peak_reserved <= chosen.peak_reserved and p.step_time_s < chosen.step_time_s
+    ]
+    assert dominating == [], plan.label

@@ -14,6 +14,7 @@ from memfit.errors import InvalidInputError
 
 if TYPE_CHECKING:
     from memfit.plan.candidates import Candidate
+    from memfit.plan.verify import Verified
     from memfit.trace.estimate import StepTrace
 
 __all__ = ["FrontierPoint", "pareto", "check_points", "plan_frontier"]
@@ -82,20 +83,38 @@ def pareto(points: Sequence[FrontierPoint]) -> list[FrontierPoint]:
 
 def plan_frontier(
     candidates: list[Candidate],
-    traced_points: list[tuple[Candidate, StepTrace]],
+    verified: Verified,
     chosen: tuple[tuple[Any, ...], StepTrace] | None,
     first: str = "",
 ) -> list[FrontierPoint]:
-    """The frontier a plan shows: the screened Pareto front (at most 12 points, evenly spread),
-    and every candidate traced in full, the chosen one marked."""
+    """The frontier a plan shows: every candidate traced in full (the chosen one marked), and
+    the Pareto front of the others as screening predicts them (memory corrected as the search
+    corrected it; at most 12 points, evenly spread).
+
+    A screened point that would beat the chosen plan on both memory and time is not shown: the
+    search traces every such candidate it can (``verify.trace_fastest_fitting``), so one left
+    is an estimate the traces contradicted, not a better plan.
+    """
+    traced_ids = {id(c) for c, _ in verified.traced}
     points = [
-        FrontierPoint(c.label(first), c.peak_reserved, c.step_s) for c in candidates if c.step_s > 0
+        FrontierPoint(c.label(first), int(verified.peak(c)), c.step_s)
+        for c in candidates
+        if c.step_s > 0 and id(c) not in traced_ids
     ]
+    if chosen is not None:
+        best = chosen[1].profile
+        points = [
+            p
+            for p in points
+            if not (
+                p.peak_reserved <= best.peak_reserved and p.step_time_s < (best.step_time_s or 0)
+            )
+        ]
     front = pareto(points)
     if len(front) > 12:  # keep the ends and an even spread between them
         step = (len(front) - 1) / 11
         front = [front[round(i * step)] for i in range(12)]
-    for candidate, traced in traced_points:
+    for candidate, traced in verified.traced:
         is_chosen = chosen is not None and traced is chosen[1]
         front.append(
             FrontierPoint(

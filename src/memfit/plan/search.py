@@ -205,7 +205,7 @@ class _Search:
         self.leave_out_inexact_micro_batching()
         candidates = self.screen()
         self.report("tracing the most promising plans")
-        chosen, traced_points = trace_fastest_fitting(
+        chosen, verified = trace_fastest_fitting(
             candidates,
             self.settings.target,
             self.static,
@@ -213,11 +213,11 @@ class _Search:
             self.chunked,
             self.settings.max_traces,
         )
-        frontier = plan_frontier(candidates, traced_points, chosen, self.first_label)
+        frontier = plan_frontier(candidates, verified, chosen, self.first_label)
         self.report(f"planned in {time.perf_counter() - started:.1f} s")
         if chosen is None:
             raise infeasible_error(
-                self.settings.budget, self.settings.target, self.base, traced_points
+                self.settings.budget, self.settings.target, self.base, verified.traced
             )
         techniques, traced = chosen
         return self.make(techniques, traced, frontier)

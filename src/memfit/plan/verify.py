@@ -2,7 +2,9 @@
 
 Screening (``candidates.py``) only orders the candidates; each one the planner may choose is
 traced in full (the tracer and the allocator simulation), fastest first, and screening's memory
-estimates are corrected by what each trace showed.
+estimates are corrected by what each trace showed. A candidate is worth tracing while screening
+says it fits and is faster than the best traced one *as traced*: a screened time is an
+estimate, and the first plan traced is often slower than screening said.
 """
 
 from __future__ import annotations
@@ -14,9 +16,37 @@ from memfit.plan.candidates import Candidate
 from memfit.techniques import ChunkedLoss
 from memfit.trace.estimate import StepTrace
 
-__all__ = ["Tracer", "trace_fastest_fitting"]
+__all__ = ["Tracer", "Verified", "trace_fastest_fitting"]
 
 Tracer = Callable[..., StepTrace]  # techniques -> the step traced with them in force
+
+
+class Verified:
+    """What tracing learnt: the traces, and screening's memory corrected per family.
+
+    Screening errs differently with and without micro-batching and the chunked loss (each
+    changes what the allocator can reuse), so each of these four families has its own
+    correction, learnt from its own traces (none until one is traced): the memory that
+    depends on the plan is rescaled by how far the last trace of the family was off (a secant
+    step, in either direction).
+    """
+
+    def __init__(self, static: int) -> None:
+        self.static = static
+        self.traced: list[tuple[Candidate, StepTrace]] = []
+        self.scales: dict[tuple[bool, bool], float] = {}
+
+    def peak(self, candidate: Candidate) -> float:
+        """Screening's reserved peak of ``candidate``, corrected by its family's traces."""
+        scale = self.scales.get(_family(candidate), 1.0)
+        return self.static + (candidate.peak_reserved - self.static) * scale
+
+    def learn(self, candidate: Candidate, traced: StepTrace) -> None:
+        self.traced.append((candidate, traced))
+        expected = candidate.peak_reserved - self.static
+        if expected > 0:
+            ratio = (traced.profile.peak_reserved - self.static) / expected
+            self.scales[_family(candidate)] = min(3.0, max(0.3, ratio))
 
 
 def trace_fastest_fitting(
@@ -26,47 +56,48 @@ def trace_fastest_fitting(
     trace: Tracer,
     chunked: ChunkedLoss | None,
     max_traces: int,
-) -> tuple[tuple[tuple[Any, ...], StepTrace] | None, list[tuple[Candidate, StepTrace]]]:
+) -> tuple[tuple[tuple[Any, ...], StepTrace] | None, Verified]:
     """Trace candidates fastest first; keep the fastest that really fits.
 
-    After each trace, screening's estimate of the memory that depends on the plan is rescaled
-    by how far it was off (a secant step, in either direction), so that the next candidate
-    traced is the fastest one that now looks like it fits: closing in on the fastest plan
-    that fits from both sides. Screening errs differently with and without micro-batching
-    and the chunked loss (each changes what the allocator can reuse), so each of these four
-    families has its own correction, learnt from its own traces (none until one is traced).
+    The next candidate traced is the fastest one that screening, corrected, says fits and is
+    faster than the best traced so far: closing in on the fastest plan that fits from both
+    sides. Once ``max_traces`` are spent, the candidates that would beat the best one on both
+    memory and time by screening (its frontier would show them dominating the chosen plan)
+    are traced too, up to three more: a plan is never chosen over one its own frontier shows
+    to be smaller and faster (``plan_frontier`` leaves out the few such estimates the
+    traces did not reach).
     """
-    traced_points: list[tuple[Candidate, StepTrace]] = []
+    verified = Verified(static)
     tried: set[int] = set()
     best: tuple[Candidate, StepTrace] | None = None
-    scales: dict[tuple[bool, bool], float] = {}
 
-    def predicted(candidate: Candidate) -> float:
-        scale = scales.get(_family(candidate), 1.0)
-        return static + (candidate.peak_reserved - static) * scale
+    def best_s() -> float:
+        return best[1].profile.step_time_s or best[0].step_s if best is not None else float("inf")
 
-    for _ in range(max_traces):
-        fitting = [
-            c
-            for c in candidates
-            if id(c) not in tried
-            and predicted(c) <= target
-            and (best is None or c.step_s < best[0].step_s)
-        ]
-        if not fitting:
-            break
-        candidate = min(fitting, key=lambda c: c.step_s)
+    def attempt(candidate: Candidate) -> None:
+        nonlocal best
         tried.add(id(candidate))
         traced = trace(candidate.techniques(chunked))
-        traced_points.append((candidate, traced))
-        if traced.profile.peak_reserved <= target:
+        verified.learn(candidate, traced)
+        fits = traced.profile.peak_reserved <= target
+        if fits and (traced.profile.step_time_s or candidate.step_s) < best_s():
             best = (candidate, traced)
-        expected = candidate.peak_reserved - static
-        if expected > 0:
-            ratio = (traced.profile.peak_reserved - static) / expected
-            scales[_family(candidate)] = min(3.0, max(0.3, ratio))
+
+    for spent in range(max_traces + min(3, max_traces)):
+        pool = [
+            c
+            for c in candidates
+            if id(c) not in tried and verified.peak(c) <= target and c.step_s < best_s()
+        ]
+        if spent >= max_traces:  # only those the frontier would show beating the best
+            if best is None:
+                break
+            pool = [c for c in pool if verified.peak(c) <= best[1].profile.peak_reserved]
+        if not pool:
+            break
+        attempt(min(pool, key=lambda c: c.step_s))
     if best is not None:
-        return (best[0].techniques(chunked), best[1]), traced_points
+        return (best[0].techniques(chunked), best[1]), verified
     # nothing fitted: fall back on the most memory-saving candidates, first without
     # micro-batching (which keeps all gradients alive across micro-batches), then any
     single = [c for c in candidates if c.micro_batches == 1]
@@ -75,12 +106,10 @@ def trace_fastest_fitting(
     for candidate in fallbacks:
         if id(candidate) in tried:
             continue
-        tried.add(id(candidate))
-        traced = trace(candidate.techniques(chunked))
-        traced_points.append((candidate, traced))
-        if traced.profile.peak_reserved <= target:
-            return (candidate.techniques(chunked), traced), traced_points
-    return None, traced_points
+        attempt(candidate)
+        if best is not None:
+            return (best[0].techniques(chunked), best[1]), verified
+    return None, verified
 
 
 def _family(candidate: Candidate) -> tuple[bool, bool]:

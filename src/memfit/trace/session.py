@@ -135,6 +135,8 @@ def traced_step(
     stage = ["setup"]
 
     def on_op(func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        if func.namespace not in ("aten", "memfit"):
+            return  # metadata queries of fake tensors (prim::device): no kernel, no dispatch
         recompute = stage[0] == "backward" and tracker_of[0].recomputing > 0
         cost = op_time(
             func, args, kwargs, out, device, calibration, "forward" if recompute else stage[0]
