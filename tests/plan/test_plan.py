@@ -55,7 +55,9 @@ def test_unknown_technique_names_in_a_plan():
     with pytest.raises(InvalidInputError, match="plan is not valid JSON"):
         Plan.from_json("{techniques: []")
     # a technique the tracer does not model is refused, not silently left out of the estimate
-    with pytest.raises(InvalidInputError, match=r"cannot estimate 'offload'.*known: MixedPrecision"):
+    with pytest.raises(
+        InvalidInputError, match=r"cannot estimate 'offload'.*known: MixedPrecision"
+    ):
         memfit.estimate(build, BATCH, plan=[Checkpoint(LAYERS), "offload"])
 
 

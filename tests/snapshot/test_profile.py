@@ -1,8 +1,9 @@
 """A snapshot explained: numbers worked out by hand from the synthetic training loop.
 
-The loop (see tests/snapshot_fixtures.training_snapshot, 3 layers, 2 steps) peaks in the second step's backward,
-at its first 1 MiB temporary: weights 12 MiB + grads 12 MiB (made in step 1) + AdamW state
-24 MiB + input 1 MiB + saved activations 6 MiB + the loss (512 B) + the temporary 1 MiB.
+The loop (see tests/snapshot_fixtures.training_snapshot, 3 layers, 2 steps) peaks in the second
+step's backward, at its first 1 MiB temporary: weights 12 MiB + grads 12 MiB (made in step 1) +
+AdamW state 24 MiB + input 1 MiB + saved activations 6 MiB + the loss (512 B) + the temporary
+1 MiB.
 """
 
 from __future__ import annotations
