@@ -12,8 +12,7 @@ from memfit.step.registry import apply_techniques
 from memfit.step.undo import undo_all
 from memfit.structure.layers import fusable_activations
 from memfit.techniques import FusedActivation
-
-from .helpers import StorageTracker, hf_gpt2, hf_llama, loss_and_grads, token_batch
+from tests.helpers import StorageTracker, hf_gpt2, hf_llama, loss_and_grads, token_batch
 
 
 def fused(model, *patterns):

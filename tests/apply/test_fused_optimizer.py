@@ -11,8 +11,7 @@ from memfit.apply.fused_optimizer import use_fused
 from memfit.errors import InvalidInputError
 from memfit.step.undo import applied
 from memfit.techniques import Checkpoint, FusedOptimizer
-
-from .helpers import VOCAB, tiny_gpt2
+from tests.helpers import VOCAB, tiny_gpt2
 
 
 def _model() -> nn.Module:

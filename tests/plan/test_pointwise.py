@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.apply import helpers
-from tests.apply.helpers import VOCAB
 
 import memfit
 from memfit.plan.candidates import Candidate
@@ -13,6 +11,8 @@ from memfit.plan.pointwise import pointwise_submodules
 from memfit.plan.policies import Policy
 from memfit.techniques import Checkpoint, FusedActivation
 from memfit.trace.estimate import trace_step
+from tests import helpers
+from tests.helpers import VOCAB
 
 BATCH = f"input_ids=int64[4,16]<{VOCAB} labels=int64[4,16]<{VOCAB}"
 WIDE = f"input_ids=int64[64,16]<{VOCAB} labels=int64[64,16]<{VOCAB}"  # activations dominate

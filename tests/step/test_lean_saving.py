@@ -6,7 +6,6 @@ import copy
 
 import pytest
 import torch
-from tests.apply.helpers import VOCAB, StorageTracker, hf_gpt2, hf_llama, tiny_llama, token_batch
 from torch import nn
 
 import memfit
@@ -17,6 +16,7 @@ from memfit.step.registry import apply_techniques
 from memfit.step.undo import undo_all
 from memfit.structure.gated_mlp import gated_mlps
 from memfit.techniques import Checkpoint, FusedGatedMLP, LeanAutocast
+from tests.helpers import VOCAB, StorageTracker, hf_gpt2, hf_llama, tiny_llama, token_batch
 
 GATED = FusedGatedMLP(modules=("**.mlp",))
 
