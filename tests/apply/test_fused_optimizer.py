@@ -102,6 +102,7 @@ def test_without_an_optimizer_there_is_nothing_to_switch() -> None:
     assert torch.isfinite(step(batch))
 
 
+@pytest.mark.slow
 def test_the_estimate_is_that_of_the_fused_optimizer() -> None:
     from tests.plan.helpers import BATCH, build
 

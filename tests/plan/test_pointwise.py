@@ -65,6 +65,7 @@ def gpt2_unmodified():
     return memfit.estimate(hf_gpt2, WIDE, precision="bf16-mixed")
 
 
+@pytest.mark.slow
 def test_the_planner_fuses_gelus_first_when_allowed(gpt2_unmodified):
     budget = gpt2_unmodified.peak_reserved - 2**20
     plan = memfit.plan(hf_gpt2, WIDE, budget=budget, precision="bf16-mixed", margin=0.0)
