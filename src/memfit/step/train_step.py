@@ -18,6 +18,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from memfit.errors import InvalidInputError
 from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, split_batch
@@ -221,8 +222,6 @@ def warn_if_label_shares_differ(parts: list[Any], sizes: list[int]) -> None:
     padding, a micro-batch's share of those can differ from its share of samples, and the
     update is then not the full batch's.
     """
-    from torch._subclasses.fake_tensor import is_fake
-
     labels = [p.get("labels") if isinstance(p, Mapping) else None for p in parts]
     if not all(
         isinstance(x, torch.Tensor) and not is_fake(x) and x.device.type != "meta" for x in labels
