@@ -136,7 +136,13 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
     "--allow",
     help=f"Comma-separated techniques the planner may use (default: {', '.join(default_allow())};"
     f" leave out {', '.join(r.name for r in TABLE if r.exactness is Exactness.ROUNDING)} for "
-    f"bit-identical math, lean_autocast and fused_gated_mlp for models you compile).",
+    f"bit-identical math; --compile limits them for compiled models).",
+)
+@click.option(
+    "--compile",
+    "for_compile",
+    is_flag=True,
+    help="Plan for a model you torch.compile after applying the plan.",
 )
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
 def plan_command(
@@ -145,6 +151,7 @@ def plan_command(
     budget: str,
     blocks: str | None,
     allow: str | None,
+    for_compile: bool,
     out_path: str | None,
     **options: Any,
 ) -> None:
@@ -163,6 +170,7 @@ def plan_command(
             budget=budget,
             blocks=[b.strip() for b in blocks.split(",")] if blocks else None,
             allow=allow,
+            compile=for_compile,
             progress=bar.set_stage,
         )
     if out_path:

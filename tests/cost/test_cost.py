@@ -13,8 +13,8 @@ from memfit.apply.cross_entropy_kernel import cross_entropy_grad_
 from memfit.cost import Calibration, op_time, overlapped_seconds
 from memfit.cost.classes import op_work
 from memfit.cost.device import device_seconds, wave_efficiency
-from memfit.cost.overhead import note, take
 from memfit.devices import get_device
+from memfit.step.overhead import note, take
 from memfit.techniques import Checkpoint
 from memfit.trace.estimate import trace_step
 
@@ -142,7 +142,9 @@ def test_selective_checkpointing_and_recomputation_cost_host_time():
     assert recomputed and all(op.stage == "backward" for op in recomputed)
     calibration = Calibration()
     kernels = [op for op in recomputed if op.kind not in ("none", "")]
-    assert all(op.host_s == calibration.host_forward_op_s for op in kernels)
+    # issued by Python as forward's operators are (module calls noted on top)
+    assert all(op.host_s >= calibration.host_forward_op_s for op in kernels)
+    assert min(op.host_s for op in kernels) == calibration.host_forward_op_s
     selective = trace_step(
         build, BATCH, plan=[Checkpoint(modules=("layers.*",), save=("mm", "addmm"))]
     )

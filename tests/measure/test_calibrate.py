@@ -44,7 +44,7 @@ def test_a_saved_calibration_changes_predicted_step_time(tmp_path, monkeypatch) 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
     # large enough that FLOPs and bytes, not kernel launches, set the time
     model = nn.Sequential(nn.Linear(2048, 8192), nn.GELU(), nn.Linear(8192, 2048))
-    batch = torch.randn(8192, 2048)
+    batch = "float32[131072,2048]"  # built on fake tensors: nothing allocated
     before = memfit.estimate(model, batch, device="h100-80gb").step_time_s
     slow = dataclasses.replace(
         DEFAULTS, matmul_efficiency=0.1, bandwidth_efficiency=0.05, device="h100-80gb"
@@ -54,7 +54,7 @@ def test_a_saved_calibration_changes_predicted_step_time(tmp_path, monkeypatch) 
     assert load_calibration(get_device("h100-80gb")) == slow
     assert load_calibration(get_device("a100-80gb")) == Calibration()  # other devices unchanged
     after = memfit.estimate(model, batch, device="h100-80gb").step_time_s
-    assert before is not None and after is not None and after > 5 * before
+    assert before is not None and after is not None and after > 3 * before
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message without a GPU")

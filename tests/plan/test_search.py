@@ -214,3 +214,16 @@ def test_infeasible_names_a_fused_optimizer_when_its_temporaries_make_the_peak(
     assert (match is not None) == hinted
     if hinted:  # foreach AdamW holds sqrt(exp_avg_sq), one value per weight (torch/optim/adam.py)
         assert parse_bytes(match.group(1).replace(" ", "")) >= params
+
+
+@pytest.mark.slow
+def test_plans_for_compiled_models_keep_to_what_compile_keeps(midway):
+    # lean blocks and selective checkpointing lose their memory under torch.compile
+    plan = memfit.plan(build, BATCH, budget=midway, compile=True)
+    names = {type(t).__name__ for t in plan.techniques}
+    assert not names & {"LeanAutocast", "FusedGatedMLP"}, plan.label
+    assert all(not c.save for c in plan.of(Checkpoint))  # full checkpointing only
+    assert all(c.modules and all(m.startswith("layers.") and m.count(".") == 1 for m in c.modules)
+               for c in plan.of(Checkpoint))  # fmt: skip
+    assert any("planned for torch.compile" in note for note in plan.notes)
+    assert plan.profile.peak_reserved <= midway * 0.98

@@ -30,9 +30,9 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 
-from memfit.cost.overhead import note as note_overhead
 from memfit.errors import InvalidInputError, MemfitError
 from memfit.step.context import ApplyContext
+from memfit.step.overhead import note as note_overhead
 from memfit.step.registry import register_applier
 from memfit.step.undo import UndoFn, run_in_reverse
 from memfit.structure.blocks import find_blocks
@@ -145,6 +145,7 @@ def _checkpointed_forward(options: _Options, module: nn.Module, *args: Any, **kw
     if not (module.training and torch.is_grad_enabled()):
         return forward(*args, **kwargs)
     function = functools.partial(forward, **kwargs) if kwargs else forward
+    note_overhead("checkpoint_region")  # the step-time model prices checkpoint's own Python
     context_fn = options.context_fn
     if options.preserve_batchnorm:
         context_fn = functools.partial(_with_batchnorm_restore, module, options.context_fn)

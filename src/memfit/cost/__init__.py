@@ -5,7 +5,7 @@
 rest, counted as each class's kernels move them), its GPU time (``memfit.cost.device``: a
 roofline per class, with the wave quantization of small products and a least time per
 kernel) and its CPU time (eager PyTorch's dispatch, by phase, plus what a technique's Python
-charged, ``memfit.cost.overhead``). ``overlapped_seconds`` (``memfit.cost.timeline``) turns a
+noted, ``memfit.step.overhead``). ``overlapped_seconds`` (``memfit.cost.timeline``) turns a
 step's operators into its time, the CPU issuing ahead of the GPU. Recomputation
 (checkpointing) is priced as the operators it runs again, issued by Python as forward's are.
 The constants are per GPU (``Calibration``), fitted on an H200 and rescaled by
@@ -61,6 +61,9 @@ class OpTime:
     host_s: float
     rate: float = 0.0  # the tensor-core (or CUDA-core) FLOP/s its dtype runs at
     synchronises: bool = False
+    shape: tuple[int, ...] = ()  # a product's (batch, M, N, K)
+    kernels: int = 1
+    tensors: int = 0
 
 
 def op_time(
@@ -83,4 +86,7 @@ def op_time(
         host_seconds(stage, work, calibration, func.namespace),
         tensor_rate(device, work.dtype),
         work.kind == "sync",
+        work.shape,
+        work.kernels,
+        work.tensors,
     )

@@ -1,7 +1,13 @@
 """The step-time model's constants: one set per GPU, fitted per operator class.
 
-The defaults were fitted on an H200 (bench/fit_costs.py on bench/results/costs_h200.json);
-``memfit calibrate`` rescales the device-side ones for the local GPU and saves them here.
+The defaults were fitted on one H200 and the CPU of its machine (``python bench/fit_costs.py
+fit`` on bench/results/costs_h200.json, written to bench/results/fit_costs_h200.json), on
+Hugging Face GPT-2, LLaMA-1B, BERT-base and torchvision's ResNet-50 in 12 technique
+configurations each; validated on a Qwen2-shaped and a Mistral-shaped LLM and an
+``nn.TransformerEncoder`` (the README has the errors). The device side was fitted to the
+profiler's GPU time per ATen operator, the host side to each step's CPU time; a host constant
+the fit set to 0 is kept as a field for ``memfit calibrate`` and later fits. ``memfit
+calibrate`` rescales them for the local GPU and CPU and saves them here.
 """
 
 from __future__ import annotations
@@ -27,12 +33,18 @@ class Calibration:
             reach (smaller ones lose to wave quantization, ``memfit.cost.device``).
         matmul_tile: output rows and columns one multiprocessor computes per wave (the
             quantization step of small products).
+        unaligned_matmul_factor: what a 16-bit product keeps of that when a dimension is not
+            a multiple of 8 (Hugging Face GPT-2's 50,257-token head): no aligned tensor-core
+            loads.
         attention_efficiency: fraction of the tensor-core rate attention forward reaches;
             ``attention_backward_efficiency`` the same for its backward.
         conv_efficiency: the same for convolutions (cuDNN).
-        bandwidth_efficiency: fraction of the datasheet bandwidth pointwise kernels, copies
-            and fills reach on large tensors.
-        reduction_efficiency: the same for reductions, norms, softmax, gathers and scatters.
+        bandwidth_efficiency: fraction of the datasheet bandwidth pointwise kernels and fills
+            reach on large tensors.
+        copy_efficiency: the same for copies, casts and concatenations.
+        reduction_efficiency: the same for reductions, softmax, gathers and scatters.
+        norm_efficiency: the same for layer and RMS norms; ``batch_norm_efficiency`` for
+            batch norms (channels-first: much less).
         optimizer_efficiency: the same for fused and multi-tensor optimizer kernels.
         kernel_s: the least time a kernel takes on the device (launch to completion).
 
@@ -43,26 +55,41 @@ class Calibration:
         host_forward_op_s: per operator of forward (and of recomputation): Python modules,
             the dispatcher, autograd recording.
         host_backward_op_s: per operator the autograd engine runs in backward.
-        host_optimizer_op_s: per operator of the optimizer step.
+        host_optimizer_op_s: per operator of the optimizer step; ``host_tensor_s`` more per
+            tensor it takes (torch.optim's Python walks every parameter and its state).
         host_view_op_s: per view, metadata operator or allocation (no kernel), in any phase.
+        forward_backward_s: per forward and backward of the training step (one per
+            micro-batch): autocast, the loss, the call's own Python.
+        module_call_s: per module call (forward and recomputation): the Python of a module's
+            own code besides its operators (Hugging Face models run a lot of it).
+        checkpoint_region_s: per checkpointed region and step: the checkpoint's own Python
+            (its hooks in forward, setting up the recomputation in backward).
         selective_op_s: what selective checkpointing's dispatch mode adds per operator of its
             regions, in forward and in recomputation (Python per operator).
     """
 
-    matmul_efficiency: float = 0.72
+    matmul_efficiency: float = 0.90
     matmul_tile: int = 128 * 256
-    attention_efficiency: float = 0.45
-    attention_backward_efficiency: float = 0.35
-    conv_efficiency: float = 0.45
-    bandwidth_efficiency: float = 0.82
-    reduction_efficiency: float = 0.6
-    optimizer_efficiency: float = 0.75
-    kernel_s: float = 3.5e-6
-    host_forward_op_s: float = 9e-6
-    host_backward_op_s: float = 5e-6
-    host_optimizer_op_s: float = 10e-6
-    host_view_op_s: float = 2e-6
-    selective_op_s: float = 55e-6
+    unaligned_matmul_factor: float = 0.20
+    attention_efficiency: float = 0.23
+    attention_backward_efficiency: float = 0.28
+    conv_efficiency: float = 0.19
+    bandwidth_efficiency: float = 0.83
+    copy_efficiency: float = 0.49
+    reduction_efficiency: float = 0.39
+    norm_efficiency: float = 0.32
+    batch_norm_efficiency: float = 0.10
+    optimizer_efficiency: float = 0.65
+    kernel_s: float = 2.7e-6
+    host_forward_op_s: float = 40e-6
+    host_backward_op_s: float = 18e-6
+    host_optimizer_op_s: float = 2.8e-3
+    host_view_op_s: float = 0.0
+    host_tensor_s: float = 0.0
+    forward_backward_s: float = 5.6e-3
+    module_call_s: float = 0.0
+    checkpoint_region_s: float = 1.3e-3
+    selective_op_s: float = 37e-6
     device: str = ""
 
 

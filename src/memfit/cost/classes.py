@@ -13,8 +13,8 @@ moves. The bytes are counted per class, as the kernels move them:
   ``slice_backward``): the output written once (a zero fill), plus the values scattered;
 * fills (``zeros``, ``ones``, ``full``, ``fill_``): the output written once; ``empty``-like
   allocations launch nothing;
-* memfit's own operators (``torch.ops.memfit``): their declared passes over what they
-  overwrite in place;
+* in-place operators (``add_``, the fused optimizer step): what they overwrite, read and
+  written back; memfit's own operators (``torch.ops.memfit``) add their declared passes;
 * views, metadata and aliasing operators launch nothing (they still cost host time).
 """
 
@@ -39,6 +39,7 @@ CLASSES = (
     "fill",
     "reduction",
     "norm",
+    "batch_norm",
     "softmax",
     "gather",
     "scatter",
@@ -49,13 +50,17 @@ CLASSES = (
 
 _MATMUL = {"mm", "addmm", "bmm", "baddbmm", "addbmm", "_scaled_mm", "addmv", "mv", "dot"}
 _CONV = {"convolution", "convolution_backward", "_convolution", "cudnn_convolution"}
-_NORM = {
-    "native_layer_norm",
-    "native_layer_norm_backward",
+_BATCH_NORM = {
     "native_batch_norm",
     "native_batch_norm_backward",
     "_native_batch_norm_legit",
     "_native_batch_norm_legit_functional",
+    "cudnn_batch_norm",
+    "cudnn_batch_norm_backward",
+}
+_NORM = {
+    "native_layer_norm",
+    "native_layer_norm_backward",
     "_fused_rms_norm",
     "_fused_rms_norm_backward",
     "native_group_norm",
@@ -127,6 +132,7 @@ class OpWork:
         dtype: the dtype its tensor-core rate is that of (its first tensor argument's).
         kernels: kernels it launches (0 for views and allocations).
         shape: for matrix products, ``(batch, M, N, K)`` of ``[M, K] @ [K, N]``.
+        tensors: tensors it takes (an optimizer step's Python walks them all).
     """
 
     op: str
@@ -136,6 +142,7 @@ class OpWork:
     dtype: torch.dtype = torch.float32
     kernels: int = 1
     shape: tuple[int, ...] = ()
+    tensors: int = 0
 
 
 def classify(func: Any) -> str:
@@ -154,6 +161,7 @@ def classify(func: Any) -> str:
         return "optimizer"
     for kind, names in (
         ("norm", _NORM),
+        ("batch_norm", _BATCH_NORM),
         ("softmax", _SOFTMAX),
         ("reduction", _REDUCTION),
         ("gather", _GATHER),
@@ -192,12 +200,16 @@ def op_work(func: Any, args: tuple, kwargs: dict, out: Any) -> OpWork:
             flops = float(flop_registry[func.overloadpacket](*args, **kwargs, out_val=out))
         except Exception:  # formulas assume standard arguments; the bytes still price it
             flops = 0.0
+        if kind == "attention" and _is_causal(func, args, kwargs):
+            flops /= 2  # PyTorch's formulas count every score; a causal kernel skips half
     moved = _bytes(kind, func, inputs, outputs, args)
     kernels = 1
     if name.startswith("_foreach_"):  # multi-tensor apply: one launch per group of tensors
         kernels = max(1, -(-len(inputs) // TENSORS_PER_LAUNCH))
     shape = _product_shape(name, args) if kind == "matmul" else ()
-    return OpWork(name, kind, flops, moved, dtype, kernels, shape)
+    if kind == "matmul":  # the operands' dtype: addmm.dtype_out adds bf16 products to float32
+        dtype = next((a.dtype for a in reversed(args) if isinstance(a, torch.Tensor)), dtype)
+    return OpWork(name, kind, flops, moved, dtype, kernels, shape, len(inputs))
 
 
 def _product_shape(name: str, args: tuple) -> tuple[int, ...]:
@@ -210,6 +222,15 @@ def _product_shape(name: str, args: tuple) -> tuple[int, ...]:
     return (int(batch), int(left.shape[-2]), int(right.shape[-1]), int(left.shape[-1]))
 
 
+def _is_causal(func: Any, args: tuple, kwargs: dict) -> bool:
+    if "is_causal" in kwargs:
+        return bool(kwargs["is_causal"])
+    for argument, value in zip(func._schema.arguments, args, strict=False):
+        if argument.name == "is_causal":
+            return bool(value)
+    return False
+
+
 def _bytes(kind: str, func: Any, inputs: list, outputs: list, args: tuple) -> int:
     written = sum(_size(t) for t in outputs)
     if kind == "gather":
@@ -220,11 +241,12 @@ def _bytes(kind: str, func: Any, inputs: list, outputs: list, args: tuple) -> in
         return written + 2 * values  # the output zero-filled, the values read and added
     if kind == "fill":
         return written
+    # an in-place operator reads what it overwrites, and writes it back
+    overwritten = _written_in_place(func, args)
     if kind == "custom":
-        overwritten = _written_in_place(func, args)
         name = func.__name__.split(".")[0]
-        return _unique_bytes(inputs + outputs) + overwritten * (1 + EXTRA_PASSES.get(name, 0))
-    return _unique_bytes(inputs + outputs)
+        overwritten *= 1 + EXTRA_PASSES.get(name, 0)
+    return _unique_bytes(inputs + outputs) + overwritten
 
 
 def _written_in_place(func: Any, args: tuple) -> int:
@@ -232,8 +254,8 @@ def _written_in_place(func: Any, args: tuple) -> int:
     total = 0
     for argument, value in zip(func._schema.arguments, args, strict=False):
         alias = argument.alias_info
-        if alias is not None and alias.is_write and isinstance(value, torch.Tensor):
-            total += _size(value)
+        if alias is not None and alias.is_write:
+            total += sum(_size(t) for t in _tensors(value))  # a tensor or a list of them
     return total
 
 

@@ -15,7 +15,7 @@ multiprocessors leaves some idle (cuBLAS then splits K, ``_split_k``), and one w
 with it the tiles: this is what makes small micro-batches slow.
 
 Host time: per operator, by phase (``Calibration.host_*``), plus what a technique's Python
-charged to it (``memfit.cost.overhead``).
+charged to it (``memfit.step.overhead``).
 """
 
 from __future__ import annotations
@@ -32,11 +32,12 @@ __all__ = ["device_seconds", "host_seconds", "tensor_rate", "wave_efficiency"]
 
 _BANDWIDTH_CLASS = {
     "pointwise": "bandwidth_efficiency",
-    "copy": "bandwidth_efficiency",
+    "copy": "copy_efficiency",
     "fill": "bandwidth_efficiency",
     "custom": "bandwidth_efficiency",
     "reduction": "reduction_efficiency",
-    "norm": "reduction_efficiency",
+    "norm": "norm_efficiency",
+    "batch_norm": "batch_norm_efficiency",
     "softmax": "reduction_efficiency",
     "gather": "reduction_efficiency",
     "scatter": "reduction_efficiency",
@@ -65,6 +66,13 @@ def wave_efficiency(shape: tuple[int, ...], device: DeviceSpec, tile: int) -> fl
     return tiles / (waves * device.num_sms)
 
 
+def _unaligned(work: OpWork) -> bool:
+    """A 16-bit product with a dimension that is not a multiple of 8 elements (16 bytes)."""
+    if work.dtype not in (torch.bfloat16, torch.float16) or not work.shape:
+        return False
+    return any(d % 8 for d in work.shape[1:])
+
+
 def _split_k(tiles: int, k: int, sms: int) -> int:
     """How many slices of K cuBLAS computes in parallel when there are too few tiles."""
     if tiles >= sms:
@@ -87,6 +95,8 @@ def device_seconds(work: OpWork, device: DeviceSpec, calibration: Calibration) -
             efficiency = calibration.attention_backward_efficiency
         if work.kind == "matmul":
             efficiency *= wave_efficiency(work.shape, device, calibration.matmul_tile)
+            if _unaligned(work):
+                efficiency *= calibration.unaligned_matmul_factor
         compute = work.flops / (tensor_rate(device, work.dtype) * efficiency)
         memory = work.bytes / (device.bandwidth_bytes_s * calibration.bandwidth_efficiency)
         return max(compute, memory) + overhead
@@ -108,5 +118,6 @@ def host_seconds(stage: str, work: OpWork, calibration: Calibration, namespace: 
     if stage == "backward":
         return calibration.host_backward_op_s
     if stage.startswith("optimizer") or stage == "zero_grad":
-        return calibration.host_optimizer_op_s
+        per_tensor = calibration.host_tensor_s * work.tensors if work.kind == "optimizer" else 0.0
+        return calibration.host_optimizer_op_s + per_tensor
     return calibration.host_forward_op_s

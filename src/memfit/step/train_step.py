@@ -25,6 +25,7 @@ from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, spli
 from memfit.step.causal_lm_loss import hf_causal_lm_loss
 from memfit.step.lean_saving import lean_saving, warn_if_compiled
 from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update
+from memfit.step.overhead import note as note_overhead
 from memfit.step.precision import Precision
 
 __all__ = ["TrainStep"]
@@ -111,6 +112,7 @@ class TrainStep:
     def forward_backward(self, batch: Any, *, loss_scale: float = 1.0) -> torch.Tensor:
         """Forward and backward of one (micro-)batch; gradients add up in ``param.grad``."""
         self.mark("forward")
+        note_overhead("forward_backward")  # the step-time model prices this call's Python
         with self.autocast(), self._saving():
             inputs = self.forward_batch(batch) if self.forward_batch else batch
             if self.forward is not None:

@@ -15,32 +15,27 @@ from typing import Any
 
 from torch.utils.module_tracker import ModuleTracker
 
+from memfit.step.overhead import note as note_overhead
+
 __all__ = ["RecomputeSafeModuleTracker"]
 
 
 class RecomputeSafeModuleTracker(ModuleTracker):
     """``ModuleTracker`` that keeps no autograd graph alive for modules run inside backward.
 
-    Attributes:
-        recomputing: how many module forwards are running inside backward (recomputation by
-            checkpointing): while positive, operators are issued by Python module code, as
-            in forward, not by the autograd engine.
+    Each module call also notes ``"module_call"`` host overhead for the step-time model
+    (``memfit.step.overhead``: the Python a module's call runs besides its operators).
     """
 
-    def __init__(self) -> None:
-        super().__init__()
-        self.recomputing = 0
-
     def _fw_pre_hook(self, mod: Any, input: Any) -> None:
+        note_overhead("module_call")
         if self.is_bw:
-            self.recomputing += 1
             self._get_append_fn(self._get_mod_name(mod), False)()
             return
         super()._fw_pre_hook(mod, input)
 
     def _fw_post_hook(self, mod: Any, input: Any, output: Any) -> None:
         if self.is_bw:
-            self.recomputing = max(0, self.recomputing - 1)
             self._get_pop_fn(self._get_mod_name(mod), False)()
             return
         super()._fw_post_hook(mod, input, output)

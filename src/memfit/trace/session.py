@@ -21,11 +21,11 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.utils._pytree import tree_flatten
 
 from memfit.cost import Calibration, op_time, overlapped_seconds
-from memfit.cost.overhead import take as take_overhead
 from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.profile import Category, Phase
 from memfit.step.loss import optimizer_update
+from memfit.step.overhead import take as take_overhead
 from memfit.trace.cuda.autocast import cuda_autocast_policy
 from memfit.trace.cuda.composites import cuda_composites
 from memfit.trace.cuda.stack import CudaStack
@@ -64,6 +64,9 @@ class TracedOp:
     kind: str = ""
     synchronises: bool = False
     recompute: bool = False
+    shape: tuple[int, ...] = ()
+    kernels: int = 1
+    tensors: int = 0
 
 
 @dataclass
@@ -132,7 +135,6 @@ def traced_step(
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         with _on_the_target(fake_mode, device, stack, batch) as tracker, recorder:
-            book.tracker = tracker
             take_overhead()  # nothing noted before the step belongs to it
             _track_existing(recorder, tracker, fake_model, batch)
             step = make_step()
@@ -160,15 +162,14 @@ class _Bookkeeping:
         self.record = StepRecord(recorder.trace, {})
         self.stage = "setup"
         self.optimizer: torch.optim.Optimizer | None = None  # the step's, once it is built
-        self.tracker: ModuleTracker | None = None  # the module tracker, once the step runs
 
     def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         """After each operator: its predicted time, with the stage and module it ran in."""
         if func.namespace not in ("aten", "memfit"):
             return  # metadata queries of fake tensors (prim::device): no kernel, no dispatch
-        recompute = (
-            self.stage == "backward" and self.tracker is not None and self.tracker.recomputing > 0
-        )
+        # inside backward, the autograd engine runs with grad mode off; a recomputation
+        # (checkpointing) runs forward code with it on
+        recompute = self.stage == "backward" and torch.is_grad_enabled()
         stage = "forward" if recompute else self.stage  # recomputation is issued as forward
         cost = op_time(func, args, kwargs, out, self.device, self.calibration, stage)
         self.record.ops.append(
@@ -184,11 +185,14 @@ class _Bookkeeping:
                 cost.kind,
                 cost.synchronises,
                 recompute,
+                cost.shape,
+                cost.kernels,
+                cost.tensors,
             )
         )
 
     def _noted(self) -> float:
-        """Host time techniques noted for the operator just run (``memfit.cost.overhead``)."""
+        """Host time techniques noted for the operator just run (``memfit.step.overhead``)."""
         noted = take_overhead().items()
         return sum(n * getattr(self.calibration, f"{kind}_s", 0.0) for kind, n in noted)
 

@@ -1,0 +1,283 @@
+"""memfit's plans against what users do today, on seven models, measured side by side.
+
+python bench/plans.py --out DIR [--parts eager,ab,compile] [--models ...] [--smoke]
+  ->  DIR/plans.json (DIR/plans_<parts>.json for some parts), written after each measurement
+
+For bench/frontier.py's models (Hugging Face GPT-2, GPT-2 medium, a LLaMA-style 1B) and four
+more (a Qwen2-shaped LLM with a 151,936-token vocabulary, a Mistral-shaped GQA LLM of 8 layers,
+BERT-base, ResNet-50), bf16-mixed, fused AdamW:
+
+* eager: budgets at 0.75, 0.5 and 0.3 of the predicted activations (over the predicted
+  weights, gradients and optimizer state) and at memfit's predicted full-checkpointing memory;
+  memfit.plan (the CPU-only path, run in a pool of CPU processes while the GPU measures) for
+  each, then measured: the plan, the unmodified step, Hugging Face's
+  gradient_checkpointing_enable() (memfit's full checkpointing of every block for ResNet-50).
+  Per budget: measured reserved against the budget, predicted against measured overhead, and
+  the plan's time against the fastest alternative measured that fits the budget.
+* ab: the chunked loss on the Qwen2-shaped model and LLaMA-1B against the unmodified step,
+  steps alternated (both models in memory) so that host-side drift hits both alike.
+* compile: for GPT-2, LLaMA-1B and the Qwen2-shaped model at 0.5 of the activations,
+  ``memfit.plan(..., compile=True)`` applied then compiled, against torch.compile alone and
+  with ``activation_memory_budget`` 0.5 (compile times excluded: warm-up steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import json
+import multiprocessing
+import sys
+import time
+import traceback
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+import memfit  # noqa: E402
+from cost_harness import Harness, environment  # noqa: E402
+from memfit.apply import applied, undo_all  # noqa: E402
+from memfit.structure.blocks import find_blocks  # noqa: E402
+from memfit.trace.inputs import make_inputs, parse_input_spec  # noqa: E402
+from models import CALIBRATION, CALIBRATION_LOSS, hf_gpt2_medium  # noqa: E402
+
+MODELS = {
+    **{k: CALIBRATION[k] for k in ("hf-gpt2", "hf-llama-1b", "qwen2-shaped", "mistral-8l")},
+    "hf-gpt2-medium": (
+        lambda tiny=False: CALIBRATION["hf-gpt2"][0](True) if tiny else hf_gpt2_medium(),
+        CALIBRATION["hf-gpt2"][1],
+        CALIBRATION["hf-gpt2"][2],
+    ),
+    **{k: CALIBRATION[k] for k in ("hf-bert-base", "tv-resnet50")},
+}
+FRACTIONS = (0.75, 0.5, 0.3)
+DEVICE = "h200"
+COMPILE_MODELS = ("hf-gpt2", "hf-llama-1b", "qwen2-shaped")
+
+
+def _settings(name: str) -> dict:
+    loss_fn, forward = CALIBRATION_LOSS.get(name, (None, None))
+    return dict(
+        optimizer="adamw-fused",
+        precision="bf16-mixed",
+        device=DEVICE,
+        **({"loss_fn": loss_fn, "forward": forward} if loss_fn else {}),
+    )
+
+
+def make_plans(name: str, tiny: bool, compile: bool = False) -> list[dict]:
+    """The budgets of one model and memfit's plan for each (in a CPU worker process)."""
+    builder, spec, tiny_spec = MODELS[name]
+    spec = tiny_spec if tiny else spec
+    build = lambda: builder(tiny)  # noqa: E731
+    settings = _settings(name)
+    base = memfit.estimate(build, spec, **settings)
+    static = sum(
+        base.by_category.get(c, 0)
+        for c in (memfit.Category.PARAM, memfit.Category.OPTIMIZER, memfit.Category.OTHER)
+    )
+    with torch.device("meta"):
+        blocks = find_blocks(builder(tiny))
+    full = memfit.estimate(build, spec, plan=[memfit.Checkpoint(modules=tuple(blocks))], **settings)
+    budgets = {
+        f"activations x{f}": int(static + f * (base.peak_reserved - static)) for f in FRACTIONS
+    }
+    budgets["full checkpointing's"] = full.peak_reserved
+    if compile:
+        budgets = {"activations x0.5": budgets["activations x0.5"]}
+    rows = []
+    for label, budget in budgets.items():
+        row = {"label": label, "budget": budget, "predicted_unmodified_s": base.step_time_s}
+        started = time.perf_counter()
+        try:
+            plan = memfit.plan(build, spec, budget=budget, compile=compile, **settings)
+            row.update(plan=plan.to_dict(), predicted_s=plan.step_time_s)
+        except memfit.MemfitError as error:
+            row["error"] = str(error)
+        row["plan_s"] = time.perf_counter() - started
+        rows.append(row)
+    return rows
+
+
+def build(name: str, device: str, tiny: bool):
+    builder, spec, tiny_spec = MODELS[name]
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = builder(tiny)
+    return model.train(), make_inputs(parse_input_spec(tiny_spec if tiny else spec), device=device)
+
+
+def measure(harness: Harness, name: str, techniques=(), prepare=None, compile_budget=None) -> dict:
+    """One configuration of ``name`` on a fresh model: apply, (compile,) measure, release."""
+    harness.clean()
+    model, batch = build(name, harness.device, harness.device == "cpu")
+    if prepare is not None:
+        prepare(model)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=harness.cuda)
+    loss_fn, forward = CALIBRATION_LOSS.get(name, (None, None))
+    step = memfit.apply(
+        list(techniques), model, optimizer, loss_fn=loss_fn, forward=forward,
+        precision="bf16-mixed", device_type=harness.device,
+    )  # fmt: skip
+    if compile_budget is not None:
+        torch._dynamo.reset()
+        torch._functorch.config.activation_memory_budget = compile_budget
+        model.compile()
+    try:
+        return harness.measure(step, batch)
+    finally:
+        torch._functorch.config.activation_memory_budget = 1.0
+        if applied(model):
+            undo_all(model)
+        del step, optimizer, model, batch
+        harness.clean()
+
+
+def hf_full(model) -> None:
+    if hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    else:  # torchvision: memfit's full checkpointing of every block stands for it
+        memfit.apply([memfit.Checkpoint(modules=tuple(find_blocks(model)))], model)
+
+
+def eager(harness: Harness, names: list[str], record, tiny: bool, pool) -> None:
+    futures = {name: pool.submit(make_plans, name, tiny) for name in names}
+    for name in names:
+        anchors = {
+            "unmodified": measure(harness, name),
+            "hf full checkpointing": measure(harness, name, prepare=hf_full),
+        }
+        record(f"{name} | anchors", dict(anchors))
+        for row in futures[name].result():
+            if "plan" in row:
+                techniques = memfit.Plan.from_dict(row["plan"]).techniques
+                try:
+                    row["measured"] = measure(harness, name, techniques)
+                except Exception:
+                    row["measure_error"] = traceback.format_exc()[-2000:]
+            row["summary"] = summarize(row, anchors)
+            record(f"{name} | {row['label']}", row)
+
+
+def summarize(row: dict, anchors: dict) -> dict:
+    """Against the budget and the alternatives measured that fit it."""
+    budget = row["budget"]
+    base = anchors.get("unmodified") or anchors["compiled"]
+    fitting = {k: a["step_s"] for k, a in anchors.items() if a["peak_reserved"] <= budget}
+    found: dict = {"fitting_alternatives": fitting}
+    measured = row.get("measured")
+    if measured is None:
+        return found
+    found["violation"] = measured["peak_reserved"] > budget
+    found["measured_overhead"] = measured["step_s"] / base["step_s"] - 1
+    if row.get("predicted_s") and row.get("predicted_unmodified_s"):
+        found["predicted_overhead"] = row["predicted_s"] / row["predicted_unmodified_s"] - 1
+        found["overhead_error_points"] = 100 * (
+            found["predicted_overhead"] - found["measured_overhead"]
+        )
+    options = {**fitting, "memfit plan": measured["step_s"]} if not found["violation"] else fitting
+    if options:
+        fastest = min(options, key=options.get)
+        found["fastest_fitting"] = fastest
+        found["plan_vs_fastest"] = measured["step_s"] / options[fastest] - 1
+    return found
+
+
+def ab(harness: Harness, record, tiny: bool, pairs: int) -> None:
+    """The chunked loss against the unmodified step, steps alternated on two copies."""
+    for name in ("qwen2-shaped", "hf-llama-1b"):
+        times = _alternated(harness, name, tiny, pairs)
+        median = [sorted(t)[len(t) // 2] for t in times]
+        row = {"unmodified_s": times[0], "chunked_s": times[1], "median_unmodified_s": median[0]}
+        row.update(median_chunked_s=median[1], overhead=median[1] / median[0] - 1)
+        record(f"{name} | unmodified vs chunked loss x4", row)
+        harness.clean()
+
+
+def _alternated(harness: Harness, name: str, tiny: bool, pairs: int) -> list[list[float]]:
+    steps, batches = [], []
+    for techniques in ([], [memfit.ChunkedLoss(4)]):
+        model, batch = build(name, harness.device, tiny)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=harness.cuda)
+        device = harness.device
+        steps.append(
+            memfit.apply(techniques, model, optimizer, precision="bf16-mixed", device_type=device)
+        )
+        batches.append(batch)
+    times: list[list[float]] = [[], []]
+    for i in range(pairs + 2):
+        for which in (0, 1) if i % 2 == 0 else (1, 0):
+            step, batch = steps[which], batches[which]
+            seconds = harness.seconds(lambda s=step, b=batch: s(b), repeats=1, warmup=0)
+            if i >= 2:  # two warm-up pairs
+                times[which].append(seconds)
+    return times
+
+
+def compiled(harness: Harness, names: list[str], record, tiny: bool, pool) -> None:
+    futures = {n: pool.submit(make_plans, n, tiny, True) for n in names if n in COMPILE_MODELS}
+    for name, future in futures.items():
+        anchors = {
+            "compiled": measure(harness, name, compile_budget=1.0),
+            "compiled, activation budget 0.5": measure(harness, name, compile_budget=0.5),
+        }
+        record(f"{name} | compile anchors", dict(anchors))
+        for row in future.result():
+            if "plan" in row:
+                techniques = memfit.Plan.from_dict(row["plan"]).techniques
+                try:
+                    row["measured"] = measure(harness, name, techniques, compile_budget=1.0)
+                except Exception:
+                    row["measure_error"] = traceback.format_exc()[-2000:]
+            row["summary"] = summarize(row, anchors)
+            record(f"{name} | compiled plan {row['label']}", row)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--parts", default="eager,ab")
+    parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--workers", type=int, default=12, help="CPU processes that plan")
+    parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
+    args = parser.parse_args()
+    parts, names = args.parts.split(","), args.models.split(",")
+    device = "cpu" if args.smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        parser.error("no CUDA GPU here; use --smoke to test the script on a CPU")
+    harness = Harness(device, warmup=1 if args.smoke else 3, steps=1 if args.smoke else 8)
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / (f"plans_{'_'.join(parts)}" + ("_smoke" if args.smoke else "") + ".json")
+    result: dict = {"environment": environment(), "smoke": args.smoke, "rows": {}, "errors": []}
+    started = time.perf_counter()
+
+    def record(key: str, row: dict) -> None:
+        row["at_s"] = round(time.perf_counter() - started, 1)
+        result["rows"][key] = row
+        path.write_text(json.dumps(result, indent=1))
+        brief = row.get("summary") or {k: v for k, v in row.items() if isinstance(v, float)}
+        print(f"[{row['at_s']:6.1f} s] {key}: {brief}", flush=True)
+
+    context = multiprocessing.get_context("spawn")  # the workers never touch CUDA
+    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+        for part, run in (
+            ("eager", lambda: eager(harness, names, record, args.smoke, pool)),
+            ("ab", lambda: ab(harness, record, args.smoke, 2 if args.smoke else 15)),
+            ("compile", lambda: compiled(harness, names, record, args.smoke, pool)),
+        ):
+            if part in parts:
+                try:
+                    run()
+                except Exception:
+                    result["errors"].append(f"{part}: {traceback.format_exc()[-3000:]}")
+                    print(result["errors"][-1], flush=True)
+    result["total_s"] = time.perf_counter() - started
+    path.write_text(json.dumps(result, indent=1))
+    print(f"wrote {path} in {result['total_s']:.0f} s; {len(result['errors'])} errors", flush=True)
+
+
+if __name__ == "__main__":
+    main()
