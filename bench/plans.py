@@ -16,7 +16,7 @@ BERT-base, ResNet-50), bf16-mixed, fused AdamW:
   the plan's time against the fastest alternative measured that fits the budget.
 * ab: the chunked loss on the Qwen2-shaped model and LLaMA-1B against the unmodified step,
   steps alternated (both models in memory) so that host-side drift hits both alike.
-* compile: for GPT-2, LLaMA-1B and the Qwen2-shaped model at 0.5 of the activations,
+* compile: for GPT-2 and LLaMA-1B at 0.5 of the activations,
   ``memfit.plan(..., compile=True)`` applied then compiled, against torch.compile alone and
   with ``activation_memory_budget`` 0.5 (compile times excluded: warm-up steps).
 """
@@ -55,7 +55,7 @@ MODELS = {
 }
 FRACTIONS = (0.75, 0.5, 0.3)
 DEVICE = "h200"
-COMPILE_MODELS = ("hf-gpt2", "hf-llama-1b", "qwen2-shaped")
+COMPILE_MODELS = ("hf-gpt2", "hf-llama-1b")
 
 
 def _settings(name: str) -> dict:
@@ -68,38 +68,58 @@ def _settings(name: str) -> dict:
     )
 
 
-def make_plans(name: str, tiny: bool, compile: bool = False) -> list[dict]:
-    """The budgets of one model and memfit's plan for each (in a CPU worker process)."""
+def budgets_of(name: str, tiny: bool, compile: bool = False) -> dict:
+    """A model's budgets, from its predicted steps (in a CPU worker process)."""
     builder, spec, tiny_spec = MODELS[name]
     spec = tiny_spec if tiny else spec
-    build = lambda: builder(tiny)  # noqa: E731
     settings = _settings(name)
-    base = memfit.estimate(build, spec, **settings)
+    base = memfit.estimate(lambda: builder(tiny), spec, **settings)
     static = sum(
         base.by_category.get(c, 0)
         for c in (memfit.Category.PARAM, memfit.Category.OPTIMIZER, memfit.Category.OTHER)
     )
-    with torch.device("meta"):
-        blocks = find_blocks(builder(tiny))
-    full = memfit.estimate(build, spec, plan=[memfit.Checkpoint(modules=tuple(blocks))], **settings)
     budgets = {
         f"activations x{f}": int(static + f * (base.peak_reserved - static)) for f in FRACTIONS
     }
-    budgets["full checkpointing's"] = full.peak_reserved
     if compile:
-        budgets = {"activations x0.5": budgets["activations x0.5"]}
-    rows = []
-    for label, budget in budgets.items():
-        row = {"label": label, "budget": budget, "predicted_unmodified_s": base.step_time_s}
-        started = time.perf_counter()
-        try:
-            plan = memfit.plan(build, spec, budget=budget, compile=compile, **settings)
-            row.update(plan=plan.to_dict(), predicted_s=plan.step_time_s)
-        except memfit.MemfitError as error:
-            row["error"] = str(error)
-        row["plan_s"] = time.perf_counter() - started
-        rows.append(row)
-    return rows
+        return {"activations x0.5": budgets["activations x0.5"]}
+    with torch.device("meta"):
+        blocks = find_blocks(builder(tiny))
+    checkpointed = [memfit.Checkpoint(modules=tuple(blocks))]
+    full_peak = memfit.estimate(lambda: builder(tiny), spec, plan=checkpointed, **settings)
+    budgets["full checkpointing's"] = full_peak.peak_reserved
+    return budgets
+
+
+def plan_for(name: str, tiny: bool, label: str, budget: int, compile: bool = False) -> dict:
+    """memfit's plan for one budget (in a CPU worker process)."""
+    builder, spec, tiny_spec = MODELS[name]
+    spec = tiny_spec if tiny else spec
+    settings = _settings(name)
+    row: dict = {"label": label, "budget": budget}
+    build = lambda: builder(tiny)  # noqa: E731
+    row["predicted_unmodified_s"] = memfit.estimate(build, spec, **settings).step_time_s
+    started = time.perf_counter()
+    try:
+        plan = memfit.plan(build, spec, budget=budget, compile=compile, **settings)
+        row.update(plan=plan.to_dict(), predicted_s=plan.step_time_s)
+    except memfit.MemfitError as error:
+        row["error"] = str(error)
+    row["plan_s"] = time.perf_counter() - started
+    return row
+
+
+def submit_plans(pool, names: list[str], tiny: bool, compile: bool = False) -> dict:
+    """Every model's budgets, then every budget's plan, all in the pool; futures per model."""
+    budgets = {name: pool.submit(budgets_of, name, tiny, compile) for name in names}
+    plans: dict[str, list] = {}
+    for name, future in budgets.items():
+        found = future.result()
+        plans[name] = [
+            pool.submit(plan_for, name, tiny, label, budget, compile)
+            for label, budget in found.items()
+        ]
+    return plans
 
 
 def build(name: str, device: str, tiny: bool):
@@ -144,14 +164,14 @@ def hf_full(model) -> None:
 
 
 def eager(harness: Harness, names: list[str], record, tiny: bool, pool) -> None:
-    futures = {name: pool.submit(make_plans, name, tiny) for name in names}
+    futures = submit_plans(pool, names, tiny)
     for name in names:
         anchors = {
             "unmodified": measure(harness, name),
             "hf full checkpointing": measure(harness, name, prepare=hf_full),
         }
         record(f"{name} | anchors", dict(anchors))
-        for row in futures[name].result():
+        for row in (f.result() for f in futures[name]):
             if "plan" in row:
                 techniques = memfit.Plan.from_dict(row["plan"]).techniques
                 try:
@@ -218,14 +238,14 @@ def _alternated(harness: Harness, name: str, tiny: bool, pairs: int) -> list[lis
 
 
 def compiled(harness: Harness, names: list[str], record, tiny: bool, pool) -> None:
-    futures = {n: pool.submit(make_plans, n, tiny, True) for n in names if n in COMPILE_MODELS}
-    for name, future in futures.items():
+    futures = submit_plans(pool, [n for n in names if n in COMPILE_MODELS], tiny, compile=True)
+    for name, plan_futures in futures.items():
         anchors = {
             "compiled": measure(harness, name, compile_budget=1.0),
             "compiled, activation budget 0.5": measure(harness, name, compile_budget=0.5),
         }
         record(f"{name} | compile anchors", dict(anchors))
-        for row in future.result():
+        for row in (f.result() for f in plan_futures):
             if "plan" in row:
                 techniques = memfit.Plan.from_dict(row["plan"]).techniques
                 try:
