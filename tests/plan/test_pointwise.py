@@ -72,7 +72,6 @@ def test_the_planner_fuses_gelus_first_when_allowed(gpt2_unmodified):
     fused = [t for t in plan.techniques if isinstance(t, FusedActivation)]
     assert [t.modules for t in fused] == [("transformer.h.0.mlp.act", "transformer.h.1.mlp.act")]
     assert plan.profile.peak_reserved <= budget
-    assert "overrates what fusing the GELUs saves" in plan.notes[0]
     unmodified = [p for p in plan.frontier if p.label == "unmodified"]
     assert [p.peak_reserved for p in unmodified] == [gpt2_unmodified.peak_reserved]
     assert memfit.Plan.from_json(plan.to_json()).techniques == plan.techniques

@@ -72,11 +72,6 @@ COMPILE_NOTE = (
     "compiled); the predicted time is the eager step's, a compiled one runs faster"
 )
 
-FUSED_NOTE = (
-    "the predicted time overrates what fusing the GELUs saves: on an H200, such plans ran "
-    "Hugging Face GPT-2 and GPT-2 medium 9-28% faster than unmodified where 41-52% was predicted"
-)
-
 
 @dataclass(frozen=True)
 class PlanSettings:
@@ -258,7 +253,6 @@ class _Search:
         if self.first:  # the frontier's candidates all fuse: show the step as it is too
             unmodified = FrontierPoint("unmodified", self.unmodified_peak, self.baseline_s)
             frontier = [unmodified, *frontier]
-        gelus = any(isinstance(t, FusedActivation) for t in self.first)
         return Plan(
             techniques=self.first + techniques,
             budget=self.settings.budget,
@@ -268,7 +262,7 @@ class _Search:
             baseline_step_time_s=self.baseline_s,
             frontier=tuple(frontier),
             model_fingerprint=self.fingerprint,
-            notes=tuple(self.notes) + ((FUSED_NOTE,) if gelus else ()),
+            notes=tuple(self.notes),
         )
 
     def fuse_first(self) -> Plan | None:
