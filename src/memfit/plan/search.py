@@ -29,7 +29,7 @@ from torch import nn
 
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
-from memfit.errors import InvalidInputError, MemfitError
+from memfit.errors import MemfitError
 from memfit.plan.baseline import (
     batch_size,
     checkpointable_blocks,
@@ -55,7 +55,7 @@ from memfit.techniques import (
 )
 from memfit.trace.estimate import StepTrace, trace_step
 from memfit.trace.settings import StepSettings
-from memfit.units import format_bytes, parse_bytes
+from memfit.units import parse_budget
 
 __all__ = ["plan", "PlanSettings"]
 
@@ -344,10 +344,4 @@ def _may_fuse(optimizer: Any) -> bool:
 
 
 def _budget_bytes(budget: Any, spec: DeviceSpec) -> int:
-    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
-    if limit > spec.memory_bytes:
-        raise InvalidInputError(
-            f"budget {format_bytes(limit)} is more than {spec.name} has "
-            f"({format_bytes(spec.memory_bytes)}); give a smaller budget or another --device"
-        )
-    return limit
+    return parse_budget(budget, of=spec.memory_bytes, device=spec.name)
