@@ -16,6 +16,7 @@ import click
 
 from memfit.devices import DEFAULT_DEVICE, get_device
 from memfit.errors import BudgetInfeasibleError, InvalidInputError
+from memfit.outputs import check_output_dir, check_output_file
 from memfit.plan.frontier import FrontierPoint
 from memfit.profile import MemoryProfile
 from memfit.report import build
@@ -25,7 +26,7 @@ from memfit.report.text import fragmentation_text, profile_summary, profile_text
 from memfit.snapshot.fragmentation import Fragmentation, analyze
 from memfit.snapshot.load import load_snapshot
 from memfit.snapshot.profile import snapshot_profile
-from memfit.units import format_bytes, parse_bytes
+from memfit.units import format_bytes, parse_budget
 
 __all__ = ["report", "compare"]
 
@@ -107,12 +108,19 @@ def _frontier(path: str | None) -> tuple[FrontierPoint, ...]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise InvalidInputError(
-            f"--frontier {path!r} is not a readable JSON file ({error})"
+            f"--frontier {path!r} is not a readable JSON file ({error}); give a JSON list of "
+            f"plan points or a plan written by `memfit plan --out plan.json`"
         ) from None
     points = data.get("frontier", data) if isinstance(data, dict) else data
     if not isinstance(points, list):
-        raise InvalidInputError(f"--frontier {path!r} must hold a list of plan points")
-    return tuple(FrontierPoint.from_dict(p) for p in points)
+        raise InvalidInputError(
+            f"--frontier {path!r} must hold a list of plan points, each with label, "
+            f"peak_reserved (bytes) and step_time_s; or a plan written by `memfit plan --out`"
+        )
+    return tuple(
+        FrontierPoint.from_dict(p, where=f"--frontier {path!r} item {i}")
+        for i, p in enumerate(points)
+    )
 
 
 @click.command("report")
@@ -161,6 +169,9 @@ def report(
     """
     show = not quiet and fmt == "table"
     frag: Fragmentation | None = None
+    check_output_file(out)
+    if png_dir is not None:
+        check_output_dir(png_dir)
     frontier = _frontier(frontier_path)
     run = snapshot or source
     if run is None:
@@ -168,8 +179,11 @@ def report(
             "nothing to report on: give a model (`memfit report gpt2`), a profile JSON file, "
             "or --snapshot snapshot.pickle"
         )
+    limit: int | None = None
     if snapshot or run.endswith(".json") or _is_snapshot(run):
         profile, trace = _load_run(run, device=device, device_index=device_index, show=show)
+        if budget:
+            limit = parse_budget(budget, of=profile.device_memory or None, device=profile.device)
         if trace is None and not frontier:
             frontier = _saved_plan_frontier(run)
         if trace is not None:
@@ -187,10 +201,12 @@ def report(
             "precision": precision,
             "device": device,
         }
+        spec = get_device(device or DEFAULT_DEVICE)
+        if budget:  # before the work: a budget that cannot be read fails at once
+            limit = parse_budget(budget, of=spec.memory_bytes, device=spec.name)
         profile = _estimate(run, options, show)
         if budget and not frontier:  # the plans that would meet it, the fastest marked
             frontier = _plan_frontier(run, budget, options, show)
-    limit = parse_bytes(budget, of=profile.device_memory or None, what="budget") if budget else None
     with Progress("drawing the report", enabled=show):
         path = build.report(
             profile,
@@ -235,6 +251,12 @@ def compare(
 ) -> None:
     """Put two runs on one axis: RUNS are two profile or plan JSON files, or snapshots."""
     show = not quiet and fmt == "table"
+    if out:
+        check_output_file(out)
+    if png_dir is not None:
+        check_output_dir(png_dir)
+    if top < 1:
+        raise InvalidInputError(f"--top {top} must be 1 or more (how many modules to list)")
     a = _load_run(runs[0], device=None, device_index=None, show=show)[0]
     b = _load_run(runs[1], device=None, device_index=None, show=show)[0]
     diff = diff_profiles(a, b, (Path(runs[0]).name, Path(runs[1]).name))
