@@ -138,7 +138,7 @@ class OOMGuard:
                 f"(memfit.guard.MicroBatchStep)"
             )
         if optimizer is None and not self._protocol:  # OOMGuard(step_fn): what it refers to
-            found, found_model = find_optimizer_and_model(step)
+            found, found_model = find_optimizer_and_model(step)  # type: ignore[arg-type]
             optimizer, model = found, model if model is not None else found_model
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise InvalidInputError(

@@ -191,6 +191,6 @@ def retrying_step(
         yield
     finally:
         if had:
-            optimizer.step = previous  # type: ignore[method-assign]
+            optimizer.step = previous  # type: ignore[method-assign, assignment]
         else:
             del optimizer.step
