@@ -305,9 +305,22 @@ def parse_allow(allow: str | Iterable[str] | None) -> tuple[str, ...]:
     """
     if allow is None:
         return default_allow()
-    names = [allow] if isinstance(allow, str) else list(allow)
-    names = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
     planned = [r.name for r in TABLE if r.planned]
+    if not isinstance(allow, (str, list, tuple, set, frozenset)) or not all(
+        isinstance(name, str) for name in ([allow] if isinstance(allow, str) else allow)
+    ):
+        raise InvalidInputError(
+            f"allow={allow!r} must be a technique name or a list of them, e.g. "
+            f"allow='checkpoint' or allow=['checkpoint', 'micro_batch']; the planner chooses "
+            f"from: {', '.join(planned)}"
+        )
+    names = [allow] if isinstance(allow, str) else list(allow)
+    names = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    if not names:
+        raise InvalidInputError(
+            f"allow={allow!r} names no technique; name at least one of {', '.join(planned)}, "
+            f"or leave allow out for the default ({', '.join(default_allow())})"
+        )
     unknown = [n for n in names if n not in planned]
     if unknown:
         raise InvalidInputError(

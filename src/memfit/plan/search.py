@@ -29,7 +29,7 @@ from torch import nn
 
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
-from memfit.errors import MemfitError
+from memfit.errors import InvalidInputError, MemfitError
 from memfit.plan.baseline import (
     batch_size,
     checkpointable_blocks,
@@ -88,6 +88,38 @@ class PlanSettings:
     margin: float = 0.02
     max_traces: int = 6
 
+    def __post_init__(self) -> None:
+        """Check the search's settings before any tracing."""
+        for name, low in (("chunks", 2), ("max_micro_batches", 1), ("max_traces", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInputError(
+                    f"{name}={value!r} must be a whole number of at least {low}, e.g. "
+                    f"{name}={max(low, 4)}"
+                )
+        if (
+            isinstance(self.margin, bool)
+            or not isinstance(self.margin, (int, float))
+            or not (0 <= self.margin < 0.5)
+        ):
+            raise InvalidInputError(
+                f"margin={self.margin!r} must be a fraction of the budget in [0, 0.5), e.g. "
+                f"margin=0.02 (2% kept free for prediction error)"
+            )
+        if not isinstance(self.head, str) or not self.head:
+            raise InvalidInputError(
+                f"head={self.head!r} must be the name of the LM head module, e.g. 'lm_head'"
+            )
+        if self.blocks is not None and (
+            isinstance(self.blocks, str)
+            or not isinstance(self.blocks, (list, tuple))
+            or not all(isinstance(b, str) and b for b in self.blocks)
+        ):
+            raise InvalidInputError(
+                f"blocks={self.blocks!r} must be a list of module patterns, e.g. "
+                f"blocks=['layers.*'] (--blocks layers.0,layers.1 on the command line)"
+            )
+
     @property
     def target(self) -> int:
         """The predicted reserved peak a plan may reach."""
@@ -122,8 +154,8 @@ def plan(
             ``memfit.estimate``.
         budget: reserved-memory budget: ``"16GiB"``, bytes, or a fraction of the device.
         device: the target GPU (``memfit devices``).
-        blocks: module names (fnmatch patterns) that may be checkpointed; default: the
-            repeated blocks found automatically.
+        blocks: module names (fnmatch patterns) that may be checkpointed, a list or one
+            comma-separated string; default: the repeated blocks found automatically.
         allow: the techniques the planner may use, by name (one, or several); default: every
             technique it plans that keeps the math (``memfit.techniques.default_allow()``).
         head: the LM head for a chunked loss.
@@ -157,7 +189,7 @@ def plan(
     settings = PlanSettings(
         budget=_budget_bytes(budget, spec),
         allow=parse_allow(allow),
-        blocks=blocks,
+        blocks=[b.strip() for b in blocks.split(",")] if isinstance(blocks, str) else blocks,
         head=head,
         chunks=chunks,
         max_micro_batches=max_micro_batches,
