@@ -60,6 +60,28 @@ def _model_option_values(
     return values
 
 
+def _what_model(model: str) -> str | None:
+    """For a zoo name, one line saying which implementation it is (gpt2 is not hf-gpt2)."""
+    from memfit import zoo
+    from memfit.loading import is_file_reference
+
+    if is_file_reference(model):
+        return None
+    entry = zoo.get(model)
+    whose = {"memfit": "memfit's own implementation", "transformers": "Hugging Face transformers"}
+    return f"zoo model       {entry.name} = {entry.description}; {whose[entry.implementation]}"
+
+
+def _with_model_line(text: str, model: str) -> str:
+    """``text`` with the zoo model's line after its "model" line (or its first line)."""
+    described = _what_model(model)
+    if described is None:
+        return text
+    lines = text.split("\n")
+    at = next((i for i, line in enumerate(lines) if line.startswith("model ")), 0)
+    return "\n".join(lines[: at + 1] + [described] + lines[at + 1 :])
+
+
 def model_options(function: Any) -> Any:
     """The options every command that traces a model shares."""
     for option in reversed(
@@ -90,7 +112,12 @@ def model_options(function: Any) -> Any:
                 "--device", default=DEFAULT_DEVICE, show_default=True, help="See `memfit devices`."
             ),
             click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True),
-            click.option("--quiet", "-q", is_flag=True, help="Print the verdict line only."),
+            click.option(
+                "--quiet",
+                "-q",
+                is_flag=True,
+                help="No progress; print only the verdict line (plan: the plan's label).",
+            ),
         ]
     ):
         function = option(function)
@@ -109,14 +136,11 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
     from memfit.devices import get_device
     from memfit.report.progress import Progress
     from memfit.report.text import profile_summary, profile_text, verdict
-    from memfit.units import parse_bytes
+    from memfit.units import parse_budget
 
     values = _model_option_values(**options)
-    limit = (
-        parse_bytes(budget, of=get_device(values["device"]).memory_bytes, what="budget")
-        if budget
-        else None
-    )
+    spec = get_device(values["device"])
+    limit = parse_budget(budget, of=spec.memory_bytes, device=spec.name) if budget else None
     show = fmt == "table" and not quiet
     with Progress(f"estimating {options['model']}", enabled=show) as bar:
         profile = memfit.estimate(**values, progress=bar.set_stage)
@@ -125,7 +149,7 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
     elif quiet:
         click.echo(verdict(profile, limit).text())
     else:
-        click.echo(profile_text(profile, budget=limit))
+        click.echo(_with_model_line(profile_text(profile, budget=limit), options["model"]))
 
 
 @cli.command("plan")
@@ -151,10 +175,13 @@ def plan_command(
     """Choose the fastest techniques that make MODEL's step fit --budget."""
     from pathlib import Path
 
+    from memfit.outputs import check_output_file
     from memfit.plan.search import plan
     from memfit.report.plan_text import plan_text
     from memfit.report.progress import Progress
 
+    if out_path is not None:
+        check_output_file(out_path)
     values = _model_option_values(**options)
     show = fmt == "table" and not quiet
     with Progress(f"planning {options['model']}", enabled=show) as bar:
@@ -172,17 +199,24 @@ def plan_command(
     elif quiet:
         click.echo(chosen.label)
     else:
-        click.echo(plan_text(chosen))
+        click.echo(_with_model_line(plan_text(chosen), options["model"]))
+
+
+_QUIET_NAMES = click.option("--quiet", "-q", is_flag=True, help="Print the names only, one a line.")
 
 
 @cli.command()
 @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
-def devices(fmt: str) -> None:
+@_QUIET_NAMES
+def devices(fmt: str, quiet: bool) -> None:
     """List the GPUs memfit can predict for."""
     from memfit.devices import DEVICES
     from memfit.report.tables import format_table
     from memfit.units import format_bytes
 
+    if quiet and fmt == "table":
+        click.echo("\n".join(DEVICES))
+        return
     if fmt == "json":
         entries = [
             {
@@ -223,11 +257,19 @@ def devices(fmt: str) -> None:
 
 @cli.command()
 @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
-def zoo(fmt: str) -> None:
-    """List the built-in models (built from configs: no weights, no network)."""
+@_QUIET_NAMES
+def zoo(fmt: str, quiet: bool) -> None:
+    """List the built-in models (built from configs: no weights, no network).
+
+    memfit's own implementations, and Hugging Face's (hf-gpt2, hf-llama-1b, ...) when
+    transformers is installed.
+    """
     from memfit import zoo as models
     from memfit.report.tables import format_table
 
+    if quiet and fmt == "table":
+        click.echo("\n".join(models.names()))
+        return
     entries = [models.get(name) for name in models.names()]
     if fmt == "json":
         click.echo(
@@ -236,6 +278,7 @@ def zoo(fmt: str) -> None:
                     {
                         "name": e.name,
                         "description": e.description,
+                        "implementation": e.implementation,
                         "family": e.family,
                         "num_params": e.num_params,
                         "default_batch_size": e.default_batch_size,
@@ -254,17 +297,31 @@ def zoo(fmt: str) -> None:
             f"{e.num_params / 1e6:,.1f}M",
             e.default_batch_size,
             e.default_seq_len or "-",
+            e.implementation,
             e.description,
         )
         for e in entries
     ]
-    click.echo(format_table(("name", "params", "batch", "seq", "description"), rows, align="lrrrl"))
+    headers = ("name", "params", "batch", "seq", "code", "description")
+    click.echo(format_table(headers, rows, align="lrrrll"))
+    if not any(e.implementation == "transformers" for e in entries):
+        click.echo(
+            "\n(pip install transformers to list Hugging Face's implementations: hf-gpt2, ...)"
+        )
+    else:
+        click.echo(
+            "\ncode: whose implementation. memfit's own are written for memfit in plain "
+            "PyTorch; transformers' are Hugging Face's classes, which use more memory for the "
+            "same shapes (measured on an H200, bf16-mixed, reserved: hf-gpt2 14.21 GiB, gpt2 "
+            "10.44 GiB; hf-llama-1b 32.82 GiB, llama-1b 29.09 GiB)"
+        )
 
 
 @cli.command()
 @click.option("--dry-run", is_flag=True, help="Measure and print; do not save.")
 @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
-def calibrate(dry_run: bool, fmt: str) -> None:
+@click.option("--quiet", "-q", is_flag=True, help="Print nothing; just save the calibration.")
+def calibrate(dry_run: bool, fmt: str, quiet: bool) -> None:
     """Fit the step-time model to the local GPU (a few seconds; needs a CUDA GPU).
 
     The result is saved per device and used by `memfit plan` and `memfit estimate` whenever they
@@ -275,9 +332,12 @@ def calibrate(dry_run: bool, fmt: str) -> None:
     from memfit.cost import Calibration, save_calibration
     from memfit.measure.calibrate import calibrate as run_calibration
 
-    progress = (lambda _: None) if fmt == "json" else (lambda what: click.echo(f"timing {what}"))
+    silent = fmt == "json" or quiet
+    progress = (lambda _: None) if silent else (lambda what: click.echo(f"timing {what}"))
     measured, calibration = run_calibration(progress=progress)
     path = None if dry_run else save_calibration(calibration)
+    if quiet:
+        return
     if fmt == "json":
         data = {"measured": asdict(measured), "calibration": asdict(calibration)}
         click.echo(json.dumps({**data, "saved_to": str(path) if path else None}, indent=2))
