@@ -81,9 +81,10 @@ def profile_views(
             "modules",
             "Activation memory per module",
             modules_figure(profile),
-            caption="What each module keeps alive for backward when forward ends, counting only "
-            "its own allocations (children are listed separately). Checkpointing the top "
-            "entries saves the most.",
+            caption="What each module keeps alive for backward when forward ends (not at the "
+            "peak, which may come later), counting only its own allocations (children are "
+            "listed separately); xN: N repeated modules with equal figures, each holding the "
+            "bar's bytes. Checkpointing the top entries saves the most.",
             note=(
                 "This snapshot was recorded without Python stacks or memfit metadata, so no "
                 "allocation can be put to a module. Record with torch.cuda.memory."
