@@ -115,7 +115,10 @@ def profile_views(
                 frontier_figure(check_points(frontier), budget=budget),
                 caption="Each point is a plan; the line joins those that no other plan "
                 "beats on both memory and time. Star: the chosen plan; filled: "
-                "measured on a GPU (anchors); hollow: predicted.",
+                "measured on a GPU (anchors); hollow: predicted. Named: the chosen plan, "
+                "the anchors and the unmodified step; every plan is in the table."
+                + (" Dashed: the budget; shaded: past it." if budget is not None else ""),
+                table=_frontier_table(frontier),
             )
         )
     elif budget is not None:
@@ -130,6 +133,19 @@ def profile_views(
             )
         )
     return views
+
+
+def _frontier_table(points: Sequence[FrontierPoint]) -> str:
+    rows = "".join(
+        f"<tr><td>{'* ' if p.chosen else ''}{html.escape(p.label)}</td>"
+        f"<td>{format_bytes(p.peak_reserved)}</td><td>{p.step_time_s * 1e3:.1f} ms</td>"
+        f"<td>{'measured' if p.measured else 'predicted'}</td></tr>"
+        for p in sorted(points, key=lambda q: q.peak_reserved)
+    )
+    return (
+        "<details><summary>Every plan</summary><table><tr><th>plan (* chosen)</th>"
+        "<th>peak reserved</th><th>step time</th><th></th></tr>" + rows + "</table></details>"
+    )
 
 
 def _category_table(profile: MemoryProfile) -> str:

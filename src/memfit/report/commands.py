@@ -90,15 +90,19 @@ def _plan_frontier(model: str, budget: str, options: dict[str, Any], show: bool)
     return plan.frontier
 
 
-def _saved_plan_frontier(path: str) -> tuple[FrontierPoint, ...]:
-    """The frontier inside a plan JSON file (``memfit plan --out``); () for a profile."""
+def _saved_plan(path: str) -> tuple[tuple[FrontierPoint, ...], int | None]:
+    """The frontier and budget inside a plan JSON file (``memfit plan --out``); none for a
+    profile."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return ()  # _load_run has said what is wrong with the file
+        return (), None  # _load_run has said what is wrong with the file
     if not isinstance(data, dict) or "techniques" not in data:
-        return ()
-    return tuple(FrontierPoint.from_dict(p) for p in data.get("frontier", ()))
+        return (), None
+    from memfit.plan.plan import Plan  # imports torch: only when it runs
+
+    plan = Plan.from_dict(data)
+    return plan.frontier, plan.budget or None
 
 
 def _frontier(path: str | None) -> tuple[FrontierPoint, ...]:
@@ -184,8 +188,10 @@ def report(
         profile, trace = _load_run(run, device=device, device_index=device_index, show=show)
         if budget:
             limit = parse_budget(budget, of=profile.device_memory or None, device=profile.device)
-        if trace is None and not frontier:
-            frontier = _saved_plan_frontier(run)
+        if trace is None:  # a plan's own frontier and budget, unless given
+            saved, saved_budget = _saved_plan(run)
+            frontier = frontier or saved
+            limit = limit if limit is not None else saved_budget
         if trace is not None:
             with Progress(
                 f"packing {len(trace.allocations):,} allocations",
