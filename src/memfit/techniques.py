@@ -63,6 +63,19 @@ SELECTIVE_SAVE_DEFAULT: tuple[str, ...] = (
 )
 
 
+def _patterns(technique: Any, field: str) -> None:
+    """One pattern (a string) becomes a one-item tuple; anything but strings is refused."""
+    value = getattr(technique, field)
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+        raise InvalidInputError(
+            f"{type(technique).__name__}({field}={value!r}): {field} must be module patterns "
+            f"(strings), e.g. {field}=('layers.*',)"
+        )
+    object.__setattr__(technique, field, tuple(value))
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """Activation checkpointing of the modules matching ``modules`` (non-reentrant).
@@ -77,6 +90,10 @@ class Checkpoint:
 
     modules: tuple[str, ...]
     save: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _patterns(self, "modules")
+        _patterns(self, "save")
 
     @property
     def selective(self) -> bool:
@@ -127,6 +144,9 @@ class FusedActivation:
 
     modules: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        _patterns(self, "modules")
+
 
 @dataclass(frozen=True)
 class FusedGatedMLP:
@@ -139,6 +159,9 @@ class FusedGatedMLP:
     """
 
     modules: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _patterns(self, "modules")
 
 
 @dataclass(frozen=True)

@@ -68,9 +68,15 @@ def apply(
             first); the model is unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged.
     """
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(
+            f"model {model!r} is a {type(model).__name__}, not an nn.Module: memfit.apply "
+            f"changes your model object in place, memfit.apply(plan, model, optimizer); to "
+            f"predict a zoo model, use memfit.estimate({model!r}, plan=...)"
+        )
     in_force = techniques_in_force(plan)
     check_fingerprint(in_force.fingerprint, model)
-    if isinstance(model, nn.Module) and applied(model):
+    if applied(model):
         raise InvalidInputError(
             f"memfit's techniques are already applied to this {type(model).__name__} (by an "
             f"earlier memfit.apply); undo them first with step.undo() or memfit.undo(model), "

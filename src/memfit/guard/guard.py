@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -124,6 +125,13 @@ class OOMGuard:
         grad_scaler: Any | None = None,
         **options: Any,
     ) -> None:
+        known = {f.name for f in dataclasses.fields(GuardOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidInputError(
+                f"OOMGuard has no option(s) {unknown}; its options are: "
+                f"{', '.join(sorted(known))} (and optimizer, model, grad_scaler)"
+            )
         self.options = GuardOptions(**options)
         self._protocol = is_micro_batch_step(step)
         if self._protocol:

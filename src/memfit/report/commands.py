@@ -240,7 +240,7 @@ def report(
 
 
 @click.command("compare")
-@click.argument("runs", nargs=2)
+@click.argument("runs", nargs=-1)
 @click.option(
     "--out",
     "-o",
@@ -257,6 +257,11 @@ def compare(
 ) -> None:
     """Put two runs on one axis: RUNS are two profile or plan JSON files, or snapshots."""
     show = not quiet and fmt == "table"
+    if len(runs) != 2:
+        raise InvalidInputError(
+            f"compare takes two runs (profile or plan JSON files, or snapshots), got "
+            f"{len(runs)}: {list(runs)}; e.g. memfit compare before.json after.json"
+        )
     if out:
         check_output_file(out)
     if png_dir is not None:

@@ -54,6 +54,12 @@ def undo_all(model: nn.Module) -> None:
         MemfitError: when an undo step fails; the others still run, and the model may be left
             partly modified (the message names the steps that failed).
     """
+    if not isinstance(model, nn.Module):
+        raise MemfitError(
+            f"undo takes the nn.Module memfit.apply changed, not {model!r} of type "
+            f"{type(model).__name__}: memfit.undo(model), or step.undo() on the step apply "
+            f"returned"
+        )
     stack = _APPLIED.pop(model, None)
     if not stack:
         warnings.warn(

@@ -89,7 +89,10 @@ def parse_input_spec(text: str) -> list[TensorSpec]:
                 f"input spec item {item!r} has a shape that is not a list of integers; {_SPEC_HELP}"
             ) from None
         if any(d < 1 for d in shape):
-            raise InvalidInputError(f"input spec item {item!r} has a dimension < 1")
+            raise InvalidInputError(
+                f"input spec item {item!r} has a dimension < 1; every dimension is 1 or more. "
+                f"{_SPEC_HELP[0].upper()}{_SPEC_HELP[1:]}"
+            )
         high = int(match.group("high")) if match.group("high") else None
         dtype = _DTYPES[dtype_name]
         if high is not None and (dtype.is_floating_point or dtype == torch.bool or high < 1):
