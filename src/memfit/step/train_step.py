@@ -25,7 +25,7 @@ from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, spli
 from memfit.step.lean_saving import lean_saving, warn_if_compiled
 from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update
 from memfit.step.precision import Precision
-from memfit.step.undo import undo_all
+from memfit.step.undo import applied, undo_all
 
 __all__ = ["TrainStep"]
 
@@ -151,15 +151,17 @@ class TrainStep:
 
     # --- the whole step -------------------------------------------------------------------
     def undo(self) -> None:
-        """Put the model (and optimizer) back exactly as before ``memfit.apply`` made this step;
-        the step must not be called after that."""
+        """Put the model (and optimizer) back exactly as before ``memfit.apply`` made this step
+        (nothing to do, and no warning, for a plan that changed nothing); the step must not be
+        called after that."""
         module = model_module(self.model)
         if module is None:
             raise InvalidInputError(
                 f"this step runs {type(self.model).__name__}, not an nn.Module memfit changed; "
                 f"there is nothing to undo"
             )
-        undo_all(module)
+        if applied(module):
+            undo_all(module)
 
     def __call__(self, batch: Any) -> torch.Tensor:
         return self.step(batch)
