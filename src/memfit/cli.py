@@ -11,6 +11,7 @@ arguments answer without importing torch.
 
 from __future__ import annotations
 
+import importlib
 import json
 import sys
 from collections.abc import Sequence
@@ -27,7 +28,23 @@ __all__ = ["main"]
 _FORMATS = click.Choice(["table", "json"])
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class _Commands(click.Group):
+    """The commands, with ``report`` and ``compare`` loaded only when named (they import the
+    report's figures, numpy and friends: a tenth of a second ``estimate`` need not pay)."""
+
+    _LAZY = {"report": "memfit.report.commands", "compare": "memfit.report.commands"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self._LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self._LAZY and cmd_name not in self.commands:
+            module = importlib.import_module(self._LAZY[cmd_name])
+            self.add_command(getattr(module, cmd_name))
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_Commands, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="memfit")
 def cli() -> None:
     """Predict, explain and fit the GPU memory of PyTorch training steps."""
@@ -352,16 +369,6 @@ def calibrate(dry_run: bool, fmt: str, quiet: bool) -> None:
             f"  {name:<21} {getattr(calibration, name):.4g} (default {getattr(default, name):.4g})"
         )
     click.echo(f"saved to {path}" if path else "not saved (--dry-run)")
-
-
-def _register_optional() -> None:
-    from memfit.report.commands import compare, report
-
-    cli.add_command(report)
-    cli.add_command(compare)
-
-
-_register_optional()
 
 
 def main(argv: Sequence[str] | None = None) -> int:
