@@ -19,6 +19,7 @@ from typing import Any
 
 import click
 
+from memfit import result_cache
 from memfit.devices import DEFAULT_DEVICE
 from memfit.errors import MemfitError
 from memfit.techniques import TABLE, Exactness, default_allow
@@ -135,6 +136,11 @@ def model_options(function: Any) -> Any:
                 is_flag=True,
                 help="No progress; print only the verdict line (plan: the plan's label).",
             ),
+            click.option(
+                "--no-cache",
+                is_flag=True,
+                help="Recompute, even if memfit has answered this question before.",
+            ),
         ]
     ):
         function = option(function)
@@ -144,11 +150,15 @@ def model_options(function: Any) -> Any:
 @cli.command()
 @model_options
 @click.option("--budget", help="Judge against this budget instead of the device, e.g. 24GiB.")
-def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
+def estimate(fmt: str, quiet: bool, no_cache: bool, budget: str | None, **options: Any) -> None:
     """Predict the GPU memory of one training step of MODEL, without a GPU.
 
     MODEL is a zoo name (see `memfit zoo`) or path/to/file.py:builder.
     """
+    question = {**options, "fmt": fmt, "quiet": quiet, "budget": budget}
+    key = None if no_cache else result_cache.cache_key("estimate", question)
+    if _answer_from_cache(key, show=fmt == "table" and not quiet):
+        return
     import memfit
     from memfit.devices import get_device
     from memfit.report.progress import Progress
@@ -162,11 +172,34 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
     with Progress(f"estimating {options['model']}", enabled=show) as bar:
         profile = memfit.estimate(**values, progress=bar.set_stage)
     if fmt == "json":
-        click.echo(json.dumps(profile_summary(profile, budget=limit), indent=2))
+        text = json.dumps(profile_summary(profile, budget=limit), indent=2)
     elif quiet:
-        click.echo(verdict(profile, limit).text())
+        text = verdict(profile, limit).text()
     else:
-        click.echo(_with_model_line(profile_text(profile, budget=limit), options["model"]))
+        text = _with_model_line(profile_text(profile, budget=limit), options["model"])
+    click.echo(text)
+    result_cache.store(key, {"stdout": text})
+
+
+def _answer_from_cache(key: str | None, *, show: bool, out_path: str | None = None) -> bool:
+    """Print the cached answer (and write its plan to ``out_path``); False when there is none."""
+    answer = result_cache.load(key)
+    if answer is None:
+        return False
+    if out_path is not None:
+        if not isinstance(answer.get("plan"), str):
+            return False
+        from memfit.outputs import check_output_file
+
+        check_output_file(out_path).write_text(answer["plan"])
+    click.echo(answer["stdout"])
+    if show:
+        click.echo(
+            f"(memfit answered this before: from its cache, {result_cache.cache_dir()}; "
+            f"--no-cache recomputes)",
+            err=True,
+        )
+    return True
 
 
 @cli.command("plan")
@@ -183,6 +216,7 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
 def plan_command(
     fmt: str,
     quiet: bool,
+    no_cache: bool,
     budget: str,
     blocks: str | None,
     allow: str | None,
@@ -190,6 +224,11 @@ def plan_command(
     **options: Any,
 ) -> None:
     """Choose the fastest techniques that make MODEL's step fit --budget."""
+    question = {**options, "fmt": fmt, "quiet": quiet, "budget": budget, "blocks": blocks}
+    question["allow"] = allow
+    key = None if no_cache else result_cache.cache_key("plan", question)
+    if _answer_from_cache(key, show=fmt == "table" and not quiet, out_path=out_path):
+        return
     from pathlib import Path
 
     from memfit.outputs import check_output_file
@@ -212,11 +251,13 @@ def plan_command(
     if out_path:
         Path(out_path).write_text(chosen.to_json())
     if fmt == "json":
-        click.echo(chosen.to_json())
+        text = chosen.to_json()
     elif quiet:
-        click.echo(chosen.label)
+        text = chosen.label
     else:
-        click.echo(_with_model_line(plan_text(chosen), options["model"]))
+        text = _with_model_line(plan_text(chosen), options["model"])
+    click.echo(text)
+    result_cache.store(key, {"stdout": text, "plan": chosen.to_json()})
 
 
 _QUIET_NAMES = click.option("--quiet", "-q", is_flag=True, help="Print the names only, one a line.")
