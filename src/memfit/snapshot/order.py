@@ -5,8 +5,8 @@ addresses and order but no Python frames, so ``frames.py`` cannot tell forward f
 A training loop still leaves its shape in the order of allocations and frees:
 
 1. **Weights** are made first and live to the end: the allocations alive at the dump that were
-   made before anything the recording saw allocated was freed (or, for a recording started
-   mid-run, the blocks alive before it that are still alive at the dump).
+   made before anything the recording saw allocated was freed, and that a gradient of the same
+   size matches (a workspace made early, a buffer or a frozen weight has none: other).
 2. **Gradients** have the sizes of weights and are freed together when ``zero_grad()`` sets them
    to None: a burst of frees of weight-sized blocks, as many as half the weights or more, ends a
    step. They were made during that step's backward.
@@ -22,7 +22,8 @@ A training loop still leaves its shape in the order of allocations and frees:
 Known limitations:
     A loop that keeps its gradients between steps (``zero_grad(set_to_none=False)``) has no
     burst to end its steps: the trace is then left as recorded (everything in setup, "other").
-    Buffers count as weights. Modules cannot be named without stacks or memfit metadata.
+    Buffers and frozen weights count as other. Modules cannot be named without stacks or
+    memfit metadata.
 """
 
 from __future__ import annotations
@@ -67,6 +68,10 @@ def infer_from_order(trace: DeviceTrace) -> DeviceTrace | None:
     bursts = _grad_bursts(allocations, weight_sizes, first_free, n, len(weights))
     if not bursts:
         return None
+    # an early block no gradient matches is no trained weight: a library workspace (cuBLAS
+    # makes one on the first matrix product), a buffer or a frozen weight
+    grad_sizes = {allocations[k].size for burst in bursts for k in burst}
+    weights = {k for k in weights if allocations[k].size in grad_sizes}
     setup_end = max(allocations[k].start for k in weights) + 1
     steps = _steps(allocations, bursts, setup_end)
     phases = np.full(n, _code(Phase.SETUP), dtype=np.int8)
