@@ -175,7 +175,7 @@ def test_infeasible_budget_says_what_is_missing(unmodified):
         ("-3GB", r"budget '-3GB' must be positive, e\.g\. '24GiB'"),
         ("lots", r"budget 'lots' is not a size; give a number and a unit such as '24GiB'"),
         (0, r"budget 0 must be positive"),
-        ("200GiB", r"budget 200\.00 GiB is more than h100-80gb has \(79\.\d\d GiB\); give a"),
+        ("200GiB", r"budget '200GiB' \(200\.00 GiB\) is more than h100-80gb has \(79\.\d\d GiB\)"),
     ],
 )
 def test_invalid_budgets_name_the_value_and_the_fix(budget, says):
@@ -227,3 +227,10 @@ def test_plans_for_compiled_models_keep_to_what_compile_keeps(midway):
                for c in plan.of(Checkpoint))  # fmt: skip
     assert any("planned for torch.compile" in note for note in plan.notes)
     assert plan.profile.peak_reserved <= midway * 0.98
+
+
+def test_allow_takes_one_name_as_a_string(midway):
+    """allow="micro_batch" is that technique, not the letters of its name (the command line's
+    --allow micro_batch: test_cli_plan.py)."""
+    plan = memfit.plan(build, BATCH, budget=midway, allow="micro_batch")
+    assert plan.techniques and all(isinstance(t, MicroBatch) for t in plan.techniques)
