@@ -1,24 +1,27 @@
-"""memfit's plans against what users do today, on seven models, measured side by side.
+"""memfit's plans against what users do today, on eight models, measured side by side.
 
 python bench/plans.py --out DIR [--parts eager,ab,compile] [--models ...] [--smoke]
   ->  DIR/plans.json (DIR/plans_<parts>.json for some parts), written after each measurement
 
-For bench/frontier.py's models (Hugging Face GPT-2, GPT-2 medium, a LLaMA-style 1B) and four
+For bench/frontier.py's models (Hugging Face GPT-2, GPT-2 medium, a LLaMA-style 1B) and five
 more (a Qwen2-shaped LLM with a 151,936-token vocabulary, a Mistral-shaped GQA LLM of 8 layers,
-BERT-base, ResNet-50), bf16-mixed, fused AdamW:
+BERT-base, ResNet-50, a 6-layer nn.TransformerEncoder), bf16-mixed, fused AdamW, in the order
+given by --models (a run cut short keeps every row measured before: JSON after each):
 
 * eager: budgets at 0.75, 0.5 and 0.3 of the predicted activations (over the predicted
   weights, gradients and optimizer state) and at memfit's predicted full-checkpointing memory;
   memfit.plan (the CPU-only path, run in a pool of CPU processes while the GPU measures) for
   each, then measured: the plan, the unmodified step, Hugging Face's
-  gradient_checkpointing_enable() (memfit's full checkpointing of every block for ResNet-50).
+  gradient_checkpointing_enable() (memfit's full checkpointing of every block where the model
+  has no such method: ResNet-50, nn.TransformerEncoder).
   Per budget: measured reserved against the budget, predicted against measured overhead, and
   the plan's time against the fastest alternative measured that fits the budget.
 * ab: the chunked loss on the Qwen2-shaped model and LLaMA-1B against the unmodified step,
   steps alternated (both models in memory) so that host-side drift hits both alike.
-* compile: for GPT-2 and LLaMA-1B at 0.5 of the activations,
-  ``memfit.plan(..., compile=True)`` applied then compiled, against torch.compile alone and
-  with ``activation_memory_budget`` 0.5 (compile times excluded: warm-up steps).
+* compile: for LLaMA-1B and GPT-2 at 0.5 of the activations,
+  ``memfit.plan(..., compile=True)`` applied then compiled (first: does it keep to its
+  budget?), then torch.compile alone and with ``activation_memory_budget`` 0.5 (compile times
+  excluded: warm-up steps).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import argparse
 import concurrent.futures
 import json
 import multiprocessing
+import os
 import sys
 import time
 import traceback
@@ -42,7 +46,7 @@ from cost_harness import Harness, environment  # noqa: E402
 from memfit.apply import applied, undo_all  # noqa: E402
 from memfit.structure.blocks import find_blocks  # noqa: E402
 from memfit.trace.inputs import make_inputs, parse_input_spec  # noqa: E402
-from models import CALIBRATION, CALIBRATION_LOSS, hf_gpt2_medium  # noqa: E402
+from models import CALIBRATION, CALIBRATION_LOSS, hf_gpt2_medium, lm_spec  # noqa: E402
 
 MODELS = {
     **{k: CALIBRATION[k] for k in ("hf-gpt2", "hf-llama-1b", "qwen2-shaped", "mistral-8l")},
@@ -51,7 +55,19 @@ MODELS = {
         CALIBRATION["hf-gpt2"][1],
         CALIBRATION["hf-gpt2"][2],
     ),
-    **{k: CALIBRATION[k] for k in ("hf-bert-base", "tv-resnet50")},
+    **{k: CALIBRATION[k] for k in ("hf-bert-base", "tv-resnet50", "transformer-encoder")},
+}
+# --smoke: the tiny models with batches whose activations outweigh the device's fixed 64 MiB
+# (cuBLAS workspaces), so that every budget gets a plan to apply and measure
+SMOKE_SPECS = {
+    "hf-gpt2": lm_spec(64, 64, 96),  # the tiny GPT-2 has 64 positions
+    "hf-gpt2-medium": lm_spec(64, 64, 96),
+    "hf-llama-1b": lm_spec(16, 512, 96),
+    "qwen2-shaped": lm_spec(16, 512, 1024),
+    "mistral-8l": lm_spec(16, 512, 512),
+    "hf-bert-base": lm_spec(16, 512, 30522),
+    "tv-resnet50": "float32[64,3,64,64] int64[64]<10",
+    "transformer-encoder": "float32[64,256,32]",
 }
 FRACTIONS = (0.75, 0.5, 0.3)
 DEVICE = "h200"
@@ -70,8 +86,7 @@ def _settings(name: str) -> dict:
 
 def budgets_of(name: str, tiny: bool, compile: bool = False) -> dict:
     """A model's budgets, from its predicted steps (in a CPU worker process)."""
-    builder, spec, tiny_spec = MODELS[name]
-    spec = tiny_spec if tiny else spec
+    builder, spec = MODELS[name][0], spec_of(name, tiny)
     settings = _settings(name)
     base = memfit.estimate(lambda: builder(tiny), spec, **settings)
     static = sum(
@@ -93,8 +108,7 @@ def budgets_of(name: str, tiny: bool, compile: bool = False) -> dict:
 
 def plan_for(name: str, tiny: bool, label: str, budget: int, compile: bool = False) -> dict:
     """memfit's plan for one budget (in a CPU worker process)."""
-    builder, spec, tiny_spec = MODELS[name]
-    spec = tiny_spec if tiny else spec
+    builder, spec = MODELS[name][0], spec_of(name, tiny)
     settings = _settings(name)
     row: dict = {"label": label, "budget": budget}
     build = lambda: builder(tiny)  # noqa: E731
@@ -122,20 +136,27 @@ def submit_plans(pool, names: list[str], tiny: bool, compile: bool = False) -> d
     return plans
 
 
+def spec_of(name: str, tiny: bool) -> str:
+    return SMOKE_SPECS[name] if tiny else MODELS[name][1]
+
+
 def build(name: str, device: str, tiny: bool):
-    builder, spec, tiny_spec = MODELS[name]
     torch.manual_seed(0)
     with torch.device(device):
-        model = builder(tiny)
-    return model.train(), make_inputs(parse_input_spec(tiny_spec if tiny else spec), device=device)
+        model = MODELS[name][0](tiny)
+    return model.train(), make_inputs(parse_input_spec(spec_of(name, tiny)), device=device)
 
 
-def measure(harness: Harness, name: str, techniques=(), prepare=None, compile_budget=None) -> dict:
+def measure(
+    harness: Harness, name: str, techniques=(), hf_checkpointing=False, compile_budget=None
+) -> dict:
     """One configuration of ``name`` on a fresh model: apply, (compile,) measure, release."""
     harness.clean()
     model, batch = build(name, harness.device, harness.device == "cpu")
-    if prepare is not None:
-        prepare(model)
+    if hf_checkpointing and hasattr(model, "gradient_checkpointing_enable"):
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    elif hf_checkpointing:  # torchvision: memfit's full checkpointing of every block stands in
+        techniques = [memfit.Checkpoint(modules=tuple(find_blocks(model)))]
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=harness.cuda)
     loss_fn, forward = CALIBRATION_LOSS.get(name, (None, None))
     step = memfit.apply(
@@ -156,19 +177,12 @@ def measure(harness: Harness, name: str, techniques=(), prepare=None, compile_bu
         harness.clean()
 
 
-def hf_full(model) -> None:
-    if hasattr(model, "gradient_checkpointing_enable"):
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    else:  # torchvision: memfit's full checkpointing of every block stands for it
-        memfit.apply([memfit.Checkpoint(modules=tuple(find_blocks(model)))], model)
-
-
 def eager(harness: Harness, names: list[str], record, tiny: bool, pool) -> None:
     futures = submit_plans(pool, names, tiny)
     for name in names:
         anchors = {
             "unmodified": measure(harness, name),
-            "hf full checkpointing": measure(harness, name, prepare=hf_full),
+            "hf full checkpointing": measure(harness, name, hf_checkpointing=True),
         }
         record(f"{name} | anchors", dict(anchors))
         for row in (f.result() for f in futures[name]):
@@ -238,22 +252,33 @@ def _alternated(harness: Harness, name: str, tiny: bool, pairs: int) -> list[lis
 
 
 def compiled(harness: Harness, names: list[str], record, tiny: bool, pool) -> None:
+    """The plan made with compile=True, applied then compiled, first (whether it keeps to its
+    budget is the question); then torch.compile alone and with its own activation budget."""
     futures = submit_plans(pool, [n for n in names if n in COMPILE_MODELS], tiny, compile=True)
     for name, plan_futures in futures.items():
-        anchors = {
-            "compiled": measure(harness, name, compile_budget=1.0),
-            "compiled, activation budget 0.5": measure(harness, name, compile_budget=0.5),
-        }
-        record(f"{name} | compile anchors", dict(anchors))
-        for row in (f.result() for f in plan_futures):
+        rows = [f.result() for f in plan_futures]
+        for row in rows:
             if "plan" in row:
                 techniques = memfit.Plan.from_dict(row["plan"]).techniques
                 try:
                     row["measured"] = measure(harness, name, techniques, compile_budget=1.0)
                 except Exception:
                     row["measure_error"] = traceback.format_exc()[-2000:]
+            record(f"{name} | compiled plan {row['label']}", row)
+        anchors = {"compiled": measure(harness, name, compile_budget=1.0)}
+        record(f"{name} | compile anchors", dict(anchors))
+        anchors["compiled, activation budget 0.5"] = measure(harness, name, compile_budget=0.5)
+        record(f"{name} | compile anchors", dict(anchors))
+        for row in rows:
             row["summary"] = summarize(row, anchors)
             record(f"{name} | compiled plan {row['label']}", row)
+
+
+def _write(path: Path, result: dict) -> None:
+    """Whole or not at all: a run killed while writing keeps the previous rows."""
+    partial = path.with_suffix(".partial")
+    partial.write_text(json.dumps(result, indent=1))
+    partial.replace(path)
 
 
 def main() -> None:
@@ -261,7 +286,10 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--parts", default="eager,ab")
     parser.add_argument("--models", default=",".join(MODELS))
-    parser.add_argument("--workers", type=int, default=12, help="CPU processes that plan")
+    parser.add_argument(
+        "--workers", type=int, default=max(1, min(12, (os.cpu_count() or 2) - 4)),
+        help="CPU processes that plan (default: leaves four cores to the measuring process)",
+    )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
     args = parser.parse_args()
     parts, names = args.parts.split(","), args.models.split(",")
@@ -277,25 +305,28 @@ def main() -> None:
     def record(key: str, row: dict) -> None:
         row["at_s"] = round(time.perf_counter() - started, 1)
         result["rows"][key] = row
-        path.write_text(json.dumps(result, indent=1))
+        _write(path, result)
         brief = row.get("summary") or {k: v for k, v in row.items() if isinstance(v, float)}
         print(f"[{row['at_s']:6.1f} s] {key}: {brief}", flush=True)
 
+    runs = {
+        "eager": lambda pool: eager(harness, names, record, args.smoke, pool),
+        "ab": lambda pool: ab(harness, record, args.smoke, 2 if args.smoke else 15),
+        "compile": lambda pool: compiled(harness, names, record, args.smoke, pool),
+    }
+    unknown = [p for p in parts if p not in runs]
+    if unknown:
+        parser.error(f"unknown part(s) {unknown}; choose from {list(runs)}")
     context = multiprocessing.get_context("spawn")  # the workers never touch CUDA
     with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
-        for part, run in (
-            ("eager", lambda: eager(harness, names, record, args.smoke, pool)),
-            ("ab", lambda: ab(harness, record, args.smoke, 2 if args.smoke else 15)),
-            ("compile", lambda: compiled(harness, names, record, args.smoke, pool)),
-        ):
-            if part in parts:
-                try:
-                    run()
-                except Exception:
-                    result["errors"].append(f"{part}: {traceback.format_exc()[-3000:]}")
-                    print(result["errors"][-1], flush=True)
+        for part in parts:  # in the order given: a run cut short keeps the first ones
+            try:
+                runs[part](pool)
+            except Exception:
+                result["errors"].append(f"{part}: {traceback.format_exc()[-3000:]}")
+                print(result["errors"][-1], flush=True)
     result["total_s"] = time.perf_counter() - started
-    path.write_text(json.dumps(result, indent=1))
+    _write(path, result)
     print(f"wrote {path} in {result['total_s']:.0f} s; {len(result['errors'])} errors", flush=True)
 
 
