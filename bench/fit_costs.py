@@ -56,9 +56,11 @@ DEVICE_FIELDS = ("matmul_efficiency", "unaligned_matmul_factor", "attention_effi
 HOST_FIELDS = (
     "host_forward_op_s", "host_backward_op_s", "host_optimizer_op_s", "host_view_op_s",
     "host_tensor_s", "forward_backward_s", "module_call_s", "checkpoint_region_s",
-    "selective_op_s",
+    "selective_op_s", "optimizer_step_s",
 )  # fmt: skip
-NOTED = ("forward_backward", "module_call", "checkpoint_region", "selective_op")
+# optimizer_step (noted once a step) and host_optimizer_op_s are one column while every
+# measured step runs fused AdamW (two operators): a matrix with another optimizer separates them
+NOTED = ("forward_backward", "module_call", "checkpoint_region", "selective_op", "optimizer_step")
 
 
 def trace_all(results: Path, cache: Path, only: set[str] | None) -> None:

@@ -24,7 +24,7 @@ Known limitations:
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from memfit.cost.calibration import Calibration, load_calibration, save_calibration
@@ -75,8 +75,15 @@ def op_time(
     calibration: Calibration,
     stage: str = "forward",
 ) -> OpTime:
-    """The predicted GPU and CPU time of one operator call on ``device`` in ``stage``."""
+    """The predicted GPU and CPU time of one operator call on ``device`` in ``stage``.
+
+    A read of one value in the optimizer step is torch.optim's for-loop and multi-tensor
+    steps reading their step counters, which they keep on the CPU: no kernel, and no wait for
+    the GPU (the fused and capturable steps keep them on the GPU and read none).
+    """
     work = op_work(func, args, kwargs, out)
+    if work.kind == "sync" and stage.startswith("optimizer"):
+        work = replace(work, kind="none", bytes=0, kernels=0)
     return OpTime(
         work.op,
         work.kind,

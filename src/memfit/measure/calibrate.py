@@ -89,6 +89,7 @@ def calibration_from(
         host_forward_op_s=defaults.host_forward_op_s * launch,
         host_backward_op_s=defaults.host_backward_op_s * launch,
         host_optimizer_op_s=defaults.host_optimizer_op_s * launch,
+        optimizer_step_s=defaults.optimizer_step_s * launch,
         selective_op_s=defaults.selective_op_s * launch,
         device=spec.name,
     )

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 
 from memfit.errors import UnsupportedModelError
+from memfit.step.overhead import note as note_overhead
 
 __all__ = ["default_loss", "compute_loss", "optimizer_update", "LossFn", "IGNORE_INDEX"]
 
@@ -71,6 +72,7 @@ def optimizer_update(
     optimizer: torch.optim.Optimizer, scaler: Any, grad_scale: torch.Tensor | None
 ) -> None:
     """``optimizer.step()``, through a GradScaler (real) or its op-by-op emulation (fake)."""
+    note_overhead("optimizer_step")  # the step-time model prices torch.optim's Python
     if scaler is not None:
         scaler.step(optimizer)
         scaler.update()
