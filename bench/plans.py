@@ -65,7 +65,7 @@ SMOKE_SPECS = {
     "hf-llama-1b": lm_spec(16, 512, 96),
     "qwen2-shaped": lm_spec(16, 512, 1024),
     "mistral-8l": lm_spec(16, 512, 512),
-    "hf-bert-base": lm_spec(16, 512, 30522),
+    "hf-bert-base": lm_spec(4, 256, 30522),
     "tv-resnet50": "float32[64,3,64,64] int64[64]<10",
     "transformer-encoder": "float32[64,256,32]",
 }

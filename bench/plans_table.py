@@ -44,6 +44,8 @@ def plan_rows(rows: dict) -> list[str]:
         if label in ("anchors", "compile anchors"):
             base = row.get("unmodified") or row.get("compiled")
             for anchor, measured in row.items():
+                if not isinstance(measured, dict):
+                    continue  # the row's time stamp
                 overhead = measured["step_s"] / base["step_s"] - 1 if measured is not base else None
                 lines.append(
                     f"| {name} | {anchor} | | {_gib(measured['peak_reserved'])} "
@@ -64,7 +66,7 @@ def _plan_line(name: str, row: dict) -> str:
     budget = f"{row['label']}, {_gib(row['budget'])}"
     if "error" in row:
         return f"| {name} | {budget} | refused: {row['error'][:80]} | | | | |"
-    plan = memfit.Plan.from_dict(row["plan"]).label if "plan" in row else "?"
+    plan = _short_label(row["plan"]) if "plan" in row else "?"
     measured, summary = row.get("measured"), row.get("summary", {})
     if measured is None:
         return f"| {name} | {budget} | {plan} | not measured | | | |"
@@ -77,6 +79,13 @@ def _plan_line(name: str, row: dict) -> str:
         f"| {1e3 * measured['step_s']:.1f} ms | {_pct(summary.get('measured_overhead'))} "
         f"({_pct(summary.get('predicted_overhead'))}) | {vs} |"
     )
+
+
+def _short_label(plan: dict) -> str:
+    """The frontier's label of the chosen plan (counts, not module names), else the plan's."""
+    chosen = [p["label"] for p in plan.get("frontier", ()) if p.get("chosen")]
+    label = chosen[0] if chosen else memfit.Plan.from_dict(plan).label or "unmodified"
+    return label.removesuffix(" (traced)")
 
 
 def targets(rows: dict) -> list[str]:
@@ -133,7 +142,7 @@ def main() -> None:
         print("\n".join(fit_table(json.loads(args.fit.read_text()))))
     for path in args.results:
         data = json.loads(path.read_text())
-        print(f"\n{path.name}: {data['environment'].get('gpu', 'CPU')}, "
+        print(f"\n{path.name}: {data['environment'].get('gpu') or 'CPU'}, "
               f"torch {data['environment'].get('torch')}, {data.get('total_s', 0):.0f} s, "
               f"{len(data['errors'])} errors\n")  # fmt: skip
         print("\n".join(plan_rows(data["rows"])))
