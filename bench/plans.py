@@ -177,8 +177,8 @@ def measure(
         harness.clean()
 
 
-def eager(harness: Harness, names: list[str], record, tiny: bool, pool) -> None:
-    futures = submit_plans(pool, names, tiny)
+def eager(harness: Harness, names: list[str], record, planned) -> None:
+    futures = planned.result()
     for name in names:
         anchors = {
             "unmodified": measure(harness, name),
@@ -251,10 +251,10 @@ def _alternated(harness: Harness, name: str, tiny: bool, pairs: int) -> list[lis
     return times
 
 
-def compiled(harness: Harness, names: list[str], record, tiny: bool, pool) -> None:
+def compiled(harness: Harness, record, planned) -> None:
     """The plan made with compile=True, applied then compiled, first (whether it keeps to its
     budget is the question); then torch.compile alone and with its own activation budget."""
-    futures = submit_plans(pool, [n for n in names if n in COMPILE_MODELS], tiny, compile=True)
+    futures = planned.result()
     for name, plan_futures in futures.items():
         rows = [f.result() for f in plan_futures]
         for row in rows:
@@ -310,18 +310,28 @@ def main() -> None:
         print(f"[{row['at_s']:6.1f} s] {key}: {brief}", flush=True)
 
     runs = {
-        "eager": lambda pool: eager(harness, names, record, args.smoke, pool),
-        "ab": lambda pool: ab(harness, record, args.smoke, 2 if args.smoke else 15),
-        "compile": lambda pool: compiled(harness, names, record, args.smoke, pool),
+        "eager": lambda planned: eager(harness, names, record, planned["eager"]),
+        "ab": lambda planned: ab(harness, record, args.smoke, 2 if args.smoke else 15),
+        "compile": lambda planned: compiled(harness, record, planned["compile"]),
     }
     unknown = [p for p in parts if p not in runs]
     if unknown:
         parser.error(f"unknown part(s) {unknown}; choose from {list(runs)}")
     context = multiprocessing.get_context("spawn")  # the workers never touch CUDA
-    with concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool:
+    with (
+        concurrent.futures.ProcessPoolExecutor(args.workers, mp_context=context) as pool,
+        concurrent.futures.ThreadPoolExecutor(2) as submitting,
+    ):
+        # every part's plans go to the pool at once: the CPUs plan while the GPU measures
+        planned = {}
+        if "eager" in parts:
+            planned["eager"] = submitting.submit(submit_plans, pool, names, args.smoke)
+        if "compile" in parts:
+            compiling = [n for n in names if n in COMPILE_MODELS]
+            planned["compile"] = submitting.submit(submit_plans, pool, compiling, args.smoke, True)
         for part in parts:  # in the order given: a run cut short keeps the first ones
             try:
-                runs[part](pool)
+                runs[part](planned)
             except Exception:
                 result["errors"].append(f"{part}: {traceback.format_exc()[-3000:]}")
                 print(result["errors"][-1], flush=True)
