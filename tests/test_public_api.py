@@ -26,6 +26,7 @@ TECHNIQUES = {
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "Sharding",
 }
 VERBS = ("plan", "apply", "report", "measure")
 
