@@ -59,14 +59,20 @@ def apply(
         InvalidInputError: the plan was made for another model, a technique is malformed,
             ``precision`` is unknown, or the plan has ``FusedOptimizer`` and the optimizer is
             not Adam/AdamW; the model is unchanged.
-        MemfitError: an applier failed; nothing was applied and the model is unchanged.
+        MemfitError: an applier failed; nothing was applied and the model is unchanged
+            (except with ``Sharding``, which cannot be undone: a failure inside
+            ``fully_shard`` leaves the model partly sharded, and every rank of the job raises
+            ``ShardingError``).
     """
     in_force = techniques_in_force(plan)
     check_fingerprint(in_force.fingerprint, model)
     if precision is not None:
         Precision.parse(precision)  # checked before the model is changed
     context = ApplyContext(loss_fn=loss_fn)
-    apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
+    if in_force.sharding is None:
+        apply_techniques(model, in_force.in_order, context=context, optimizer=optimizer)
+    else:
+        _apply_on_every_rank(model, in_force, context, optimizer)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
     chosen = precision or context.precision
     profile = getattr(plan, "profile", None)
@@ -84,6 +90,20 @@ def apply(
         lean_autocast=context.lean_autocast,
         recompute_products=context.recompute_products,
     )
+
+
+def _apply_on_every_rank(model: Any, in_force: Any, context: ApplyContext, optimizer: Any) -> None:
+    """Apply a sharded plan; every rank of the job raises if any rank failed (no hang)."""
+    # not at the top: importing FSDP2 costs half a second that plans without it never need
+    from memfit.apply.sharding import Agreement, in_a_job
+
+    context.agreement = Agreement(active=in_a_job(model))
+    try:
+        apply_techniques(model, in_force.in_order, context=context, optimizer=optimizer)
+    except BaseException as error:
+        context.agreement.finish(error)
+        raise
+    context.agreement.finish(None)
 
 
 make_callable(__name__, apply)
