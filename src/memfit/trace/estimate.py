@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -54,6 +54,7 @@ class StepTrace:
     marks: dict[str, int]
     model: FakeModel
     record: StepRecord
+    sharded: Any = None  # memfit.trace.sharding.ShardedTracing of a sharded step
 
 
 def estimate(
@@ -147,9 +148,17 @@ def trace_step(
     fake_mode = FakeTensorMode()
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
-    fake_model, example = _build(model, batch, fake_mode, recorder, precision)
-    report("tracing forward, backward and optimizer step")
-    record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
+    with _ranks(techniques, recorder) as sharded:
+        # sharded: each rank builds the model on the CPU or the meta device and fully_shard
+        # moves its shards to the GPU; one GPU: the model is built on the GPU
+        building = recorder if sharded is None else None
+        fake_model, example = _build(model, batch, fake_mode, building, precision)
+        report("tracing forward, backward and optimizer step")
+        if sharded is not None:
+            fake_model = sharded.own_copy(fake_model)
+        record = _trace(
+            fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
+        )
     report("simulating the CUDA caching allocator")
     header = dict(
         source="estimate",
@@ -163,20 +172,36 @@ def trace_step(
     profile = _profile(record, fake_model, settings, spec, header)
     profile = dataclasses.replace(profile, plan=techniques.label, step_time_s=record.step_time_s())
     report(f"done in {time.perf_counter() - started:.1f} s")
-    return StepTrace(profile, record.trace, record.marks, fake_model, record)
+    return StepTrace(profile, record.trace, record.marks, fake_model, record, sharded)
+
+
+@contextlib.contextmanager
+def _ranks(techniques: InForce, recorder: MemoryRecorder) -> Iterator[Any]:
+    """For a sharded plan, its ranks as a fake process group and FSDP2's bookkeeping."""
+    if techniques.sharding is None:
+        yield None
+        return
+    # not at the top: FSDP2's modules take 0.8 s to import, which one-GPU traces never need
+    from memfit.trace.sharding import ShardedTracing, fake_process_group
+
+    sharding = techniques.sharding
+    with fake_process_group(sharding.gpus):
+        yield ShardedTracing(recorder, sharding.shards)
 
 
 def _build(
     model: nn.Module | Callable[[], nn.Module],
     batch: Any,
     fake_mode: FakeTensorMode,
-    recorder: MemoryRecorder,
+    recorder: MemoryRecorder | None,
     precision: Precision,
 ) -> tuple[FakeModel, Any]:
-    """The model and the example batch on fake tensors."""
+    """The model and the example batch on fake tensors; ``recorder``: records the building."""
     # A builder builds on the device, as `with torch.device("cuda"): model = build()` does:
     # its temporaries (weights replaced when tying, say) leave cached blocks behind.
-    building = recorder if not isinstance(model, nn.Module) else contextlib.nullcontext()
+    building: Any = contextlib.nullcontext()
+    if recorder is not None and not isinstance(model, nn.Module):
+        building = recorder
     with building:
         fake_model = prepare_model(model, fake_mode, param_dtype=precision.param_dtype)
     with fake_mode, torch.device("cpu"):
@@ -192,10 +217,15 @@ def _trace(
     techniques: InForce,
     settings: StepSettings,
     precision: Precision,
+    sharded: Any = None,
 ) -> StepRecord:
-    """One step with the plan's techniques applied to the fake model, recorded."""
+    """One step with the plan's techniques applied to the fake model, recorded; ``sharded``:
+    the FSDP2 bookkeeping of a sharded plan (``memfit.trace.sharding.ShardedTracing``)."""
     spec = get_device(settings.device)
     with fake_model.swapped(), techniques.applied_to(fake_model.module, fake_mode) as context:
+        if sharded is not None:  # fully_shard replaced the parameters by DTensors
+            fake_model.params = dict(fake_model.module.named_parameters())
+            fake_model.buffers = dict(fake_model.module.named_buffers())
 
         def make_step() -> TrainStep:
             optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
@@ -213,16 +243,17 @@ def _trace(
                 recompute_products=context.recompute_products,
             )
 
-        return traced_step(
-            fake_mode=fake_mode,
-            fake_model=fake_model,
-            batch=example,
-            make_step=make_step,
-            device=spec,
-            stack=settings.stack,
-            calibration=load_calibration(spec),
-            recorder=recorder,
-        )
+        with sharded.hooks() if sharded is not None else contextlib.nullcontext():
+            return traced_step(
+                fake_mode=fake_mode,
+                fake_model=fake_model,
+                batch=example,
+                make_step=make_step,
+                device=spec,
+                stack=settings.stack,
+                calibration=load_calibration(spec),
+                recorder=recorder,
+            )
 
 
 def _profile(
