@@ -228,8 +228,13 @@ def _trace(
             fake_model.buffers = dict(fake_model.module.named_buffers())
 
         def make_step() -> TrainStep:
-            optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
+            params = fake_model.trainable()
+            if sharded is not None:
+                params = sharded.local_params(params)
+            optimizer = make_optimizer(settings.optimizer, params)
             context.change_optimizer(optimizer)  # the fake optimizer: nothing to undo
+            if sharded is not None and optimizer is not None:
+                sharded.attach(optimizer)
             return TrainStep(
                 fake_model,
                 optimizer,

@@ -167,6 +167,8 @@ class ShardedTracing:
         self.sizes: dict[int, ShardedSize] = {}  # allocation key -> how its size scales
         self.roles: dict[int, str] = {}  # allocation key -> ROLES
         self._scope: _Scope | None = None
+        self._shard_terms: dict[tuple[int, ...], set[tuple[int, int]]] = {}  # local shape ->
+        self.ambiguous: set[int] = set()  # allocations whose shard no shape tells apart
         recorder.stream_of = _Streams()
         recorder.on_new = self._on_new
         recorder.shards_only = True
@@ -194,8 +196,54 @@ class ShardedTracing:
         copied = copy.deepcopy(module, memo)
         return refreshed(FakeModel(copied, {}, {}, swap=False))
 
+    # --- the optimizer ----------------------------------------------------------------------
+    def local_params(self, params: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The tensors the traced optimizer steps: each DTensor parameter's local shard.
+
+        DTensor runs each optimizer operator on the local shards, so the memory is the same;
+        on fake tensors its sharding propagation over hundreds of parameters takes seconds per
+        operator, which stepping the shards directly avoids.
+        """
+        self._pairs = [(p, local_tensor(p)) for p in params]
+        for param, local in self._pairs:
+            if local is not param and param.dim() > 0:
+                row = int(param.numel()) // max(1, int(param.shape[0]))
+                self._shard_terms.setdefault(tuple(local.shape), set()).add(
+                    (int(param.shape[0]), row)
+                )
+        return [local for _, local in self._pairs]
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        """Give the shards their gradients before each step; clear both in ``zero_grad``."""
+
+        def before(*_: Any) -> None:
+            for param, local in self._pairs:
+                if local is not param:
+                    local.grad = None if param.grad is None else local_tensor(param.grad)
+            self._scope = _Scope("optimizer", (), self.shards)
+
+        def after(*_: Any) -> None:
+            self._scope = None
+            for param, local in self._pairs:
+                if local is not param:
+                    local.grad = None  # the DTensor keeps it until zero_grad
+
+        optimizer.register_step_pre_hook(before)
+        optimizer.register_step_post_hook(after)
+        shard_zero_grad = optimizer.zero_grad
+
+        def zero_grad(set_to_none: bool = True) -> None:
+            shard_zero_grad(set_to_none)
+            for param, _ in self._pairs:
+                param.grad = None
+
+        optimizer.zero_grad = zero_grad  # type: ignore[method-assign]
+
     # --- recording --------------------------------------------------------------------------
     def _on_new(self, allocation: Allocation, made_by: torch.Tensor) -> None:
+        if self._scope is not None and self._scope.role == "optimizer":
+            self._optimizer_allocation(allocation)
+            return
         if made_by is not local_tensor(made_by):  # a DTensor: made of its local shard
             size = _shard_size(made_by, allocation)
             if size is not None:
@@ -216,6 +264,17 @@ class ShardedTracing:
         elif numel == shard.numel(scope.shards):
             role = "all_gather" if scope.role in ("gather", "param") else "sharded_grad"
             self._tag(allocation, shard, role)
+
+    def _optimizer_allocation(self, allocation: Allocation) -> None:
+        """State and temporaries of a shard: shaped like it (scalars are not sharded)."""
+        terms = self._shard_terms.get(allocation.shape)
+        if not terms:
+            return
+        if len(terms) > 1:  # two weights whose shards have this shape: which one is unknown
+            self.ambiguous.add(allocation.key)
+            return
+        (term,) = terms
+        self._tag(allocation, ShardedSize((term,), _element_size(allocation)), "sharded_state")
 
     def _tag(self, allocation: Allocation, size: ShardedSize, role: str) -> None:
         self.sizes[allocation.key] = size
