@@ -23,17 +23,20 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
+from memfit.errors import InvalidInputError
 from memfit.profile import MemoryProfile
 from memfit.step.batch import describe_batch
 from memfit.step.in_force import InForce, techniques_in_force
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
+from memfit.step.undo import applied
+from memfit.structure.token_inputs import check_token_inputs
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.fakeify import FakeModel, prepare_batch, prepare_model
-from memfit.trace.inputs import resolve
+from memfit.trace.inputs import SpecBatch, resolve
 from memfit.trace.optimizers import make_optimizer, optimizer_label
 from memfit.trace.recorder import MemoryRecorder, Trace, live_until
 from memfit.trace.replay import replay
@@ -144,10 +147,17 @@ def trace_step(
     techniques = techniques_in_force(plan)
     precision = Precision.parse(techniques.precision or settings.precision)
     name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
+    if isinstance(model, nn.Module) and applied(model) and techniques.techniques:
+        raise InvalidInputError(
+            f"memfit's techniques are already applied to this {type(model).__name__} (by "
+            f"memfit.apply); to predict another plan, undo them first with step.undo() or "
+            f"memfit.undo(model), or estimate without plan= to predict the model as it is"
+        )
     started = time.perf_counter()
     fake_mode = FakeTensorMode()
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
+<<<<<<< HEAD
     with _ranks(techniques, recorder) as sharded:
         # sharded: each rank builds the model on the CPU or the meta device and fully_shard
         # moves its shards to the GPU; one GPU: the model is built on the GPU
@@ -159,6 +169,14 @@ def trace_step(
         record = _trace(
             fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
         )
+=======
+    declared = batch.bounds() if isinstance(batch, SpecBatch) else None
+    fake_model, example = _build(model, batch, fake_mode, recorder, precision)
+    # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and declared bounds
+    check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
+    report("tracing forward, backward and optimizer step")
+    record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
+>>>>>>> main
     report("simulating the CUDA caching allocator")
     header = dict(
         source="estimate",
