@@ -8,6 +8,7 @@ the plan in force.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -64,17 +65,12 @@ def apply(
     Raises:
         InvalidInputError: the plan was made for another model, a technique is malformed,
             ``precision`` is unknown, or the plan has ``FusedOptimizer`` and the optimizer is
-<<<<<<< HEAD
-            not Adam/AdamW; the model is unchanged.
+            not Adam/AdamW, or memfit's techniques are already applied to the model (undo them
+            first); the model is unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged
             (except with ``Sharding``, which cannot be undone: a failure inside
             ``fully_shard`` leaves the model partly sharded, and every rank of the job raises
             ``ShardingError``).
-=======
-            not Adam/AdamW, or memfit's techniques are already applied to the model (undo them
-            first); the model is unchanged.
-        MemfitError: an applier failed; nothing was applied and the model is unchanged.
->>>>>>> main
     """
     if not isinstance(model, nn.Module):
         raise InvalidInputError(
@@ -83,20 +79,24 @@ def apply(
             f"predict a zoo model, use memfit.estimate({model!r}, plan=...)"
         )
     in_force = techniques_in_force(plan)
-    check_fingerprint(in_force.fingerprint, model)
-    if applied(model):
-        raise InvalidInputError(
-            f"memfit's techniques are already applied to this {type(model).__name__} (by an "
-            f"earlier memfit.apply); undo them first with step.undo() or memfit.undo(model), "
-            f"then apply the plan you want"
-        )
-    if precision is not None:
-        Precision.parse(precision)  # checked before the model is changed
     context = ApplyContext(loss_fn=loss_fn)
-    if in_force.sharding is None:
+
+    def checked_and_applied() -> None:
+        check_fingerprint(in_force.fingerprint, model)
+        if applied(model):
+            raise InvalidInputError(
+                f"memfit's techniques are already applied to this {type(model).__name__} (by "
+                f"an earlier memfit.apply); undo them first with step.undo() or "
+                f"memfit.undo(model), then apply the plan you want"
+            )
+        if precision is not None:
+            Precision.parse(precision)  # checked before the model is changed
         apply_techniques(model, in_force.in_order, context=context, optimizer=optimizer)
-    else:
-        _apply_on_every_rank(model, in_force, context, optimizer)
+
+    if in_force.sharding is None:
+        checked_and_applied()
+    else:  # a rank that fails a check still casts its votes: the others do not wait
+        _apply_on_every_rank(model, context, checked_and_applied)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
     chosen = precision or context.precision
     profile = getattr(plan, "profile", None)
@@ -116,14 +116,14 @@ def apply(
     )
 
 
-def _apply_on_every_rank(model: Any, in_force: Any, context: ApplyContext, optimizer: Any) -> None:
+def _apply_on_every_rank(model: Any, context: ApplyContext, run: Callable[[], None]) -> None:
     """Apply a sharded plan; every rank of the job raises if any rank failed (no hang)."""
     # not at the top: importing FSDP2 costs half a second that plans without it never need
     from memfit.apply.sharding import Agreement, in_a_job
 
     context.agreement = Agreement(active=in_a_job(model))
     try:
-        apply_techniques(model, in_force.in_order, context=context, optimizer=optimizer)
+        run()
     except BaseException as error:
         context.agreement.finish(error)
         raise

@@ -157,26 +157,20 @@ def trace_step(
     fake_mode = FakeTensorMode()
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
-<<<<<<< HEAD
+    declared = batch.bounds() if isinstance(batch, SpecBatch) else None
     with _ranks(techniques, recorder) as sharded:
         # sharded: each rank builds the model on the CPU or the meta device and fully_shard
         # moves its shards to the GPU; one GPU: the model is built on the GPU
         building = recorder if sharded is None else None
         fake_model, example = _build(model, batch, fake_mode, building, precision)
+        # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and bounds
+        check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
         report("tracing forward, backward and optimizer step")
         if sharded is not None:
             fake_model = sharded.own_copy(fake_model)
         record = _trace(
             fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
         )
-=======
-    declared = batch.bounds() if isinstance(batch, SpecBatch) else None
-    fake_model, example = _build(model, batch, fake_mode, recorder, precision)
-    # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and declared bounds
-    check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
-    report("tracing forward, backward and optimizer step")
-    record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
->>>>>>> main
     report("simulating the CUDA caching allocator")
     header = dict(
         source="estimate",
