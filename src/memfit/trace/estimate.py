@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from memfit.collectives import BUS_EFFICIENCY, communication_time
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
 from memfit.errors import InvalidInputError
@@ -31,7 +32,9 @@ from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied
+from memfit.structure.blocks import block_patterns, find_blocks
 from memfit.structure.token_inputs import check_token_inputs
+from memfit.techniques import Sharding
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
@@ -43,7 +46,7 @@ from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
 
-__all__ = ["estimate", "trace_step", "StepTrace", "StepSettings"]
+__all__ = ["estimate", "trace_step", "with_gpus", "StepTrace", "StepSettings"]
 
 Progress = Callable[[str], None]
 
@@ -74,6 +77,7 @@ def estimate(
     seq_len: int | None = None,
     stack: CudaStack = DEFAULT_STACK,
     allocator: AllocatorSettings = DEFAULT_SETTINGS,
+    gpus: int | None = None,
     progress: Progress | None = None,
 ) -> MemoryProfile:
     """Predict the GPU memory of one steady-state training step, without a GPU.
@@ -95,6 +99,9 @@ def estimate(
         plan: a ``memfit.Plan`` (or a sequence of techniques) to predict with it in force.
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
+        gpus: predict one rank of a job of ``gpus`` GPUs sharded with FSDP2: the plan's
+            ``Sharding`` for that many GPUs, or, when the plan has none, one ``fully_shard``
+            unit per repeated block; ``batch`` is each rank's batch. None: as the plan says.
         progress: called with a short message at each stage (the CLI shows it).
 
     Returns:
@@ -110,7 +117,8 @@ def estimate(
           bench/results).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, named in the profile's warnings.
-        * One GPU, one stream; distributed training is not modelled.
+        * Distributed training other than FSDP2 sharding (``Sharding``) is not modelled;
+          sharded steps are traced as one rank (``memfit.trace.sharding``).
     """
     settings = StepSettings(
         loss_fn=loss_fn,
@@ -123,7 +131,40 @@ def estimate(
         batch_size=batch_size,
         seq_len=seq_len,
     )
+    if gpus is not None:
+        plan = with_gpus(plan, gpus, model)
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
+
+
+def with_gpus(plan: Any, gpus: int, model: Any) -> list[Any]:
+    """The plan's techniques, sharded over ``gpus`` GPUs (module docstring of ``estimate``)."""
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise InvalidInputError(f"gpus={gpus!r} must be a whole number of GPUs, e.g. gpus=8")
+    in_force = techniques_in_force(plan)
+    others = [t for t in in_force.techniques if not isinstance(t, Sharding)]
+    if gpus == 1:
+        return others
+    found = in_force.sharding
+    if found is not None:
+        return [*others, dataclasses.replace(found, gpus=gpus, replicate=_replicas(found, gpus))]
+    module = resolve(model, None)[1] if isinstance(model, str) else model
+    if not isinstance(module, nn.Module):
+        with torch.device("meta"):  # only its structure: no memory
+            module = module()
+    units = block_patterns(module, find_blocks(module))
+    return [*others, Sharding(gpus=gpus, units=units)]
+
+
+def _replicas(sharding: Sharding, gpus: int) -> int:
+    """HSDP keeps its shard group's size; the number of groups follows ``gpus``."""
+    if sharding.replicate <= 1:
+        return 1
+    if gpus % sharding.shards:
+        raise InvalidInputError(
+            f"the plan's HSDP shards over groups of {sharding.shards} GPUs, which do not divide "
+            f"gpus={gpus}; use a multiple of {sharding.shards}, or make a plan for {gpus} GPUs"
+        )
+    return gpus // sharding.shards
 
 
 def trace_step(
@@ -183,6 +224,8 @@ def trace_step(
     )
     profile = _profile(record, fake_model, settings, spec, header)
     profile = dataclasses.replace(profile, plan=techniques.label, step_time_s=record.step_time_s())
+    if sharded is not None:
+        profile = _with_communication(profile, sharded, techniques.sharding, spec)
     report(f"done in {time.perf_counter() - started:.1f} s")
     return StepTrace(profile, record.trace, record.marks, fake_model, record, sharded)
 
@@ -199,6 +242,25 @@ def _ranks(techniques: InForce, recorder: MemoryRecorder) -> Iterator[Any]:
     sharding = techniques.sharding
     with fake_process_group(sharding.gpus):
         yield ShardedTracing(recorder, sharding.shards)
+
+
+def _with_communication(
+    profile: MemoryProfile, sharded: Any, sharding: Any, spec: DeviceSpec
+) -> MemoryProfile:
+    """The step time with the collectives FSDP2 ran, and a note saying what it assumes."""
+    compute = profile.step_time_s or 0.0
+    shards = sharding.shards
+    collectives = sharded.collective_bytes(shards)
+    comm = communication_time(collectives, compute, spec, shards, sharding.replicate)
+    note = (
+        f"per rank of {sharding.gpus}: {len(sharded.collectives)} all-gathers/reduce-scatters "
+        f"take {comm.total_s * 1e3:.1f} ms, {comm.exposed_s * 1e3:.1f} ms of it not overlapped "
+        f"with computation (link rates from datasheets, {BUS_EFFICIENCY:.0%} of them assumed: "
+        f"not measured)"
+    )
+    return dataclasses.replace(
+        profile, step_time_s=compute + comm.exposed_s, warnings=(*profile.warnings, note)
+    )
 
 
 def _build(

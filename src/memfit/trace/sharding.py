@@ -26,7 +26,7 @@ Known limitations:
       the GPU copy of each shard made before its all-gather (one unit's shards at a time) is not
       counted.
     * Collectives move no data and take no time here; their time is ``memfit.cost``'s
-      (``collective_time``).
+      (``memfit.collectives``).
     * A job whose default process group is already initialised cannot trace a sharded step in
       the same process (the fake process group would replace it).
 """
@@ -142,6 +142,7 @@ class _Scope:
     role: str
     terms: tuple[tuple[int, int], ...]
     shards: int
+    collective: bool = False  # its all-gather output / reduce-scatter input is recorded
 
 
 def _terms(fsdp_params: Any) -> tuple[tuple[int, int], ...]:
@@ -169,6 +170,7 @@ class ShardedTracing:
         self._scope: _Scope | None = None
         self._shard_terms: dict[tuple[int, ...], set[tuple[int, int]]] = {}  # local shape ->
         self.ambiguous: set[int] = set()  # allocations whose shard no shape tells apart
+        self.collectives: list[tuple[str, ShardedSize]] = []  # in the order the step ran them
         recorder.stream_of = _Streams()
         recorder.on_new = self._on_new
         recorder.shards_only = True
@@ -261,6 +263,9 @@ class ShardedTracing:
                 scope.role, "reduce_scatter"
             )
             self._tag(allocation, padded, role)
+            if scope.role in ("gather", "reduce") and not scope.collective:
+                scope.collective = True  # the first whole buffer: what the collective moves
+                self.collectives.append((role, padded))
         elif numel == shard.numel(scope.shards):
             role = "all_gather" if scope.role in ("gather", "param") else "sharded_grad"
             self._tag(allocation, shard, role)
@@ -283,6 +288,10 @@ class ShardedTracing:
             allocation.category = Category.PARAM
         elif role in ("reduce_scatter", "sharded_grad"):
             allocation.category = Category.GRAD
+
+    def collective_bytes(self, shards: int) -> list[tuple[str, int]]:
+        """``(kind, bytes)`` of each all-gather and reduce-scatter, for ``shards`` shards."""
+        return [(kind, size.bytes(shards)) for kind, size in self.collectives]
 
     @contextlib.contextmanager
     def hooks(self) -> Iterator[None]:
