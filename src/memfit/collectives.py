@@ -36,6 +36,7 @@ __all__ = [
     "communication_time",
     "CommunicationTime",
     "BUS_EFFICIENCY",
+    "offload_s",
 ]
 
 BUS_EFFICIENCY = 0.8
@@ -140,3 +141,18 @@ def communication_time(
     edges = times[0] + (times[-1] if len(collectives) > 1 else 0.0)
     exposed = max(0.0, total - edges - compute_s) + edges
     return CommunicationTime(total, exposed)
+
+
+PCIE_BYTES_S = 25 * _GB
+"""Assumed host-device copy rate of pinned memory over PCIe 5.0 x16 (not measured here)."""
+
+HOST_BYTES_S = 50 * _GB
+"""Assumed host memory bandwidth one rank's optimizer step gets (not measured here)."""
+
+
+def offload_s(host_bytes: int) -> float:
+    """Seconds ``CPUOffloadPolicy`` adds for ``host_bytes`` of shards, gradients and optimizer
+    state in host memory: each byte crosses PCIe about once a step (shards to the GPU before
+    their all-gathers, gradients back), and the host's optimizer step reads and writes each
+    byte once (the step is memory-bound)."""
+    return host_bytes / PCIE_BYTES_S + 2 * host_bytes / HOST_BYTES_S

@@ -175,7 +175,12 @@ def _shard(
     options: dict[str, Any] = dict(
         mesh=mesh,
         mp_policy=MixedPrecisionPolicy(param_dtype=dtype, reduce_dtype=reduce),
-        offload_policy=CPUOffloadPolicy() if technique.offload else OffloadPolicy(),
+        # fake tensors cannot be pinned (the tracer's copy); real shards are, as FSDP2 defaults
+        offload_policy=(
+            CPUOffloadPolicy(pin_memory=not _on_fake(model))
+            if technique.offload
+            else OffloadPolicy()
+        ),
     )
     deepest_first = sorted(units, key=lambda unit: -unit[0].count("."))
     for name, module in deepest_first:

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from memfit.collectives import BUS_EFFICIENCY, communication_time
+from memfit.collectives import BUS_EFFICIENCY, communication_time, offload_s
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
 from memfit.errors import InvalidInputError
@@ -222,10 +222,13 @@ def trace_step(
         optimizer=optimizer_label(settings.optimizer),
         batch=describe_batch(example),
     )
+    host_bytes = 0
+    if sharded is not None and techniques.sharding is not None and techniques.sharding.offload:
+        record.trace, host_bytes = sharded.host_resident(record.trace)
     profile = _profile(record, fake_model, settings, spec, header)
     profile = dataclasses.replace(profile, plan=techniques.label, step_time_s=record.step_time_s())
     if sharded is not None:
-        profile = _with_communication(profile, sharded, techniques.sharding, spec)
+        profile = _with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
     report(f"done in {time.perf_counter() - started:.1f} s")
     return StepTrace(profile, record.trace, record.marks, fake_model, record, sharded)
 
@@ -245,10 +248,11 @@ def _ranks(techniques: InForce, recorder: MemoryRecorder) -> Iterator[Any]:
 
 
 def _with_communication(
-    profile: MemoryProfile, sharded: Any, sharding: Any, spec: DeviceSpec
+    profile: MemoryProfile, sharded: Any, sharding: Any, spec: DeviceSpec, host_bytes: int
 ) -> MemoryProfile:
-    """The step time with the collectives FSDP2 ran, and a note saying what it assumes."""
-    compute = profile.step_time_s or 0.0
+    """The step time with the collectives FSDP2 ran, and a note saying what it assumes;
+    ``host_bytes``: what CPU offload keeps in host memory (copied and stepped there)."""
+    compute = (profile.step_time_s or 0.0) + offload_s(host_bytes)
     shards = sharding.shards
     collectives = sharded.collective_bytes(shards)
     comm = communication_time(collectives, compute, spec, shards, sharding.replicate)
@@ -258,6 +262,11 @@ def _with_communication(
         f"with computation (link rates from datasheets, {BUS_EFFICIENCY:.0%} of them assumed: "
         f"not measured)"
     )
+    if host_bytes:
+        note += (
+            f"; CPU offload keeps {host_bytes / 2**30:.2f} GiB in host memory, not counted above "
+            f"(its copies and the host optimizer step priced at assumed PCIe and host-memory rates)"
+        )
     return dataclasses.replace(
         profile, step_time_s=compute + comm.exposed_s, warnings=(*profile.warnings, note)
     )

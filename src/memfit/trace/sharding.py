@@ -22,9 +22,9 @@ holds at least as much as any other rank.
 
 Known limitations:
     * ``CPUOffloadPolicy``: the fake CPU device cannot tell host from GPU memory; the shards,
-      their gradients and the optimizer state are marked as host memory after the trace, but
-      the GPU copy of each shard made before its all-gather (one unit's shards at a time) is not
-      counted.
+      their gradients and the optimizer state and temporaries are taken out of the GPU trace
+      after it (``host_resident``), but the GPU copy of each shard made before its all-gather
+      (one unit's shards at a time) is not counted.
     * Collectives move no data and take no time here; their time is ``memfit.cost``'s
       (``memfit.collectives``).
     * A job whose default process group is already initialised cannot trace a sharded step in
@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import functools
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -48,7 +49,7 @@ from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 from memfit.errors import InvalidInputError
 from memfit.profile import Category
 from memfit.trace.fakeify import FakeModel
-from memfit.trace.recorder import Allocation, MemoryRecorder, local_tensor
+from memfit.trace.recorder import Allocation, MemoryRecorder, Trace, local_tensor
 
 __all__ = [
     "ShardedSize",
@@ -288,6 +289,16 @@ class ShardedTracing:
             allocation.category = Category.PARAM
         elif role in ("reduce_scatter", "sharded_grad"):
             allocation.category = Category.GRAD
+
+    def host_resident(self, trace: Trace) -> tuple[Trace, int]:
+        """``trace`` without what ``CPUOffloadPolicy`` keeps in host memory; its bytes."""
+        keys = {k for k, role in self.roles.items() if role.startswith("sharded_")}
+        allocations = dict(trace.allocations)
+        host = 0
+        for key in keys & allocations.keys():
+            host += allocations[key].size
+            allocations[key] = dataclasses.replace(allocations[key], size=0)
+        return Trace(allocations=allocations, events=trace.events, phases=trace.phases), host
 
     def collective_bytes(self, shards: int) -> list[tuple[str, int]]:
         """``(kind, bytes)`` of each all-gather and reduce-scatter, for ``shards`` shards."""
