@@ -36,6 +36,12 @@ def global_batches() -> list[dict[str, torch.Tensor]]:
     return batches
 
 
+def batch_spec() -> str:
+    """One rank's batch, as an input spec (for memfit's prediction)."""
+    ids = f"int64[{PER_RANK},16]<{CONFIG.vocab_size}"
+    return f"input_ids={ids} labels={ids}"
+
+
 def fp64_loss(output: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
     """Next-token cross-entropy in the logits' float64 (the zoo's loss upcasts to float32 only)."""
     logits = output.logits[:, :-1].reshape(-1, CONFIG.vocab_size)

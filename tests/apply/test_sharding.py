@@ -13,6 +13,9 @@ import torch.distributed as dist
 import memfit
 from memfit.errors import InvalidInputError, MemfitError
 from memfit.techniques import Sharding
+from memfit.trace.estimate import trace_step
+from memfit.trace.settings import StepSettings
+from memfit.zoo.llama import Llama
 from tests.apply import sharding_ranks
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
@@ -116,3 +119,23 @@ def test_malformed_sharding_is_refused_before_anything_changes(technique, messag
         memfit.apply([technique], model, precision="fp32")
     after = model.state_dict()
     assert all(torch.equal(before[n], after[n]) for n in before)
+
+
+@pytest.mark.slow
+def test_the_traced_rank_holds_what_rank_0_of_the_job_held(job):
+    # memfit's prediction (one rank on fake tensors, fake process group) against rank 0 of the
+    # real gloo job: elements of the weights' shards and of the optimizer's state
+    _, _, _, local, state = job[0, "resharded"]
+    technique = sharding_ranks.SCENARIOS["resharded"]
+    traced = trace_step(
+        lambda: Llama(sharding_ranks.CONFIG),  # float32 on fake tensors: same elements
+        sharding_ranks.batch_spec(),
+        StepSettings(precision="fp32", optimizer=sharding_ranks.make_optimizer),
+        plan=[technique],
+    )
+    found = {"sharded_param": 0, "sharded_state": 0}
+    for key, role in traced.sharded.roles.items():
+        allocation = traced.trace.allocations[key]
+        if role in found and allocation.category.value in ("param", "optimizer"):
+            found[role] += allocation.size // 4
+    assert found == {"sharded_param": sum(local.values()), "sharded_state": state}
