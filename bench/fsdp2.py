@@ -69,8 +69,8 @@ def models(smoke: bool) -> list[tuple[str, LlamaConfig, int, int]]:
     return [("llama-1b", LlamaConfig(), 8, 2048), ("llama-3b", LLAMA_3B, 4, 2048)]
 
 
-def rows(config: LlamaConfig, batch: str, device: str, budget: int) -> dict[str, list[Any]]:
-    """Each row's techniques; the plan is made here (before any process group exists)."""
+def rows(config: LlamaConfig, batch: str, device: str, budget: int) -> tuple[dict, Any]:
+    """Each row's techniques, and the plan (made here: before any process group exists)."""
     ranks = Sharding(gpus=GPUS, units=UNITS)
     full = Checkpoint(modules=UNITS)
     plan = memfit.plan(
@@ -82,17 +82,22 @@ def rows(config: LlamaConfig, batch: str, device: str, budget: int) -> dict[str,
         optimizer=OPTIMIZER,
         max_traces=3,
     )
-    return {
+    techniques = {
         "fsdp2-defaults": [ranks],
         "fsdp2+full-checkpointing": [full, ranks],
         "memfit-plan": list(plan.techniques),
     }
+    return techniques, plan
 
 
 def predict(config: LlamaConfig, batch: str, device: str, techniques: list[Any]) -> dict:
     profile = memfit.estimate(
         lambda: Llama(config), batch, device=device, plan=techniques, optimizer=OPTIMIZER
     )
+    return _predicted(profile)
+
+
+def _predicted(profile: Any) -> dict:
     return {
         "peak_allocated": profile.peak_allocated,
         "peak_reserved": profile.peak_reserved,
@@ -139,28 +144,37 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny model, CPU, gloo")
     parser.add_argument("--device", default="h200", help="the GPU predicted for")
+    parser.add_argument("--models", help="comma-separated subset: llama-1b,llama-3b")
     args = parser.parse_args()
     smoke = args.smoke or not torch.cuda.is_available()
     total = get_device(args.device).memory_bytes
     prepared = []
-    for name, config, per_rank, seq in models(smoke):  # predictions first: no process group yet
+    chosen_models = [m for m in models(smoke) if not args.models or m[0] in args.models.split(",")]
+    for name, config, per_rank, seq in chosen_models:  # predictions first: no process group yet
         ids = f"int64[{per_rank},{seq}]<{config.vocab_size}"
         batch = f"input_ids={ids} labels={ids}"
         one_gpu = memfit.estimate(
             lambda c=config: Llama(c), batch, device=args.device, optimizer=OPTIMIZER
         )
-        budget = min(total, one_gpu.peak_reserved // 2)
+        # half of one GPU's need; the smoke's tiny step is mostly cuBLAS's workspace (and FSDP2's
+        # stream pools add to it): twice that, so that its plan exists
+        budget = min(total, one_gpu.peak_reserved * 2 if smoke else one_gpu.peak_reserved // 2)
         entry: dict[str, Any] = {"model": name, "batch": batch, "budget": budget, "rows": {}}
         entry["one_gpu_predicted_reserved"] = one_gpu.peak_reserved
+        plan = None
         try:
-            techniques = rows(config, batch, args.device, budget)
+            techniques, plan = rows(config, batch, args.device, budget)
         except MemfitError as error:
             techniques = {"fsdp2-defaults": [Sharding(gpus=GPUS, units=UNITS)]}
             entry["plan_error"] = str(error)
         for row, chosen in techniques.items():
+            if row == "memfit-plan" and plan is not None and plan.profile is not None:
+                predicted = _predicted(plan.profile)  # the plan's own prediction: no re-trace
+            else:
+                predicted = predict(config, batch, args.device, chosen)
             entry["rows"][row] = {
                 "techniques": [type(t).__name__ + str(asdict(t)) for t in chosen],
-                "predicted": predict(config, batch, args.device, chosen),
+                "predicted": predicted,
             }
         prepared.append((entry, config, (per_rank, seq), techniques))
     backend = "gloo" if smoke else "nccl"

@@ -15,7 +15,7 @@ from memfit.devices import get_device
 from memfit.errors import InvalidInputError
 from memfit.techniques import Sharding
 from memfit.trace.estimate import trace_step, with_gpus
-from memfit.trace.scaling import resized_trace
+from memfit.trace.scaling import peaks_by_gpus, resized_trace
 from memfit.trace.settings import StepSettings
 from memfit.zoo.llama import Llama, LlamaConfig
 
@@ -72,6 +72,9 @@ def test_a_trace_resized_for_another_n_equals_a_trace_made_at_that_n():
         assert resized.events == direct.trace.events
         sizes = {k: a.size for k, a in resized.allocations.items()}
         assert sizes == {k: a.size for k, a in direct.trace.allocations.items()}
+    # every N from one trace: the peaks of N = 8 are those of the trace made at 8
+    peaks = peaks_by_gpus(base.trace, base.marks, base.sharded.sizes, [2, 8, 64, 1024])
+    assert peaks[8] == (direct.profile.peak_allocated, direct.profile.peak_reserved)
 
 
 @pytest.mark.slow

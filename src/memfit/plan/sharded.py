@@ -32,6 +32,7 @@ from memfit.plan.frontier import FrontierPoint
 from memfit.plan.plan import Plan
 from memfit.structure.blocks import block_patterns, find_blocks
 from memfit.techniques import Sharding, technique_label
+from memfit.units import format_bytes
 
 __all__ = ["sharding_options", "plan_sharded", "check_gpus"]
 
@@ -85,9 +86,9 @@ def plan_sharded(search: Any) -> Plan:
     if not plans:
         raise BudgetInfeasibleError(
             f"no way of sharding over {gpus} GPUs fits the budget of "
-            f"{search.settings.budget / 2**30:.1f} GiB per rank with any combination of "
+            f"{format_bytes(search.settings.budget)} per rank with any combination of "
             f"techniques; the smallest weighed needs "
-            f"{min(p.peak_reserved for p in weighed) / 2**30:.1f} GiB per rank. Use more GPUs "
+            f"{format_bytes(min(p.peak_reserved for p in weighed))} per rank. Use more GPUs "
             f"(--gpus), a smaller batch, or allow techniques that change the math (--allow)"
         )
     best = min(plans, key=lambda p: p.step_time_s or float("inf"))

@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import dataclasses
 
+from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.recorder import Trace
+from memfit.trace.replay import replay
 from memfit.trace.sharding import ShardedSize
 
-__all__ = ["resized_trace", "sharded_bytes"]
+__all__ = ["resized_trace", "sharded_bytes", "peaks_by_gpus"]
 
 
 def resized_trace(trace: Trace, sizes: dict[int, ShardedSize], shards: int) -> Trace:
@@ -48,3 +50,24 @@ def resized_trace(trace: Trace, sizes: dict[int, ShardedSize], shards: int) -> T
 def sharded_bytes(sizes: dict[int, ShardedSize], keys: set[int], shards: int) -> int:
     """Bytes of the allocations ``keys`` (those that are sharded) for ``shards`` shards."""
     return sum(sizes[k].bytes(shards) for k in keys if k in sizes)
+
+
+def peaks_by_gpus(
+    trace: Trace,
+    marks: dict[str, int],
+    sizes: dict[int, ShardedSize],
+    counts: list[int],
+    allocator: AllocatorSettings = DEFAULT_SETTINGS,
+) -> dict[int, tuple[int, int]]:
+    """Predicted (peak allocated, peak reserved) of one rank for each number of shards.
+
+    Args:
+        trace, marks: a sharded step's trace and its marks (``StepTrace.trace``/``.marks``).
+        sizes: ``StepTrace.sharded.sizes``.
+        counts: the numbers of shards (each at least 2).
+    """
+    peaks = {}
+    for shards in counts:
+        result = replay(resized_trace(trace, sizes, shards), marks, allocator)
+        peaks[shards] = (result.peak_allocated, result.peak_reserved)
+    return peaks
