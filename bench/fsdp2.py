@@ -3,20 +3,21 @@
 torchrun --nproc-per-node 2 bench/fsdp2.py --out DIR   ->  DIR/fsdp2.json   (2-GPU machine)
 torchrun --nproc-per-node 2 bench/fsdp2.py --out DIR --smoke   (CPU, gloo: the same code paths)
 
-Models: memfit's LLaMA-1B (zoo ``llama-1b``) and Llama-3.2-3B's shape, bf16-mixed, AdamW (fused
-on the GPU), batch 8 x 2048 per rank (1B) and 4 x 2048 (3B). The budget per rank is half of
-what one GPU needs for the unmodified step (predicted), so one GPU does not fit without
-techniques. Rows, each applied with ``memfit.apply`` in the same two processes:
+Models: memfit's LLaMA-1B (zoo ``llama-1b``) and Llama-3.2-3B's shape, bf16-mixed, AdamW
+(torch's default multi-tensor step; memfit's plan may make it fused), batch 8 x 2048 per rank
+(1B) and 4 x 2048 (3B). The budget per rank is half of what one GPU needs for the unmodified
+step (predicted), so one GPU does not fit without techniques. Rows, each applied with
+``memfit.apply`` in the same two processes:
 
 * ``fsdp2-defaults``: ``fully_shard`` on every block, then the root (FSDP2's defaults);
 * ``fsdp2+full-checkpointing``: the same with every block checkpointed;
 * ``memfit-plan``: ``memfit.plan(..., gpus=2, budget=...)``.
 
-Each row: the prediction (``memfit.estimate(..., gpus=2)``, made before the process group
-exists, on every rank: the fake process group cannot share a process with a real one), then
-2 warm-up steps, 3 measured ones; each rank's ``max_memory_allocated``/``max_memory_reserved``
-over the measured steps and the median step time. Rank 0 writes the JSON, one entry per row
-with both ranks' figures.
+Each row: the prediction (``memfit.estimate(..., plan=...)``; the plan's own for the plan),
+made before the process group exists, on every rank (the fake process group cannot share a
+process with a real one); then 2 warm-up steps and 3 measured ones: each rank's
+``max_memory_allocated``/``max_memory_reserved`` over the measured steps and the median step
+time. Rank 0 writes the JSON, one entry per row with both ranks' figures.
 
 Written on 2026-12-04 and not run on GPUs yet (the 2-GPU machine was not lent that session).
 """
@@ -59,7 +60,7 @@ TINY = LlamaConfig(
 )
 GPUS = 2
 UNITS = ("layers.*",)
-OPTIMIZER = "adamw-fused"  # what the measurement runs on the GPU (fused=True)
+OPTIMIZER = "adamw"  # torch's CUDA default (foreach); the plan may make it fused
 
 
 def models(smoke: bool) -> list[tuple[str, LlamaConfig, int, int]]:
@@ -113,7 +114,7 @@ def measure(config: LlamaConfig, techniques: list[Any], shape: tuple[int, int], 
     torch.manual_seed(0)
     with torch.device(device):
         model = Llama(config)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=on_gpu)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     step = memfit.apply(techniques, model, optimizer, precision="bf16-mixed")
     generator = torch.Generator(device=device).manual_seed(rank)
     ids = torch.randint(0, config.vocab_size, shape, device=device, generator=generator)
