@@ -66,6 +66,8 @@ def plan_sharded(search: Any) -> Plan:
         f"sharding cannot be undone (plan.undo refuses it: rebuild the model instead)"
     ]
     for option in sharding_options(units, gpus, per_node):
+        if option.offload and plans:
+            break  # offloading is the last resort
         label = technique_label(option)
         search.report(f"tracing {label}")
         search.first, search.first_label = (option,), label
@@ -75,14 +77,12 @@ def plan_sharded(search: Any) -> Plan:
         if search.fits(search.base):
             plans.append(search.make((), search.base))
             break  # the fastest ways come first: what follows is no faster alone
-        if option.offload and plans:
-            break  # offloading is the last resort
         try:
             plans.append(search.search())
         except BudgetInfeasibleError as error:
             notes.append(f"{label}: no plan fits ({error.args[0].split(';')[0]})")
-        if plans and len(plans) >= 2:
-            break
+        if len(plans) >= 2:
+            break  # two ways with techniques on top weighed: enough for the time it takes
     if not plans:
         raise BudgetInfeasibleError(
             f"no way of sharding over {gpus} GPUs fits the budget of "
