@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import functools
 import traceback
 from typing import Any
 
@@ -76,6 +77,8 @@ def every_scenario(rank: int, world: int, store_path: str, results: Any) -> None
     try:
         for name, technique in SCENARIOS.items():
             results.put((rank, name, _attempt(sharded_training, rank, technique)))
+        guarded = functools.partial(sharded_training, guarded=True)
+        results.put((rank, "guarded", _attempt(guarded, rank, SCENARIOS["resharded"])))
         results.put((rank, "failing", _attempt(failing_rank, rank, SCENARIOS["resharded"])))
     finally:
         dist.destroy_process_group()
@@ -88,12 +91,15 @@ def _attempt(run: Any, rank: int, technique: Sharding) -> tuple:
         return ("error", type(error).__name__, str(error), traceback.format_exc())
 
 
-def sharded_training(rank: int, technique: Sharding) -> tuple:
-    """Two steps of memfit.apply's sharded step: losses, full weights, numbers of elements of
-    this rank's shards and of its optimizer state."""
+def sharded_training(rank: int, technique: Sharding, guarded: bool = False) -> tuple:
+    """Two steps of memfit.apply's sharded step (in ``memfit.OOMGuard`` if ``guarded``: its
+    vote among the ranks beside FSDP2's collectives): losses, full weights, numbers of elements
+    of this rank's shards and of its optimizer state."""
     model = tiny_llama()
     optimizer = make_optimizer(model.parameters())
-    step = memfit.apply([technique], model, optimizer, loss_fn=fp64_loss, precision="fp32")
+    step: Any = memfit.apply([technique], model, optimizer, loss_fn=fp64_loss, precision="fp32")
+    if guarded:
+        step = memfit.OOMGuard(step)
     losses = []
     for batch in global_batches():
         mine = {k: v[rank * PER_RANK : (rank + 1) * PER_RANK] for k, v in batch.items()}

@@ -36,7 +36,7 @@ def job(tmp_path_factory) -> dict[tuple[int, str], tuple]:
     ]
     for process in processes:
         process.start()
-    expected = WORLD * (len(sharding_ranks.SCENARIOS) + 1)
+    expected = WORLD * (len(sharding_ranks.SCENARIOS) + 2)
     found: dict[tuple[int, str], tuple] = {}
     try:
         for _ in range(expected):
@@ -61,7 +61,7 @@ def unsharded_training() -> tuple[list[float], dict[str, torch.Tensor]]:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("scenario", list(sharding_ranks.SCENARIOS))
+@pytest.mark.parametrize("scenario", [*sharding_ranks.SCENARIOS, "guarded"])
 def test_two_ranks_train_as_one_process_on_the_whole_batch(job, scenario):
     found = {rank: job[rank, scenario] for rank in range(WORLD)}
     for rank, result in found.items():
