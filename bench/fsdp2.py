@@ -1,6 +1,7 @@
 """FSDP2 on 2 GPUs: measured per-rank peak allocated/reserved and step time vs memfit's prediction.
 
 torchrun --nproc-per-node 2 bench/fsdp2.py --out DIR   ->  DIR/fsdp2.json   (2-GPU machine)
+torchrun --nproc-per-node 2 bench/fsdp2.py --out DIR --models llama-1b  ->  DIR/fsdp2_llama-1b.json
 torchrun --nproc-per-node 2 bench/fsdp2.py --out DIR --smoke   (CPU, gloo: the same code paths)
 
 Models: memfit's LLaMA-1B (zoo ``llama-1b``) and Llama-3.2-3B's shape, bf16-mixed, AdamW
@@ -145,7 +146,9 @@ def main() -> None:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--smoke", action="store_true", help="tiny model, CPU, gloo")
     parser.add_argument("--device", default="h200", help="the GPU predicted for")
-    parser.add_argument("--models", help="comma-separated subset: llama-1b,llama-3b")
+    parser.add_argument(
+        "--models", help="comma-separated subset: llama-1b,llama-3b (in the JSON's name)"
+    )
     args = parser.parse_args()
     smoke = args.smoke or not torch.cuda.is_available()
     total = get_device(args.device).memory_bytes
@@ -205,8 +208,10 @@ def main() -> None:
             "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
             "entries": [entry for entry, *_ in prepared],
         }
-        (args.out / "fsdp2.json").write_text(json.dumps(result, indent=2))
-        print(f"wrote {args.out / 'fsdp2.json'}")
+        suffix = "_" + args.models.replace(",", "_") if args.models else ""
+        path = args.out / f"fsdp2{suffix}.json"
+        path.write_text(json.dumps(result, indent=2))
+        print(f"wrote {path}")
     dist.destroy_process_group()
 
 
