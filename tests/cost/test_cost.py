@@ -188,3 +188,22 @@ def test_the_optimizers_step_counters_are_read_on_the_host(optimizer):
     )
     times = [traced[name].profile.step_time_s for name in (optimizer, "adamw-fused")]
     assert times[0] < 1.5 * times[1], times
+
+
+def test_notes_do_not_recompile_a_compiled_model():
+    """The issue's run: a checkpointed model compiled after memfit.apply hit dynamo's recompile
+    limit, since each call's note changed a Python counter the compiled code guarded on."""
+    from torch._dynamo.testing import CompileCounter
+
+    counter = CompileCounter()
+
+    @torch.compile(backend=counter)
+    def region(x):
+        note("checkpoint_region")
+        return x * 2
+
+    torch._dynamo.reset()
+    for _ in range(12):
+        region(torch.ones(3))
+    take()
+    assert counter.frame_count == 1
