@@ -73,11 +73,13 @@ def _plan_line(name: str, row: dict, compiled: str) -> str:
     over = "**over budget** " if summary.get("violation") else ""
     versus = summary.get("plan_vs_fastest")
     fastest = summary.get("fastest_fitting", "")
-    vs = "fastest" if fastest == "memfit plan" else f"{_pct(versus)} vs {fastest}"
+    vs = "fastest" if fastest == "memfit plan" else f"{_pct(versus)} vs {fastest}" * bool(fastest)
+    predicted = summary.get("predicted_overhead")
+    predicted = "" if predicted is None else f" ({_pct(predicted)})"
     return (
         f"| {name} | {budget} | {plan} | {over}{_gib(measured['peak_reserved'])} "
-        f"| {1e3 * measured['step_s']:.1f} ms | {_pct(summary.get('measured_overhead'))} "
-        f"({_pct(summary.get('predicted_overhead'))}) | {vs} |"
+        f"| {1e3 * measured['step_s']:.1f} ms | {_pct(summary.get('measured_overhead'))}"
+        f"{predicted} | {vs} |"
     )
 
 
@@ -104,8 +106,8 @@ def targets(rows: dict) -> list[str]:
     ab = [f"{k.split(' | ')[0]} {_pct(r['overhead'])}" for k, r in rows.items() if "overhead" in r]
     kept = [
         f"{k.split(' | ')[0]} {_gib(r['measured']['peak_reserved'])} for {_gib(r['budget'])}"
-        for k, r in measured.items()
-        if r in compiled
+        for k, r in rows.items()
+        if "compiled plan" in k and "measured" in r
     ]
     median = statistics.median(errors) if errors else 0.0
     return [
