@@ -153,11 +153,10 @@ class _LinearCrossEntropy(torch.autograd.Function):
                     grad_rows[start:stop] = grad @ weight_low
                 if grad_weight.dtype == dtype:
                     grad_weight.addmm_(grad.t(), chunk)
-                elif _fp32_out_product(grad, grad_weight):
-                    torch.ops.aten.addmm.dtype_out(
-                        grad_weight, grad.t(), chunk, torch.float32, out=grad_weight
-                    )
-                else:
+                elif not (
+                    _fp32_out_product(grad, grad_weight)
+                    and _fp32_out_added(grad, chunk, grad_weight)
+                ):
                     grad_weight += grad.t() @ chunk
                 if grad_bias is not None:
                     grad_bias += grad.sum(0)
@@ -180,6 +179,29 @@ class _LinearCrossEntropy(torch.autograd.Function):
             None,
             None,
         )
+
+
+_FAKE_FP32_OUT = [True]  # whether fake tensors run it (PyTorch 2.11's do not)
+_ADDMM_FP32 = getattr(torch.ops.aten.addmm, "dtype_out", None)
+
+
+def _fp32_out_added(grad: torch.Tensor, chunk: torch.Tensor, grad_weight: torch.Tensor) -> bool:
+    """``grad_weight += grad.T @ chunk`` as one float32-output product; False where the
+    tracer's fake tensors cannot run it: PyTorch 2.11 decomposes ``addmm.dtype_out`` into the
+    plain ``addmm`` with the dtype taken for ``beta`` and fails (the H200 run of bench/plans.py
+    traced no chunked loss because of it). The caller then adds a bf16 product, which predicts
+    one more [vocabulary, hidden] temporary than the GPU uses."""
+    fake = is_fake(grad)
+    if _ADDMM_FP32 is None or (fake and not _FAKE_FP32_OUT[0]):
+        return False
+    try:
+        _ADDMM_FP32(grad_weight, grad.t(), chunk, torch.float32, out=grad_weight)
+    except TypeError:
+        if not fake:
+            raise
+        _FAKE_FP32_OUT[0] = False
+        return False
+    return True
 
 
 def _fp32_out_product(grad: torch.Tensor, grad_weight: torch.Tensor) -> bool:
