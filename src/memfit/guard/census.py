@@ -175,10 +175,11 @@ def retained_bytes() -> int:
             continue
         try:
             storage = obj.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, meta)
-            continue
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
+            address = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):
+            continue  # no storage (sparse, meta) or no data (fakes torch.compile keeps)
+        if address not in seen:
+            seen.add(address)
             total += storage.nbytes()
         if obj.grad_fn is not None:
             total += graph_stats(obj, seen)[1]
