@@ -82,7 +82,10 @@ class SdpaCall:
         )
 
 
-def _dense_ok(call: SdpaCall, *, ignore_singleton_last_dim: bool) -> bool:
+def _dense_ok(call: SdpaCall, *, ignore_singleton_last_dim: bool, supports_gqa: bool) -> bool:
+    # check_batch_size_and_num_heads_dense<supports_gqa>: fewer key/value heads than query
+    # heads (grouped-query attention) only where the kernel supports it: flash and cuDNN do,
+    # the memory-efficient kernel does not (its GQA calls go to the math kernel)
     if len(call.q_shape) != 4 or len(call.k_shape) != 4 or len(call.v_shape) != 4:
         return False
     if min(call.q_shape[2], call.k_shape[2]) == 0:
@@ -90,7 +93,8 @@ def _dense_ok(call: SdpaCall, *, ignore_singleton_last_dim: bool) -> bool:
     if call.q_shape[0] != call.k_shape[0] or call.k_shape[0] != call.v_shape[0]:
         return False
     q_heads, k_heads, v_heads = call.q_shape[1], call.k_shape[1], call.v_shape[1]
-    if k_heads != v_heads or (q_heads != k_heads and (not call.enable_gqa or q_heads % k_heads)):
+    grouped = call.enable_gqa and supports_gqa
+    if k_heads != v_heads or (q_heads != k_heads and (not grouped or q_heads % k_heads)):
         return False
     singleton = (call.q_shape[-1], call.k_shape[-1], call.v_shape[-1])
     for stride, size in zip(call.last_dim_strides, singleton, strict=True):
@@ -115,7 +119,7 @@ def _cudnn_ok(call: SdpaCall, device: DeviceSpec, stack: CudaStack) -> bool:
         and call.dtype in _HALF
         and dropout_ok
         and not (call.dropout_p > 0 and 91100 < stack.cudnn_version < 91400)
-        and _dense_ok(call, ignore_singleton_last_dim=True)
+        and _dense_ok(call, ignore_singleton_last_dim=True, supports_gqa=True)
         and max(call.q_shape[0], call.q_shape[1]) <= 65535
         and d_qk <= head_limit
         and d_v <= head_limit
@@ -138,7 +142,7 @@ def _flash_ok(call: SdpaCall, device: DeviceSpec) -> bool:
         and call.q_shape[-1] == call.k_shape[-1] == call.v_shape[-1]
         and head <= 256
         and not (call.is_causal and call.q_shape[2] != call.k_shape[2])
-        and _dense_ok(call, ignore_singleton_last_dim=True)
+        and _dense_ok(call, ignore_singleton_last_dim=True, supports_gqa=True)
     )
 
 
@@ -164,7 +168,7 @@ def _efficient_ok(call: SdpaCall, device: DeviceSpec) -> bool:
         and call.q_shape[-1] % alignment == 0
         and call.v_shape[-1] % alignment == 0
         and offsets_aligned
-        and _dense_ok(call, ignore_singleton_last_dim=False)
+        and _dense_ok(call, ignore_singleton_last_dim=False, supports_gqa=False)
         and call.dtype in dtypes
     )
 
