@@ -23,6 +23,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
+from memfit.errors import InvalidInputError
 from memfit.profile import MemoryProfile
 from memfit.step.batch import describe_batch
 from memfit.step.in_force import InForce, techniques_in_force
@@ -32,13 +33,15 @@ from memfit.step.train_step import TrainStep
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
-from memfit.trace.fakeify import FakeModel, prepare_batch, prepare_model
+from memfit.trace.fake_hazards import fake_hazards_neutralised, scripted_functions_in_python
+from memfit.trace.fakeify import FakeModel, evaluating, prepare_batch, prepare_model
 from memfit.trace.inputs import resolve
 from memfit.trace.optimizers import make_optimizer, optimizer_label
-from memfit.trace.recorder import MemoryRecorder, Trace, live_until
+from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding, live_until
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
+from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 
 __all__ = ["estimate", "trace_step", "StepTrace", "StepSettings"]
 
@@ -70,9 +73,11 @@ def estimate(
     seq_len: int | None = None,
     stack: CudaStack = DEFAULT_STACK,
     allocator: AllocatorSettings = DEFAULT_SETTINGS,
+    mode: str = "train",
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
     progress: Progress | None = None,
 ) -> MemoryProfile:
-    """Predict the GPU memory of one steady-state training step, without a GPU.
+    """Predict the GPU memory of one steady-state training (or inference) step, without a GPU.
 
     Args:
         model: an ``nn.Module`` (left untouched), a zero-argument builder (called on fake
@@ -91,6 +96,12 @@ def estimate(
         plan: a ``memfit.Plan`` (or a sequence of techniques) to predict with it in force.
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
+        mode: ``"train"``, or ``"inference"``: the model in ``eval()``, one forward under
+            ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same), the output
+            released after it; no loss, no backward, no optimizer (``optimizer`` is ignored).
+        timeout_s: give up with an UnsupportedModelError naming where the model was after
+            this many seconds of building and tracing (a model that loops on tensor values,
+            which fake tensors do not have); None for no limit.
         progress: called with a short message at each stage (the CLI shows it).
 
     Returns:
@@ -98,7 +109,7 @@ def estimate(
 
     Raises:
         MemfitError: for unknown names, malformed inputs, a builder that raises, a batch that
-            does not fit the model, a loss that is not a scalar.
+            does not fit the model, a loss that is not a scalar, a trace that stalls.
 
     Known limitations:
         * cuDNN convolution workspaces are not modelled: cuDNN picks algorithms by heuristics
@@ -118,6 +129,8 @@ def estimate(
         allocator=allocator,
         batch_size=batch_size,
         seq_len=seq_len,
+        mode=mode,
+        timeout_s=timeout_s,
     )
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
 
@@ -141,15 +154,28 @@ def trace_step(
     report = progress or (lambda message: None)
     spec = get_device(settings.device)
     techniques = techniques_in_force(plan)
+    if settings.inference and techniques.label:
+        raise InvalidInputError(
+            f"a plan ({techniques.label}) was given with mode='inference'; plans are for "
+            f"training steps: estimate inference without one"
+        )
     precision = Precision.parse(techniques.precision or settings.precision)
     name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
     started = time.perf_counter()
     fake_mode = FakeTensorMode()
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
-    fake_model, example = _build(model, batch, fake_mode, recorder, precision)
-    report("tracing forward, backward and optimizer step")
-    record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
+    with Watchdog(settings.timeout_s, "building the model", recorder.recent_ops):
+        fake_model, example, recorder = _build(
+            model, batch, fake_mode, recorder, precision, lambda: new_recorder(spec, settings.stack)
+        )
+    report(
+        "tracing forward" if settings.inference else "tracing forward, backward and optimizer step"
+    )
+    with Watchdog(
+        settings.timeout_s, "tracing the step", recorder.recent_ops, recorder.current_module
+    ):
+        record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
     report("simulating the CUDA caching allocator")
     header = dict(
         source="estimate",
@@ -157,11 +183,12 @@ def trace_step(
         device=spec.name,
         device_memory=spec.memory_bytes,
         precision=precision.name,
-        optimizer=optimizer_label(settings.optimizer),
+        optimizer=None if settings.inference else optimizer_label(settings.optimizer),
         batch=describe_batch(example),
     )
     profile = _profile(record, fake_model, settings, spec, header)
-    profile = dataclasses.replace(profile, plan=techniques.label, step_time_s=record.step_time_s())
+    label = "inference (eval, no_grad)" if settings.inference else techniques.label
+    profile = dataclasses.replace(profile, plan=label, step_time_s=record.step_time_s())
     report(f"done in {time.perf_counter() - started:.1f} s")
     return StepTrace(profile, record.trace, record.marks, fake_model, record)
 
@@ -172,16 +199,30 @@ def _build(
     fake_mode: FakeTensorMode,
     recorder: MemoryRecorder,
     precision: Precision,
-) -> tuple[FakeModel, Any]:
-    """The model and the example batch on fake tensors."""
-    # A builder builds on the device, as `with torch.device("cuda"): model = build()` does:
-    # its temporaries (weights replaced when tying, say) leave cached blocks behind.
-    building = recorder if not isinstance(model, nn.Module) else contextlib.nullcontext()
-    with building:
-        fake_model = prepare_model(model, fake_mode, param_dtype=precision.param_dtype)
+    fresh_recorder: Callable[[], MemoryRecorder],
+) -> tuple[FakeModel, Any, MemoryRecorder]:
+    """The model and the example batch on fake tensors, and the recorder of the build.
+
+    A builder builds on the device, as ``with torch.device("cuda"): model = build()`` does:
+    its temporaries (weights replaced when tying, say) leave cached blocks behind, so the
+    recorder records it. A builder that reads a tensor value is built again with real values
+    (``prepare_model(real_values=True)``), unrecorded, and the step gets a fresh recorder.
+    """
+    dtype = precision.param_dtype
+    with fake_hazards_neutralised():
+        if isinstance(model, nn.Module):
+            fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
+        else:
+            try:
+                with recorder, recorder.reading_no_values():
+                    fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
+            except ValueReadWhileBuilding:
+                recorder.close()
+                recorder = fresh_recorder()
+                fake_model = prepare_model(model, fake_mode, param_dtype=dtype, real_values=True)
     with fake_mode, torch.device("cpu"):
         example = batch() if callable(batch) else batch
-    return fake_model, prepare_batch(example, fake_mode)
+    return fake_model, prepare_batch(example, fake_mode), recorder
 
 
 def _trace(
@@ -195,11 +236,19 @@ def _trace(
 ) -> StepRecord:
     """One step with the plan's techniques applied to the fake model, recorded."""
     spec = get_device(settings.device)
-    with fake_model.swapped(), techniques.applied_to(fake_model.module, fake_mode) as context:
+    with (
+        fake_model.swapped(),
+        fake_hazards_neutralised(),
+        scripted_functions_in_python(fake_model.module),
+        evaluating(fake_model.module) if settings.inference else contextlib.nullcontext(),
+        techniques.applied_to(fake_model.module, fake_mode) as context,
+    ):
 
         def make_step() -> TrainStep:
-            optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
-            context.change_optimizer(optimizer)  # the fake optimizer: nothing to undo
+            optimizer = None
+            if not settings.inference:
+                optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
+                context.change_optimizer(optimizer)  # the fake optimizer: nothing to undo
             return TrainStep(
                 fake_model,
                 optimizer,
@@ -222,6 +271,7 @@ def _trace(
             stack=settings.stack,
             calibration=load_calibration(spec),
             recorder=recorder,
+            inference=settings.inference,
         )
 
 
@@ -235,7 +285,9 @@ def _profile(
     """The recorded step replayed through the allocator, as a MemoryProfile."""
     result = replay(record.trace, record.marks, settings.allocator)
     live_after_forward = live_until(record.trace.events, record.marks.get("backward", 0))
-    grads = record.grad_bytes or trainable_param_bytes(fake_model.params)
+    grads: dict[str, int] = {}
+    if not settings.inference:
+        grads = record.grad_bytes or trainable_param_bytes(fake_model.params)
     return assemble_profile(
         trace=record.trace,
         replay=result,

@@ -1,7 +1,11 @@
 """The model and batch on fake CPU tensors: real shapes and dtypes, no memory.
 
 A builder (zero-argument callable) is called under ``FakeTensorMode``, so even a 70B-parameter
-model is built without allocating its weights. An existing ``nn.Module`` is mirrored by fake
+model is built without allocating its weights. A builder that reads tensor values to decide its
+shapes (torchvision's RegNet computes its widths with ``torch.arange(...).tolist()``) cannot be
+built that way, since fake tensors have no values: it is built again with real tensors, each
+parameter made fake as it is registered (``real_values=True``), so that such computations see
+real numbers while no weight is ever filled. An existing ``nn.Module`` is mirrored by fake
 tensors: for the duration of the trace (``FakeModel.swapped``, forward, backward and checkpoint
 recomputation alike) its parameters and buffers are replaced by the fakes, and put back after,
 whatever happens.
@@ -16,12 +20,16 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    FakeTensor,
+    FakeTensorMode,
+)
 from torch.utils._pytree import tree_map
 
 from memfit.errors import UnsupportedModelError
 
-__all__ = ["FakeModel", "prepare_model", "prepare_batch"]
+__all__ = ["FakeModel", "prepare_model", "prepare_batch", "evaluating"]
 
 
 @dataclass
@@ -75,11 +83,34 @@ def _fake_like(
     return fake
 
 
+@contextlib.contextmanager
+def _parameters_made_fake(fake_mode: FakeTensorMode) -> Iterator[None]:
+    """Every parameter a module registers becomes a fake tensor of its shape (other tensors
+    stay real): ``Module.__setattr__`` registers parameters through ``register_parameter``."""
+    register = nn.Module.register_parameter
+    allowed = fake_mode.allow_non_fake_inputs
+
+    def register_fake(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not isinstance(param, FakeTensor):
+            fake = _fake_like(param.detach(), fake_mode)
+            param = nn.Parameter(fake, requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = register_fake  # type: ignore[method-assign]
+    fake_mode.allow_non_fake_inputs = True  # real tensors meet fake parameters while building
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        fake_mode.allow_non_fake_inputs = allowed
+
+
 def prepare_model(
     model: nn.Module | Callable[[], nn.Module],
     fake_mode: FakeTensorMode,
     *,
     param_dtype: torch.dtype | None = None,
+    real_values: bool = False,
 ) -> FakeModel:
     """Build (under fake mode) or mirror the model with fake CPU tensors.
 
@@ -87,6 +118,8 @@ def prepare_model(
         model: an ``nn.Module`` or a zero-argument builder returning one.
         fake_mode: the fake mode of the trace.
         param_dtype: cast floating parameters and buffers to this dtype (pure bf16 training).
+        real_values: call the builder on real tensors, making each parameter fake as it is
+            registered (for builders that read tensor values).
 
     Raises:
         UnsupportedModelError: when the builder raises or returns something else.
@@ -99,9 +132,16 @@ def prepare_model(
                 f"the module, or a function that builds it"
             )
         name = getattr(model, "__name__", repr(model))
+        building = _parameters_made_fake(fake_mode) if real_values else fake_mode
         try:
-            with fake_mode, torch.device("cpu"):
+            with building, torch.device("cpu"):
                 module = model()
+        except DataDependentOutputException as error:
+            raise UnsupportedModelError(
+                f"the builder {name}() reads the value of a tensor that becomes a parameter "
+                f"({error}); memfit builds models with fake parameters, which have no values. "
+                f"Pass the built nn.Module instead of its builder"
+            ) from error
         except Exception as error:  # the user's code: report it, whatever it raised
             raise UnsupportedModelError(
                 f"the builder {name}() raised {type(error).__name__}: {error}. memfit calls "
@@ -137,3 +177,15 @@ def prepare_batch(batch: Any, fake_mode: FakeTensorMode) -> Any:
         lambda value: _fake_like(value, fake_mode) if isinstance(value, torch.Tensor) else value,
         batch,
     )
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """The module and its children in ``eval()`` inside the context; their modes put back."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

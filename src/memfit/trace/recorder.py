@@ -14,8 +14,10 @@ Known limitations:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,9 +27,16 @@ from torch.utils._pytree import tree_flatten
 from torch.utils.module_tracker import ModuleTracker
 
 from memfit.profile import Category, Phase
-from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback
+from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback, stricter_than_cuda
 
-__all__ = ["Allocation", "MemoryRecorder", "WorkspaceRule", "Trace", "live_until"]
+__all__ = [
+    "Allocation",
+    "MemoryRecorder",
+    "WorkspaceRule",
+    "Trace",
+    "live_until",
+    "ValueReadWhileBuilding",
+]
 
 # A rule sees each call of its operator after it ran and records the memory the kernel uses
 # beyond its outputs (a cuBLAS/cuDNN workspace, a flash-attention accumulator) through
@@ -68,6 +77,13 @@ class Trace:
     phases: list[Phase] = field(default_factory=list)  # phase of each event
 
 
+class ValueReadWhileBuilding(BaseException):  # noqa: N818 - a signal to the builder, caught
+    """Raised when a model's builder reads a tensor value with ``values_assumed`` False.
+
+    A ``BaseException``, so that the builder's own ``except Exception`` clauses let it through.
+    """
+
+
 class MemoryRecorder(TorchDispatchMode):
     """Records allocations and frees of tensor storages while active.
 
@@ -98,6 +114,10 @@ class MemoryRecorder(TorchDispatchMode):
         self._next_key = 1
         self._tracker: ModuleTracker | None = None
         self.root_name = ""
+        self.recent_ops: collections.deque[str] = collections.deque(maxlen=256)
+        # False while a builder runs: a value it reads shapes the model (RegNet's widths),
+        # so assuming one would build another model; ValueReadWhileBuilding is raised instead
+        self.values_assumed = True
 
     # --- module attribution -------------------------------------------------------------
     def attach(self, tracker: ModuleTracker, root: torch.nn.Module) -> None:
@@ -113,6 +133,15 @@ class MemoryRecorder(TorchDispatchMode):
         innermost = max(parents, key=lambda name: name.count("."))
         _, _, fqn = innermost.partition(".")
         return fqn
+
+    @contextlib.contextmanager
+    def reading_no_values(self) -> Iterator[None]:
+        """Inside, a read of a tensor value raises ``ValueReadWhileBuilding``."""
+        assumed, self.values_assumed = self.values_assumed, False
+        try:
+            yield
+        finally:
+            self.values_assumed = assumed
 
     # --- bookkeeping ----------------------------------------------------------------------
     def _emit(self, key: int) -> None:
@@ -219,15 +248,21 @@ class MemoryRecorder(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        substitute = (
+            None if self.device_type is not None else stricter_than_cuda(func, args, kwargs)
+        )
         try:
-            out = func(*args, **kwargs)
+            out = func(*args, **kwargs) if substitute is None else substitute
         except FALLBACK_ERRORS as error:
             if self.device_type is not None:
                 raise  # measuring real tensors: nothing to assume
+            if not self.values_assumed and func is torch.ops.aten._local_scalar_dense.default:
+                raise ValueReadWhileBuilding(str(func)) from error
             out, warning = fallback(func, args, kwargs, error)
             if warning not in self.warnings:
                 self.warnings.append(warning)
         name = func.__name__.removesuffix(".default")
+        self.recent_ops.append(name)
         for value in tree_flatten(out)[0]:
             if isinstance(value, torch.Tensor):
                 self._see(value, name)

@@ -24,6 +24,7 @@ from memfit.cost import Calibration, op_time
 from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.profile import Category, Phase
+from memfit.step.batch import call_model
 from memfit.step.loss import optimizer_update
 from memfit.trace.cuda.autocast import cuda_autocast_policy
 from memfit.trace.cuda.composites import cuda_composites
@@ -101,12 +102,15 @@ def traced_step(
     stack: CudaStack,
     calibration: Calibration,
     recorder: MemoryRecorder | None = None,
+    inference: bool = False,
 ) -> StepRecord:
     """Trace one training step; ``make_step()`` builds the TrainStep inside the fake mode.
 
     Args:
         recorder: a recorder that already holds what happened before the step (building the
             model on the device), or None for a fresh one.
+        inference: trace one forward under ``torch.no_grad()`` instead (the model is already
+            in ``eval()``), the output released after it.
 
     Raises:
         UnsupportedModelError: when the model fails on fake tensors (with its error).
@@ -185,7 +189,10 @@ def traced_step(
                     step.grad_scale = torch.full((), 65536.0)
                 try:
                     with policy:
-                        _run_twice_stepping(step, batch, mark)
+                        if inference:
+                            _run_forward(step, batch, mark)
+                        else:
+                            _run_twice_stepping(step, batch, mark)
                 except MemfitError:
                     raise
                 except Exception as error:  # the user's model: report it, whatever it raised
@@ -196,6 +203,19 @@ def traced_step(
         recorder.close()
     record.warnings = recorder.warnings
     return record
+
+
+def _run_forward(step: Any, batch: Any, mark: Callable[[str], None]) -> None:
+    """One forward as inference runs it: no graph, the output dropped after autocast exits."""
+    mark("forward")
+    with torch.no_grad(), step.autocast():
+        inputs = step.forward_batch(batch) if step.forward_batch else batch
+        if step.forward is not None:
+            output = step.forward(step.model, inputs)
+        else:
+            output = call_model(step.model, inputs)
+    del output
+    mark("end")
 
 
 def _run_twice_stepping(step: Any, batch: Any, mark: Callable[[str], None]) -> None:

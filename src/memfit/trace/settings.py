@@ -19,8 +19,11 @@ from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
+from memfit.trace.watchdog import DEFAULT_TIMEOUT_S
 
-__all__ = ["StepSettings"]
+__all__ = ["StepSettings", "MODES"]
+
+MODES = ("train", "inference")
 
 
 @dataclass(frozen=True)
@@ -39,6 +42,11 @@ class StepSettings:
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
         batch_size, seq_len: the size of a zoo model's default batch.
+        mode: ``"train"`` (forward, backward, optimizer) or ``"inference"`` (the model in
+            ``eval()``, forward only under ``torch.no_grad()``; ``torch.inference_mode()``
+            allocates the same).
+        timeout_s: stop tracing with an UnsupportedModelError after this many seconds (a
+            model looping on tensor values); None for no limit.
     """
 
     loss_fn: LossFn | None = None
@@ -50,6 +58,23 @@ class StepSettings:
     allocator: AllocatorSettings = DEFAULT_SETTINGS
     batch_size: int | None = None
     seq_len: int | None = None
+    mode: str = "train"
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
+
+    def __post_init__(self) -> None:
+        if self.mode not in MODES:
+            raise InvalidInputError(
+                f"mode={self.mode!r} is not a mode; allowed: {', '.join(map(repr, MODES))} "
+                f"(inference: eval() and torch.no_grad(), forward only)"
+            )
+        if self.timeout_s is not None and not self.timeout_s > 0:
+            raise InvalidInputError(
+                f"timeout_s={self.timeout_s!r} must be a positive number of seconds, or None"
+            )
+
+    @property
+    def inference(self) -> bool:
+        return self.mode == "inference"
 
     def with_options(self, **options: Any) -> StepSettings:
         """These settings with some replaced, by keyword (``precision="fp32"``).
