@@ -100,8 +100,15 @@ def model_options(function: Any) -> Any:
 @cli.command()
 @model_options
 @click.option("--budget", help="Judge against this budget instead of the device, e.g. 24GiB.")
-def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
-    """Predict the GPU memory of one training step of MODEL, without a GPU.
+@click.option(
+    "--inference",
+    is_flag=True,
+    help="Predict inference (evaluation, serving): the model in eval(), one forward under "
+    "torch.no_grad(); --optimizer is ignored.",
+)
+def estimate(fmt: str, quiet: bool, budget: str | None, inference: bool, **options: Any) -> None:
+    """Predict the GPU memory of one training (or, with --inference, inference) step of MODEL,
+    without a GPU.
 
     MODEL is a zoo name (see `memfit zoo`) or path/to/file.py:builder.
     """
@@ -112,6 +119,7 @@ def estimate(fmt: str, quiet: bool, budget: str | None, **options: Any) -> None:
     from memfit.units import parse_bytes
 
     values = _model_option_values(**options)
+    values["mode"] = "inference" if inference else "train"
     limit = (
         parse_bytes(budget, of=get_device(values["device"]).memory_bytes, what="budget")
         if budget

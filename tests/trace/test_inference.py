@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from tests.models import TINY_GPT2_INPUT, tiny_gpt2, tiny_mlp
@@ -74,3 +76,15 @@ def test_unknown_modes_and_plans_with_inference_are_refused():
         memfit.estimate("gpt2", mode="eval")
     with pytest.raises(InvalidInputError, match="plans are for training"):
         memfit.estimate(tiny_mlp(), "float32[4,32]", mode="inference", plan=[memfit.MicroBatch(2)])
+
+
+def test_the_command_line_estimates_inference(capsys):
+    from memfit.cli import main
+
+    args = ["estimate", "gpt2", "--batch-size", "1", "--seq-len", "32", "--format", "json"]
+    assert main(args) == 0
+    train = json.loads(capsys.readouterr().out)["profile"]
+    assert main([*args, "--inference"]) == 0
+    infer = json.loads(capsys.readouterr().out)["profile"]
+    assert infer["peak_allocated"] < train["peak_allocated"]
+    assert infer["by_category"]["optimizer"] == 0 and "inference" in infer["plan"]
