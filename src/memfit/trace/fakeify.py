@@ -25,6 +25,7 @@ from torch._subclasses.fake_tensor import (
     FakeTensor,
     FakeTensorMode,
 )
+from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_map
 
 from memfit.errors import UnsupportedModelError
@@ -58,8 +59,6 @@ class FakeModel:
         if not self.swap:
             yield
             return
-        from torch.nn.utils.stateless import _reparametrize_module
-
         with _reparametrize_module(
             self.module, {**self.params, **self.buffers}, tie_weights=True, strict=False
         ):
