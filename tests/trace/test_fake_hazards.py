@@ -203,17 +203,71 @@ def test_a_builder_that_never_returns_is_stopped_naming_the_module():
 class ReadsItsWeights(nn.Module):
     def __init__(self) -> None:
         super().__init__()
-        self.proj = nn.Linear(8, 8)
+        self.proj = nn.Linear(64, 64)  # more elements than memfit computes values for
         if self.proj.weight.abs().max() > 10:
             raise ValueError("badly initialised")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
 
 
 def test_a_builder_that_reads_parameter_values_is_refused_clearly():
     with pytest.raises(UnsupportedModelError, match="reads the value of a tensor"):
-        memfit.estimate(ReadsItsWeights, "float32[4,8]", precision="fp32")
+        memfit.estimate(ReadsItsWeights, "float32[4,64]", precision="fp32")
 
 
 def test_the_watchdog_leaves_nothing_behind_after_a_quick_estimate():
     memfit.estimate(TruncNormalInit(), "float32[8,32]", precision="fp32", timeout_s=1)
     time.sleep(1.5)  # past the deadline: no exception may arrive now
     assert sum(range(1000)) == 499500
+
+
+class LayerDrop(nn.Module):
+    """Skips each layer when a random draw is below ``layerdrop``, as Hugging Face's
+    encoder-decoders (BART, Whisper) do in training."""
+
+    def __init__(self, layerdrop: float) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(nn.Linear(16, 16) for _ in range(4))
+        self.layerdrop = layerdrop
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            if self.training and torch.rand([]) < self.layerdrop:
+                continue
+            x = torch.relu(layer(x))
+        return x
+
+
+@pytest.mark.parametrize("layerdrop", [0.0, 0.3])
+def test_small_tensors_computed_from_constants_have_their_real_values(layerdrop):
+    # layerdrop 0 never skips; a draw is 0.496 (seeded), so 0.3 keeps every layer too, and the
+    # prediction does not change from run to run
+    profile = memfit.estimate(LayerDrop(layerdrop), "float32[64,16]", precision="fp32")
+    all_layers = memfit.estimate(LayerDrop(-1.0), "float32[64,16]", precision="fp32")
+    assert profile.peak_allocated == all_layers.peak_allocated
+    assert profile.by_category[Category.GRAD] + profile.by_category[Category.OPTIMIZER] > 0
+    assert profile.warnings == ()
+
+
+@pytest.mark.slow
+def test_hugging_face_encoder_decoders_train_every_layer():
+    transformers = pytest.importorskip("transformers")
+    config = transformers.BartConfig(
+        vocab_size=256,
+        d_model=64,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=4,
+        decoder_attention_heads=4,
+        encoder_ffn_dim=128,
+        decoder_ffn_dim=128,
+    )
+    model = transformers.BartForConditionalGeneration(config)
+    spec = "input_ids=int64[2,32]<256 labels=int64[2,16]<256"
+    profile = memfit.estimate(model, spec, precision="fp32", optimizer="adamw")
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert profile.by_category[Category.OPTIMIZER] == sum(
+        2 * round_size(p.numel() * F32) for p in trained
+    )
+    assert not any(".item()" in w for w in profile.warnings)

@@ -28,6 +28,7 @@ from torch.utils.module_tracker import ModuleTracker
 
 from memfit.profile import Category, Phase
 from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback, stricter_than_cuda
+from memfit.trace.shadow_values import ShadowValues
 
 __all__ = [
     "Allocation",
@@ -115,6 +116,8 @@ class MemoryRecorder(TorchDispatchMode):
         self._tracker: ModuleTracker | None = None
         self.root_name = ""
         self.recent_ops: collections.deque[str] = collections.deque(maxlen=256)
+        # on fake tensors: real values of small tensors computed from constants, for reads
+        self.shadows = ShadowValues() if device_type is None else None
         # False while a builder runs: a value it reads shapes the model (RegNet's widths),
         # so assuming one would build another model; ValueReadWhileBuilding is raised instead
         self.values_assumed = True
@@ -250,6 +253,10 @@ class MemoryRecorder(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        if self.shadows is not None and func is torch.ops.aten._local_scalar_dense.default:
+            known = self.shadows.scalar(args[0])
+            if known is not None:
+                return known
         substitute = (
             None if self.device_type is not None else stricter_than_cuda(func, args, kwargs)
         )
@@ -263,6 +270,8 @@ class MemoryRecorder(TorchDispatchMode):
             out, warning = fallback(func, args, kwargs, error)
             if warning not in self.warnings:
                 self.warnings.append(warning)
+        if self.shadows is not None:
+            self.shadows.follow(func, args, kwargs, out)
         name = func.__name__.removesuffix(".default")
         self.recent_ops.append(name)
         for value in tree_flatten(out)[0]:
