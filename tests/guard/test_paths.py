@@ -44,6 +44,7 @@ class ToyStep:
         return loss
 
 
+@pytest.mark.slow
 def test_protocol_step_matches_and_returns_full_batch_loss() -> None:
     batches = make_data(STEPS, seed=5)
     limits = random_limits(STEPS, seed=5, every=5)
@@ -61,6 +62,7 @@ def test_protocol_step_matches_and_returns_full_batch_loss() -> None:
     torch.testing.assert_close(torch.stack(losses), torch.stack(ref_losses), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_grad_scaler_state_is_restored_and_run_is_exact() -> None:
     batches = make_data(STEPS, seed=6)
     limits = random_limits(STEPS, seed=6, every=4)
@@ -189,7 +191,7 @@ def test_failure_in_the_middle_of_optimizer_step(copy: str) -> None:
         return
     got, opt, guard = train(3)
     _close(ref, got)
-    assert guard.metrics.ooms == 1 and guard.metrics.lean_optimizer
+    assert guard.metrics.ooms == guard.metrics.step_retries == 1  # the step, not the batch
     assert all("new_key" not in s for s in opt.state.values())
 
 

@@ -23,6 +23,7 @@ def plan_args(model_file, budget):
     return ["plan", model_file, "--input", BATCH, "--budget", budget, "--device", "h100-80gb"]
 
 
+@pytest.mark.slow
 def test_plan_table(model_file, midway, midway_plan, capsys):
     assert main([*plan_args(model_file, f"{midway}B")]) == 0
     out = capsys.readouterr().out
@@ -39,6 +40,7 @@ def test_plan_table(model_file, midway, midway_plan, capsys):
     assert sum(row.startswith("* ") for row in rows) == 1
 
 
+@pytest.mark.slow
 def test_plan_json_round_trips(model_file, midway, midway_plan, tmp_path, capsys):
     out_path = tmp_path / "plan.json"
     code = main([*plan_args(model_file, f"{midway}B"), "--format", "json", "--out", str(out_path)])
@@ -56,7 +58,7 @@ def test_plan_json_round_trips(model_file, midway, midway_plan, tmp_path, capsys
     [
         ("lots", "budget 'lots' is not a size; give a number and a unit such as '24GiB'"),
         ("-3GB", "budget '-3GB' must be positive"),
-        ("200GiB", "budget 200.00 GiB is more than h100-80gb has"),
+        ("200GiB", "(200.00 GiB) is more than h100-80gb has"),
     ],
 )
 def test_bad_budget_exits_2_with_the_fix(model_file, budget, says, capsys):
@@ -72,6 +74,7 @@ def test_budget_is_required(model_file, capsys):
     assert "Missing option '--budget'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_allow_limits_the_techniques(model_file, midway, capsys):
     args = [*plan_args(model_file, f"{midway}B"), "--allow", "micro_batch", "--quiet"]
     assert main(args) == 0

@@ -6,7 +6,6 @@ import json
 
 import pytest
 import torch
-from tests.models import TINY_GPT2_INPUT, tiny_gpt2, tiny_mlp
 from torch import nn
 
 import memfit
@@ -14,6 +13,7 @@ from memfit.errors import InvalidInputError
 from memfit.profile import Category, Phase
 from memfit.trace.allocator import round_size
 from memfit.trace.cuda.stack import DEFAULT_STACK
+from tests.models import TINY_GPT2_INPUT, tiny_gpt2, tiny_mlp
 
 F32 = 4
 CUBLAS = DEFAULT_STACK.cublas_workspace_bytes  # allocated by the first matmul on an H200

@@ -55,7 +55,7 @@ from memfit.techniques import (
 )
 from memfit.trace.estimate import StepTrace, trace_step
 from memfit.trace.settings import StepSettings
-from memfit.units import format_bytes, parse_bytes
+from memfit.units import parse_budget
 
 __all__ = ["plan", "PlanSettings"]
 
@@ -87,6 +87,38 @@ class PlanSettings:
     max_micro_batches: int = 8
     margin: float = 0.02
     max_traces: int = 6
+
+    def __post_init__(self) -> None:
+        """Check the search's settings before any tracing."""
+        for name, low in (("chunks", 2), ("max_micro_batches", 1), ("max_traces", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInputError(
+                    f"{name}={value!r} must be a whole number of at least {low}, e.g. "
+                    f"{name}={max(low, 4)}"
+                )
+        if (
+            isinstance(self.margin, bool)
+            or not isinstance(self.margin, (int, float))
+            or not (0 <= self.margin < 0.5)
+        ):
+            raise InvalidInputError(
+                f"margin={self.margin!r} must be a fraction of the budget in [0, 0.5), e.g. "
+                f"margin=0.02 (2% kept free for prediction error)"
+            )
+        if not isinstance(self.head, str) or not self.head:
+            raise InvalidInputError(
+                f"head={self.head!r} must be the name of the LM head module, e.g. 'lm_head'"
+            )
+        if self.blocks is not None and (
+            isinstance(self.blocks, str)
+            or not isinstance(self.blocks, (list, tuple))
+            or not all(isinstance(b, str) and b for b in self.blocks)
+        ):
+            raise InvalidInputError(
+                f"blocks={self.blocks!r} must be a list of module patterns, e.g. "
+                f"blocks=['layers.*'] (--blocks layers.0,layers.1 on the command line)"
+            )
 
     @property
     def target(self) -> int:
@@ -122,8 +154,8 @@ def plan(
             ``memfit.estimate``.
         budget: reserved-memory budget: ``"16GiB"``, bytes, or a fraction of the device.
         device: the target GPU (``memfit devices``).
-        blocks: module names (fnmatch patterns) that may be checkpointed; default: the
-            repeated blocks found automatically.
+        blocks: module names (fnmatch patterns) that may be checkpointed, a list or one
+            comma-separated string; default: the repeated blocks found automatically.
         allow: the techniques the planner may use, by name (one, or several); default: every
             technique it plans that keeps the math (``memfit.techniques.default_allow()``).
         head: the LM head for a chunked loss.
@@ -157,7 +189,7 @@ def plan(
     settings = PlanSettings(
         budget=_budget_bytes(budget, spec),
         allow=parse_allow(allow),
-        blocks=blocks,
+        blocks=[b.strip() for b in blocks.split(",")] if isinstance(blocks, str) else blocks,
         head=head,
         chunks=chunks,
         max_micro_batches=max_micro_batches,
@@ -344,10 +376,4 @@ def _may_fuse(optimizer: Any) -> bool:
 
 
 def _budget_bytes(budget: Any, spec: DeviceSpec) -> int:
-    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
-    if limit > spec.memory_bytes:
-        raise InvalidInputError(
-            f"budget {format_bytes(limit)} is more than {spec.name} has "
-            f"({format_bytes(spec.memory_bytes)}); give a smaller budget or another --device"
-        )
-    return limit
+    return parse_budget(budget, of=spec.memory_bytes, device=spec.name)

@@ -30,12 +30,14 @@ from memfit.step.in_force import InForce, techniques_in_force
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
+from memfit.step.undo import applied
+from memfit.structure.token_inputs import check_token_inputs
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.fake_hazards import fake_hazards_neutralised, scripted_functions_in_python
 from memfit.trace.fakeify import FakeModel, evaluating, prepare_batch, prepare_model
-from memfit.trace.inputs import resolve
+from memfit.trace.inputs import SpecBatch, resolve
 from memfit.trace.optimizers import make_optimizer, optimizer_label
 from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding, live_until
 from memfit.trace.replay import replay
@@ -161,14 +163,23 @@ def trace_step(
         )
     precision = Precision.parse(techniques.precision or settings.precision)
     name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
+    if isinstance(model, nn.Module) and applied(model) and techniques.techniques:
+        raise InvalidInputError(
+            f"memfit's techniques are already applied to this {type(model).__name__} (by "
+            f"memfit.apply); to predict another plan, undo them first with step.undo() or "
+            f"memfit.undo(model), or estimate without plan= to predict the model as it is"
+        )
     started = time.perf_counter()
     fake_mode = FakeTensorMode()
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
+    declared = batch.bounds() if isinstance(batch, SpecBatch) else None
     with Watchdog(settings.timeout_s, "building the model", recorder.recent_ops):
         fake_model, example, recorder = _build(
             model, batch, fake_mode, recorder, precision, lambda: new_recorder(spec, settings.stack)
         )
+    # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and declared bounds
+    check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
     report(
         "tracing forward" if settings.inference else "tracing forward, backward and optimizer step"
     )

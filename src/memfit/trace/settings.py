@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
 from memfit.errors import InvalidInputError
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
+from memfit.trace.optimizers import check_optimizer
 from memfit.trace.watchdog import DEFAULT_TIMEOUT_S
 
 __all__ = ["StepSettings", "MODES"]
@@ -61,20 +62,46 @@ class StepSettings:
     mode: str = "train"
     timeout_s: float | None = DEFAULT_TIMEOUT_S
 
+    @property
+    def inference(self) -> bool:
+        return self.mode == "inference"
+
     def __post_init__(self) -> None:
+        """Check every setting before any work (a tracer run takes seconds)."""
         if self.mode not in MODES:
             raise InvalidInputError(
                 f"mode={self.mode!r} is not a mode; allowed: {', '.join(map(repr, MODES))} "
                 f"(inference: eval() and torch.no_grad(), forward only)"
             )
-        if self.timeout_s is not None and not self.timeout_s > 0:
+        timeout = self.timeout_s
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
             raise InvalidInputError(
-                f"timeout_s={self.timeout_s!r} must be a positive number of seconds, or None"
+                f"timeout_s={timeout!r} must be a positive number of seconds, or None"
             )
-
-    @property
-    def inference(self) -> bool:
-        return self.mode == "inference"
+        check_optimizer(self.optimizer)
+        Precision.parse(self.precision)
+        get_device(self.device)
+        for name in ("loss_fn", "forward"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                shape = (
+                    "(output, batch) -> loss" if name == "loss_fn" else "(model, batch) -> output"
+                )
+                raise InvalidInputError(
+                    f"{name}={value!r} is not callable; pass a function {shape}, or None for "
+                    f"the default"
+                )
+        for name in ("batch_size", "seq_len"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidInputError(
+                    f"{name}={value!r} must be a whole number of at least 1 (or None for the "
+                    f"zoo model's default), e.g. {name}=8"
+                )
 
     def with_options(self, **options: Any) -> StepSettings:
         """These settings with some replaced, by keyword (``precision="fp32"``).
