@@ -270,11 +270,12 @@ class MemoryRecorder(TorchDispatchMode):
             out, warning = fallback(func, args, kwargs, error)
             if warning not in self.warnings:
                 self.warnings.append(warning)
+        outputs = tree_flatten(out)[0]
         if self.shadows is not None:
-            self.shadows.follow(func, args, kwargs, out)
+            self.shadows.follow(func, args, kwargs, outputs)
         name = func.__name__.removesuffix(".default")
         self.recent_ops.append(name)
-        for value in tree_flatten(out)[0]:
+        for value in outputs:
             if isinstance(value, torch.Tensor):
                 self._see(value, name)
         rule = self.workspace_rules.get(func.overloadpacket)

@@ -48,12 +48,11 @@ class ShadowValues:
         with _disable_current_modes():
             return real.item()
 
-    def follow(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        """After ``func`` ran on fakes: run it on the real values too, if they are all known."""
-        outputs = tree_flatten(out)[0]
-        if not any(isinstance(t, torch.Tensor) for t in outputs):
-            return
-        if any(isinstance(t, torch.Tensor) and t.numel() > SMALL for t in outputs):
+    def follow(self, func: Any, args: tuple, kwargs: dict, outputs: list[Any]) -> None:
+        """After ``func`` ran on fakes (``outputs``: its flattened result): run it on the real
+        values too, if they are all known."""
+        tensors = [t for t in outputs if isinstance(t, torch.Tensor)]
+        if not tensors or any(t.numel() > SMALL for t in tensors):
             return
         inputs = [t for t in tree_flatten((args, kwargs))[0] if isinstance(t, torch.Tensor)]
         if any(t not in self._values for t in inputs):
