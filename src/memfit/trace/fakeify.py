@@ -116,7 +116,9 @@ def prepare_model(
     Args:
         model: an ``nn.Module`` or a zero-argument builder returning one.
         fake_mode: the fake mode of the trace.
-        param_dtype: cast floating parameters and buffers to this dtype (pure bf16 training).
+        param_dtype: cast floating parameters and buffers to this dtype (pure bf16 training):
+            a built model is cast with ``module.to(param_dtype)`` where it was built (its
+            float32 weights freed, as on the GPU); a given module is mirrored in that dtype.
         real_values: call the builder on real tensors, making each parameter fake as it is
             registered (for builders that read tensor values).
 
@@ -135,6 +137,9 @@ def prepare_model(
         try:
             with building, torch.device("cpu"):
                 module = model()
+                if param_dtype is not None and isinstance(module, nn.Module):
+                    # as a pure-bf16 run casts the built model: the float32 weights are freed
+                    module = module.to(param_dtype)
         except DataDependentOutputException as error:
             raise UnsupportedModelError(
                 f"the builder {name}() reads the value of a tensor that becomes a parameter "
