@@ -174,7 +174,12 @@ def trace_step(
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
     declared = batch.bounds() if isinstance(batch, SpecBatch) else None
-    with Watchdog(settings.timeout_s, "building the model", recorder.recent_ops):
+    with Watchdog(
+        settings.timeout_s,
+        "building the model",
+        recorder.recent_ops,
+        request_stop=recorder.request_stop,
+    ):
         fake_model, example, recorder = _build(
             model, batch, fake_mode, recorder, precision, lambda: new_recorder(spec, settings.stack)
         )
@@ -184,7 +189,11 @@ def trace_step(
         "tracing forward" if settings.inference else "tracing forward, backward and optimizer step"
     )
     with Watchdog(
-        settings.timeout_s, "tracing the step", recorder.recent_ops, recorder.current_module
+        settings.timeout_s,
+        "tracing the step",
+        recorder.recent_ops,
+        recorder.current_module,
+        recorder.request_stop,
     ):
         record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
     report("simulating the CUDA caching allocator")

@@ -29,6 +29,7 @@ from torch.utils.module_tracker import ModuleTracker
 from memfit.profile import Category, Phase
 from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback, stricter_than_cuda
 from memfit.trace.shadow_values import ShadowValues
+from memfit.trace.watchdog import TraceStalled
 
 __all__ = [
     "Allocation",
@@ -118,6 +119,7 @@ class MemoryRecorder(TorchDispatchMode):
         self.recent_ops: collections.deque[str] = collections.deque(maxlen=256)
         # on fake tensors: real values of small tensors computed from constants, for reads
         self.shadows = ShadowValues() if device_type is None else None
+        self._stop = False  # set by the watchdog: raise TraceStalled at the next operator
         # False while a builder runs: a value it reads shapes the model (RegNet's widths),
         # so assuming one would build another model; ValueReadWhileBuilding is raised instead
         self.values_assumed = True
@@ -138,6 +140,10 @@ class MemoryRecorder(TorchDispatchMode):
         innermost = max(parents, key=lambda name: (name.count("."), name))
         _, _, fqn = innermost.partition(".")
         return fqn
+
+    def request_stop(self) -> None:
+        """Raise ``TraceStalled`` at the next value read (the watchdog's deadline passed)."""
+        self._stop = True
 
     @contextlib.contextmanager
     def reading_no_values(self) -> Iterator[None]:
@@ -253,6 +259,11 @@ class MemoryRecorder(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        if self._stop and func is torch.ops.aten._local_scalar_dense.default:
+            # at a value read, where loops on values turn; raising inside other operators
+            # (autograd's among them) can abort the process
+            self._stop = False
+            raise TraceStalled()
         if self.shadows is not None and func is torch.ops.aten._local_scalar_dense.default:
             known = self.shadows.scalar(args[0])
             if known is not None:

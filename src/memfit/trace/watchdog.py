@@ -2,16 +2,20 @@
 
 User code can loop on values fake tensors do not have (``while mask.any():`` is True forever
 when memfit assumes True), and nothing else would ever stop it. ``Watchdog`` runs a timer
-thread; when the deadline passes, it reads the stalled thread's Python stack, then raises
-``TraceStalled`` inside that thread (``PyThreadState_SetAsyncExc``, delivered at its next Python
-instruction). ``TraceStalled`` derives from ``BaseException`` so that the user's and PyTorch's
-``except Exception`` clauses let it through; the watchdog turns it into an
-``UnsupportedModelError`` naming the function it was in, the module being built or run, and the
-operator that repeated.
+thread; when the deadline passes, it reads the stalled thread's Python stack and asks the
+recorder to stop (``request_stop``): the recorder raises ``TraceStalled`` at the next read of a
+tensor value, where loops on values turn and raising is safe. Any other loop is interrupted a
+few seconds later by raising ``TraceStalled`` inside the thread itself
+(``PyThreadState_SetAsyncExc``, delivered at its next Python instruction). ``TraceStalled``
+derives from ``BaseException`` so that the user's and PyTorch's ``except Exception`` clauses let
+it through; the watchdog turns it into an ``UnsupportedModelError`` naming the function it was
+in, the module being built or run, and the operators that repeated.
 
 Known limitations:
     * A stall inside one native call (a kernel that never returns) is reported only when that
       call returns to Python.
+    * The asynchronous exception (loops that read no tensor value) could land in a callback run
+      from native code; the recorder's own stop comes first for every loop on tensor values.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from memfit.errors import UnsupportedModelError
 __all__ = ["TraceStalled", "Watchdog", "DEFAULT_TIMEOUT_S"]
 
 DEFAULT_TIMEOUT_S = 60.0
+GRACE_S = 5.0  # after the deadline, before interrupting a loop that runs no operator
 _OWN_CODE = (os.sep + "torch" + os.sep, os.sep + "memfit" + os.sep, "contextlib.py")
 
 
@@ -57,8 +62,10 @@ def _where(frame: FrameType | None) -> tuple[str, str]:
 def _repeating(ops: collections.deque[str]) -> str:
     if not ops:
         return ""
-    op, count = collections.Counter(ops).most_common(1)[0]
-    return f"the last {len(ops)} operators were {count} calls of {op}"
+    common = collections.Counter(ops).most_common(4)
+    top = common[0][1]
+    names = ", ".join(op for op, count in common if count == top)
+    return f"repeating {names} ({top} times each in the last {len(ops)} operators)"
 
 
 class Watchdog:
@@ -70,6 +77,8 @@ class Watchdog:
         stage: what is being done, for the message ("building the model").
         recent_ops: the operators dispatched most recently (the recorder keeps them).
         running: returns the module running now (its qualified name), or "".
+        request_stop: asks the code being watched to raise ``TraceStalled`` at its next safe
+            point (the recorder's next read of a tensor value).
     """
 
     def __init__(
@@ -78,14 +87,17 @@ class Watchdog:
         stage: str,
         recent_ops: collections.deque[str] | None = None,
         running: Callable[[], str] = lambda: "",
+        request_stop: Callable[[], None] = lambda: None,
     ) -> None:
         self.seconds = seconds
         self.stage = stage
         self.recent_ops = recent_ops if recent_ops is not None else collections.deque()
         self.running = running
+        self.request_stop = request_stop
         self._lock = threading.Lock()
         self._done = False
         self._fired = False
+        self._interrupted = False
         self._message = ""
         self._timer: threading.Timer | None = None
         self._thread_id = threading.get_ident()
@@ -121,9 +133,18 @@ class Watchdog:
                 "timeout_s=None or a larger number of seconds"
             )
             self._fired = True
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self._thread_id), ctypes.py_object(TraceStalled)
-            )
+            self.request_stop()
+            self._timer = threading.Timer(GRACE_S, self._interrupt)
+            self._timer.daemon = True
+            self._timer.start()
+
+    def _interrupt(self) -> None:
+        with self._lock:
+            if not self._done:
+                self._interrupted = True
+                ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                    ctypes.c_ulong(self._thread_id), ctypes.py_object(TraceStalled)
+                )
 
     def __exit__(
         self,
@@ -135,7 +156,7 @@ class Watchdog:
             self._done = True
             if self._timer is not None:
                 self._timer.cancel()
-            if self._fired and not isinstance(error, TraceStalled):
+            if self._interrupted and not isinstance(error, TraceStalled):
                 # delivered after the body ended (or not yet): withdraw it
                 ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(self._thread_id), None)
         if isinstance(error, TraceStalled):
