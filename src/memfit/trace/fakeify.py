@@ -172,7 +172,32 @@ def prepare_model(
         fake = _fake_like(buffer, fake_mode, param_dtype)
         swap = swap or fake is not buffer
         buffers[name] = fake
+    if swap and module is not model:
+        # a model memfit built holds fakes of another fake mode (deepcopy under fake mode
+        # gives its copies a mode of their own: nn.TransformerEncoder's cloned layers): the
+        # model is ours, so it takes the new fakes for good and the old ones are freed, as on
+        # the GPU, where the built model's weights exist once
+        params = _install(module, params, buffers)
+        swap = False
     return FakeModel(module, params, buffers, swap)
+
+
+def _install(
+    module: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Put the fakes into ``module`` (tied parameters stay tied); the installed parameters."""
+    replacement: dict[int, torch.Tensor] = {}
+    for name, param in module.named_parameters():
+        fake = params[name]
+        replacement[id(param)] = nn.Parameter(fake, requires_grad=fake.requires_grad)
+    for name, buffer in module.named_buffers():
+        replacement[id(buffer)] = buffers[name]
+    for owner in module.modules():
+        for table in (owner._parameters, owner._buffers):
+            for name, tensor in list(table.items()):
+                if tensor is not None and id(tensor) in replacement:
+                    table[name] = replacement[id(tensor)]  # type: ignore[assignment]
+    return dict(module.named_parameters())
 
 
 def prepare_batch(batch: Any, fake_mode: FakeTensorMode) -> Any:
