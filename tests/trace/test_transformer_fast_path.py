@@ -74,3 +74,31 @@ def test_a_model_built_from_deep_copies_holds_its_weights_once():
     assert built.peak_allocated == given.peak_allocated
     training = memfit.estimate(build, "float32[8,256]", precision="fp32")
     assert training.by_category[memfit.Category.PARAM] == _param_bytes(build())
+
+
+def test_under_autocast_modules_see_cuda_autocast_enabled_as_on_the_gpu():
+    # nn.TransformerEncoderLayer and nn.MultiheadAttention leave their fast path when
+    # torch.is_autocast_enabled() (CUDA's); the emulated autocast must report itself there
+    seen: list[tuple[bool, torch.dtype]] = []
+
+    class Probe(nn.Module):
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            seen.append((torch.is_autocast_enabled(), torch.get_autocast_dtype("cuda")))
+            return x * 2
+
+    memfit.estimate(Probe(), "float32[4,8]", precision="bf16-mixed", mode="inference")
+    assert seen == [(True, torch.bfloat16)]
+    assert not torch.is_autocast_enabled() and torch.get_autocast_dtype("cuda") == torch.float16
+
+
+def test_under_autocast_the_encoder_runs_its_python_layers():
+    traced = memfit.trace.estimate.trace_step(
+        lambda: _encoder(1),
+        f"float32[{BATCH},{LENGTH},{WIDTH}]",
+        precision="bf16-mixed",
+        device="h200",
+        mode="inference",
+    )
+    ops = {allocation.op for allocation in traced.trace.allocations.values()}
+    assert "_addmm_activation" not in ops  # the fused kernel's feed-forward epilogue
+    assert "gelu" in ops or "relu" in ops
