@@ -115,8 +115,8 @@ def estimate(
 
     Known limitations:
         * cuDNN convolution workspaces are not modelled: cuDNN picks algorithms by heuristics
-          that need the GPU (about 4% of reserved memory on ResNet-50 in bf16, see
-          bench/results).
+          that need the GPU (4-17% of reserved memory on the validation zoo's CNNs, 6% of
+          allocated on ResNet-50 bf16 inference; bench/results/validation_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, named in the profile's warnings.
         * One GPU, one stream; distributed training is not modelled.
