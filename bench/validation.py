@@ -6,6 +6,8 @@ Predict on any machine (the CPU-only path, ``memfit.estimate(..., device="h200")
     python bench/validation.py --predict --out DIR
 Compare (predicts first unless given --predictions):
     python bench/validation.py --compare bench/results/validation_h200.json [--predictions P]
+The model code is part of what is measured: predict with the libraries of the measurement
+(the committed comparison used its transformers 5.17; its header names both stacks).
 Smoke test of every path at toy sizes (on a CPU the "measurement" runs real steps, no peaks):
     python bench/validation.py --smoke --measure --predict --out DIR
 
