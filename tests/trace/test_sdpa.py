@@ -76,3 +76,18 @@ def test_grouped_query_attention_in_fp32_runs_the_math_kernel(device):
     # without enable_gqa, different head counts are an error for every kernel but math
     no_gqa = grouped_call(torch.bfloat16, enable_gqa=False)
     assert choose_backend(no_gqa, spec, DEFAULT_STACK) is SdpaBackend.MATH
+
+
+def test_kernels_the_user_disabled_are_skipped():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    h200 = get_device("h200")
+    assert choose_backend(call(torch.bfloat16, 64), h200, DEFAULT_STACK) is SdpaBackend.CUDNN
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
+        assert choose_backend(call(torch.bfloat16, 64), h200, DEFAULT_STACK) is SdpaBackend.FLASH
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        choice = choose_backend(call(torch.bfloat16, 64, mask="float"), h200, DEFAULT_STACK)
+        assert choice is SdpaBackend.EFFICIENT
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)

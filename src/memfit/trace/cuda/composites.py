@@ -29,6 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from memfit.devices import DeviceSpec
+from memfit.errors import UnsupportedModelError
 from memfit.trace.cuda.fast_path import make_encoder_layer_fwd, make_native_mha
 from memfit.trace.cuda.sdpa import SdpaBackend, SdpaCall, choose_backend
 from memfit.trace.cuda.stack import CudaStack
@@ -91,6 +92,16 @@ def _pad_mask_for_efficient(mask: torch.Tensor, query: torch.Tensor, key: torch.
     return mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
 
 
+_CUDNN_BIAS_GRAD = (
+    "scaled_dot_product_attention gets an attention bias that requires grad (shape {shape}: a "
+    "learned position bias, as T5's), and on this GPU it runs cuDNN attention, whose autograd "
+    'formula in this torch gives the bias no gradient: the step raises ("not differentiable '
+    "with respect to argument 'attn_bias'\"). Disable cuDNN attention, "
+    "torch.backends.cuda.enable_cudnn_sdp(False) (memfit follows it), or load the model with "
+    "attn_implementation='eager'"
+)
+
+
 def _make_sdpa(device: DeviceSpec, stack: CudaStack, chosen: list[SdpaBackend]) -> Any:
     def sdpa(
         keyset: Any,
@@ -109,6 +120,8 @@ def _make_sdpa(device: DeviceSpec, stack: CudaStack, chosen: list[SdpaBackend]) 
         chosen.append(backend)
         mask = _boolean_mask_to_additive(attn_mask, query.dtype)
         if backend is SdpaBackend.CUDNN:
+            if mask is not None and mask.requires_grad and torch.is_grad_enabled():
+                raise UnsupportedModelError(_CUDNN_BIAS_GRAD.format(shape=tuple(mask.shape)))
             return aten._scaled_dot_product_cudnn_attention.default(
                 query,
                 key,

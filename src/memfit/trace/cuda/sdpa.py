@@ -22,7 +22,7 @@ import torch
 from memfit.devices import DeviceSpec
 from memfit.trace.cuda.stack import CudaStack
 
-__all__ = ["SdpaBackend", "SdpaCall", "choose_backend"]
+__all__ = ["SdpaBackend", "SdpaCall", "choose_backend", "enabled_backends"]
 
 
 class SdpaBackend(str, Enum):
@@ -173,12 +173,29 @@ def _efficient_ok(call: SdpaCall, device: DeviceSpec) -> bool:
     )
 
 
+def enabled_backends() -> set[SdpaBackend]:
+    """The kernels the user left enabled (``torch.backends.cuda.enable_*_sdp``, ``sdpa_kernel``):
+    PyTorch's ``check_runtime_disabled_*`` filters read the same global flags."""
+    flags = {
+        SdpaBackend.CUDNN: torch.backends.cuda.cudnn_sdp_enabled,
+        SdpaBackend.FLASH: torch.backends.cuda.flash_sdp_enabled,
+        SdpaBackend.EFFICIENT: torch.backends.cuda.mem_efficient_sdp_enabled,
+        SdpaBackend.MATH: torch.backends.cuda.math_sdp_enabled,
+    }
+    return {backend for backend, enabled in flags.items() if enabled()}
+
+
 def choose_backend(call: SdpaCall, device: DeviceSpec, stack: CudaStack) -> SdpaBackend:
-    """The kernel ``F.scaled_dot_product_attention`` runs for ``call`` on ``device``."""
+    """The kernel ``F.scaled_dot_product_attention`` runs for ``call`` on ``device``.
+
+    Kernels the user disabled are skipped; with every kernel disabled (an error on the GPU) the
+    math kernel is assumed.
+    """
     order = [SdpaBackend.FLASH, SdpaBackend.EFFICIENT, SdpaBackend.MATH, SdpaBackend.CUDNN]
     if stack.cudnn_sdpa_preferred and stack.cudnn_version > 91500 and device.sm[0] in (9, 10):
         order = [SdpaBackend.CUDNN, SdpaBackend.FLASH, SdpaBackend.EFFICIENT, SdpaBackend.MATH]
-    for backend in order:
+    enabled = enabled_backends()
+    for backend in (b for b in order if b in enabled):
         if backend is SdpaBackend.CUDNN and _cudnn_ok(call, device, stack):
             return backend
         if backend is SdpaBackend.FLASH and _flash_ok(call, device):
