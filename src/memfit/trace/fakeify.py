@@ -14,6 +14,7 @@ whatever happens.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -135,7 +136,10 @@ def prepare_model(
         name = getattr(model, "__name__", repr(model))
         building = _parameters_made_fake(fake_mode) if real_values else fake_mode
         try:
-            with building, torch.device("cpu"):
+            with building, torch.device("cpu"), warnings.catch_warnings():
+                # deepcopy of a fake parameter asks for its data pointer (nn.TransformerEncoder
+                # clones its layer): torch warns; nothing is wrong with the user's model
+                warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")
                 module = model()
                 if param_dtype is not None and isinstance(module, nn.Module):
                     # as a pure-bf16 run casts the built model: the float32 weights are freed
