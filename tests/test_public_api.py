@@ -27,6 +27,7 @@ TECHNIQUES = {
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "Sharding",
 }
 VERBS = ("plan", "apply", "report", "measure")
 

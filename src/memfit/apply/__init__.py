@@ -8,6 +8,7 @@ the plan in force.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -66,7 +67,10 @@ def apply(
             ``precision`` is unknown, or the plan has ``FusedOptimizer`` and the optimizer is
             not Adam/AdamW, or memfit's techniques are already applied to the model (undo them
             first); the model is unchanged.
-        MemfitError: an applier failed; nothing was applied and the model is unchanged.
+        MemfitError: an applier failed; nothing was applied and the model is unchanged
+            (except with ``Sharding``, which cannot be undone: a failure inside
+            ``fully_shard`` leaves the model partly sharded, and every rank of the job raises
+            ``ShardingError``).
     """
     if not isinstance(model, nn.Module):
         raise InvalidInputError(
@@ -75,17 +79,24 @@ def apply(
             f"predict a zoo model, use memfit.estimate({model!r}, plan=...)"
         )
     in_force = techniques_in_force(plan)
-    check_fingerprint(in_force.fingerprint, model)
-    if applied(model):
-        raise InvalidInputError(
-            f"memfit's techniques are already applied to this {type(model).__name__} (by an "
-            f"earlier memfit.apply); undo them first with step.undo() or memfit.undo(model), "
-            f"then apply the plan you want"
-        )
-    if precision is not None:
-        Precision.parse(precision)  # checked before the model is changed
     context = ApplyContext(loss_fn=loss_fn)
-    apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
+
+    def checked_and_applied() -> None:
+        check_fingerprint(in_force.fingerprint, model)
+        if applied(model):
+            raise InvalidInputError(
+                f"memfit's techniques are already applied to this {type(model).__name__} (by "
+                f"an earlier memfit.apply); undo them first with step.undo() or "
+                f"memfit.undo(model), then apply the plan you want"
+            )
+        if precision is not None:
+            Precision.parse(precision)  # checked before the model is changed
+        apply_techniques(model, in_force.in_order, context=context, optimizer=optimizer)
+
+    if in_force.sharding is None:
+        checked_and_applied()
+    else:  # a rank that fails a check still casts its votes: the others do not wait
+        _apply_on_every_rank(model, context, checked_and_applied)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
     chosen = precision or context.precision
     profile = getattr(plan, "profile", None)
@@ -103,6 +114,20 @@ def apply(
         lean_autocast=context.lean_autocast,
         recompute_products=context.recompute_products,
     )
+
+
+def _apply_on_every_rank(model: Any, context: ApplyContext, run: Callable[[], None]) -> None:
+    """Apply a sharded plan; every rank of the job raises if any rank failed (no hang)."""
+    # not at the top: importing FSDP2 costs half a second that plans without it never need
+    from memfit.apply.sharding import Agreement, in_a_job
+
+    context.agreement = Agreement(active=in_a_job(model))
+    try:
+        run()
+    except BaseException as error:
+        context.agreement.finish(error)
+        raise
+    context.agreement.finish(None)
 
 
 make_callable(__name__, apply)

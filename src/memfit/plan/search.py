@@ -20,6 +20,7 @@ The budget is on *reserved* memory, what ``torch.cuda.max_memory_reserved()`` re
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -43,6 +44,7 @@ from memfit.plan.infeasible import infeasible_error
 from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
 from memfit.plan.policies import block_policies
+from memfit.plan.sharded import check_gpus, plan_sharded
 from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
 from memfit.step.precision import Precision
@@ -77,6 +79,7 @@ class PlanSettings:
         max_micro_batches: the most micro-batches a plan splits a batch into.
         margin: fraction of the budget kept free for prediction error.
         max_traces: candidates traced in full before giving up on the screening order.
+        gpus: GPUs of the job; more than 1: the plan shards with FSDP2 (``plan.sharded``).
     """
 
     budget: int
@@ -87,9 +90,11 @@ class PlanSettings:
     max_micro_batches: int = 8
     margin: float = 0.02
     max_traces: int = 6
+    gpus: int = 1
 
     def __post_init__(self) -> None:
         """Check the search's settings before any tracing."""
+        check_gpus(self.gpus)
         for name, low in (("chunks", 2), ("max_micro_batches", 1), ("max_traces", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
@@ -145,6 +150,7 @@ def plan(
     max_traces: int = 6,
     batch_size: int | None = None,
     seq_len: int | None = None,
+    gpus: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Plan:
     """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
@@ -163,6 +169,8 @@ def plan(
             prediction error (the measured frontier plans' reserved peaks came out between
             1.4% above and 0.9% below their predictions: bench/results/frontier_h200.json).
         max_traces: candidates traced in full before giving up on the screening order.
+        gpus: the job's GPUs; more than 1 plans FSDP2 sharding (``memfit.plan.sharded``),
+            with the budget, memory and step time per rank and ``batch`` each rank's batch.
 
     Returns:
         The chosen Plan, with its prediction and the frontier of alternatives.
@@ -172,8 +180,9 @@ def plan(
         BudgetInfeasibleError: when no combination fits; says how much is missing.
 
     Known limitations:
-        * Offloading, sharding and low-bit optimizer state are not planned yet; the error for
-          an infeasible budget names them as what would close the gap.
+        * Offloading and low-bit optimizer state are not planned yet; the error for an
+          infeasible budget names them as what would close the gap. Sharding is planned only
+          when ``gpus`` is more than 1.
         * Checkpointing is planned for the first k blocks with one policy for all of them.
     """
     spec = get_device(device)
@@ -195,6 +204,7 @@ def plan(
         max_micro_batches=max_micro_batches,
         margin=margin,
         max_traces=max_traces,
+        gpus=gpus,
     )
     return _Search(model, batch, step, settings, progress).run()
 
@@ -218,16 +228,23 @@ class _Search:
         self.notes: list[str] = []  # for the user, in the plan
 
     def run(self) -> Plan:
-        started = time.perf_counter()
         self.report("tracing the unmodified step")
         self.base = self.trace()
         self.fingerprint = model_fingerprint(self.base.model.module)
         self.baseline_s = self.base.profile.step_time_s or 0.0
         self.unmodified_peak = self.base.profile.peak_reserved
+        if self.settings.gpus > 1:
+            return plan_sharded(self)
+        return self.search()
+
+    def search(self) -> Plan:
+        """The plan on top of ``self.first``, from ``self.base`` (their trace) on."""
+        started = time.perf_counter()
         if self.fits(self.base):
-            label = "unmodified"
-            point = FrontierPoint(label, self.unmodified_peak, self.baseline_s, chosen=True)
-            return self.make((), self.base, [point])
+            label = self.first_label or "unmodified"
+            profile = self.base.profile
+            point = FrontierPoint(label, profile.peak_reserved, profile.step_time_s or 0.0)
+            return self.make((), self.base, [dataclasses.replace(point, chosen=True)])
         fused = self.fuse_first()
         if fused is not None:
             return fused

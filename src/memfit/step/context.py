@@ -56,6 +56,8 @@ class ApplyContext:
         optimizer_changes: what techniques do to the optimizer (``FusedOptimizer`` switches it
             to its fused kernel), run by ``change_optimizer`` once the optimizer exists: by
             ``memfit.apply`` on the user's, by the tracer on the one it builds.
+        agreement: set by ``memfit.apply`` for a sharded plan in a distributed job: how the
+            ranks agree that applying succeeded (``memfit.apply.sharding.Agreement``).
     """
 
     loss_fn: LossFn | None = None
@@ -65,6 +67,7 @@ class ApplyContext:
     lean_autocast: bool = False
     recompute_products: bool = False
     optimizer_changes: list[OptimizerChange] = field(default_factory=list)
+    agreement: Any = None
 
     def change_optimizer(self, optimizer: torch.optim.Optimizer | None) -> UndoFn:
         """Run ``optimizer_changes`` on ``optimizer``, all or none; returns their undo.

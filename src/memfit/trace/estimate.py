@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from memfit.collectives import BUS_EFFICIENCY, communication_time, offload_s
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
 from memfit.errors import InvalidInputError
@@ -31,7 +32,9 @@ from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied
+from memfit.structure.blocks import block_patterns, find_blocks
 from memfit.structure.token_inputs import check_token_inputs
+from memfit.techniques import Sharding
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
@@ -45,7 +48,7 @@ from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
 from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 
-__all__ = ["estimate", "trace_step", "StepTrace", "StepSettings"]
+__all__ = ["estimate", "trace_step", "with_gpus", "StepTrace", "StepSettings"]
 
 Progress = Callable[[str], None]
 
@@ -59,6 +62,7 @@ class StepTrace:
     marks: dict[str, int]
     model: FakeModel
     record: StepRecord
+    sharded: Any = None  # memfit.trace.sharding.ShardedTracing of a sharded step
 
 
 def estimate(
@@ -77,6 +81,7 @@ def estimate(
     allocator: AllocatorSettings = DEFAULT_SETTINGS,
     mode: str = "train",
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    gpus: int | None = None,
     progress: Progress | None = None,
 ) -> MemoryProfile:
     """Predict the GPU memory of one steady-state training (or inference) step, without a GPU.
@@ -104,6 +109,9 @@ def estimate(
         timeout_s: give up with an UnsupportedModelError naming where the model was after
             this many seconds of building and tracing (a model that loops on tensor values,
             which fake tensors do not have); None for no limit.
+        gpus: predict one rank of a job of ``gpus`` GPUs sharded with FSDP2: the plan's
+            ``Sharding`` for that many GPUs, or, when the plan has none, one ``fully_shard``
+            unit per repeated block; ``batch`` is each rank's batch. None: as the plan says.
         progress: called with a short message at each stage (the CLI shows it).
 
     Returns:
@@ -119,7 +127,8 @@ def estimate(
           allocated on ResNet-50 bf16 inference; bench/results/validation_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, named in the profile's warnings.
-        * One GPU, one stream; distributed training is not modelled.
+        * Distributed training other than FSDP2 sharding (``Sharding``) is not modelled;
+          sharded steps are traced as one rank (``memfit.trace.sharding``).
     """
     settings = StepSettings(
         loss_fn=loss_fn,
@@ -134,7 +143,45 @@ def estimate(
         mode=mode,
         timeout_s=timeout_s,
     )
+    if gpus is not None:
+        if settings.inference:
+            raise InvalidInputError(
+                f"gpus={gpus} shards a training step with FSDP2; mode='inference' predicts one "
+                f"GPU's forward: leave gpus out"
+            )
+        plan = with_gpus(plan, gpus, model)
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
+
+
+def with_gpus(plan: Any, gpus: int, model: Any) -> list[Any]:
+    """The plan's techniques, sharded over ``gpus`` GPUs (module docstring of ``estimate``)."""
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise InvalidInputError(f"gpus={gpus!r} must be a whole number of GPUs, e.g. gpus=8")
+    in_force = techniques_in_force(plan)
+    others = [t for t in in_force.techniques if not isinstance(t, Sharding)]
+    if gpus == 1:
+        return others
+    found = in_force.sharding
+    if found is not None:
+        return [*others, dataclasses.replace(found, gpus=gpus, replicate=_replicas(found, gpus))]
+    module = resolve(model, None)[1] if isinstance(model, str) else model
+    if not isinstance(module, nn.Module):
+        with torch.device("meta"):  # only its structure: no memory
+            module = module()
+    units = block_patterns(module, find_blocks(module))
+    return [*others, Sharding(gpus=gpus, units=units)]
+
+
+def _replicas(sharding: Sharding, gpus: int) -> int:
+    """HSDP keeps its shard group's size; the number of groups follows ``gpus``."""
+    if sharding.replicate <= 1:
+        return 1
+    if gpus % sharding.shards:
+        raise InvalidInputError(
+            f"the plan's HSDP shards over groups of {sharding.shards} GPUs, which do not divide "
+            f"gpus={gpus}; use a multiple of {sharding.shards}, or make a plan for {gpus} GPUs"
+        )
+    return gpus // sharding.shards
 
 
 def trace_step(
@@ -174,28 +221,44 @@ def trace_step(
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
     declared = batch.bounds() if isinstance(batch, SpecBatch) else None
-    with Watchdog(
-        settings.timeout_s,
-        "building the model",
-        recorder.recent_ops,
-        request_stop=recorder.request_stop,
-    ):
-        fake_model, example, recorder = _build(
-            model, batch, fake_mode, recorder, precision, lambda: new_recorder(spec, settings.stack)
+    with _ranks(techniques, recorder) as sharded:
+        # sharded: each rank builds the model on the CPU or the meta device and fully_shard
+        # moves its shards to the GPU; one GPU: the model is built on the GPU
+        building = recorder if sharded is None else None
+        with Watchdog(
+            settings.timeout_s,
+            "building the model",
+            recorder.recent_ops,
+            request_stop=recorder.request_stop,
+        ):
+            fake_model, example, rebuilt = _build(
+                model,
+                batch,
+                fake_mode,
+                building,
+                precision,
+                lambda: new_recorder(spec, settings.stack),
+            )
+        recorder = rebuilt or recorder  # a builder that read values: a fresh recorder
+        # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and bounds
+        check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
+        report(
+            "tracing forward"
+            if settings.inference
+            else "tracing forward, backward and optimizer step"
         )
-    # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and declared bounds
-    check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
-    report(
-        "tracing forward" if settings.inference else "tracing forward, backward and optimizer step"
-    )
-    with Watchdog(
-        settings.timeout_s,
-        "tracing the step",
-        recorder.recent_ops,
-        recorder.current_module,
-        recorder.request_stop,
-    ):
-        record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
+        if sharded is not None:
+            fake_model = sharded.own_copy(fake_model)
+        with Watchdog(
+            settings.timeout_s,
+            "tracing the step",
+            recorder.recent_ops,
+            recorder.current_module,
+            recorder.request_stop,
+        ):
+            record = _trace(
+                fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
+            )
     report("simulating the CUDA caching allocator")
     header = dict(
         source="estimate",
@@ -206,31 +269,76 @@ def trace_step(
         optimizer=None if settings.inference else optimizer_label(settings.optimizer),
         batch=describe_batch(example),
     )
+    host_bytes = 0
+    if sharded is not None and techniques.sharding is not None and techniques.sharding.offload:
+        record.trace, host_bytes = sharded.host_resident(record.trace)
     profile = _profile(record, fake_model, settings, spec, header)
     label = "inference (eval, no_grad)" if settings.inference else techniques.label
     profile = dataclasses.replace(profile, plan=label, step_time_s=record.step_time_s())
+    if sharded is not None:
+        profile = _with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
     report(f"done in {time.perf_counter() - started:.1f} s")
-    return StepTrace(profile, record.trace, record.marks, fake_model, record)
+    return StepTrace(profile, record.trace, record.marks, fake_model, record, sharded)
+
+
+@contextlib.contextmanager
+def _ranks(techniques: InForce, recorder: MemoryRecorder) -> Iterator[Any]:
+    """For a sharded plan, its ranks as a fake process group and FSDP2's bookkeeping."""
+    if techniques.sharding is None:
+        yield None
+        return
+    # not at the top: FSDP2's modules take 0.8 s to import, which one-GPU traces never need
+    from memfit.trace.sharding import ShardedTracing, fake_process_group
+
+    sharding = techniques.sharding
+    with fake_process_group(sharding.gpus):
+        yield ShardedTracing(recorder, sharding.shards)
+
+
+def _with_communication(
+    profile: MemoryProfile, sharded: Any, sharding: Any, spec: DeviceSpec, host_bytes: int
+) -> MemoryProfile:
+    """The step time with the collectives FSDP2 ran, and a note saying what it assumes;
+    ``host_bytes``: what CPU offload keeps in host memory (copied and stepped there)."""
+    compute = (profile.step_time_s or 0.0) + offload_s(host_bytes)
+    shards = sharding.shards
+    collectives = sharded.collective_bytes(shards)
+    comm = communication_time(collectives, compute, spec, shards, sharding.replicate)
+    note = (
+        f"per rank of {sharding.gpus}: {len(sharded.collectives)} all-gathers/reduce-scatters "
+        f"take {comm.total_s * 1e3:.1f} ms, {comm.exposed_s * 1e3:.1f} ms of it not overlapped "
+        f"with computation (link rates from datasheets, {BUS_EFFICIENCY:.0%} of them assumed: "
+        f"not measured)"
+    )
+    if host_bytes:
+        note += (
+            f"; CPU offload keeps {host_bytes / 2**30:.2f} GiB in host memory, not counted above "
+            f"(its copies and the host optimizer step priced at assumed PCIe and host-memory rates)"
+        )
+    return dataclasses.replace(
+        profile, step_time_s=compute + comm.exposed_s, warnings=(*profile.warnings, note)
+    )
 
 
 def _build(
     model: nn.Module | Callable[[], nn.Module],
     batch: Any,
     fake_mode: FakeTensorMode,
-    recorder: MemoryRecorder,
+    recorder: MemoryRecorder | None,
     precision: Precision,
     fresh_recorder: Callable[[], MemoryRecorder],
-) -> tuple[FakeModel, Any, MemoryRecorder]:
+) -> tuple[FakeModel, Any, MemoryRecorder | None]:
     """The model and the example batch on fake tensors, and the recorder of the build.
 
     A builder builds on the device, as ``with torch.device("cuda"): model = build()`` does:
-    its temporaries (weights replaced when tying, say) leave cached blocks behind, so the
-    recorder records it. A builder that reads a tensor value is built again with real values
+    its temporaries (weights replaced when tying, say) leave cached blocks behind, so
+    ``recorder`` records it (None: unrecorded, as a sharded rank builds on the CPU). A builder
+    that reads a tensor value is built again with real values
     (``prepare_model(real_values=True)``), unrecorded, and the step gets a fresh recorder.
     """
     dtype = precision.param_dtype
     with fake_hazards_neutralised():
-        if isinstance(model, nn.Module):
+        if isinstance(model, nn.Module) or recorder is None:
             fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
         else:
             try:
@@ -253,8 +361,10 @@ def _trace(
     techniques: InForce,
     settings: StepSettings,
     precision: Precision,
+    sharded: Any = None,
 ) -> StepRecord:
-    """One step with the plan's techniques applied to the fake model, recorded."""
+    """One step with the plan's techniques applied to the fake model, recorded; ``sharded``:
+    the FSDP2 bookkeeping of a sharded plan (``memfit.trace.sharding.ShardedTracing``)."""
     spec = get_device(settings.device)
     with (
         fake_model.swapped(),
@@ -263,12 +373,20 @@ def _trace(
         evaluating(fake_model.module) if settings.inference else contextlib.nullcontext(),
         techniques.applied_to(fake_model.module, fake_mode) as context,
     ):
+        if sharded is not None:  # fully_shard replaced the parameters by DTensors
+            fake_model.params = dict(fake_model.module.named_parameters())
+            fake_model.buffers = dict(fake_model.module.named_buffers())
 
         def make_step() -> TrainStep:
             optimizer = None
             if not settings.inference:
-                optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
+                params = fake_model.trainable()
+                if sharded is not None:
+                    params = sharded.local_params(params)
+                optimizer = make_optimizer(settings.optimizer, params)
                 context.change_optimizer(optimizer)  # the fake optimizer: nothing to undo
+                if sharded is not None and optimizer is not None:
+                    sharded.attach(optimizer)
             return TrainStep(
                 fake_model,
                 optimizer,
@@ -282,17 +400,18 @@ def _trace(
                 recompute_products=context.recompute_products,
             )
 
-        return traced_step(
-            fake_mode=fake_mode,
-            fake_model=fake_model,
-            batch=example,
-            make_step=make_step,
-            device=spec,
-            stack=settings.stack,
-            calibration=load_calibration(spec),
-            recorder=recorder,
-            inference=settings.inference,
-        )
+        with sharded.hooks() if sharded is not None else contextlib.nullcontext():
+            return traced_step(
+                fake_mode=fake_mode,
+                fake_model=fake_model,
+                batch=example,
+                make_step=make_step,
+                device=spec,
+                stack=settings.stack,
+                calibration=load_calibration(spec),
+                recorder=recorder,
+                inference=settings.inference,
+            )
 
 
 def _profile(

@@ -34,7 +34,7 @@ from memfit.trace.fakeify import FakeModel
 from memfit.trace.hf_masks import gpu_mask_branches
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults
-from memfit.trace.recorder import MemoryRecorder, Trace
+from memfit.trace.recorder import MemoryRecorder, Trace, local_tensor
 
 __all__ = ["TracedOp", "StepRecord", "traced_step", "new_recorder"]
 
@@ -183,12 +183,9 @@ class _Bookkeeping:
             t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
         ]
         self.recorder.recategorize(state, Category.OPTIMIZER)
+        grads = {n: p.grad for n, p in self.fake_model.params.items() if p.grad is not None}
         self.record.grad_bytes.update(
-            {
-                n: p.grad.numel() * p.grad.element_size()
-                for n, p in self.fake_model.params.items()
-                if p.grad is not None
-            }
+            {n: local_tensor(g).numel() * g.element_size() for n, g in grads.items()}
         )
 
 
