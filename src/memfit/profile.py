@@ -104,6 +104,10 @@ class MemoryProfile:
         outside_pytorch: memory the GPU holds outside PyTorch's allocator (CUDA context,
             library handles), for an nvidia-smi-level figure.
         alive_at_peak: the largest allocations alive at the allocated peak.
+        host_bytes: host memory the plan's techniques hold during the step, by part (master
+            weights, optimizer state, gradient staging, offloaded activations); empty when
+            nothing is offloaded. Parts held all step long and the activations offloaded by
+            the end of forward add up: their sum is the step's host peak (``host_peak``).
     """
 
     source: str
@@ -126,7 +130,13 @@ class MemoryProfile:
     plan: str = ""
     step_time_s: float | None = None
     warnings: tuple[str, ...] = ()
+    host_bytes: Mapping[str, int] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def host_peak(self) -> int:
+        """Host memory the techniques add at the step's peak (0 when nothing is offloaded)."""
+        return sum(self.host_bytes.values())
 
     @property
     def outside_pytorch_bytes(self) -> int:
@@ -180,6 +190,7 @@ class MemoryProfile:
                     ),
                     "outside_pytorch": dict(data.get("outside_pytorch", {})),
                     "warnings": tuple(data.get("warnings", ())),
+                    "host_bytes": {k: int(v) for k, v in data.get("host_bytes", {}).items()},
                 }
             )
         except (KeyError, TypeError, ValueError) as error:

@@ -45,6 +45,8 @@ __all__ = [
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "OffloadOptimizer",
+    "OffloadActivations",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
 ]
@@ -164,6 +166,53 @@ class FusedOptimizer:
     """
 
 
+@dataclass(frozen=True)
+class OffloadOptimizer:
+    """Keep Adam/AdamW's float32 master weights and state in host memory; step on the CPU.
+
+    The Linear weights of the modules matching ``modules`` stay on the GPU in ``dtype`` only
+    (the copy bf16 autocast makes for the matrix products); their float32 masters and Adam's
+    moments live in host memory. During backward each gradient is copied to pinned host memory
+    as soon as it is complete, PyTorch's fused CPU Adam/AdamW updates the master in a worker
+    thread while backward goes on, and the rounded weights are copied back before the next
+    forward uses them. Gradients are identical (the float32 gradient of a weight autocast casts
+    is its low-precision gradient widened); the update is AdamW's own, computed by the CPU
+    kernel instead of the GPU's (equal to rounding). ZeRO-Offload's idea (Ren et al. 2021).
+
+    Attributes:
+        modules: module name patterns whose ``nn.Linear`` parameters are offloaded
+            (``"**"``: every Linear; weights shared with other modules, such as tied
+            embeddings, stay on the GPU).
+        dtype: the GPU's working dtype: ``"bfloat16"`` under bf16-mixed precision,
+            ``"float32"`` without autocast.
+        threads: CPU threads of the host step; None: all cores but one.
+    """
+
+    modules: tuple[str, ...] = ("**",)
+    dtype: str = "bfloat16"
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class OffloadActivations:
+    """Keep what the modules matching ``modules`` save for backward in host memory.
+
+    Applied to checkpointed modules, what they keep is their inputs (the checkpoint
+    boundaries): each is copied to pinned host memory on a side stream during forward and its
+    GPU memory released; in backward, the inputs of the next ``ahead`` modules are copied back
+    while the current one is recomputed. Copies are bitwise: gradients are identical.
+
+    Attributes:
+        modules: module name patterns (usually checkpointed blocks).
+        ahead: how many modules ahead backward prefetches.
+        min_bytes: saved tensors smaller than this stay on the GPU.
+    """
+
+    modules: tuple[str, ...]
+    ahead: int = 2
+    min_bytes: int = 1 << 20
+
+
 Technique = (
     Checkpoint
     | MicroBatch
@@ -173,6 +222,8 @@ Technique = (
     | FusedGatedMLP
     | LeanAutocast
     | FusedOptimizer
+    | OffloadOptimizer
+    | OffloadActivations
 )
 
 
@@ -267,6 +318,20 @@ TABLE: tuple[TechniqueInfo, ...] = (
         applier="memfit.apply.step_options",
         label=lambda t: f"micro-batch x{t.n}",
         summary="split the batch and accumulate gradients",
+    ),
+    TechniqueInfo(
+        OffloadActivations, "offload_activations", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.offload_activations",
+        label=lambda t: f"activations to host {_compact(t.modules)}",
+        summary="keep checkpoint boundaries in host memory, prefetched in backward",
+    ),
+    TechniqueInfo(
+        OffloadOptimizer, "offload_optimizer", Exactness.ROUNDING, planned=True,
+        applier="memfit.apply.offload_optimizer",
+        label=lambda t: "optimizer on host" + (
+            f" {_compact(t.modules)}" if t.modules != ("**",) else ""
+        ),
+        summary="fp32 masters and Adam state in host memory, stepped on the CPU in backward",
     ),
 )  # fmt: skip
 

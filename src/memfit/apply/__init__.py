@@ -65,13 +65,13 @@ def apply(
     check_fingerprint(in_force.fingerprint, model)
     if precision is not None:
         Precision.parse(precision)  # checked before the model is changed
-    context = ApplyContext(loss_fn=loss_fn)
-    apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
-    chosen = precision or context.precision
+    chosen = precision or in_force.precision
     profile = getattr(plan, "profile", None)
     if chosen is None and profile is not None:
         chosen = profile.precision
+    context = ApplyContext(loss_fn=loss_fn, step_precision=chosen or "fp32")
+    apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
     return TrainStep(
         model,
         optimizer,
@@ -83,6 +83,7 @@ def apply(
         forward_batch=context.forward_batch,
         lean_autocast=context.lean_autocast,
         recompute_products=context.recompute_products,
+        host_optimizer=context.host_optimizer,
     )
 
 

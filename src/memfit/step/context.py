@@ -16,7 +16,7 @@ import torch
 from memfit.errors import InvalidInputError
 from memfit.step.undo import UndoFn, run_in_reverse
 
-__all__ = ["ApplyContext", "LossFn", "BatchFn", "OptimizerChange", "set_once"]
+__all__ = ["ApplyContext", "LossFn", "BatchFn", "OptimizerChange", "HostBytesFn", "set_once"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 """``(output, batch) -> scalar loss``; ``batch`` is the batch as given, labels included."""
@@ -27,6 +27,9 @@ BatchFn = Callable[[Any], Any]
 OptimizerChange = Callable[[torch.optim.Optimizer], UndoFn]
 """Changes an optimizer in place (validating first, changing nothing when it raises); returns
 the callable that changes it back."""
+
+HostBytesFn = Callable[[int], dict[str, int]]
+"""``micro_batches -> {part: bytes}``: the host memory a technique holds during the step."""
 
 
 @dataclass
@@ -56,6 +59,12 @@ class ApplyContext:
         optimizer_changes: what techniques do to the optimizer (``FusedOptimizer`` switches it
             to its fused kernel), run by ``change_optimizer`` once the optimizer exists: by
             ``memfit.apply`` on the user's, by the tracer on the one it builds.
+        step_precision: the precision the step will run in, when the caller knows it before
+            applying (appliers that depend on it check it: ``OffloadOptimizer``'s dtype).
+        host_optimizer: set by ``OffloadOptimizer`` once the optimizer is changed: the
+            ``HostOptimizer`` the step tells which backward ends a batch.
+        host_memory: what techniques hold in host memory, one callable each (the tracer
+            reports their sum).
     """
 
     loss_fn: LossFn | None = None
@@ -65,6 +74,17 @@ class ApplyContext:
     lean_autocast: bool = False
     recompute_products: bool = False
     optimizer_changes: list[OptimizerChange] = field(default_factory=list)
+    step_precision: str | None = None
+    host_optimizer: Any = None
+    host_memory: list[HostBytesFn] = field(default_factory=list)
+
+    def host_bytes(self, micro_batches: int = 1) -> dict[str, int]:
+        """Host memory the applied techniques hold, by part."""
+        total: dict[str, int] = {}
+        for part in self.host_memory:
+            for name, size in part(micro_batches).items():
+                total[name] = total.get(name, 0) + size
+        return total
 
     def change_optimizer(self, optimizer: torch.optim.Optimizer | None) -> UndoFn:
         """Run ``optimizer_changes`` on ``optimizer``, all or none; returns their undo.

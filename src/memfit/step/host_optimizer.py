@@ -26,12 +26,14 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.step.host_adam import (
@@ -43,7 +45,29 @@ from memfit.step.host_adam import (
 )
 from memfit.step.host_worker import HostWorker
 
-__all__ = ["HostOptimizer", "offloadable_parameters", "host_bytes_per_parameter"]
+__all__ = [
+    "HostOptimizer",
+    "offloadable_parameters",
+    "host_bytes_per_parameter",
+    "check_host_optimizer",
+]
+
+
+def check_host_optimizer(optimizer: object) -> None:
+    """Raise unless the host can run ``optimizer``'s update (nothing is changed).
+
+    Raises:
+        InvalidInputError: not ``torch.optim.Adam``/``AdamW``, or a group with amsgrad or
+            differentiable set.
+    """
+    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
+        raise InvalidInputError(
+            f"OffloadOptimizer runs torch.optim.Adam and AdamW on the host, not a "
+            f"{type(optimizer).__name__}; use one of those or plan without 'offload_optimizer'"
+        )
+    assert isinstance(optimizer, torch.optim.Optimizer)
+    for group in optimizer.param_groups:
+        AdamHyper.from_group(group, decoupled=True)
 
 
 def host_bytes_per_parameter(working_itemsize: int, micro_batches: int) -> int:
@@ -110,6 +134,10 @@ class HostOptimizer:
     the hooks; ``detach()`` puts everything back. ``final_micro_batch`` tells the gradient hooks
     whether this backward ends the step (set by ``TrainStep`` when it splits a batch).
 
+    On fake tensors (memfit's tracer) it changes what the GPU holds in the same way, the
+    working copies and each gradient released once copied (one kept in flight), and allocates
+    nothing on the host: ``host_bytes()`` gives what it would hold there.
+
     Known limitations:
         An offloaded weight must be used only inside the forward of the modules that own it
         (a use elsewhere would read weights still being updated; detected, it raises). While
@@ -128,7 +156,7 @@ class HostOptimizer:
         threads: int | None = None,
         chunk: int = DEFAULT_CHUNK,
     ) -> None:
-        self.model = model
+        self._model = weakref.ref(model)  # the undo registry must not keep the model alive
         self.optimizer = optimizer
         self.working_dtype = working_dtype
         self.threads = threads if threads is not None else max(1, (os.cpu_count() or 2) - 1)
@@ -141,15 +169,14 @@ class HostOptimizer:
         self._saved_state: dict[nn.Parameter, dict[str, Any]] = {}
         self._worker: HostWorker | None = None
         self._registered: list[torch.Tensor] = []
+        self._attached = False
+        self._simulated = any(is_fake(p) for _, p in self._params)
+        self._in_flight: torch.Tensor | None = None  # simulated: the gradient being copied
         self._check(optimizer)
 
     # --- setup ---------------------------------------------------------------------------
     def _check(self, optimizer: torch.optim.Optimizer) -> None:
-        if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
-            raise InvalidInputError(
-                f"OffloadOptimizer runs torch.optim.Adam and AdamW on the host, not a "
-                f"{type(optimizer).__name__}; use one of those or plan without 'offload_optimizer'"
-            )
+        check_host_optimizer(optimizer)
         group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
         for name, param in self._params:
             if param not in group_of:
@@ -157,7 +184,6 @@ class HostOptimizer:
                     f"OffloadOptimizer: parameter {name} is not in the optimizer; give the "
                     f"optimizer all the model's trained parameters"
                 )
-            AdamHyper.from_group(group_of[param], decoupled=True)  # raises on amsgrad & co
         devices = {p.device for _, p in self._params}
         if len(devices) > 1:
             raise InvalidInputError(
@@ -170,10 +196,28 @@ class HostOptimizer:
             group.get("decoupled_weight_decay", False)
         )
 
+    def host_bytes(self, micro_batches: int = 1) -> dict[str, int]:
+        """Host memory this optimizer holds, by part (exact: flat tensors, no rounding)."""
+        numel = sum(p.numel() for _, p in self._params)
+        item = torch.empty((), dtype=self.working_dtype).element_size()
+        parts = {
+            "master weights": 4 * numel,
+            "optimizer state": 8 * numel,
+            "gradient staging": item * numel,
+            "scratch": 4 * min(self.chunk, numel) if numel else 0,
+        }
+        if micro_batches > 1:
+            parts["gradient accumulation"] = 4 * numel
+        return parts
+
     def attach(self) -> None:
         """Move masters and state to the host, shrink the GPU weights, install the hooks."""
         params = [p for _, p in self._params]
-        if not params:
+        if not params or self._attached:
+            return
+        self._attached = True
+        if self._simulated:
+            self._attach_simulated(params)
             return
         device = params[0].device
         self._cuda = device.type == "cuda"
@@ -218,6 +262,15 @@ class HostOptimizer:
         self._install_waits()
         self._worker = HostWorker(self.threads)
 
+    def _attach_simulated(self, params: list[nn.Parameter]) -> None:
+        for param in params:
+            param.data = param.data.to(self.working_dtype)
+            self._handles.append(param.register_post_accumulate_grad_hook(self._drop_grad))
+
+    def _drop_grad(self, param: torch.Tensor) -> None:
+        """Simulated: the gradient leaves the GPU once the next one is complete."""
+        self._in_flight, param.grad = param.grad, None
+
     def _pin(self, tensor: torch.Tensor) -> None:
         """Page-lock ``tensor`` in place (exact size; PyTorch's pinned allocator rounds sizes
         up to powers of two)."""
@@ -243,7 +296,9 @@ class HostOptimizer:
 
     def _install_waits(self) -> None:
         modules: dict[nn.Module, list[_Entry]] = {}
-        for module in self.model.modules():
+        model = self._model()
+        assert model is not None
+        for module in model.modules():
             owned = [self._entries[p] for p in module._parameters.values() if p in self._entries]
             if owned:
                 modules[module] = owned
@@ -252,6 +307,11 @@ class HostOptimizer:
             self._handles.append(module.register_forward_pre_hook(lambda m, a, h=hook: h()))
 
     # --- the step ------------------------------------------------------------------------
+    def check(self) -> None:
+        """Raise the error a host update raised, if any (the step calls it once per step)."""
+        if self._worker is not None:
+            self._worker.check()
+
     def _wait_for(self, entries: list[_Entry]) -> None:
         for entry in entries:
             if not entry.ready.is_set():
@@ -333,6 +393,7 @@ class HostOptimizer:
 
     def synchronize(self) -> None:
         """Wait until every queued host update is done and its weights are on the device."""
+        self._in_flight = None
         if self._worker is None:
             return
         self._worker.drain()
@@ -347,8 +408,18 @@ class HostOptimizer:
 
     def detach(self) -> None:
         """Put the float32 weights back on their device and the state back in the optimizer."""
-        if self._worker is None:
+        if not self._attached:
             return
+        self._attached = False
+        if self._simulated:
+            self._in_flight = None
+            for handle in self._handles:
+                handle.remove()
+            self._handles.clear()
+            for _, param in self._params:  # fake tensors: shapes matter, values do not
+                param.data = torch.empty_like(param.data, dtype=torch.float32)
+            return
+        assert self._worker is not None
         try:
             self.synchronize()
         finally:
@@ -369,6 +440,7 @@ class HostOptimizer:
     def discard(self) -> None:
         """Stop without restoring anything (the model is being dropped): the worker stops,
         the hooks go and the host memory is released."""
+        self._attached = False
         if self._worker is not None:
             self._worker.close()
             self._worker = None

@@ -58,11 +58,14 @@ class InForce:
         return " + ".join(technique_label(t) for t in self.techniques)
 
     @contextlib.contextmanager
-    def applied_to(self, module: nn.Module, fake_mode: Any = None) -> Iterator[ApplyContext]:
+    def applied_to(
+        self, module: nn.Module, fake_mode: Any = None, precision: str | None = None
+    ) -> Iterator[ApplyContext]:
         """Apply the techniques to ``module`` (a fake model, for tracing); undo them on exit.
 
         Every technique's applier runs, as ``memfit.apply`` runs them: the ones that change
-        the model under ``fake_mode``; the rest only fill the context.
+        the model under ``fake_mode``; the rest only fill the context. ``precision`` is the
+        step's (``ApplyContext.step_precision``).
 
         Raises:
             InvalidInputError: when the plan was made for another model, or has a technique
@@ -75,7 +78,7 @@ class InForce:
                 f"cannot estimate {', '.join(repr(t) for t in unknown)}: not a technique memfit "
                 f"models; known: {', '.join(row.type.__name__ for row in TABLE)}"
             )
-        context = ApplyContext()
+        context = ApplyContext(step_precision=precision)
         if not self.techniques:
             yield context
             return

@@ -56,6 +56,8 @@ class TrainStep:
             copy twice (``LeanAutocast``).
         recompute_products: keep the factors of ``FusedGatedMLP``'s products, not the
             products.
+        host_optimizer: the ``HostOptimizer`` of ``OffloadOptimizer``, told which backward
+            ends the batch (its update runs then).
 
     Attributes:
         autocast: a zero-argument factory of the autocast context (replaceable: memfit's tracer
@@ -78,6 +80,7 @@ class TrainStep:
         forward_batch: Callable[[Any], Any] | None = None,
         lean_autocast: bool = False,
         recompute_products: bool = False,
+        host_optimizer: Any = None,
     ) -> None:
         if micro_batches < 1:
             raise InvalidInputError(f"micro_batches={micro_batches} must be at least 1")
@@ -90,6 +93,7 @@ class TrainStep:
         self.forward_batch = forward_batch
         self.lean_autocast = lean_autocast
         self.recompute_products = recompute_products
+        self.host_optimizer = host_optimizer
         self._checked_label_shares = False
         self._hf_token_mean: bool | None = None  # the model's loss is HF's causal-LM loss
         self.mark: Mark = _no_mark
@@ -143,6 +147,8 @@ class TrainStep:
         optimizer_update(self.optimizer, self.grad_scaler, self.grad_scale)
         self.mark("zero_grad")
         self.optimizer.zero_grad(set_to_none=True)
+        if self.host_optimizer is not None:
+            self.host_optimizer.check()
 
     # --- the whole step -------------------------------------------------------------------
     def __call__(self, batch: Any) -> torch.Tensor:
@@ -158,6 +164,7 @@ class TrainStep:
     def accumulate(self, batch: Any) -> torch.Tensor:
         """Forward and backward of ``batch`` in ``micro_batches`` slices; the mean loss."""
         if self.micro_batches == 1:
+            self._ends_batch(True)
             return self.forward_backward(batch)
         total = batch_size_of(batch)
         if self.micro_batches > total:
@@ -170,16 +177,25 @@ class TrainStep:
         normalised = self._normalised_by_batch(batch, parts)
         if normalised is not None:  # each part's loss divided by the batch's labelled tokens
             with normalised as ready:
-                return torch.stack([self.forward_backward(part) for part in ready]).sum()
+                losses = []
+                for i, part in enumerate(ready):
+                    self._ends_batch(i == len(ready) - 1)
+                    losses.append(self.forward_backward(part))
+                return torch.stack(losses).sum()
         if not self._checked_label_shares:  # once: the count needs a device synchronisation
             self._checked_label_shares = True
             warn_if_label_shares_differ(parts, sizes)
         loss: torch.Tensor | None = None
-        for part, size in zip(parts, sizes, strict=True):
+        for i, (part, size) in enumerate(zip(parts, sizes, strict=True)):
+            self._ends_batch(i == len(parts) - 1)
             part_loss = self.forward_backward(part, loss_scale=size / total) * (size / total)
             loss = part_loss if loss is None else loss + part_loss
         assert loss is not None
         return loss
+
+    def _ends_batch(self, last: bool) -> None:
+        if self.host_optimizer is not None:
+            self.host_optimizer.final_micro_batch = last
 
     def _normalised_by_batch(
         self, batch: Any, parts: list[Any]

@@ -161,7 +161,12 @@ def trace_step(
         batch=describe_batch(example),
     )
     profile = _profile(record, fake_model, settings, spec, header)
-    profile = dataclasses.replace(profile, plan=techniques.label, step_time_s=record.step_time_s())
+    profile = dataclasses.replace(
+        profile,
+        plan=techniques.label,
+        step_time_s=record.step_time_s(),
+        host_bytes=dict(record.host_bytes),
+    )
     report(f"done in {time.perf_counter() - started:.1f} s")
     return StepTrace(profile, record.trace, record.marks, fake_model, record)
 
@@ -195,7 +200,8 @@ def _trace(
 ) -> StepRecord:
     """One step with the plan's techniques applied to the fake model, recorded."""
     spec = get_device(settings.device)
-    with fake_model.swapped(), techniques.applied_to(fake_model.module, fake_mode) as context:
+    applied = techniques.applied_to(fake_model.module, fake_mode, precision.name)
+    with fake_model.swapped(), applied as context:
 
         def make_step() -> TrainStep:
             optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
@@ -211,9 +217,10 @@ def _trace(
                 forward_batch=context.forward_batch,
                 lean_autocast=techniques.lean_autocast,
                 recompute_products=context.recompute_products,
+                host_optimizer=context.host_optimizer,
             )
 
-        return traced_step(
+        record = traced_step(
             fake_mode=fake_mode,
             fake_model=fake_model,
             batch=example,
@@ -223,6 +230,8 @@ def _trace(
             calibration=load_calibration(spec),
             recorder=recorder,
         )
+        record.host_bytes = context.host_bytes(techniques.micro_batches)
+        return record
 
 
 def _profile(

@@ -60,6 +60,7 @@ class StepRecord:
     ops: list[TracedOp] = field(default_factory=list)
     grad_bytes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    host_bytes: dict[str, int] = field(default_factory=dict)  # techniques' host memory
 
     def step_time_s(self) -> float:
         """Forward, backward and one steady optimizer step."""
@@ -149,6 +150,8 @@ def traced_step(
                 recorder.track(tensors, Category.OTHER, op="input")
                 step = make_step()
                 optimizer = step.optimizer
+                # techniques may have replaced parameters' data (OffloadOptimizer's working copies)
+                recorder.recategorize(fake_model.params.values(), Category.PARAM)
 
                 def mark(name: str) -> None:
                     stage[0] = name
