@@ -161,7 +161,7 @@ def local_device(index: int = 0) -> DeviceSpec:
     Raises:
         DeviceError: when there is no CUDA GPU.
     """
-    import torch
+    import torch  # not at the top: the device table is read without torch
 
     if not torch.cuda.is_available():
         raise DeviceError(

@@ -15,6 +15,7 @@ from collections.abc import Callable
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensor
 
 from memfit.errors import InvalidInputError, MemfitError, UnsupportedModelError
 
@@ -78,9 +79,7 @@ class HiddenStatesHead(nn.Module):
 
 
 def _is_fake(tensor: torch.Tensor) -> bool:
-    from torch._subclasses.fake_tensor import FakeTensor  # values unknown: shapes must do
-
-    return isinstance(tensor, FakeTensor)
+    return isinstance(tensor, FakeTensor)  # values unknown: shapes must do
 
 
 def find_head(model: nn.Module, name: str) -> nn.Linear:

@@ -185,6 +185,56 @@ def find_batch_size(
         leaks, longer sequences later) is not seen in a few steps: keep a ``margin`` or run under
         ``OOMGuard``. Host memory holds a copy of the model and optimizer state meanwhile.
     """
+    _check_arguments(make_batch, max_batch_size, multiple_of, steps_per_trial, margin)
+    started = time.perf_counter()
+    step = step_fn if step_fn is not None else _default_step(model, optimizer, loss_fn)
+    guess = _Guess(start, predict, use_estimate, estimate_kwargs)
+    predicted = guess.first(model, make_batch, optimizer)
+    first = _down(min(max(predicted or 1, 1), max_batch_size), multiple_of)
+    prober = _Prober(step, make_batch, steps_per_trial)
+    with preserved_state(model, optimizer, grad_scaler):
+        good, bad = _search(prober, first, max_batch_size, multiple_of)
+    if good is None:
+        raise _nothing_fits(prober, multiple_of)
+    result = _down(int(good * (1.0 - margin)), multiple_of) if margin else good
+    return BatchSizeResult(
+        batch_size=result,
+        largest_fitting=good,
+        smallest_failing=bad,
+        predicted=predicted,
+        trials=tuple(prober.trials),
+        seconds=time.perf_counter() - started,
+    )
+
+
+@dataclass(frozen=True)
+class _Guess:
+    """Where the first size to try comes from: ``start``, else ``predict()``, else the estimator."""
+
+    start: int | None
+    predict: Callable[[], int | None] | None
+    use_estimate: bool
+    estimate_kwargs: Mapping[str, Any] | None
+
+    def first(
+        self,
+        model: nn.Module,
+        make_batch: Callable[[int], Any],
+        optimizer: torch.optim.Optimizer | None,
+    ) -> int | None:
+        """The first guess, or None when there is none."""
+        guess = self.start
+        if guess is None and self.predict is not None:
+            guess = self.predict()
+        if guess is None and self.use_estimate:
+            guess = estimate_largest_batch(model, make_batch, optimizer, self.estimate_kwargs)
+        return guess
+
+
+def _check_arguments(
+    make_batch: Any, max_batch_size: int, multiple_of: int, steps_per_trial: int, margin: float
+) -> None:
+    """Raise InvalidInputError for a size, a margin or a make_batch that cannot be used."""
     for name, value, low in (
         ("max_batch_size", max_batch_size, 1),
         ("multiple_of", multiple_of, 1),
@@ -198,42 +248,26 @@ def find_batch_size(
         raise InvalidInputError(
             f"make_batch={make_batch!r} is not callable; pass make_batch(batch_size) -> batch"
         )
-    started = time.perf_counter()
-    step = step_fn if step_fn is not None else _default_step(model, optimizer, loss_fn)
-    predicted = start
-    if predicted is None and predict is not None:
-        predicted = predict()
-    if predicted is None and use_estimate:
-        predicted = estimate_largest_batch(model, make_batch, optimizer, estimate_kwargs)
-    first = _down(min(max(predicted or 1, 1), max_batch_size), multiple_of)
-    prober = _Prober(step, make_batch, steps_per_trial)
-    with preserved_state(model, optimizer, grad_scaler):
-        good, bad = _search(prober, first, max_batch_size, multiple_of)
-    if good is None:
-        last = prober.trials[-1].oom
-        raise OOMUnrecoverableError(
-            f"even a batch of {multiple_of} does not fit "
-            f"({last.summary() if last else 'no figures'}); the model and optimizer are as "
-            f"before. Make one sample fit first: activation checkpointing (memfit.plan), "
-            f"shorter sequences, lower precision",
-            oom=last,
-            micro_batch_size=multiple_of,
-            phase="trial step",
-        )
-    result = _down(int(good * (1.0 - margin)), multiple_of) if margin else good
-    return BatchSizeResult(
-        batch_size=result,
-        largest_fitting=good,
-        smallest_failing=bad,
-        predicted=predicted,
-        trials=tuple(prober.trials),
-        seconds=time.perf_counter() - started,
+
+
+def _nothing_fits(prober: _Prober, multiple: int) -> OOMUnrecoverableError:
+    """The error when even the smallest size ran out of memory, with the last OOM's figures."""
+    last = prober.trials[-1].oom
+    return OOMUnrecoverableError(
+        f"even a batch of {multiple} does not fit "
+        f"({last.summary() if last else 'no figures'}); the model and optimizer are as "
+        f"before. Make one sample fit first: activation checkpointing (memfit.plan), "
+        f"shorter sequences, lower precision",
+        oom=last,
+        micro_batch_size=multiple,
+        phase="trial step",
     )
 
 
 def _search(
     prober: _Prober, first: int, limit: int, multiple: int
 ) -> tuple[int | None, int | None]:
+    """Doubling (or halving) from ``first``, then bisection: (largest fitting, smallest not)."""
     good: int | None = None
     bad: int | None = None
     size = first

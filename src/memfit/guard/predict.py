@@ -1,8 +1,7 @@
 """A first guess of the largest batch from memfit's estimator (fake tensors, no memory).
 
-Optional by design: ``memfit.trace`` is imported lazily, and any failure (not installed, a
-model it cannot trace, no GPU to read the budget from) gives None, logged in one line, so the
-search starts from 1 instead.
+Optional by design: any failure (a model the estimator cannot trace, no GPU to read the budget
+from) gives None, logged in one line, so the search starts from 1 instead.
 """
 
 from __future__ import annotations

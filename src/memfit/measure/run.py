@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.utils._pytree import tree_flatten, tree_map
 
-from memfit.devices import local_device
+from memfit.devices import get_device, local_device
 from memfit.errors import DeviceError, InvalidInputError
 from memfit.measure.op_probe import OpCost, OpProbe
 from memfit.profile import Category, MemoryProfile, Phase, TimelineEvent
@@ -32,8 +32,11 @@ from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import make_optimizer, optimizer_label
 from memfit.trace.recorder import MemoryRecorder, Trace, live_until
 from memfit.trace.replay import replay
+from memfit.trace.settings import StepSettings
 
 __all__ = ["measure", "measure_step", "MeasuredStep"]
+
+Reading = tuple[Phase, int, int, str, int]  # phase, allocated, reserved, operator, trace index
 
 
 @dataclass
@@ -43,7 +46,7 @@ class MeasuredStep:
     profile: MemoryProfile
     trace: Trace
     marks: dict[str, int]
-    readings: list[tuple[Phase, int, int, str, int]]
+    readings: list[Reading]
     op_costs: list[OpCost] = field(default_factory=list)
 
 
@@ -52,6 +55,49 @@ _PHASES = {"forward": Phase.FORWARD, "backward": Phase.BACKWARD}
 
 def _no_mark(stage: str) -> None:
     return None
+
+
+@dataclass(frozen=True)
+class _Schedule:
+    """The steps run: ``warmup`` unmeasured, then ``steps`` measured, the last one recorded."""
+
+    warmup: int
+    steps: int
+    snapshot: str | None  # where to dump a memory snapshot of the measured steps
+
+
+@dataclass
+class _GpuStep:
+    """The model, its example batch and its TrainStep, on the GPU."""
+
+    module: nn.Module
+    example: Any
+    optimizer: torch.optim.Optimizer | None
+    train_step: TrainStep
+
+    def run(self, mark: Callable[[str], None] = _no_mark) -> None:
+        """One training step, calling ``mark`` at each phase boundary."""
+        self.train_step.mark = mark
+        self.train_step.step(self.example)
+
+
+@dataclass
+class _Recorded:
+    """The last measured step: its trace, phase marks and per-operator readings."""
+
+    trace: Trace
+    marks: dict[str, int]
+    readings: list[Reading]
+
+
+@dataclass(frozen=True)
+class _Peaks:
+    """What PyTorch's counters and ``cudaMemGetInfo`` report over the measured steps."""
+
+    allocated: int
+    reserved: int
+    device_memory: int
+    outside_pytorch: int  # the process's use beyond PyTorch's allocator
 
 
 def measure_step(
@@ -74,6 +120,8 @@ def measure_step(
     Args:
         model: an ``nn.Module`` (moved to the GPU), a builder (built on the GPU) or a zoo name.
         batch: as for ``memfit.estimate``; tensors are copied to the GPU once.
+        loss_fn, forward, optimizer, precision, batch_size, seq_len: as for
+            ``memfit.estimate``.
         warmup: steps before the measurement (the optimizer creates its state in the first).
         steps: measured steps; the last one also records allocations per module.
         snapshot: a path to write a PyTorch memory snapshot of the measured steps to
@@ -90,6 +138,32 @@ def measure_step(
         * The first call in a process includes one-time library workspaces, as a real first
           run does; ``memfit.estimate`` predicts exactly that.
     """
+    _check_can_measure(warmup, steps)
+    settings = StepSettings(
+        loss_fn=loss_fn,
+        forward=forward,
+        optimizer=optimizer,
+        precision=precision,
+        device=local_device(),
+        batch_size=batch_size,
+        seq_len=seq_len,
+    )
+    precision = Precision.parse(settings.precision)
+    name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
+    gpu = _build(model, batch, settings, precision)
+    recorded, peaks = _run(gpu, _Schedule(warmup, steps, snapshot))
+    profile = _profile(name, gpu, recorded, peaks, settings, precision)
+    op_costs = _probe_ops(gpu) if op_probe else []
+    return MeasuredStep(profile, recorded.trace, recorded.marks, recorded.readings, op_costs)
+
+
+def measure(*args: Any, **kwargs: Any) -> MemoryProfile:
+    """Measure a training step on the local GPU; arguments as ``measure_step`` documents."""
+    return measure_step(*args, **kwargs).profile
+
+
+def _check_can_measure(warmup: int, steps: int) -> None:
+    """Raise unless there is a GPU and at least one warm-up and one measured step."""
     if not torch.cuda.is_available():
         raise DeviceError(
             "memfit.measure runs the step on a GPU and torch sees none; use memfit.estimate "
@@ -97,9 +171,15 @@ def measure_step(
         )
     if warmup < 1 or steps < 1:
         raise InvalidInputError(f"warmup={warmup} and steps={steps} must both be at least 1")
-    spec = local_device()
-    precision = Precision.parse(precision)
-    name, model, batch = resolve(model, batch, batch_size, seq_len)
+
+
+def _build(
+    model: nn.Module | Callable[[], nn.Module],
+    batch: Any,
+    settings: StepSettings,
+    precision: Precision,
+) -> _GpuStep:
+    """The model and the batch on the GPU, with their optimizer and TrainStep."""
     cuda = torch.device("cuda")
     # blocks cached by earlier work in this process would count in this step's reserved peak
     gc.collect()
@@ -115,79 +195,38 @@ def measure_step(
         example = batch() if callable(batch) else batch
     example = tree_map(lambda t: t.to(cuda) if isinstance(t, torch.Tensor) else t, example)
     trainable = [p for p in module.parameters() if p.requires_grad]
-    opt = make_optimizer(optimizer, trainable)
-    train_step = TrainStep(module, opt, loss_fn=loss_fn, forward=forward, precision=precision)
+    optimizer = make_optimizer(settings.optimizer, trainable)
+    train_step = TrainStep(
+        module, optimizer, loss_fn=settings.loss_fn, forward=settings.forward, precision=precision
+    )
+    return _GpuStep(module, example, optimizer, train_step)
 
-    def step(mark: Callable[[str], None] = _no_mark) -> None:
-        train_step.mark = mark
-        train_step.step(example)
 
-    for _ in range(warmup):
-        step()
+def _run(gpu: _GpuStep, schedule: _Schedule) -> tuple[_Recorded, _Peaks]:
+    """Warm-up steps, then the measured ones under fresh peak counters, the last recorded."""
+    for _ in range(schedule.warmup):
+        gpu.run()
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
-    if snapshot:
+    if schedule.snapshot:
         torch.cuda.memory._record_memory_history(max_entries=1_000_000)
-    for _ in range(steps - 1):
-        step()
-    recorder, marks, readings = _recorded_step(module, example, opt, step)
+    for _ in range(schedule.steps - 1):
+        gpu.run()
+    recorded = _recorded_step(gpu)
     torch.cuda.synchronize()
     peak_allocated = torch.cuda.max_memory_allocated()
     peak_reserved = torch.cuda.max_memory_reserved()
-    if snapshot:
-        torch.cuda.memory._dump_snapshot(snapshot)
+    if schedule.snapshot:
+        torch.cuda.memory._dump_snapshot(schedule.snapshot)
         torch.cuda.memory._record_memory_history(enabled=None)
     free, total = torch.cuda.mem_get_info()
     outside = max(0, (total - free) - torch.cuda.memory_reserved())
-    result = replay(recorder.trace, marks)
-    profile = assemble_profile(
-        trace=recorder.trace,
-        replay=result,
-        modules=module_table(
-            module,
-            recorder.trace,
-            live_until(recorder.trace.events, marks.get("backward", 0)),
-            trainable_param_bytes(dict(module.named_parameters())),
-        ),
-        header=dict(
-            source="measure",
-            model=name,
-            device=spec.name,
-            device_memory=total,
-            precision=precision.name,
-            optimizer=optimizer_label(optimizer),
-            batch=describe_batch(example),
-        ),
-        outside_pytorch={"cuda_context_and_libraries": outside},
-        warnings=(),
-    )
-    by_category = dict(profile.by_category)
-    # what no tensor accounts for (library workspaces, allocator rounding) is "other"
-    by_category[Category.OTHER] += peak_allocated - sum(by_category.values())
-    op_costs: list[OpCost] = []
-    if op_probe:
-        phase = ["forward"]
-        probe = OpProbe(lambda: phase[0])
-        with probe:
-            step(lambda stage: phase.__setitem__(0, stage))
-        op_costs = probe.costs
-    profile = _with(
-        profile,
-        peak_allocated=peak_allocated,
-        peak_reserved=peak_reserved,
-        by_category=by_category,
-        timeline=_timeline(readings),
-    )
-    return MeasuredStep(profile, recorder.trace, marks, readings, op_costs)
+    return recorded, _Peaks(peak_allocated, peak_reserved, total, outside)
 
 
-def measure(*args: Any, **kwargs: Any) -> MemoryProfile:
-    """Measure a training step on the local GPU; arguments as ``measure_step`` documents."""
-    return measure_step(*args, **kwargs).profile
-
-
-def _recorded_step(module: nn.Module, example: Any, opt: Any, step: Callable) -> tuple:
-    readings: list[tuple[Phase, int, int, str, int]] = []
+def _recorded_step(gpu: _GpuStep) -> _Recorded:
+    """One step with every allocation recorded, and the GPU's counters after each operator."""
+    readings: list[Reading] = []
 
     def on_op(func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         readings.append(
@@ -206,29 +245,91 @@ def _recorded_step(module: nn.Module, example: Any, opt: Any, step: Callable) ->
     def mark(stage: str) -> None:
         marks.setdefault(stage, len(recorder.trace.events))
         if stage == "optimizer0":
-            recorder.recategorize([p.grad for p in module.parameters()], Category.GRAD)
+            recorder.recategorize([p.grad for p in gpu.module.parameters()], Category.GRAD)
         recorder.phase = _PHASES.get(stage, Phase.OPTIMIZER)
 
     with ModuleTracker() as tracker, recorder:
-        recorder.attach(tracker, module)
-        recorder.track(list(module.parameters()), Category.PARAM, op="parameter")
-        recorder.track(list(module.buffers()), Category.BUFFER, op="buffer")
-        recorder.track(
-            [t for t in tree_flatten(example)[0] if isinstance(t, torch.Tensor)],
-            Category.OTHER,
-            op="input",
-        )
-        if opt is not None:
-            state = [
-                t for s in opt.state.values() for t in s.values() if isinstance(t, torch.Tensor)
-            ]
-            recorder.track(state, Category.OPTIMIZER, op="optimizer state")
-        step(mark)
+        recorder.attach(tracker, gpu.module)
+        _track_existing(recorder, gpu)
+        gpu.run(mark)
     recorder.close()
-    return recorder, marks, readings
+    return _Recorded(recorder.trace, marks, readings)
 
 
-def _timeline(readings: list[tuple[Phase, int, int, str, int]], limit: int = 2000) -> tuple:
+def _track_existing(recorder: MemoryRecorder, gpu: _GpuStep) -> None:
+    """Record what exists before the step: weights, buffers, the batch, optimizer state."""
+    module = gpu.module
+    recorder.track(list(module.parameters()), Category.PARAM, op="parameter")
+    recorder.track(list(module.buffers()), Category.BUFFER, op="buffer")
+    recorder.track(
+        [t for t in tree_flatten(gpu.example)[0] if isinstance(t, torch.Tensor)],
+        Category.OTHER,
+        op="input",
+    )
+    if gpu.optimizer is not None:
+        state = [
+            t
+            for s in gpu.optimizer.state.values()
+            for t in s.values()
+            if isinstance(t, torch.Tensor)
+        ]
+        recorder.track(state, Category.OPTIMIZER, op="optimizer state")
+
+
+def _profile(
+    name: str,
+    gpu: _GpuStep,
+    recorded: _Recorded,
+    peaks: _Peaks,
+    settings: StepSettings,
+    precision: Precision,
+) -> MemoryProfile:
+    """The recorded step as a MemoryProfile, with the peaks PyTorch's counters measured."""
+    trace, marks = recorded.trace, recorded.marks
+    profile = assemble_profile(
+        trace=trace,
+        replay=replay(trace, marks),
+        modules=module_table(
+            gpu.module,
+            trace,
+            live_until(trace.events, marks.get("backward", 0)),
+            trainable_param_bytes(dict(gpu.module.named_parameters())),
+        ),
+        header=dict(
+            source="measure",
+            model=name,
+            device=get_device(settings.device).name,
+            device_memory=peaks.device_memory,
+            precision=precision.name,
+            optimizer=optimizer_label(settings.optimizer),
+            batch=describe_batch(gpu.example),
+        ),
+        outside_pytorch={"cuda_context_and_libraries": peaks.outside_pytorch},
+        warnings=(),
+    )
+    by_category = dict(profile.by_category)
+    # what no tensor accounts for (library workspaces, allocator rounding) is "other"
+    by_category[Category.OTHER] += peaks.allocated - sum(by_category.values())
+    return dataclasses.replace(
+        profile,
+        peak_allocated=peaks.allocated,
+        peak_reserved=peaks.reserved,
+        by_category=by_category,
+        timeline=_timeline(recorded.readings),
+    )
+
+
+def _probe_ops(gpu: _GpuStep) -> list[OpCost]:
+    """One more step under an OpProbe: each operator's memory beyond its outputs."""
+    phase = ["forward"]
+    probe = OpProbe(lambda: phase[0])
+    with probe:
+        gpu.run(lambda stage: phase.__setitem__(0, stage))
+    return probe.costs
+
+
+def _timeline(readings: list[Reading], limit: int = 2000) -> tuple:
+    """At most ``limit`` timeline points: the highest reading of each run of readings."""
     if not readings:
         return ()
     bucket = max(1, -(-len(readings) // limit))
@@ -246,7 +347,3 @@ def _timeline(readings: list[tuple[Phase, int, int, str, int]], limit: int = 200
             )
         )
     return tuple(points)
-
-
-def _with(profile: MemoryProfile, **changes: Any) -> MemoryProfile:
-    return dataclasses.replace(profile, **changes)

@@ -119,7 +119,7 @@ def breakdown_figure(profile: MemoryProfile, *, budget: int | None = None) -> Fi
 
 
 def mpl_patch(color: str, label: str, hatch: str | None = None) -> object:
-    from matplotlib.patches import Patch
+    from matplotlib.patches import Patch  # slow to import: only when a figure is drawn
 
     return Patch(facecolor=color, edgecolor="white", hatch=hatch, label=label)
 

@@ -58,7 +58,7 @@ _STYLE: dict[str, Any] = {
 @contextmanager
 def style() -> Iterator[None]:
     """memfit's plot style, in force only inside the block."""
-    import matplotlib
+    import matplotlib  # slow to import: only when a figure is drawn
 
     with matplotlib.rc_context(_STYLE):  # type: ignore[arg-type]
         yield
@@ -66,7 +66,7 @@ def style() -> Iterator[None]:
 
 def new_figure(width: float, height: float, **subplots: Any) -> tuple[Figure, Any]:
     """A figure with subplots, built without pyplot (call inside :func:`style`)."""
-    from matplotlib.figure import Figure
+    from matplotlib.figure import Figure  # slow to import: only when a figure is drawn
 
     fig = Figure(figsize=(width, height), layout="constrained")
     return fig, fig.subplots(**subplots)
@@ -74,7 +74,7 @@ def new_figure(width: float, height: float, **subplots: Any) -> tuple[Figure, An
 
 def to_svg(fig: Figure, *, salt: str) -> str:
     """The figure as an inline ``<svg>`` element (no XML prolog; ids made unique by ``salt``)."""
-    import matplotlib
+    import matplotlib  # slow to import: only when a figure is drawn
 
     buffer = io.StringIO()
     with style(), matplotlib.rc_context({"svg.hashsalt": salt}):

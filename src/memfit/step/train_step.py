@@ -19,6 +19,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch._subclasses.fake_tensor import is_fake
 
 from memfit.errors import InvalidInputError
 from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, split_batch
@@ -234,7 +235,7 @@ def _hf_causal_lm_loss(module: nn.Module | None) -> bool:
     forward passes ``num_items_in_batch`` on to it (through ``**kwargs``)."""
     if module is None or not type(module).__module__.startswith("transformers."):
         return False
-    try:
+    try:  # transformers is optional (memfit[hf]); only a Hugging Face model gets here
         from transformers.loss.loss_utils import ForCausalLMLoss
     except ImportError:  # transformers without its loss module (before 4.46)
         return False
@@ -252,8 +253,6 @@ def warn_if_label_shares_differ(parts: list[Any], sizes: list[int]) -> None:
     padding, a micro-batch's share of those can differ from its share of samples, and the
     update is then not the full batch's.
     """
-    from torch._subclasses.fake_tensor import is_fake
-
     labels = [p.get("labels") if isinstance(p, Mapping) else None for p in parts]
     if not all(
         isinstance(x, torch.Tensor) and not is_fake(x) and x.device.type != "meta" for x in labels

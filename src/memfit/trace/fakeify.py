@@ -17,6 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_map
 
 from memfit.errors import UnsupportedModelError
@@ -50,8 +51,6 @@ class FakeModel:
         if not self.swap:
             yield
             return
-        from torch.nn.utils.stateless import _reparametrize_module
-
         with _reparametrize_module(
             self.module, {**self.params, **self.buffers}, tie_weights=True, strict=False
         ):

@@ -110,7 +110,9 @@ class MemoryRecorder(TorchDispatchMode):
         parents = [p for p in self._tracker.parents if p != "Global"]
         if not parents:
             return ""
-        innermost = max(parents, key=lambda name: name.count("."))
+        # the deepest; a tie (a sibling ModuleTracker has not yet left) by name, so that a trace
+        # does not depend on the set's hash order
+        innermost = max(parents, key=lambda name: (name.count("."), name))
         _, _, fqn = innermost.partition(".")
         return fqn
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -113,16 +113,48 @@ def traced_step(
         UnsupportedModelError: when the model fails on fake tensors (with its error).
     """
     recorder = recorder or new_recorder(device, stack)
-    record = StepRecord(recorder.trace, {})
-    stage = ["setup"]
+    book = _Bookkeeping(recorder, fake_model, device, calibration)
+    recorder.on_op = book.on_op
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        with _on_the_target(fake_mode, device, stack, batch) as tracker, recorder:
+            _track_existing(recorder, tracker, fake_model, batch)
+            step = make_step()
+            # techniques may replace parameters' data (OffloadOptimizer's working copies)
+            recorder.recategorize(fake_model.params.values(), Category.PARAM)
+            book.optimizer = step.optimizer
+            step.mark = book.mark
+            policy = _emulate_cuda_precision(step)
+            _run_step(step, batch, book.mark, policy)
+        recorder.close()
+    book.record.warnings = recorder.warnings
+    return book.record
 
-    def on_op(func: Any, args: tuple, kwargs: dict, out: Any) -> None:
-        cost = op_time(func, args, kwargs, out, device, calibration)
+
+class _Bookkeeping:
+    """What the recorder's callbacks keep while the step runs: op times, phase marks."""
+
+    def __init__(
+        self,
+        recorder: MemoryRecorder,
+        fake_model: FakeModel,
+        device: DeviceSpec,
+        calibration: Calibration,
+    ) -> None:
+        self.recorder, self.fake_model = recorder, fake_model
+        self.device, self.calibration = device, calibration
+        self.record = StepRecord(recorder.trace, {})
+        self.stage = "setup"
+        self.optimizer: torch.optim.Optimizer | None = None  # the step's, once it is built
+
+    def on_op(self, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
+        """After each operator: its predicted time, with the stage and module it ran in."""
+        cost = op_time(func, args, kwargs, out, self.device, self.calibration)
         if cost.seconds:
-            record.ops.append(
+            self.record.ops.append(
                 TracedOp(
-                    stage[0],
-                    recorder.current_module(),
+                    self.stage,
+                    self.recorder.current_module(),
                     cost.op,
                     cost.seconds,
                     cost.flops,
@@ -131,74 +163,90 @@ def traced_step(
                 )
             )
 
-    recorder.on_op = on_op
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        with (
-            fake_mode,
-            ModuleTracker() as tracker,
-            cuda_composites(device, stack),
-            gpu_mask_branches(batch),
-        ):
-            with cuda_optimizer_defaults(), recorder:
-                recorder.attach(tracker, fake_model.module)
-                recorder.track(fake_model.params.values(), Category.PARAM, op="parameter")
-                recorder.track(fake_model.buffers.values(), Category.BUFFER, op="buffer")
-                recorder.recategorize(fake_model.params.values(), Category.PARAM)
-                recorder.recategorize(fake_model.buffers.values(), Category.BUFFER)
-                tensors = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor)]
-                recorder.track(tensors, Category.OTHER, op="input")
-                step = make_step()
-                optimizer = step.optimizer
-                # techniques may have replaced parameters' data (OffloadOptimizer's working copies)
-                recorder.recategorize(fake_model.params.values(), Category.PARAM)
+    def mark(self, name: str) -> None:
+        """At a phase boundary: where it falls in the trace, and what its tensors now are."""
+        self.stage = name
+        self.record.marks.setdefault(name, len(self.recorder.trace.events))
+        if name == "optimizer0":
+            grads = [p.grad for p in self.fake_model.params.values()]
+            self.recorder.recategorize(grads, Category.GRAD)
+        if name == "zero_grad" and self.optimizer is not None:
+            self._settle_optimizer(self.optimizer)
+        self.recorder.phase = _PHASE_OF_MARK.get(name, Phase.OPTIMIZER)
 
-                def mark(name: str) -> None:
-                    stage[0] = name
-                    record.marks.setdefault(name, len(recorder.trace.events))
-                    if name == "optimizer0":
-                        grads = [p.grad for p in fake_model.params.values()]
-                        recorder.recategorize(grads, Category.GRAD)
-                    if name == "zero_grad" and optimizer is not None:
-                        recorder.forget(_host_step_counters(optimizer))
-                        state = [
-                            t
-                            for s in optimizer.state.values()
-                            for t in s.values()
-                            if isinstance(t, torch.Tensor)
-                        ]
-                        recorder.recategorize(state, Category.OPTIMIZER)
-                        record.grad_bytes.update(
-                            {
-                                n: p.grad.numel() * p.grad.element_size()
-                                for n, p in fake_model.params.items()
-                                if p.grad is not None
-                            }
-                        )
-                    recorder.phase = _PHASE_OF_MARK.get(name, Phase.OPTIMIZER)
+    def _settle_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
+        """At zero_grad: optimizer state recategorised, host step counters out, grad sizes kept."""
+        self.recorder.forget(_host_step_counters(optimizer))
+        state = [
+            t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+        ]
+        self.recorder.recategorize(state, Category.OPTIMIZER)
+        self.record.grad_bytes.update(
+            {
+                n: p.grad.numel() * p.grad.element_size()
+                for n, p in self.fake_model.params.items()
+                if p.grad is not None
+            }
+        )
 
-                step.mark = mark
-                dtype = step.precision.autocast_dtype
-                policy: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
-                if dtype is not None:
-                    cache = not step.lean_autocast
-                    step.autocast = lambda: torch.autocast("cpu", dtype=dtype, cache_enabled=cache)
-                    policy = cuda_autocast_policy(dtype)
-                if step.precision.grad_scaler:
-                    step.grad_scale = torch.full((), 65536.0)
-                try:
-                    with policy:
-                        _run_twice_stepping(step, batch, mark)
-                except MemfitError:
-                    raise
-                except Exception as error:  # the user's model: report it, whatever it raised
-                    raise UnsupportedModelError(
-                        f"the training step failed on fake tensors with {type(error).__name__}: "
-                        f"{error}"
-                    ) from error
-        recorder.close()
-    record.warnings = recorder.warnings
-    return record
+
+@contextlib.contextmanager
+def _on_the_target(
+    fake_mode: FakeTensorMode, device: DeviceSpec, stack: CudaStack, batch: Any
+) -> Iterator[ModuleTracker]:
+    """Fake tensors under the target's composites, mask branches and optimizer defaults."""
+    with (
+        fake_mode,
+        ModuleTracker() as tracker,
+        cuda_composites(device, stack),
+        gpu_mask_branches(batch),
+        cuda_optimizer_defaults(),
+    ):
+        yield tracker
+
+
+def _track_existing(
+    recorder: MemoryRecorder, tracker: ModuleTracker, fake_model: FakeModel, batch: Any
+) -> None:
+    """Record what exists before the step: weights, buffers and the batch."""
+    recorder.attach(tracker, fake_model.module)
+    recorder.track(fake_model.params.values(), Category.PARAM, op="parameter")
+    recorder.track(fake_model.buffers.values(), Category.BUFFER, op="buffer")
+    recorder.recategorize(fake_model.params.values(), Category.PARAM)
+    recorder.recategorize(fake_model.buffers.values(), Category.BUFFER)
+    tensors = [t for t in tree_flatten(batch)[0] if isinstance(t, torch.Tensor)]
+    recorder.track(tensors, Category.OTHER, op="input")
+
+
+def _emulate_cuda_precision(step: Any) -> contextlib.AbstractContextManager[None]:
+    """Give the step CPU autocast and a grad scale as CUDA would; return the cast policy."""
+    dtype = step.precision.autocast_dtype
+    policy: contextlib.AbstractContextManager[None] = contextlib.nullcontext()
+    if dtype is not None:
+        cache = not step.lean_autocast
+        step.autocast = lambda: torch.autocast("cpu", dtype=dtype, cache_enabled=cache)
+        policy = cuda_autocast_policy(dtype)
+    if step.precision.grad_scaler:
+        step.grad_scale = torch.full((), 65536.0)
+    return policy
+
+
+def _run_step(
+    step: Any,
+    batch: Any,
+    mark: Callable[[str], None],
+    policy: contextlib.AbstractContextManager[None],
+) -> None:
+    """The step under CUDA's cast policy; the model's own errors as UnsupportedModelError."""
+    try:
+        with policy:
+            _run_twice_stepping(step, batch, mark)
+    except MemfitError:
+        raise
+    except Exception as error:  # the user's model: report it, whatever it raised
+        raise UnsupportedModelError(
+            f"the training step failed on fake tensors with {type(error).__name__}: {error}"
+        ) from error
 
 
 def _run_twice_stepping(step: Any, batch: Any, mark: Callable[[str], None]) -> None:

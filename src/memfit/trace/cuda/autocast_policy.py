@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from enum import Enum
 
+import torch
+
 __all__ = ["CastPolicy", "CUDA_AUTOCAST_POLICY", "registered_cuda_autocast_ops"]
 
 
@@ -75,7 +77,5 @@ CUDA_AUTOCAST_POLICY: dict[str, CastPolicy] = _table()
 
 def registered_cuda_autocast_ops() -> set[str]:
     """Operator names (``name`` or ``name.overload``) with an AutocastCUDA kernel in this torch."""
-    import torch
-
     names = torch._C._dispatch_get_registrations_for_dispatch_key("AutocastCUDA")
     return {name.removeprefix("aten::") for name in names if name.startswith("aten::")}

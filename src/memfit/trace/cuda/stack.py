@@ -18,7 +18,6 @@ class CudaStack:
 
     Attributes:
         cudnn_version: cuDNN runtime version as ``torch.backends.cudnn.version()`` reports it.
-        cuda_major: CUDA runtime major version of the torch build.
         cudnn_sdpa_preferred: whether SDPA tries cuDNN attention first on sm90/sm100
             (PyTorch does when cuDNN > 9.15 on those chips, see ``check_prefer_cudnn_attention``
             in ``aten/src/ATen/native/transformers/cuda/sdp_utils.cpp``).
@@ -36,7 +35,6 @@ class CudaStack:
     """
 
     cudnn_version: int = 91900
-    cuda_major: int = 13
     cudnn_sdpa_preferred: bool = True
     cudnn_sdpa_max_head_dim: int = 256
     cudnn_sdpa_dropout_sixteenths: bool = False
