@@ -43,12 +43,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
 from memfit.step.host_adam import AdamHyper, HostParam, host_adam_step  # noqa: E402
-from memfit.step.host_optimizer import HostOptimizer, offloadable_parameters  # noqa: E402
+from memfit.techniques import technique_label  # noqa: E402
 from models import hf_llama_3b  # noqa: E402
 
 GiB = 1024**3
 SEQ = 2048
-PARTS = ("bandwidth", "host", "baseline", "offload", "compiled")
+PARTS = ("bandwidth", "host", "baseline", "check", "offload", "compiled")
 REFERENCE_TOKENS_S = 16302  # issue 11: batch 2 at an 80 GiB cap, same H200
 
 
@@ -133,7 +133,6 @@ def host(args) -> dict:
     big = torch.empty(size * pieces, dtype=torch.float32).uniform_(-1, 1)
     out["copy_GBps"] = copy_bandwidth(big)
     grads = torch.empty_like(big).uniform_(-1e-3, 1e-3)
-    grads16 = grads.to(torch.bfloat16)
     params = [big[i * size : (i + 1) * size] for i in range(pieces)]
     for threads in args.threads:
         torch.set_num_threads(threads)
@@ -149,35 +148,24 @@ def host(args) -> dict:
             print(out["rows"][-1], flush=True)
             del optimizer, ps
             gc.collect()
-        for chunk in args.chunks:
-            state = HostParam(
-                big,
-                torch.zeros_like(big),
-                torch.zeros_like(big),
-                torch.zeros((), dtype=torch.float32),
-                grads16.clone(),
+        hyper = AdamHyper(1e-4, 0.9, 0.999, 1e-8, 0.01, decoupled=True)
+        states = [
+            HostParam(
+                p, torch.zeros_like(p), torch.zeros_like(p), torch.zeros((), dtype=torch.float32), g
             )
-            hyper = AdamHyper(1e-4, 0.9, 0.999, 1e-8, 0.01, decoupled=True)
-            scratch = torch.empty(chunk, dtype=torch.float32)
+            for p, g in zip(params, grads.split(size), strict=True)
+        ]
 
-            def run(state=state, hyper=hyper, scratch=scratch, chunk=chunk):
-                state.staging.copy_(grads16[: state.staging.numel()])
-                host_adam_step(state, hyper, scratch, chunk, accumulated=False)
+        def run(states=states, hyper=hyper):
+            for state in states:
+                host_adam_step(state, hyper, accumulated=False)
 
-            restage = timed(lambda state=state: state.staging.copy_(grads16), 2)
-            seconds = timed(run, 2) - restage
-            out["rows"].append(
-                {
-                    "impl": "memfit host step bf16",
-                    "threads": threads,
-                    "chunk": chunk,
-                    "s": seconds,
-                    "params_per_s": big.numel() / seconds,
-                }
-            )
-            print(out["rows"][-1], flush=True)
-            del state
-            gc.collect()
+        seconds = timed(run, 2)
+        row = {"impl": "memfit host step", "threads": threads, "s": seconds}
+        out["rows"].append({**row, "params_per_s": n / seconds})
+        print(out["rows"][-1], flush=True)
+        del states
+        gc.collect()
         args.save()
     torch.set_num_threads(os.cpu_count() or 1)
     return out
@@ -287,92 +275,159 @@ def baseline(args) -> dict:
     return out
 
 
-def offload(args) -> dict:
-    cuda, device = not args.smoke, args.device
-    out: dict = {"cap_gib": args.cap, "threads": args.offload_threads, "rows": []}
-    clean(cuda)
-    cap(cuda, args.cap)
-    before = rss()
-    torch.manual_seed(0)
-    with torch.device(device):
-        model = hf_llama_3b(args.smoke)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
-    step = memfit.apply(
-        activation_plan(args.loss_chunks), model, optimizer, precision="bf16-mixed",
-        device_type=device,
-    )  # fmt: skip
-    chosen = [(name, p) for name, p, _ in offloadable_parameters(model)]
-    out["offloaded_params"] = sum(p.numel() for _, p in chosen)
-    out["resident_params"] = sum(p.numel() for p in model.parameters()) - out["offloaded_params"]
-    started = time.perf_counter()
-    engine = HostOptimizer(model, optimizer, chosen, threads=args.offload_threads)
-    engine.attach()
-    out["attach_s"] = time.perf_counter() - started
-    out["host_state_bytes"] = sum(t.numel() * t.element_size() for t in engine._flat.values())
-    out["rss_before"], out["rss_attached"] = before, rss()
-    if cuda:
-        out["allocated_attached"] = torch.cuda.memory_allocated()
-    args.save()
-    try:
-        for bs in args.batches:
-            row: dict = {"label": "offload", "batch": bs}
-            try:
-                batch = make_batch(model.config.vocab_size, bs, args.seq, device)
-                row.update(measure(step, batch, args, engine=engine, cuda=cuda))
-            except Exception:
-                row["error"] = traceback.format_exc()[-3000:]
-                engine.synchronize()
-            out["rows"].append(row)
-            print(row, flush=True)
-            args.save()
-        import memfit.step.host_optimizer as module
+def offload_plan(kind: str, layers: str, chunks: int) -> list:
+    """memfit's techniques for the offloaded step: full checkpointing of every layer (with the
+    checkpoint boundaries in host memory for ``act``), chunked loss, optimizer on the host."""
+    plan: list = [memfit.Checkpoint(modules=(layers,))]
+    if kind == "act":
+        plan.append(memfit.OffloadActivations(modules=(layers,)))
+    return plan + [memfit.ChunkedLoss(chunks=chunks), memfit.OffloadOptimizer()]
 
-        real = module.host_adam_step
-        module.host_adam_step = lambda *a, **k: None  # the GPU's and the copies' time alone
-        try:
-            bs = args.batches[min(1, len(args.batches) - 1)]
-            row = {"label": "offload without host step", "batch": bs}
-            batch = make_batch(model.config.vocab_size, bs, args.seq, device)
-            row.update(measure(step, batch, args, engine=engine, cuda=cuda))
-        except Exception:
-            row["error"] = traceback.format_exc()[-3000:]
-        finally:
-            module.host_adam_step = real
-        out["rows"].append(row)
-        print(row, flush=True)
-    finally:
-        engine.discard()
-        del step, optimizer, model, engine
+
+def parse_configs(text: str) -> dict[str, list[tuple[int, dict]]]:
+    """``"ckpt:8,ckpt:8:t8,act:16:nohost"`` -> runs by plan kind: (batch, options)."""
+    runs: dict[str, list[tuple[int, dict]]] = {}
+    for item in filter(None, text.split(",")):
+        kind, batch, *flags = item.split(":")
+        options: dict = {"nohost": "nohost" in flags}
+        for flag in flags:
+            if flag.startswith("t"):
+                options["threads"] = int(flag[1:])
+        runs.setdefault(kind, []).append((int(batch), options))
+    return runs
+
+
+def offload(args) -> dict:
+    import memfit.step.host_optimizer as host_module
+    from memfit.step.host_worker import HostWorker
+
+    cuda, device = not args.smoke, args.device
+    out: dict = {"cap_gib": args.cap, "runs": []}
+    for kind, runs in parse_configs(args.configs).items():
         clean(cuda)
+        cap(cuda, args.cap)
+        before = rss()
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = hf_llama_3b(args.smoke)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
+        started = time.perf_counter()
+        plan = offload_plan(kind, "model.layers.*", args.loss_chunks)
+        step = memfit.apply(plan, model, optimizer, precision="bf16-mixed", device_type=device)
+        engine = step.host_optimizer
+        setup = {
+            "kind": kind,
+            "plan": [technique_label(t) for t in plan],
+            "apply_s": time.perf_counter() - started,
+            "offloaded_params": sum(p.numel() for p in engine._entries),
+            "host_bytes_predicted": engine.host_bytes(),
+            "rss_before": before,
+            "rss_applied": rss(),
+            "threads": engine.threads,
+        }
+        if cuda:
+            setup["allocated_applied"] = torch.cuda.memory_allocated()
+        out["runs"].append(setup)
+        args.save()
+        real = host_module.host_adam_step
+        try:
+            for bs, options in runs:
+                row: dict = {"kind": kind, "batch": bs, **options}
+                threads = options.get("threads")
+                if threads is not None and threads != engine.threads:
+                    engine._worker.close()
+                    engine._worker = HostWorker(threads)
+                if options["nohost"]:  # the GPU's and the copies' time alone
+                    host_module.host_adam_step = lambda *a, **k: None
+                try:
+                    clean(cuda)
+                    batch = make_batch(model.config.vocab_size, bs, args.seq, device)
+                    row.update(measure(step, batch, args, engine=engine, cuda=cuda))
+                    row["rss_over_before"] = row.get("VmHWM", 0) - before.get("VmRSS", 0)
+                except Exception:
+                    row["error"] = traceback.format_exc()[-2500:]
+                    engine.synchronize()
+                finally:
+                    host_module.host_adam_step = real
+                    if threads is not None and threads != engine.threads:
+                        engine._worker.close()
+                        engine._worker = HostWorker(engine.threads)
+                out["runs"].append(row)
+                print({k: v for k, v in row.items() if k != "error"}, row.get("error", "")[-300:])
+                args.save()
+        finally:
+            engine.discard()
+            del step, optimizer, model, engine
+            clean(cuda)
     return out
+
+
+def check(args) -> dict:
+    """The CUDA path against the plain step on a small model: losses and float32 masters after
+    a few steps (equal to rounding: the host's CPU kernel against the GPU's), and whether undo
+    gives float32 weights back on the GPU."""
+    device = args.device
+    results = {}
+    for kind in ("ckpt", "act"):
+        models = []
+        for _ in range(2):
+            torch.manual_seed(0)
+            with torch.device(device):
+                models.append(hf_llama_3b(tiny=True))
+        reference, offloaded = models
+        ref_opt = torch.optim.AdamW(reference.parameters(), lr=1e-3, fused=True)
+        off_opt = torch.optim.AdamW(offloaded.parameters(), lr=1e-3, fused=True)
+        layers = "model.layers.*"
+        plan = offload_plan(kind, layers, 4)
+        ref_step = memfit.apply(plan[:-1], reference, ref_opt, precision="bf16-mixed",
+                                device_type=device)  # fmt: skip
+        off_step = memfit.apply(plan, offloaded, off_opt, precision="bf16-mixed",
+                                device_type=device)  # fmt: skip
+        losses = []
+        for i in range(4):
+            batch = make_batch(reference.config.vocab_size, 4, 256, device)
+            batch["input_ids"] = (batch["input_ids"] + i) % reference.config.vocab_size
+            losses.append((float(ref_step(batch)), float(off_step(batch))))
+        masters = off_step.host_optimizer.master_state_dict()
+        diff = max(
+            (masters[n] - p.detach().cpu()).abs().max().item()
+            for n, p in reference.named_parameters()
+            if n in masters
+        )
+        memfit.apply.undo_all(offloaded)
+        back = all(
+            p.dtype == torch.float32 and p.device.type == device for p in offloaded.parameters()
+        )
+        results[kind] = {"losses": losses, "max_master_diff": diff, "undo_ok": back}
+        print(kind, results[kind], flush=True)
+    return results
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--part", default="bandwidth,host,baseline,offload,compiled")
+    parser.add_argument("--part", default="check,offload")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--host-params", type=float, default=1e9)
     parser.add_argument("--threads", default="8,15")
-    parser.add_argument("--chunks", default="262144,1048576,4194304")
-    parser.add_argument("--batches", default="4,8,12")
+    parser.add_argument(
+        "--configs",
+        default="ckpt:8,ckpt:8:t8,ckpt:8:nohost,act:8,act:16,act:16:nohost,act:24",
+        help="offload runs KIND:BATCH[:tN][:nohost]; KIND ckpt or act (checkpoint boundaries "
+        "offloaded too); tN: N host threads; nohost: skip the host step (GPU and copies only)",
+    )
     parser.add_argument("--cap", type=float, default=24.0, help="GiB")
-    parser.add_argument("--offload-threads", type=int, default=None)
     parser.add_argument("--loss-chunks", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     args.threads = [int(x) for x in args.threads.split(",")]
-    args.chunks = [int(x) for x in args.chunks.split(",")]
-    args.batches = [int(x) for x in args.batches.split(",")]
     args.seq = SEQ
     args.device = "cpu" if args.smoke else "cuda"
     if args.smoke:
         args.host_params = min(args.host_params, 4e6)
         args.threads = [min(t, os.cpu_count() or 1) for t in args.threads]
-        args.chunks = [min(c, 1 << 16) for c in args.chunks]
         args.seq = 64
-        args.offload_threads = args.offload_threads or 1
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     result: dict = {

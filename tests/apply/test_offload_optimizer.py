@@ -160,16 +160,10 @@ def test_host_bytes_are_exact() -> None:
                         device_type="cpu")  # fmt: skip
     host = step.host_optimizer
     linear = sum(m.weight.numel() for m in model.modules() if isinstance(m, nn.Linear))
-    chunk = min(host.chunk, linear)
-    expected = {
-        "master weights": 4 * linear,
-        "optimizer state": 8 * linear,
-        "gradient staging": 2 * linear,
-        "scratch": 4 * chunk,
-    }
+    expected = {"master weights": 4 * linear, "optimizer state": 8 * linear}
+    expected["gradients"] = 4 * linear
     assert host.host_bytes() == expected
-    held = sum(t.numel() * t.element_size() for t in host._flat.values())
-    assert held + host._scratch.numel() * 4 == sum(expected.values())
+    assert sum(t.numel() * t.element_size() for t in host._flat.values()) == sum(expected.values())
     predicted = memfit.estimate(
         _llama, _batches(1)[0], plan=[OffloadOptimizer()], precision="bf16-mixed"
     )

@@ -3,10 +3,10 @@
 The GPU keeps each offloaded weight in the working dtype only (bfloat16 under bf16 autocast: the
 copy autocast would have made for the matrix product), so weights cost 2 bytes per parameter on
 the GPU instead of 4 + 4 (gradient) + 8 (Adam's moments). During backward, as soon as a
-weight's gradient is complete (``register_post_accumulate_grad_hook``), it is copied to pinned
-host memory on a side stream and its GPU memory released; a worker thread widens it to float32
-and runs PyTorch's fused CPU Adam/AdamW on the float32 master, rounds the new master to the
-working dtype and copies it back to the GPU on a second side stream. A forward pre-hook on each
+weight's gradient is complete (``register_post_accumulate_grad_hook``), it is widened to
+float32 and copied to pinned host memory on a side stream, and its GPU memory released; a
+worker thread runs PyTorch's fused CPU Adam/AdamW on the float32 master, which a second side
+stream copies back to the GPU and rounds to the working dtype there. A forward pre-hook on each
 module that owns an offloaded weight makes the compute stream wait for that copy, so the next
 forward starts as soon as its first layer is updated (the worker runs earliest deadline first,
 ``host_worker``), and the host step overlaps the rest of backward and the next forward.
@@ -15,7 +15,8 @@ Why this is the standard step's math: under bf16 autocast a Linear multiplies ``
 float32 gradient of ``W`` is the bfloat16 gradient of ``bf16(W)`` widened (``ToCopyBackward``),
 so keeping ``bf16(W)`` as the leaf gives the same gradient, and the host applies the same
 Adam/AdamW update to the same float32 ``W`` (PyTorch's CPU kernel instead of the CUDA one: equal
-to rounding). Micro-batches' gradients add up in float32 on the host, as in ``W.grad``.
+to rounding), rounded as autocast rounds it. Micro-batches' gradients add up in float32 on the
+host, as in ``W.grad``.
 
 The user's optimizer keeps every other parameter (embeddings, norms) and steps them on the GPU
 as before: an offloaded parameter's ``.grad`` is always None when it steps, so it skips them.
@@ -36,21 +37,16 @@ from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
 from memfit.errors import InvalidInputError, UnsupportedModelError
-from memfit.step.host_adam import (
-    DEFAULT_CHUNK,
-    AdamHyper,
-    HostParam,
-    accumulate_on_host,
-    host_adam_step,
-)
+from memfit.step.host_adam import AdamHyper, HostParam, accumulate_on_host, host_adam_step
 from memfit.step.host_worker import HostWorker
 
-__all__ = [
-    "HostOptimizer",
-    "offloadable_parameters",
-    "host_bytes_per_parameter",
-    "check_host_optimizer",
-]
+__all__ = ["HostOptimizer", "offloadable_parameters", "check_host_optimizer", "default_threads"]
+
+
+def default_threads() -> int:
+    """The host step's CPU threads: all cores but two (the main thread launches the GPU's
+    kernels and autograd's thread runs backward)."""
+    return max(1, (os.cpu_count() or 2) - 2)
 
 
 def check_host_optimizer(optimizer: object) -> None:
@@ -68,12 +64,6 @@ def check_host_optimizer(optimizer: object) -> None:
     assert isinstance(optimizer, torch.optim.Optimizer)
     for group in optimizer.param_groups:
         AdamHyper.from_group(group, decoupled=True)
-
-
-def host_bytes_per_parameter(working_itemsize: int, micro_batches: int) -> int:
-    """Host bytes per offloaded parameter: float32 master, exp_avg, exp_avg_sq, the staging
-    buffer in the working dtype, and a float32 sum when micro-batches accumulate."""
-    return 3 * 4 + working_itemsize + (4 if micro_batches > 1 else 0)
 
 
 def offloadable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, list[nn.Module]]]:
@@ -111,7 +101,7 @@ class _Entry:
     decoupled: bool
     shape: torch.Size
     ready: threading.Event = field(default_factory=threading.Event)  # new weights queued
-    consumed: threading.Event = field(default_factory=threading.Event)  # staging read
+    consumed: threading.Event = field(default_factory=threading.Event)  # grad buffer read
     device_ready: Any = None  # CUDA event: the new weights are on the GPU
     waited: bool = True  # a forward waited for the last update
     micro: int = 0  # micro-batches accumulated since the last update
@@ -123,20 +113,19 @@ class HostOptimizer:
     Args:
         model: the model (its modules get the forward pre-hooks).
         optimizer: a ``torch.optim.Adam`` or ``AdamW`` that holds ``params``.
-        params: the parameters to offload (``offloadable_parameters``), in forward order.
+        params: ``(name, parameter)`` to offload (``offloadable_parameters``), in forward order.
         working_dtype: the dtype the GPU keeps (``torch.bfloat16`` under bf16 autocast,
             ``torch.float32`` without autocast).
-        threads: the worker's CPU threads; default: all cores but one (the main thread
-            launches the GPU's kernels).
-        chunk: elements per chunk of the host step.
+        threads: the worker's CPU threads; default ``default_threads()``.
 
     ``attach()`` moves the masters and any existing optimizer state to the host and installs
     the hooks; ``detach()`` puts everything back. ``final_micro_batch`` tells the gradient hooks
     whether this backward ends the step (set by ``TrainStep`` when it splits a batch).
 
-    On fake tensors (memfit's tracer) it changes what the GPU holds in the same way, the
-    working copies and each gradient released once copied (one kept in flight), and allocates
-    nothing on the host: ``host_bytes()`` gives what it would hold there.
+    On fake tensors (memfit's tracer) it changes what the GPU holds in the same way (working
+    copies; each gradient and its float32 copy held until the next one is complete; one
+    float32 buffer of the largest parameter for the copies back) and allocates nothing on the
+    host: ``host_bytes()`` gives what it would hold there.
 
     Known limitations:
         An offloaded weight must be used only inside the forward of the modules that own it
@@ -154,13 +143,12 @@ class HostOptimizer:
         *,
         working_dtype: torch.dtype = torch.bfloat16,
         threads: int | None = None,
-        chunk: int = DEFAULT_CHUNK,
     ) -> None:
+        check_host_optimizer(optimizer)
         self._model = weakref.ref(model)  # the undo registry must not keep the model alive
         self.optimizer = optimizer
         self.working_dtype = working_dtype
-        self.threads = threads if threads is not None else max(1, (os.cpu_count() or 2) - 1)
-        self.chunk = chunk
+        self.threads = threads if threads is not None else default_threads()
         self.final_micro_batch = True
         self._params = list(params)
         self._entries: dict[nn.Parameter, _Entry] = {}
@@ -170,13 +158,9 @@ class HostOptimizer:
         self._worker: HostWorker | None = None
         self._registered: list[torch.Tensor] = []
         self._attached = False
+        self._cuda = False
         self._simulated = any(is_fake(p) for _, p in self._params)
-        self._in_flight: torch.Tensor | None = None  # simulated: the gradient being copied
-        self._check(optimizer)
-
-    # --- setup ---------------------------------------------------------------------------
-    def _check(self, optimizer: torch.optim.Optimizer) -> None:
-        check_host_optimizer(optimizer)
+        self._held: list[torch.Tensor] = []  # simulated: what the copies hold on the GPU
         group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
         for name, param in self._params:
             if param not in group_of:
@@ -184,32 +168,21 @@ class HostOptimizer:
                     f"OffloadOptimizer: parameter {name} is not in the optimizer; give the "
                     f"optimizer all the model's trained parameters"
                 )
-        devices = {p.device for _, p in self._params}
-        if len(devices) > 1:
-            raise InvalidInputError(
-                f"OffloadOptimizer: the offloaded parameters are on {sorted(map(str, devices))}; "
-                f"one device only"
-            )
-
-    def _group_decoupled(self, group: dict[str, Any]) -> bool:
-        return isinstance(self.optimizer, torch.optim.AdamW) or bool(
-            group.get("decoupled_weight_decay", False)
-        )
+        self._group_of = group_of
 
     def host_bytes(self, micro_batches: int = 1) -> dict[str, int]:
-        """Host memory this optimizer holds, by part (exact: flat tensors, no rounding)."""
+        """Host memory this optimizer holds, by part (exact: flat float32 tensors)."""
         numel = sum(p.numel() for _, p in self._params)
-        item = torch.empty((), dtype=self.working_dtype).element_size()
         parts = {
             "master weights": 4 * numel,
             "optimizer state": 8 * numel,
-            "gradient staging": item * numel,
-            "scratch": 4 * min(self.chunk, numel) if numel else 0,
+            "gradients": 4 * numel,
         }
         if micro_batches > 1:
             parts["gradient accumulation"] = 4 * numel
         return parts
 
+    # --- setup ---------------------------------------------------------------------------
     def attach(self) -> None:
         """Move masters and state to the host, shrink the GPU weights, install the hooks."""
         params = [p for _, p in self._params]
@@ -217,64 +190,55 @@ class HostOptimizer:
             return
         self._attached = True
         if self._simulated:
-            self._attach_simulated(params)
+            for param in params:
+                param.data = param.data.to(self.working_dtype)
+                self._handles.append(param.register_post_accumulate_grad_hook(self._drop_grad))
+            if self.working_dtype != torch.float32:
+                largest = max(p.numel() for p in params)
+                self._scratch = torch.empty(largest, dtype=torch.float32)
             return
-        device = params[0].device
-        self._cuda = device.type == "cuda"
+        self._cuda = params[0].device.type == "cuda"
         total = sum(p.numel() for p in params)
         self._flat = {
             "master": torch.empty(total, dtype=torch.float32),
             "exp_avg": torch.zeros(total, dtype=torch.float32),
             "exp_avg_sq": torch.zeros(total, dtype=torch.float32),
-            "staging": torch.empty(total, dtype=self.working_dtype),
+            "grad": torch.empty(total, dtype=torch.float32),
         }
-        self._pin(self._flat["staging"])
-        self._scratch = torch.empty(min(self.chunk, total), dtype=torch.float32)
-        group_of = {p: g for g in self.optimizer.param_groups for p in g["params"]}
+        self._pin(self._flat["master"])  # the copies back read the masters
+        self._pin(self._flat["grad"])
         offset = 0
         for index, (name, param) in enumerate(self._params):
             n = param.numel()
             views = {k: v[offset : offset + n] for k, v in self._flat.items()}
             offset += n
             views["master"].copy_(param.detach().reshape(-1))
+            step = torch.zeros((), dtype=torch.float32)
             host = HostParam(
-                views["master"],
-                views["exp_avg"],
-                views["exp_avg_sq"],
-                torch.zeros((), dtype=torch.float32),
-                views["staging"],
+                views["master"], views["exp_avg"], views["exp_avg_sq"], step, views["grad"]
             )
             self._take_state(param, host)
-            group = group_of[param]
-            decoupled = self._group_decoupled(group)
+            group = self._group_of[param]
+            decoupled = isinstance(self.optimizer, torch.optim.AdamW) or bool(
+                group.get("decoupled_weight_decay", False)
+            )
             entry = _Entry(name, param, index, host, group, decoupled, param.shape)
             entry.ready.set()
             entry.consumed.set()
             self._entries[param] = entry
         if self._cuda:
-            self._d2h = torch.cuda.Stream(device)
-            self._h2d = torch.cuda.Stream(device)
+            self._d2h = torch.cuda.Stream(params[0].device)
+            self._h2d = torch.cuda.Stream(params[0].device)
         for param in params:
             param.data = param.data.to(self.working_dtype)
-            self._handles.append(
-                param.register_post_accumulate_grad_hook(functools.partial(self._on_grad))
-            )
+            self._handles.append(param.register_post_accumulate_grad_hook(self._on_grad))
         self._install_waits()
         self._worker = HostWorker(self.threads)
-
-    def _attach_simulated(self, params: list[nn.Parameter]) -> None:
-        for param in params:
-            param.data = param.data.to(self.working_dtype)
-            self._handles.append(param.register_post_accumulate_grad_hook(self._drop_grad))
-
-    def _drop_grad(self, param: torch.Tensor) -> None:
-        """Simulated: the gradient leaves the GPU once the next one is complete."""
-        self._in_flight, param.grad = param.grad, None
 
     def _pin(self, tensor: torch.Tensor) -> None:
         """Page-lock ``tensor`` in place (exact size; PyTorch's pinned allocator rounds sizes
         up to powers of two)."""
-        if not torch.cuda.is_available() or tensor.numel() == 0:
+        if not self._cuda or tensor.numel() == 0:
             return
         nbytes = tensor.numel() * tensor.element_size()
         code = torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), nbytes, 0)
@@ -285,7 +249,7 @@ class HostOptimizer:
         state = self.optimizer.state.get(param)
         if not state:
             return
-        self._saved_state[param] = {k: v for k, v in state.items()}
+        self._saved_state[param] = dict(state)
         if "exp_avg" in state:
             host.exp_avg.copy_(state["exp_avg"].detach().reshape(-1))
             host.exp_avg_sq.copy_(state["exp_avg_sq"].detach().reshape(-1))
@@ -295,22 +259,24 @@ class HostOptimizer:
         del self.optimizer.state[param]
 
     def _install_waits(self) -> None:
-        modules: dict[nn.Module, list[_Entry]] = {}
         model = self._model()
         assert model is not None
         for module in model.modules():
             owned = [self._entries[p] for p in module._parameters.values() if p in self._entries]
             if owned:
-                modules[module] = owned
-        for module, entries in modules.items():
-            hook = functools.partial(self._wait_for, entries)
-            self._handles.append(module.register_forward_pre_hook(lambda m, a, h=hook: h()))
+                hook = functools.partial(self._wait_for, owned)
+                self._handles.append(module.register_forward_pre_hook(lambda m, a, h=hook: h()))
 
     # --- the step ------------------------------------------------------------------------
     def check(self) -> None:
         """Raise the error a host update raised, if any (the step calls it once per step)."""
         if self._worker is not None:
             self._worker.check()
+
+    def _drop_grad(self, param: torch.Tensor) -> None:
+        """Simulated: the gradient and its float32 copy stay until the next one completes."""
+        grad, param.grad = param.grad, None
+        self._held = [grad] if grad is None or grad.dtype == torch.float32 else [grad, grad.float()]
 
     def _wait_for(self, entries: list[_Entry]) -> None:
         for entry in entries:
@@ -320,13 +286,11 @@ class HostOptimizer:
                 torch.cuda.current_stream().wait_event(entry.device_ready)
                 entry.device_ready = None
             entry.waited = True
-        assert self._worker is not None
-        self._worker.check()
+        self.check()
 
     def _on_grad(self, param: torch.Tensor) -> None:
         entry = self._entries[param]  # type: ignore[index]
-        grad = param.grad
-        param.grad = None
+        grad, param.grad = param.grad, None
         if grad is None:
             return
         if not entry.waited:
@@ -338,7 +302,7 @@ class HostOptimizer:
         final = self.final_micro_batch
         first = entry.micro == 0
         entry.micro = 0 if final else entry.micro + 1
-        entry.consumed.wait()  # the previous micro-batch's gradient has left the staging buffer
+        entry.consumed.wait()  # the worker has read the previous micro-batch's gradient
         entry.consumed.clear()
         computed = copied = None
         if self._cuda:
@@ -346,12 +310,14 @@ class HostOptimizer:
             computed.record()
             with torch.cuda.stream(self._d2h):
                 self._d2h.wait_event(computed)
-                entry.host.staging.copy_(grad.reshape(-1), non_blocking=True)
+                wide = grad.reshape(-1).float()  # on the side stream, freed in its order
+                entry.host.grad.copy_(wide, non_blocking=True)
                 copied = torch.cuda.Event()
                 copied.record(self._d2h)
             grad.record_stream(self._d2h)
+            del wide
         else:
-            entry.host.staging.copy_(grad.reshape(-1))
+            entry.host.grad.copy_(grad.reshape(-1))
         del grad
         hyper = AdamHyper.from_group(entry.group, entry.decoupled) if final else None
         if final:
@@ -368,11 +334,9 @@ class HostOptimizer:
             if copied is not None:
                 copied.synchronize()
             if hyper is None:  # a micro-batch before the last: accumulate
-                if entry.host.accumulated is None:
-                    entry.host.accumulated = torch.empty_like(entry.host.master)
-                accumulate_on_host(entry.host, first, self._scratch, self.chunk)
+                accumulate_on_host(entry.host, first)
                 return
-            host_adam_step(entry.host, hyper, self._scratch, self.chunk, accumulated=not first)
+            host_adam_step(entry.host, hyper, accumulated=not first)
             self._send_back(entry, computed)
         finally:
             entry.consumed.set()
@@ -382,18 +346,24 @@ class HostOptimizer:
     def _send_back(self, entry: _Entry, computed: Any) -> None:
         target = entry.param.data.view(-1)
         if not self._cuda:
-            target.copy_(entry.host.staging)
+            target.copy_(entry.host.master)  # rounds to the working dtype, as autocast does
             return
         with torch.cuda.stream(self._h2d):
             self._h2d.wait_event(computed)  # backward is done with the old weights
-            target.copy_(entry.host.staging, non_blocking=True)
+            if target.dtype == torch.float32:
+                target.copy_(entry.host.master, non_blocking=True)
+            else:
+                wide = torch.empty_like(entry.host.master, device=target.device)
+                wide.copy_(entry.host.master, non_blocking=True)
+                target.copy_(wide)  # rounded on the GPU, as autocast rounds
+                del wide
             done = torch.cuda.Event()
             done.record(self._h2d)
         entry.device_ready = done
 
     def synchronize(self) -> None:
         """Wait until every queued host update is done and its weights are on the device."""
-        self._in_flight = None
+        self._held = []
         if self._worker is None:
             return
         self._worker.drain()
@@ -410,43 +380,36 @@ class HostOptimizer:
         """Put the float32 weights back on their device and the state back in the optimizer."""
         if not self._attached:
             return
-        self._attached = False
         if self._simulated:
-            self._in_flight = None
-            for handle in self._handles:
-                handle.remove()
-            self._handles.clear()
+            self._stop()
             for _, param in self._params:  # fake tensors: shapes matter, values do not
                 param.data = torch.empty_like(param.data, dtype=torch.float32)
             return
-        assert self._worker is not None
         try:
             self.synchronize()
         finally:
-            self._worker.close()
-            self._worker = None
-            for handle in self._handles:
-                handle.remove()
-            self._handles.clear()
+            self._stop()
         for param, entry in self._entries.items():
             param.data = entry.host.master.view(entry.shape).to(param.device)
             self._restore_state(param, entry)
-        for tensor in self._registered:
-            torch.cuda.cudart().cudaHostUnregister(tensor.data_ptr())
-        self._registered.clear()
-        self._entries.clear()
-        self._flat.clear()
+        self._release_host()
 
     def discard(self) -> None:
-        """Stop without restoring anything (the model is being dropped): the worker stops,
-        the hooks go and the host memory is released."""
+        """Stop without restoring anything (the model is being dropped)."""
+        self._stop()
+        self._release_host()
+
+    def _stop(self) -> None:
         self._attached = False
+        self._held = []
         if self._worker is not None:
             self._worker.close()
             self._worker = None
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def _release_host(self) -> None:
         for tensor in self._registered:
             torch.cuda.cudart().cudaHostUnregister(tensor.data_ptr())
         self._registered.clear()
@@ -459,16 +422,15 @@ class HostOptimizer:
         if before is None and steps == 0:
             return  # no state before, no step since
         group = entry.group
-        on_device = bool(group.get("fused") or group.get("capturable"))
         old_step = before.get("step") if before else None
-        step_device = (
-            old_step.device
-            if isinstance(old_step, torch.Tensor)
-            else (param.device if on_device else torch.device("cpu"))
-        )
-        state: dict[str, Any] = {
+        if isinstance(old_step, torch.Tensor):
+            step_device = old_step.device
+        elif group.get("fused") or group.get("capturable"):
+            step_device = param.device
+        else:
+            step_device = torch.device("cpu")
+        self.optimizer.state[param] = {
             "step": torch.tensor(steps, dtype=torch.float32, device=step_device),
             "exp_avg": entry.host.exp_avg.view(entry.shape).to(param.device),
             "exp_avg_sq": entry.host.exp_avg_sq.view(entry.shape).to(param.device),
         }
-        self.optimizer.state[param] = state
