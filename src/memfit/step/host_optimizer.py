@@ -276,7 +276,8 @@ class HostOptimizer:
     def _drop_grad(self, param: torch.Tensor) -> None:
         """Simulated: the gradient and its float32 copy stay until the next one completes."""
         grad, param.grad = param.grad, None
-        self._held = [grad] if grad is None or grad.dtype == torch.float32 else [grad, grad.float()]
+        if grad is not None:
+            self._held = [grad] if grad.dtype == torch.float32 else [grad, grad.float()]
 
     def _wait_for(self, entries: list[_Entry]) -> None:
         for entry in entries:
