@@ -161,6 +161,7 @@ class HostOptimizer:
         self._cuda = False
         self._simulated = any(is_fake(p) for _, p in self._params)
         self._held: list[torch.Tensor] = []  # simulated: what the copies hold on the GPU
+        self._released: list[torch.Tensor] = []  # simulated: the float32 weights replaced
         group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
         for name, param in self._params:
             if param not in group_of:
@@ -182,6 +183,20 @@ class HostOptimizer:
             parts["gradient accumulation"] = 4 * numel
         return parts
 
+    def offloaded_params(self) -> int:
+        """Parameters the host updates."""
+        return sum(p.numel() for _, p in self._params)
+
+    def first_share(self) -> float:
+        """The share of the offloaded parameters in the first block the forward uses (their
+        names up to three components from the end: ``layers.0`` of ``layers.0.mlp.up.weight``),
+        what the next forward waits for after backward."""
+        if not self._params:
+            return 0.0
+        first = self._params[0][0].rsplit(".", 3)[0]
+        same = sum(p.numel() for n, p in self._params if n.rsplit(".", 3)[0] == first)
+        return same / self.offloaded_params()
+
     # --- setup ---------------------------------------------------------------------------
     def attach(self) -> None:
         """Move masters and state to the host, shrink the GPU weights, install the hooks."""
@@ -191,6 +206,7 @@ class HostOptimizer:
         self._attached = True
         if self._simulated:
             for param in params:
+                self._released.append(param.data)
                 param.data = param.data.to(self.working_dtype)
                 self._handles.append(param.register_post_accumulate_grad_hook(self._drop_grad))
             if self.working_dtype != torch.float32:
@@ -226,14 +242,35 @@ class HostOptimizer:
             entry.ready.set()
             entry.consumed.set()
             self._entries[param] = entry
+        self._make_working_copies()
         if self._cuda:
             self._d2h = torch.cuda.Stream(params[0].device)
             self._h2d = torch.cuda.Stream(params[0].device)
         for param in params:
-            param.data = param.data.to(self.working_dtype)
             self._handles.append(param.register_post_accumulate_grad_hook(self._on_grad))
         self._install_waits()
         self._worker = HostWorker(self.threads)
+
+    def _make_working_copies(self) -> None:
+        """Replace the float32 weights by working copies made from the host masters.
+
+        All float32 weights leave the GPU first and the allocator's cache is emptied: working
+        copies made one by one would nest in the float32 weights' freed blocks and keep their
+        segments reserved (the tracer accordingly counts the float32 weights as never on the
+        device: ``released``).
+        """
+        for param in self._entries:
+            param.data = torch.empty(0, dtype=self.working_dtype, device=param.device)
+        if self._cuda:
+            torch.cuda.empty_cache()
+        for param, entry in self._entries.items():
+            param.data = entry.host.master.view(entry.shape).to(param.device, self.working_dtype)
+
+    def released(self) -> list[torch.Tensor]:
+        """On fake tensors: the float32 weights the real attach frees from the device before
+        the step (and empties the cache of), to be counted as never there; handed out once."""
+        released, self._released = self._released, []
+        return released
 
     def _pin(self, tensor: torch.Tensor) -> None:
         """Page-lock ``tensor`` in place (exact size; PyTorch's pinned allocator rounds sizes

@@ -22,7 +22,8 @@ from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from memfit.cost import load_calibration
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device, host_spec
+from memfit.offload_cost import calibrated_host, offloaded_step_time
 from memfit.profile import MemoryProfile
 from memfit.step.batch import describe_batch
 from memfit.step.in_force import InForce, techniques_in_force
@@ -39,6 +40,7 @@ from memfit.trace.recorder import MemoryRecorder, Trace, live_until
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
+from memfit.units import format_bytes
 
 __all__ = ["estimate", "trace_step", "StepTrace", "StepSettings"]
 
@@ -70,6 +72,8 @@ def estimate(
     seq_len: int | None = None,
     stack: CudaStack = DEFAULT_STACK,
     allocator: AllocatorSettings = DEFAULT_SETTINGS,
+    host_memory: str | int | None = None,
+    host: HostSpec | None = None,
     progress: Progress | None = None,
 ) -> MemoryProfile:
     """Predict the GPU memory of one steady-state training step, without a GPU.
@@ -91,10 +95,15 @@ def estimate(
         plan: a ``memfit.Plan`` (or a sequence of techniques) to predict with it in force.
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
+        host_memory: the target host's RAM (``"128GiB"``), for plans that offload; default
+            this machine's.
+        host: the target host in full (``memfit.devices.HostSpec``: memory, cores, CPU Adam
+            rate); overrides ``host_memory``.
         progress: called with a short message at each stage (the CLI shows it).
 
     Returns:
-        The predicted MemoryProfile (``source="estimate"``), with a predicted step time.
+        The predicted MemoryProfile (``source="estimate"``), with a predicted step time and,
+        for plans that offload, the host memory they hold (``host_bytes``, ``host_peak``).
 
     Raises:
         MemfitError: for unknown names, malformed inputs, a builder that raises, a batch that
@@ -118,8 +127,17 @@ def estimate(
         allocator=allocator,
         batch_size=batch_size,
         seq_len=seq_len,
+        host=host or target_host_from(host_memory, device),
     )
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
+
+
+def target_host_from(host_memory: str | int | None, device: str | DeviceSpec) -> HostSpec | None:
+    """The HostSpec for ``host_memory`` on ``device`` (None when not given)."""
+    if host_memory is None:
+        return None
+    spec = get_device(device)
+    return host_spec(host_memory, local=spec.name == "cuda" or _is_local(spec))
 
 
 def trace_step(
@@ -164,8 +182,9 @@ def trace_step(
     profile = dataclasses.replace(
         profile,
         plan=techniques.label,
-        step_time_s=record.step_time_s(),
+        step_time_s=_step_time(record, spec, settings, techniques.micro_batches),
         host_bytes=dict(record.host_bytes),
+        warnings=profile.warnings + _host_warnings(record.host_bytes, settings),
     )
     report(f"done in {time.perf_counter() - started:.1f} s")
     return StepTrace(profile, record.trace, record.marks, fake_model, record)
@@ -231,6 +250,9 @@ def _trace(
             recorder=recorder,
         )
         record.host_bytes = context.host_bytes(techniques.micro_batches)
+        if context.host_optimizer is not None:
+            record.offloaded_params = context.host_optimizer.offloaded_params()
+            record.first_share = context.host_optimizer.first_share()
         return record
 
 
@@ -254,6 +276,52 @@ def _profile(
         warnings=tuple(
             _device_warnings(spec, Precision.parse(header["precision"])) + record.warnings
         ),
+    )
+
+
+def target_host(settings: StepSettings, spec: DeviceSpec) -> HostSpec:
+    """The host the step runs on: the settings', else this machine's when the GPU is local,
+    else a reference host with this machine's memory; with ``memfit calibrate``'s Adam rate
+    when it is this machine."""
+    host = settings.host or host_spec(local=spec.name == "cuda" or _is_local(spec))
+    return calibrated_host(host)
+
+
+def _is_local(spec: DeviceSpec) -> bool:
+    return torch.cuda.is_available() and spec.display_name == torch.cuda.get_device_name()
+
+
+def _step_time(record: StepRecord, spec: DeviceSpec, settings: StepSettings, micro: int) -> float:
+    """The traced GPU time, or with offloading the time of the busiest of GPU, host and PCIe."""
+    gpu_s = record.step_time_s()
+    activations = record.host_bytes.get("offloaded activations", 0)
+    if not (record.offloaded_params or activations):
+        return gpu_s
+    return offloaded_step_time(
+        gpu_s=gpu_s,
+        forward_s=record.stage_s("forward"),
+        backward_s=record.stage_s("backward"),
+        offloaded_params=record.offloaded_params,
+        first_share=record.first_share,
+        activation_bytes=activations,
+        micro_batches=micro,
+        device=spec,
+        host=target_host(settings, spec),
+    ).step_s
+
+
+def _host_warnings(host_bytes: dict[str, int], settings: StepSettings) -> tuple[str, ...]:
+    held = sum(host_bytes.values())
+    if not held:
+        return ()
+    host = settings.host or host_spec()
+    need = held + host.process_bytes
+    if need <= host.memory_bytes:
+        return ()
+    return (
+        f"the plan holds {format_bytes(held)} in host memory (+{format_bytes(host.process_bytes)} "
+        f"for the process): {format_bytes(need)}, more than the host's "
+        f"{format_bytes(host.memory_bytes)}",
     )
 
 

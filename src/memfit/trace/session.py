@@ -61,6 +61,12 @@ class StepRecord:
     grad_bytes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     host_bytes: dict[str, int] = field(default_factory=dict)  # techniques' host memory
+    offloaded_params: int = 0  # parameters OffloadOptimizer's host updates
+    first_share: float = 0.0  # their share the next forward needs first
+
+    def stage_s(self, stage: str) -> float:
+        """Predicted GPU time of one stage (``"forward"``, ``"backward"``), all micro-batches."""
+        return sum(op.seconds for op in self.ops if op.stage == stage)
 
     def step_time_s(self) -> float:
         """Forward, backward and one steady optimizer step."""
@@ -120,7 +126,11 @@ def traced_step(
         with _on_the_target(fake_mode, device, stack, batch) as tracker, recorder:
             _track_existing(recorder, tracker, fake_model, batch)
             step = make_step()
-            # techniques may replace parameters' data (OffloadOptimizer's working copies)
+            # techniques may replace parameters' data (OffloadOptimizer's working copies; the
+            # float32 weights it frees before the step, with the cache emptied, never count)
+            host = getattr(step, "host_optimizer", None)
+            if host is not None:
+                recorder.forget(host.released())
             recorder.recategorize(fake_model.params.values(), Category.PARAM)
             book.optimizer = step.optimizer
             step.mark = book.mark

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec
 from memfit.errors import InvalidInputError
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
@@ -39,6 +39,8 @@ class StepSettings:
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
         batch_size, seq_len: the size of a zoo model's default batch.
+        host: the machine around the GPU (memory, cores, CPU Adam rate), for plans that
+            offload; None: this machine when the GPU is local, else a reference host.
     """
 
     loss_fn: LossFn | None = None
@@ -50,6 +52,7 @@ class StepSettings:
     allocator: AllocatorSettings = DEFAULT_SETTINGS
     batch_size: int | None = None
     seq_len: int | None = None
+    host: HostSpec | None = None
 
     def with_options(self, **options: Any) -> StepSettings:
         """These settings with some replaced, by keyword (``precision="fp32"``).
