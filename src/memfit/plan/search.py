@@ -28,7 +28,7 @@ from typing import Any
 from torch import nn
 
 from memfit.cost import load_calibration
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
 from memfit.errors import InvalidInputError, MemfitError
 from memfit.plan.baseline import (
     batch_size,
@@ -40,9 +40,17 @@ from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Candidate, screen
 from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
+from memfit.plan.model_state import (
+    count_parameters,
+    infeasible_with_state,
+    price_candidates,
+    short_of_host,
+    state_bytes_per_param,
+    state_levels,
+)
 from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
-from memfit.plan.policies import block_policies
+from memfit.plan.policies import block_policies, offloaded_policy
 from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
 from memfit.step.precision import Precision
@@ -53,7 +61,7 @@ from memfit.techniques import (
     model_fingerprint,
     parse_allow,
 )
-from memfit.trace.estimate import StepTrace, trace_step
+from memfit.trace.estimate import StepTrace, target_host, target_host_from, trace_step
 from memfit.trace.settings import StepSettings
 from memfit.units import format_bytes, parse_bytes
 
@@ -113,6 +121,8 @@ def plan(
     max_traces: int = 6,
     batch_size: int | None = None,
     seq_len: int | None = None,
+    host_memory: str | int | None = None,
+    host: HostSpec | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> Plan:
     """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
@@ -131,6 +141,9 @@ def plan(
             prediction error (the measured frontier plans' reserved peaks came out between
             1.4% above and 0.9% below their predictions: bench/results/frontier_h200.json).
         max_traces: candidates traced in full before giving up on the screening order.
+        host_memory: the target host's RAM (``"128GiB"``) for plans that offload to it;
+            default this machine's.
+        host: the target host in full (``memfit.devices.HostSpec``); overrides ``host_memory``.
 
     Returns:
         The chosen Plan, with its prediction and the frontier of alternatives.
@@ -140,8 +153,10 @@ def plan(
         BudgetInfeasibleError: when no combination fits; says how much is missing.
 
     Known limitations:
-        * Offloading, sharding and low-bit optimizer state are not planned yet; the error for
-          an infeasible budget names them as what would close the gap.
+        * Sharding (FSDP) is not planned.
+        * When weights, gradients and optimizer state leave too little room, the first level
+          of ``model_state``'s ladder that fits is taken, not the fastest of all levels; plans
+          that offload the optimizer use no micro-batching and no lean blocks.
         * Checkpointing is planned for the first k blocks with one policy for all of them.
     """
     spec = get_device(device)
@@ -153,6 +168,7 @@ def plan(
         device=spec,
         batch_size=batch_size,
         seq_len=seq_len,
+        host=host or target_host_from(host_memory, spec),
     )
     settings = PlanSettings(
         budget=_budget_bytes(budget, spec),
@@ -164,7 +180,11 @@ def plan(
         margin=margin,
         max_traces=max_traces,
     )
-    return _Search(model, batch, step, settings, progress).run()
+    search = _Search(model, batch, step, settings, progress)
+    note = _budget_note(budget, spec)
+    if note is not None:
+        search.notes.append(note)
+    return search.run()
 
 
 class _Search:
@@ -184,9 +204,25 @@ class _Search:
         self.first: tuple[Any, ...] = ()  # in every plan: the fusions that save memory
         self.first_label = ""
         self.notes: list[str] = []  # for the user, in the plan
+        self.traced_points: list[Any] = []
+        self.host = target_host(step, get_device(step.device))
 
     def run(self) -> Plan:
         started = time.perf_counter()
+        self.report("counting parameters")
+        trained, offloadable, frozen = count_parameters(
+            self.model, self.batch, self.step.batch_size, self.step.seq_len
+        )
+        per_param = state_bytes_per_param(self.step.optimizer)
+        self.state_bytes = int(per_param * trained + 4 * frozen)
+        self.levels = state_levels(
+            self.allow, str(self.step.precision), self.step.optimizer, trained, offloadable
+        )
+        self.fingerprint = ""
+        self.baseline_s = 0.0
+        self.unmodified_peak = 0
+        if self.levels and self.state_bytes > self.settings.target:  # never fits as it is
+            return self.with_model_state(started, [])
         self.report("tracing the unmodified step")
         self.base = self.trace()
         self.fingerprint = model_fingerprint(self.base.model.module)
@@ -200,9 +236,21 @@ class _Search:
         if fused is not None:
             return fused
         self.leave_out_inexact_micro_batching()
+        chosen = self.plan_activations()
+        if chosen is not None:
+            self.report(f"planned in {time.perf_counter() - started:.1f} s")
+            return chosen
+        if self.levels:
+            return self.with_model_state(started, self.traced_points)
+        raise infeasible_error(
+            self.settings.budget, self.settings.target, self.base, self.traced_points
+        )
+
+    def plan_activations(self) -> Plan | None:
+        """The fastest activation plan on top of ``self.first`` that fits, if any."""
         candidates = self.screen()
         self.report("tracing the most promising plans")
-        chosen, traced_points = trace_fastest_fitting(
+        chosen, self.traced_points = trace_fastest_fitting(
             candidates,
             self.settings.target,
             self.static,
@@ -210,14 +258,50 @@ class _Search:
             self.settings.head,
             self.settings.max_traces,
         )
-        frontier = plan_frontier(candidates, traced_points, chosen, self.first_label)
-        self.report(f"planned in {time.perf_counter() - started:.1f} s")
         if chosen is None:
-            raise infeasible_error(
-                self.settings.budget, self.settings.target, self.base, traced_points
-            )
+            return None
+        frontier = plan_frontier(candidates, self.traced_points, chosen, self.first_label)
         techniques, traced = chosen
         return self.make(techniques, traced, frontier)
+
+    def with_model_state(self, started: float, traced: list[Any]) -> Plan:
+        """Climb the model-state ladder: the first level whose plan fits GPU and host."""
+        tried: list[tuple[str, str]] = []
+        first, allow = self.first, self.allow
+        host = self.host
+        for level in self.levels:
+            if level.state_bytes > self.settings.target:
+                tried.append((level.label, f"its model state alone takes at least "
+                              f"{format_bytes(level.state_bytes)}"))  # fmt: skip
+                continue
+            self.first = tuple(t for t in first if not isinstance(t, FusedOptimizer))
+            self.first += level.techniques
+            self.first_label = " + ".join(filter(None, (self.first_label, level.label)))
+            # host-side plans: no micro-batching (each micro-batch would add a host pass)
+            self.allow = tuple(a for a in allow if not (level.offloads and a == "micro_batch"))
+            self.report(f"tracing with {level.label}")
+            self.base = self.trace()
+            self.fingerprint = self.fingerprint or model_fingerprint(self.base.model.module)
+            short = short_of_host(self.base.profile.host_peak, host)
+            if short is not None:
+                tried.append((level.label, short))
+                continue
+            if self.fits(self.base):
+                peak, step_s = self.base.profile.peak_reserved, self.base.profile.step_time_s
+                point = FrontierPoint(self.first_label, peak, step_s or 0.0, chosen=True)
+                return self.make((), self.base, [point])
+            chosen = self.plan_activations()
+            held = chosen.profile.host_peak if chosen is not None and chosen.profile else 0
+            if chosen is not None and short_of_host(held, host) is None:
+                self.report(f"planned in {time.perf_counter() - started:.1f} s")
+                return chosen
+            best = min((t.profile.peak_reserved for _, t in self.traced_points), default=0)
+            tried.append((level.label, f"the most memory-saving plan traced needs "
+                          f"{format_bytes(best)} reserved"))  # fmt: skip
+        self.allow = allow
+        raise infeasible_with_state(
+            self.settings.budget, self.settings.target, self.state_bytes, tried
+        )
 
     def trace(self, techniques: tuple[Any, ...] = ()) -> StepTrace:
         return trace_step(self.model, self.batch, self.step, plan=list(self.first + techniques))
@@ -231,7 +315,7 @@ class _Search:
         traced: StepTrace,
         frontier: Sequence[FrontierPoint] = (),
     ) -> Plan:
-        if self.first:  # the frontier's candidates all fuse: show the step as it is too
+        if self.first and self.unmodified_peak:  # the candidates all fuse: show the step too
             unmodified = FrontierPoint("unmodified", self.unmodified_peak, self.baseline_s)
             frontier = [unmodified, *frontier]
         gelus = any(isinstance(t, FusedActivation) for t in self.first)
@@ -241,7 +325,7 @@ class _Search:
             device=get_device(self.step.device).name,
             profile=traced.profile,
             step_time_s=traced.profile.step_time_s,
-            baseline_step_time_s=self.baseline_s,
+            baseline_step_time_s=self.baseline_s or None,
             frontier=tuple(frontier),
             model_fingerprint=self.fingerprint,
             notes=tuple(self.notes) + ((FUSED_NOTE,) if gelus else ()),
@@ -300,9 +384,12 @@ class _Search:
             stats = block_stats(base, block_names)[0]
             if "checkpoint" in allow:
                 policies = block_policies(stats, load_calibration(spec).selective_op_s)
+            if "offload_activations" in allow and "checkpoint" in allow:
+                policies.append(offloaded_policy(stats, spec.pcie_bytes_s))
             mixed = Precision.parse(self.step.precision).autocast_dtype is not None
             kept = policies[0].kept_bytes
-            policies += lean_policy(base, self.trace, block_names, kept, allow, mixed)
+            if not base.record.offloaded_params:  # host-side plans: fewer traces, no lean blocks
+                policies += lean_policy(base, self.trace, block_names, kept, allow, mixed)
         batch_total = batch_size(base)
         limit = min(batch_total, settings.max_micro_batches)
         micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= limit]
@@ -313,7 +400,7 @@ class _Search:
         self.static = int(
             baseline.static_bytes * profile.peak_reserved / max(1, profile.peak_allocated)
         )
-        return screen(
+        candidates = screen(
             baseline,
             policies,
             block_names,
@@ -322,6 +409,9 @@ class _Search:
             chunk_options,
             load_calibration(spec).launch_s,
         )
+        candidates = price_candidates(candidates, base, spec, self.host)
+        held = base.profile.host_peak
+        return [c for c in candidates if short_of_host(held + c.offloaded_bytes, self.host) is None]
 
 
 def _saves_in_step(base: StepTrace, fused: StepTrace) -> bool:
@@ -343,11 +433,26 @@ def _may_fuse(optimizer: Any) -> bool:
     return callable(optimizer)  # a factory: the trace tells (use_fused refuses other types)
 
 
+_NOMINAL_SLACK = 1.05
+"""A budget up to 5% above the device's memory is its nominal size ("24GiB" for a 24 GB card,
+which PyTorch sees as 23.64 GiB): planned for all the device has, with a note."""
+
+
 def _budget_bytes(budget: Any, spec: DeviceSpec) -> int:
     limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
-    if limit > spec.memory_bytes:
+    if limit > spec.memory_bytes * _NOMINAL_SLACK:
         raise InvalidInputError(
             f"budget {format_bytes(limit)} is more than {spec.name} has "
             f"({format_bytes(spec.memory_bytes)}); give a smaller budget or another --device"
         )
-    return limit
+    return min(limit, spec.memory_bytes)
+
+
+def _budget_note(budget: Any, spec: DeviceSpec) -> str | None:
+    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
+    if limit <= spec.memory_bytes:
+        return None
+    return (
+        f"budget {format_bytes(limit)} is more than {spec.name} has; planned for all of its "
+        f"{format_bytes(spec.memory_bytes)}"
+    )
