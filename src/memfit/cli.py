@@ -89,6 +89,11 @@ def model_options(function: Any) -> Any:
             click.option(
                 "--device", default=DEFAULT_DEVICE, show_default=True, help="See `memfit devices`."
             ),
+            click.option(
+                "--host-memory",
+                help="The target host's RAM, e.g. 128GiB, for plans that offload to it "
+                "(default: this machine's).",
+            ),
             click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True),
             click.option("--quiet", "-q", is_flag=True, help="Print the verdict line only."),
         ]

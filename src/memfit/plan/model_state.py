@@ -27,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
+import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
@@ -51,6 +52,7 @@ __all__ = [
     "short_of_host",
     "infeasible_with_state",
     "count_parameters",
+    "host_note",
 ]
 
 # (technique names, GPU bytes of model state per trainable float32 parameter under AdamW)
@@ -123,9 +125,7 @@ def count_parameters(
     """(trained, of them offloadable, frozen) parameters, the model built on fake tensors (a
     builder) or read as it is (a module): what bounds the model state before any trace."""
     _, built, _ = resolve(model, batch, batch_size, seq_len)
-    module = built
-    if not isinstance(module, nn.Module):
-        module = prepare_model(built, FakeTensorMode()).module
+    module = built if isinstance(built, nn.Module) else _build_counting(built)
     seen: set[int] = set()
     trained = frozen = 0
     for param in module.parameters():
@@ -138,6 +138,19 @@ def count_parameters(
             frozen += param.numel()
     offloadable = sum(p.numel() for _, p, _ in offloadable_parameters(module))
     return trained, offloadable, frozen
+
+
+def _build_counting(builder: Any) -> nn.Module:
+    """The model on the meta device (no memory, no initialisation kernels), else on fake
+    tensors as the tracer builds it (builders that need real devices)."""
+    try:
+        with torch.device("meta"):
+            module = builder()
+        if isinstance(module, nn.Module):
+            return module
+    except Exception:  # the user's builder: it may not run on meta; the tracer's way then
+        pass
+    return prepare_model(builder, FakeTensorMode()).module
 
 
 def _adam(optimizer: Any) -> bool:
@@ -208,4 +221,31 @@ def infeasible_with_state(
         f"{format_bytes(state_bytes)} without model-state techniques; {details}. Fixes: a "
         f"larger budget, a smaller batch, a host with more memory (--host-memory), or allow "
         f"techniques that change the math (--allow low_bit_optimizer,pure_bf16)"
+    )
+
+
+def host_note(traced: StepTrace, device: DeviceSpec, host: HostSpec) -> str | None:
+    """What a plan that offloads asks of the host, and which of GPU, host and PCIe sets its
+    step time; None for plans that offload nothing."""
+    record, held = traced.record, traced.profile.host_peak
+    if not held:
+        return None
+    timing = offloaded_step_time(
+        gpu_s=record.step_time_s(),
+        forward_s=record.stage_s("forward"),
+        backward_s=record.stage_s("backward"),
+        offloaded_params=record.offloaded_params,
+        first_share=record.first_share,
+        activation_bytes=record.host_bytes.get("offloaded activations", 0),
+        micro_batches=1,
+        device=device,
+        host=host,
+    )
+    bound = {"gpu": "the GPU", "host": "the host's Adam step", "pcie": "PCIe copies"}
+    origin = {"local": "this machine", "given": "as given", "calibrated": "calibrated here"}
+    return (
+        f"host memory: {format_bytes(held)} offloaded + {format_bytes(host.process_bytes)} for "
+        f"the process, of a host with {host.describe()} ({origin.get(host.name, host.name)}); "
+        f"the step time is set by {bound[timing.bound]} (GPU {timing.gpu_s * 1e3:.0f} ms, host "
+        f"{timing.host_s * 1e3:.0f} ms, PCIe {timing.pcie_s * 1e3:.0f} ms)"
     )

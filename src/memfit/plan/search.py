@@ -42,6 +42,7 @@ from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.model_state import (
     count_parameters,
+    host_note,
     infeasible_with_state,
     price_candidates,
     short_of_host,
@@ -73,6 +74,11 @@ FUSED_NOTE = (
 )
 
 
+CHUNK_BYTES = 512 * 2**20
+"""Float32 logits of one slice of the chunked loss, at most (vocabularies of 128k and more at
+tens of thousands of tokens otherwise leave gigabytes per slice)."""
+
+
 @dataclass(frozen=True)
 class PlanSettings:
     """What the search may do and how hard it looks (``plan``'s arguments, checked).
@@ -81,7 +87,8 @@ class PlanSettings:
         budget: the reserved-memory budget in bytes.
         allow: names of the techniques it may choose (``memfit.techniques.TABLE``).
         blocks: module patterns that may be checkpointed; None: the repeated blocks.
-        head, chunks: the LM head and the number of slices of a chunked loss.
+        head, chunks: the LM head and the (least) number of slices of a chunked loss; more
+            when a slice's float32 logits would exceed ``CHUNK_BYTES``.
         max_micro_batches: the most micro-batches a plan splits a batch into.
         margin: fraction of the budget kept free for prediction error.
         max_traces: candidates traced in full before giving up on the screening order.
@@ -319,6 +326,9 @@ class _Search:
             unmodified = FrontierPoint("unmodified", self.unmodified_peak, self.baseline_s)
             frontier = [unmodified, *frontier]
         gelus = any(isinstance(t, FusedActivation) for t in self.first)
+        host = host_note(traced, get_device(self.step.device), self.host)
+        if host is not None:
+            self.notes.append(host)
         return Plan(
             techniques=self.first + techniques,
             budget=self.settings.budget,
@@ -369,6 +379,19 @@ class _Search:
                 f"hand-made plan with MicroBatch accepts that"
             )
 
+    def chunks(self, base: StepTrace) -> int:
+        """Slices of the chunked loss: at least ``settings.chunks``, doubled until one slice's
+        float32 logits take at most ``CHUNK_BYTES`` (the head's largest output, as traced)."""
+        head = self.settings.head
+        logits = max(
+            (a.size for a in base.trace.allocations.values() if a.module == head and not a.host),
+            default=0,
+        )
+        chunks = self.settings.chunks
+        while 4 * logits / 2 / chunks > CHUNK_BYTES and chunks < 1024:  # bf16 out, fp32 slice
+            chunks *= 2
+        return chunks
+
     def screen(self) -> list[Candidate]:
         """Every combination of policies, blocks, micro-batches and chunking, screened."""
         self.report("measuring what each block keeps")
@@ -377,7 +400,7 @@ class _Search:
         per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
         block_names = checkpointable_blocks(base, settings.blocks) if per_block else []
         baseline = screening_baseline(
-            base, self.trace, block_names, allow, settings.head, settings.chunks
+            base, self.trace, block_names, allow, settings.head, self.chunks(base)
         )
         policies = [none_policy(base, block_names)]
         if block_names:
@@ -395,7 +418,7 @@ class _Search:
         micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= limit]
         if "micro_batch" not in allow:
             micro = [1]
-        chunk_options = [1, settings.chunks] if baseline.chunked_saving > 0 else [1]
+        chunk_options = [1, self.chunks(base)] if baseline.chunked_saving > 0 else [1]
         profile = base.profile
         self.static = int(
             baseline.static_bytes * profile.peak_reserved / max(1, profile.peak_allocated)
