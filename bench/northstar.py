@@ -42,13 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
+import northstar_plans  # noqa: E402
 from memfit.step.host_adam import AdamHyper, HostParam, host_adam_step  # noqa: E402
 from memfit.techniques import technique_label  # noqa: E402
 from models import hf_llama_3b  # noqa: E402
 
 GiB = 1024**3
 SEQ = 2048
-PARTS = ("bandwidth", "host", "baseline", "check", "offload", "compiled")
+PARTS = ("bandwidth", "host", "baseline", "check", "offload", "compiled", "plans", "frontier")
 REFERENCE_TOKENS_S = 16302  # issue 11: batch 2 at an 80 GiB cap, same H200
 
 
@@ -61,6 +62,12 @@ def rss() -> dict:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(value.split()[0]) * 1024
     return out
+
+
+def reset_peak_rss() -> None:
+    """Restart VmHWM (the peak resident memory) from the current RSS."""
+    with contextlib.suppress(OSError), open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
 
 
 def clean(cuda: bool) -> None:
@@ -261,7 +268,7 @@ def baseline(args) -> dict:
         try:
             torch.manual_seed(0)
             with torch.device(device):
-                model = hf_llama_3b(args.smoke)
+                model = hf_llama_3b("tiny" if args.smoke else "full")
             optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
             step = memfit.apply(plan, model, optimizer, precision="bf16-mixed", device_type=device)
             batch = make_batch(model.config.vocab_size, bs, args.seq, device)
@@ -309,7 +316,7 @@ def offload(args) -> dict:
         before = rss()
         torch.manual_seed(0)
         with torch.device(device):
-            model = hf_llama_3b(args.smoke)
+            model = hf_llama_3b("tiny" if args.smoke else "full")
         optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=True)
         started = time.perf_counter()
         plan = offload_plan(kind, "model.layers.*", args.loss_chunks)
@@ -373,7 +380,7 @@ def check(args) -> dict:
         for _ in range(2):
             torch.manual_seed(0)
             with torch.device(device):
-                models.append(hf_llama_3b(tiny=True))
+                models.append(hf_llama_3b("tiny"))
         reference, offloaded = models
         ref_opt = torch.optim.AdamW(reference.parameters(), lr=1e-3, fused=True)
         off_opt = torch.optim.AdamW(offloaded.parameters(), lr=1e-3, fused=True)
@@ -417,12 +424,21 @@ def main() -> None:
         "offloaded too); tN: N host threads; nohost: skip the host step (GPU and copies only)",
     )
     parser.add_argument("--cap", type=float, default=24.0, help="GiB")
+    parser.add_argument("--plan-batches", default="8,16")
+    parser.add_argument(
+        "--allows",
+        default="default",
+        help="plans part: comma-separated technique sets, 'default' (exact techniques) or "
+        "extra names joined by '+' (e.g. default,pure_bf16,low_bit_optimizer)",
+    )
     parser.add_argument("--loss-chunks", type=int, default=16)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
     args.threads = [int(x) for x in args.threads.split(",")]
     args.seq = SEQ
+    args.plan_batches = [int(x) for x in args.plan_batches.split(",")]
+    args.allows = [x for x in args.allows.split(",") if x]
     args.device = "cpu" if args.smoke else "cuda"
     if args.smoke:
         args.host_params = min(args.host_params, 4e6)
@@ -443,11 +459,14 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown parts {sorted(unknown)}; known: {', '.join(PARTS)}")
     for part in PARTS:
-        if part not in parts or (part == "bandwidth" and args.smoke):
+        if part not in parts or (part in ("bandwidth", "frontier") and args.smoke):
             continue
         started = time.perf_counter()
         try:
-            result[part] = globals()[part](args)
+            if part in ("plans", "frontier"):
+                result[part] = getattr(northstar_plans, part)(args, sys.modules[__name__])
+            else:
+                result[part] = globals()[part](args)
         except Exception:
             result["errors"].append(f"{part}: {traceback.format_exc()[-3000:]}")
             print(result["errors"][-1], flush=True)

@@ -278,7 +278,9 @@ class HostSpec:
             but two (``memfit calibrate`` measures it; the default scales the H200 host's
             measured rate by cores, capped at its memory-bound plateau).
         process_bytes: host memory the training process holds besides what memfit offloads.
-        name: where the figures come from (``"local"``, ``"given"``).
+        name: where the figures come from: ``"local"`` (this machine), ``"given"`` (by the
+            caller), ``"reference"`` (this machine's memory, ``REFERENCE_CORES`` cores: the GPU
+            is not this machine's), ``"calibrated"``.
     """
 
     memory_bytes: int
@@ -339,6 +341,5 @@ def host_spec(
     count = cores or (here.cores if local else REFERENCE_CORES)
     rate = adam_params_s or _default_adam_rate(count)
     given = memory is not None or cores is not None or adam_params_s is not None
-    return HostSpec(
-        memory_bytes=size, cores=count, adam_params_s=rate, name="given" if given else "local"
-    )
+    name = "given" if given else ("local" if local else "reference")
+    return HostSpec(memory_bytes=size, cores=count, adam_params_s=rate, name=name)

@@ -242,7 +242,12 @@ def host_note(traced: StepTrace, device: DeviceSpec, host: HostSpec) -> str | No
         host=host,
     )
     bound = {"gpu": "the GPU", "host": "the host's Adam step", "pcie": "PCIe copies"}
-    origin = {"local": "this machine", "given": "as given", "calibrated": "calibrated here"}
+    origin = {
+        "local": "this machine",
+        "given": "as given",
+        "calibrated": "calibrated here",
+        "reference": "assumed: this machine's memory, --host-memory to change it",
+    }
     return (
         f"host memory: {format_bytes(held)} offloaded + {format_bytes(host.process_bytes)} for "
         f"the process, of a host with {host.describe()} ({origin.get(host.name, host.name)}); "
