@@ -27,6 +27,7 @@ from __future__ import annotations
 import functools
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -429,7 +430,16 @@ class HostOptimizer:
             self._stop()
         for param, entry in self._entries.items():
             param.data = entry.host.master.view(entry.shape).to(param.device)
-            self._restore_state(param, entry)
+        left = [p for p, e in self._entries.items() if not self._restore_state(p, e)]
+        if left:
+            warnings.warn(
+                f"OffloadOptimizer undo: the optimizer state of {len(left)} parameters does not "
+                f"fit on {left[0].device} beside the weights and stays in host memory (as CPU "
+                f"tensors in optimizer.state): optimizer.state_dict() saves it as it is; "
+                f"stepping this optimizer needs it on the device (free memory, then "
+                f"optimizer.load_state_dict(optimizer.state_dict()) moves it there)",
+                stacklevel=3,
+            )
         self._release_host()
 
     def discard(self) -> None:
@@ -454,11 +464,13 @@ class HostOptimizer:
         self._entries.clear()
         self._flat.clear()
 
-    def _restore_state(self, param: nn.Parameter, entry: _Entry) -> None:
+    def _restore_state(self, param: nn.Parameter, entry: _Entry) -> bool:
+        """Put the parameter's state back in the optimizer, on its device if it fits there
+        (False when it stays in host memory)."""
         before = self._saved_state.get(param)
         steps = float(entry.host.step)
         if before is None and steps == 0:
-            return  # no state before, no step since
+            return True  # no state before, no step since
         group = entry.group
         old_step = before.get("step") if before else None
         if isinstance(old_step, torch.Tensor):
@@ -467,8 +479,16 @@ class HostOptimizer:
             step_device = param.device
         else:
             step_device = torch.device("cpu")
-        self.optimizer.state[param] = {
-            "step": torch.tensor(steps, dtype=torch.float32, device=step_device),
-            "exp_avg": entry.host.exp_avg.view(entry.shape).to(param.device),
-            "exp_avg_sq": entry.host.exp_avg_sq.view(entry.shape).to(param.device),
+        moments = {
+            "exp_avg": entry.host.exp_avg.view(entry.shape),
+            "exp_avg_sq": entry.host.exp_avg_sq.view(entry.shape),
         }
+        on_device = True
+        try:
+            moments = {k: v.to(param.device) for k, v in moments.items()}
+        except torch.OutOfMemoryError:
+            moments = {k: v.clone() for k, v in moments.items()}  # free of the flat buffers
+            on_device = False
+        step = torch.tensor(steps, dtype=torch.float32, device=step_device)
+        self.optimizer.state[param] = {"step": step, **moments}
+        return on_device
