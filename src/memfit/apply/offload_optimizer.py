@@ -17,11 +17,8 @@ from torch import nn
 
 from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
-from memfit.step.host_optimizer import (
-    HostOptimizer,
-    check_host_optimizer,
-    offloadable_parameters,
-)
+from memfit.step.host_optimizer import HostOptimizer
+from memfit.step.host_params import check_host_optimizer, offloadable_parameters
 from memfit.step.precision import Precision
 from memfit.step.registry import register_applier
 from memfit.step.undo import UndoFn

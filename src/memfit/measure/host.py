@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from memfit.step.host_optimizer import default_threads
+from memfit.step.host_params import default_threads
 
 __all__ = ["HostRates", "measure_host"]
 

@@ -35,7 +35,7 @@ from memfit.devices import DeviceSpec, HostSpec
 from memfit.errors import BudgetInfeasibleError, InvalidInputError
 from memfit.offload_cost import offloaded_step_time
 from memfit.plan.candidates import Candidate
-from memfit.step.host_optimizer import offloadable_parameters
+from memfit.step.host_params import offloadable_parameters
 from memfit.step.precision import Precision
 from memfit.techniques import FusedOptimizer, OffloadOptimizer, by_name
 from memfit.trace.estimate import StepTrace

@@ -22,14 +22,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
-from memfit.errors import InvalidInputError, MemfitError
+from memfit.errors import MemfitError
 from memfit.plan.baseline import (
     batch_size,
     checkpointable_blocks,
@@ -52,6 +51,7 @@ from memfit.plan.model_state import (
 from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
 from memfit.plan.policies import block_policies, offloaded_policy
+from memfit.plan.settings import CHUNK_BYTES, PlanSettings, budget_bytes, budget_note
 from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
 from memfit.step.precision import Precision
@@ -64,7 +64,7 @@ from memfit.techniques import (
 )
 from memfit.trace.estimate import StepTrace, target_host, target_host_from, trace_step
 from memfit.trace.settings import StepSettings
-from memfit.units import format_bytes, parse_bytes
+from memfit.units import format_bytes
 
 __all__ = ["plan", "PlanSettings"]
 
@@ -72,41 +72,6 @@ FUSED_NOTE = (
     "the predicted time overrates what fusing the GELUs saves: on an H200, such plans ran "
     "Hugging Face GPT-2 and GPT-2 medium 9-28% faster than unmodified where 41-52% was predicted"
 )
-
-
-CHUNK_BYTES = 512 * 2**20
-"""Float32 logits of one slice of the chunked loss, at most (vocabularies of 128k and more at
-tens of thousands of tokens otherwise leave gigabytes per slice)."""
-
-
-@dataclass(frozen=True)
-class PlanSettings:
-    """What the search may do and how hard it looks (``plan``'s arguments, checked).
-
-    Attributes:
-        budget: the reserved-memory budget in bytes.
-        allow: names of the techniques it may choose (``memfit.techniques.TABLE``).
-        blocks: module patterns that may be checkpointed; None: the repeated blocks.
-        head, chunks: the LM head and the (least) number of slices of a chunked loss; more
-            when a slice's float32 logits would exceed ``CHUNK_BYTES``.
-        max_micro_batches: the most micro-batches a plan splits a batch into.
-        margin: fraction of the budget kept free for prediction error.
-        max_traces: candidates traced in full before giving up on the screening order.
-    """
-
-    budget: int
-    allow: tuple[str, ...]
-    blocks: Sequence[str] | None = None
-    head: str = "lm_head"
-    chunks: int = 4
-    max_micro_batches: int = 8
-    margin: float = 0.02
-    max_traces: int = 6
-
-    @property
-    def target(self) -> int:
-        """The predicted reserved peak a plan may reach."""
-        return int(self.budget * (1 - self.margin))
 
 
 def plan(
@@ -178,7 +143,7 @@ def plan(
         host=host or target_host_from(host_memory, spec),
     )
     settings = PlanSettings(
-        budget=_budget_bytes(budget, spec),
+        budget=budget_bytes(budget, spec),
         allow=parse_allow(allow),
         blocks=blocks,
         head=head,
@@ -188,7 +153,7 @@ def plan(
         max_traces=max_traces,
     )
     search = _Search(model, batch, step, settings, progress)
-    note = _budget_note(budget, spec)
+    note = budget_note(budget, spec)
     if note is not None:
         search.notes.append(note)
     return search.run()
@@ -454,28 +419,3 @@ def _may_fuse(optimizer: Any) -> bool:
         name = optimizer.lower()
         return name.startswith("adam") and "fused" not in name
     return callable(optimizer)  # a factory: the trace tells (use_fused refuses other types)
-
-
-_NOMINAL_SLACK = 1.05
-"""A budget up to 5% above the device's memory is its nominal size ("24GiB" for a 24 GB card,
-which PyTorch sees as 23.64 GiB): planned for all the device has, with a note."""
-
-
-def _budget_bytes(budget: Any, spec: DeviceSpec) -> int:
-    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
-    if limit > spec.memory_bytes * _NOMINAL_SLACK:
-        raise InvalidInputError(
-            f"budget {format_bytes(limit)} is more than {spec.name} has "
-            f"({format_bytes(spec.memory_bytes)}); give a smaller budget or another --device"
-        )
-    return min(limit, spec.memory_bytes)
-
-
-def _budget_note(budget: Any, spec: DeviceSpec) -> str | None:
-    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
-    if limit <= spec.memory_bytes:
-        return None
-    return (
-        f"budget {format_bytes(limit)} is more than {spec.name} has; planned for all of its "
-        f"{format_bytes(spec.memory_bytes)}"
-    )

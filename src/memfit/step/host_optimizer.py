@@ -25,7 +25,6 @@ as before: an offloaded parameter's ``.grad`` is always None when it steps, so i
 from __future__ import annotations
 
 import functools
-import os
 import threading
 import warnings
 import weakref
@@ -39,57 +38,15 @@ from torch._subclasses.fake_tensor import is_fake
 
 from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.step.host_adam import AdamHyper, HostParam, accumulate_on_host, host_adam_step
+from memfit.step.host_params import (
+    check_host_optimizer,
+    default_threads,
+    restore_state,
+    take_state,
+)
 from memfit.step.host_worker import HostWorker
 
-__all__ = ["HostOptimizer", "offloadable_parameters", "check_host_optimizer", "default_threads"]
-
-
-def default_threads() -> int:
-    """The host step's CPU threads: all cores but two (the main thread launches the GPU's
-    kernels and autograd's thread runs backward)."""
-    return max(1, (os.cpu_count() or 2) - 2)
-
-
-def check_host_optimizer(optimizer: object) -> None:
-    """Raise unless the host can run ``optimizer``'s update (nothing is changed).
-
-    Raises:
-        InvalidInputError: not ``torch.optim.Adam``/``AdamW``, or a group with amsgrad or
-            differentiable set.
-    """
-    if type(optimizer) not in (torch.optim.Adam, torch.optim.AdamW):
-        raise InvalidInputError(
-            f"OffloadOptimizer runs torch.optim.Adam and AdamW on the host, not a "
-            f"{type(optimizer).__name__}; use one of those or plan without 'offload_optimizer'"
-        )
-    assert isinstance(optimizer, torch.optim.Optimizer)
-    for group in optimizer.param_groups:
-        AdamHyper.from_group(group, decoupled=True)
-
-
-def offloadable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter, list[nn.Module]]]:
-    """The parameters the host optimizer can take: float32, trained, owned by ``nn.Linear``
-    modules only (a weight shared with an embedding is used outside autocast's cast).
-
-    Returns:
-        ``(name, parameter, owning modules)`` in the model's order (its forward order for
-        the usual layouts).
-    """
-    owners: dict[nn.Parameter, list[nn.Module]] = {}
-    names: dict[nn.Parameter, str] = {}
-    for module_name, module in model.named_modules(remove_duplicate=False):
-        for local, param in module._parameters.items():
-            if param is None:
-                continue
-            owners.setdefault(param, []).append(module)
-            names.setdefault(param, f"{module_name}.{local}" if module_name else local)
-    return [
-        (names[p], p, mods)
-        for p, mods in owners.items()
-        if p.requires_grad
-        and p.dtype == torch.float32
-        and all(isinstance(m, nn.Linear) for m in mods)
-    ]
+__all__ = ["HostOptimizer"]
 
 
 @dataclass(eq=False)
@@ -234,7 +191,9 @@ class HostOptimizer:
             host = HostParam(
                 views["master"], views["exp_avg"], views["exp_avg_sq"], step, views["grad"]
             )
-            self._take_state(param, host)
+            saved = take_state(self.optimizer, param, host)
+            if saved is not None:
+                self._saved_state[param] = saved
             group = self._group_of[param]
             decoupled = isinstance(self.optimizer, torch.optim.AdamW) or bool(
                 group.get("decoupled_weight_decay", False)
@@ -282,19 +241,6 @@ class HostOptimizer:
         code = torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), nbytes, 0)
         if int(code) == 0:
             self._registered.append(tensor)
-
-    def _take_state(self, param: nn.Parameter, host: HostParam) -> None:
-        state = self.optimizer.state.get(param)
-        if not state:
-            return
-        self._saved_state[param] = dict(state)
-        if "exp_avg" in state:
-            host.exp_avg.copy_(state["exp_avg"].detach().reshape(-1))
-            host.exp_avg_sq.copy_(state["exp_avg_sq"].detach().reshape(-1))
-        step = state.get("step")
-        if step is not None:
-            host.step.fill_(float(step))
-        del self.optimizer.state[param]
 
     def _install_waits(self) -> None:
         model = self._model()
@@ -430,7 +376,11 @@ class HostOptimizer:
             self._stop()
         for param, entry in self._entries.items():
             param.data = entry.host.master.view(entry.shape).to(param.device)
-        left = [p for p, e in self._entries.items() if not self._restore_state(p, e)]
+        left = [
+            p
+            for p, e in self._entries.items()
+            if not restore_state(self.optimizer, p, e.host, e.shape, self._saved_state.get(p))
+        ]
         if left:
             warnings.warn(
                 f"OffloadOptimizer undo: the optimizer state of {len(left)} parameters does not "
@@ -463,32 +413,3 @@ class HostOptimizer:
         self._registered.clear()
         self._entries.clear()
         self._flat.clear()
-
-    def _restore_state(self, param: nn.Parameter, entry: _Entry) -> bool:
-        """Put the parameter's state back in the optimizer, on its device if it fits there
-        (False when it stays in host memory)."""
-        before = self._saved_state.get(param)
-        steps = float(entry.host.step)
-        if before is None and steps == 0:
-            return True  # no state before, no step since
-        group = entry.group
-        old_step = before.get("step") if before else None
-        if isinstance(old_step, torch.Tensor):
-            step_device = old_step.device
-        elif group.get("fused") or group.get("capturable"):
-            step_device = param.device
-        else:
-            step_device = torch.device("cpu")
-        moments = {
-            "exp_avg": entry.host.exp_avg.view(entry.shape),
-            "exp_avg_sq": entry.host.exp_avg_sq.view(entry.shape),
-        }
-        on_device = True
-        try:
-            moments = {k: v.to(param.device) for k, v in moments.items()}
-        except torch.OutOfMemoryError:
-            moments = {k: v.clone() for k, v in moments.items()}  # free of the flat buffers
-            on_device = False
-        step = torch.tensor(steps, dtype=torch.float32, device=step_device)
-        self.optimizer.state[param] = {"step": step, **moments}
-        return on_device
