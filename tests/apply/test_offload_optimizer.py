@@ -272,3 +272,23 @@ def test_on_the_gpu_the_update_matches_fused_adamw_to_rounding() -> None:
             torch.testing.assert_close(got[name], param.detach().cpu(), rtol=1e-5, atol=1e-6)
     memfit.apply.undo_all(offloaded)
     assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in offloaded.parameters())
+
+
+def test_predicted_device_state_is_exact() -> None:
+    """On the GPU: bf16 working copies of the Linear weights, the others in float32 with their
+    AdamW moments (each allocation rounded to the allocator's 512-byte blocks)."""
+
+    def block(nbytes: int) -> int:
+        return -(-nbytes // 512) * 512
+
+    model = _llama()
+    linear = [m.weight for m in model.modules() if isinstance(m, nn.Linear)]
+    resident = [p for p in model.parameters() if all(p is not w for w in linear)]
+    batch = "input_ids=int64[2,12]<97 labels=int64[2,12]<97"
+    profile = memfit.estimate(
+        _llama, batch, plan=[OffloadOptimizer()], precision="bf16-mixed", optimizer="adamw"
+    )
+    params = sum(block(2 * w.numel()) for w in linear) + sum(block(4 * p.numel()) for p in resident)
+    state = sum(2 * block(4 * p.numel()) for p in resident)  # step counters live on the host
+    assert profile.by_category[memfit.Category.PARAM] == params
+    assert profile.by_category[memfit.Category.OPTIMIZER] == state
