@@ -45,6 +45,7 @@ __all__ = [
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "OptimizerInBackward",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
 ]
@@ -164,6 +165,22 @@ class FusedOptimizer:
     """
 
 
+@dataclass(frozen=True)
+class OptimizerInBackward:
+    """Update each parameter as soon as its gradient is complete, then free the gradient.
+
+    A ``Tensor.register_post_accumulate_grad_hook`` on every trainable parameter runs the
+    user's optimizer on that parameter alone, inside backward; the gradient is set to None
+    right after. The full set of gradients never exists at once, and the optimizer step's
+    multi-tensor temporaries are one parameter's. For per-parameter optimizers (Adam, AdamW,
+    SGD, and torchao's low-bit AdamW) each parameter's update is the same computation as in
+    the plain step: identical updates. It cannot run with anything that needs every gradient
+    before the update: gradient accumulation (``MicroBatch``, ``accumulate``), clipping by
+    global norm (``clip_grad_norm``) and fp16 loss scaling (``GradScaler`` unscales and checks
+    all gradients for infinities first).
+    """
+
+
 Technique = (
     Checkpoint
     | MicroBatch
@@ -173,6 +190,7 @@ Technique = (
     | FusedGatedMLP
     | LeanAutocast
     | FusedOptimizer
+    | OptimizerInBackward
 )
 
 
@@ -198,6 +216,8 @@ class TechniqueInfo:
         applier: the module of ``memfit.apply`` that registers its applier; imported the first
             time a technique of this type is applied, by the tracer or by ``memfit.apply``.
         excludes: names of techniques it cannot be combined with.
+        conflicts: the step options it cannot run with (``StepOptions`` fields:
+            ``"clip_grad_norm"``, ``"accumulate"``, ``"grad_scaler"``).
         summary: one line for ``memfit plan --help`` and the guide.
     """
 
@@ -209,6 +229,7 @@ class TechniqueInfo:
     label: Any  # (technique) -> str: how plans and reports name it
     excludes: tuple[str, ...] = ()
     summary: str = ""
+    conflicts: tuple[str, ...] = ()
 
 
 def _compact(patterns: Sequence[str]) -> str:
@@ -267,6 +288,14 @@ TABLE: tuple[TechniqueInfo, ...] = (
         applier="memfit.apply.step_options",
         label=lambda t: f"micro-batch x{t.n}",
         summary="split the batch and accumulate gradients",
+        excludes=("optimizer_in_backward",),
+    ),
+    TechniqueInfo(
+        OptimizerInBackward, "optimizer_in_backward", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.optimizer_in_backward",
+        label=lambda t: "optimizer in backward",
+        summary="update each parameter in backward and free its gradient",
+        excludes=("micro_batch",), conflicts=("clip_grad_norm", "accumulate", "grad_scaler"),
     ),
 )  # fmt: skip
 

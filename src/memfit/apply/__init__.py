@@ -15,6 +15,7 @@ from memfit.step.precision import Precision
 from memfit.step.registry import apply_techniques, known_techniques, register_applier
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied, undo_all
+from memfit.technique_rules import check_combination, check_step_options
 from memfit.verbs import make_callable
 
 __all__ = [
@@ -38,6 +39,8 @@ def apply(
     forward: Any = None,
     precision: str | None = None,
     device_type: str = "cuda",
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
 ) -> TrainStep:
     """Change ``model`` as ``plan`` says and return the step that runs it.
 
@@ -51,6 +54,9 @@ def apply(
         loss_fn, forward: as for ``memfit.estimate``.
         precision: overrides the precision the plan was made for.
         device_type: the device autocast runs for.
+        clip_grad_norm: clip the gradients to this global L2 norm before each update.
+        accumulate: update after every ``accumulate`` batches (``step(batch)`` calls), the
+            losses scaled by ``1 / accumulate``.
 
     Returns:
         A ``TrainStep``: ``loss = step(batch)``.
@@ -58,18 +64,27 @@ def apply(
     Raises:
         InvalidInputError: the plan was made for another model, a technique is malformed,
             ``precision`` is unknown, or the plan has ``FusedOptimizer`` and the optimizer is
-            not Adam/AdamW; the model is unchanged.
+            not Adam/AdamW; a technique that cannot run with ``clip_grad_norm``,
+            ``accumulate`` or fp16 loss scaling (``OptimizerInBackward``); the model is
+            unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged.
     """
     in_force = techniques_in_force(plan)
     check_fingerprint(in_force.fingerprint, model)
-    if precision is not None:
-        Precision.parse(precision)  # checked before the model is changed
+    # checked before the model is changed: the precision, and what the techniques exclude
+    profile = getattr(plan, "profile", None)
+    planned = precision or in_force.precision or (profile.precision if profile else None)
+    check_combination(in_force.techniques)
+    check_step_options(
+        in_force.techniques,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+        grad_scaler=Precision.parse(planned or "fp32").grad_scaler,
+    )
     context = ApplyContext(loss_fn=loss_fn)
     apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
     chosen = precision or context.precision
-    profile = getattr(plan, "profile", None)
     if chosen is None and profile is not None:
         chosen = profile.precision
     return TrainStep(
@@ -83,6 +98,9 @@ def apply(
         forward_batch=context.forward_batch,
         lean_autocast=context.lean_autocast,
         recompute_products=context.recompute_products,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+        optimizer_in_backward=context.optimizer_in_backward,
     )
 
 

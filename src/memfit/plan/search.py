@@ -47,6 +47,7 @@ from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
 from memfit.step.precision import Precision
 from memfit.structure.layers import batch_statistics, fusable_activations
+from memfit.technique_rules import allowed_with_options
 from memfit.techniques import (
     FusedActivation,
     FusedOptimizer,
@@ -113,13 +114,17 @@ def plan(
     max_traces: int = 6,
     batch_size: int | None = None,
     seq_len: int | None = None,
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Plan:
     """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
 
     Args:
-        model, batch, optimizer, precision, loss_fn, forward, batch_size, seq_len: as for
-            ``memfit.estimate``.
+        model, batch, optimizer, precision, loss_fn, forward, batch_size, seq_len,
+            clip_grad_norm, accumulate: as for ``memfit.estimate``; techniques that cannot
+            run with the step's clipping, accumulation or fp16 loss scaling
+            (``OptimizerInBackward``) are left out of the default ``allow``, with a note.
         budget: reserved-memory budget: ``"16GiB"``, bytes, or a fraction of the device.
         device: the target GPU (``memfit devices``).
         blocks: module names (fnmatch patterns) that may be checkpointed; default: the
@@ -136,7 +141,8 @@ def plan(
         The chosen Plan, with its prediction and the frontier of alternatives.
 
     Raises:
-        InvalidInputError: for a malformed budget, or one larger than the device.
+        InvalidInputError: for a malformed budget, or one larger than the device; ``allow``
+            names a technique that cannot run with ``clip_grad_norm``/``accumulate``/fp16.
         BudgetInfeasibleError: when no combination fits; says how much is missing.
 
     Known limitations:
@@ -153,10 +159,19 @@ def plan(
         device=spec,
         batch_size=batch_size,
         seq_len=seq_len,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+    )
+    allowed, left_out = allowed_with_options(
+        parse_allow(allow),
+        named=allow is not None,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+        grad_scaler=Precision.parse(precision).grad_scaler,
     )
     settings = PlanSettings(
         budget=_budget_bytes(budget, spec),
-        allow=parse_allow(allow),
+        allow=allowed,
         blocks=blocks,
         head=head,
         chunks=chunks,
@@ -164,7 +179,9 @@ def plan(
         margin=margin,
         max_traces=max_traces,
     )
-    return _Search(model, batch, step, settings, progress).run()
+    search = _Search(model, batch, step, settings, progress)
+    search.notes.extend(left_out)
+    return search.run()
 
 
 class _Search:

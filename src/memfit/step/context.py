@@ -53,6 +53,9 @@ class ApplyContext:
             forward under ``memfit.step.lean_saving.lean_saving``.
         recompute_products: set by ``FusedGatedMLP``: forward under ``lean_saving`` (at
             least for its gated products).
+        optimizer_in_backward: set by ``OptimizerInBackward``: each parameter is updated in
+            backward, so the step's own update does nothing and the step refuses clipping,
+            accumulation and loss scaling.
         optimizer_changes: what techniques do to the optimizer (``FusedOptimizer`` switches it
             to its fused kernel), run by ``change_optimizer`` once the optimizer exists: by
             ``memfit.apply`` on the user's, by the tracer on the one it builds.
@@ -64,6 +67,7 @@ class ApplyContext:
     precision: str | None = None
     lean_autocast: bool = False
     recompute_products: bool = False
+    optimizer_in_backward: bool = False
     optimizer_changes: list[OptimizerChange] = field(default_factory=list)
 
     def change_optimizer(self, optimizer: torch.optim.Optimizer | None) -> UndoFn:

@@ -39,6 +39,10 @@ class StepSettings:
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
         batch_size, seq_len: the size of a zoo model's default batch.
+        clip_grad_norm: the step clips the gradients to this global L2 norm before each
+            update (None: no clipping).
+        accumulate: the step accumulates the gradients of this many batches before each
+            update (1: an update after every batch).
     """
 
     loss_fn: LossFn | None = None
@@ -50,6 +54,8 @@ class StepSettings:
     allocator: AllocatorSettings = DEFAULT_SETTINGS
     batch_size: int | None = None
     seq_len: int | None = None
+    clip_grad_norm: float | None = None
+    accumulate: int = 1
 
     def with_options(self, **options: Any) -> StepSettings:
         """These settings with some replaced, by keyword (``precision="fp32"``).
