@@ -46,6 +46,8 @@ __all__ = [
     "LeanAutocast",
     "FusedOptimizer",
     "OptimizerInBackward",
+    "LowBitOptimizer",
+    "LOW_BIT_KINDS",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
 ]
@@ -181,6 +183,32 @@ class OptimizerInBackward:
     """
 
 
+LOW_BIT_KINDS: tuple[str, ...] = ("8bit", "4bit", "fp8")
+"""``LowBitOptimizer.kind`` values: torchao's ``AdamW8bit``, ``AdamW4bit``, ``AdamWFp8``."""
+
+
+@dataclass(frozen=True)
+class LowBitOptimizer:
+    """Keep Adam's or AdamW's two moments block-wise quantized, through torchao.
+
+    The user's ``torch.optim.Adam``/``AdamW`` (its parameter groups, learning rates, betas,
+    weight decay) steps with torchao's ``Adam{8bit,4bit,Fp8}``/``AdamW{8bit,4bit,Fp8}``
+    (``pip install "memfit[torchao]"``). Each moment of a parameter with at least 4096 elements
+    (and a multiple of the block) is stored as codes plus one float32 scale per block: 8-bit
+    codes and blocks of 256 (``"8bit"``), two 4-bit codes per byte and blocks of 128
+    (``"4bit"``), float8 e4m3 codes and blocks of 256 (``"fp8"``); smaller ones stay in the
+    parameter's dtype. The update is computed in float32 from the dequantized moments: it
+    changes the math within torchao's documented precision.
+
+    Attributes:
+        kind: ``"8bit"``, ``"4bit"`` or ``"fp8"``.
+        block_size: elements per scale; None for torchao's default (256, 128, 256).
+    """
+
+    kind: str = "8bit"
+    block_size: int | None = None
+
+
 Technique = (
     Checkpoint
     | MicroBatch
@@ -191,6 +219,7 @@ Technique = (
     | LeanAutocast
     | FusedOptimizer
     | OptimizerInBackward
+    | LowBitOptimizer
 )
 
 
@@ -296,6 +325,13 @@ TABLE: tuple[TechniqueInfo, ...] = (
         label=lambda t: "optimizer in backward",
         summary="update each parameter in backward and free its gradient",
         excludes=("micro_batch",), conflicts=("clip_grad_norm", "accumulate", "grad_scaler"),
+    ),
+    TechniqueInfo(
+        LowBitOptimizer, "low_bit_optimizer", Exactness.CHANGES_MATH, planned=True,
+        applier="memfit.apply.low_bit_optimizer",
+        label=lambda t: f"{t.kind} optimizer state",
+        summary="Adam/AdamW moments block-wise quantized (torchao)",
+        excludes=("fused_optimizer",),
     ),
 )  # fmt: skip
 

@@ -6,12 +6,14 @@ tensor a block of a multiple of 512 bytes (``_block``).
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
 from memfit.profile import Category, Phase
-from memfit.techniques import OptimizerInBackward
+from memfit.techniques import LowBitOptimizer, OptimizerInBackward
 from memfit.trace.estimate import trace_step
+from memfit.trace.low_bit import STEP_TEMPORARIES
 
 WEIGHT = 256 * 256 * 4  # one float32 256 x 256 weight: 262,144 bytes
 
@@ -63,3 +65,73 @@ def test_in_backward_with_plain_sgd_saves_one_gradient_at_the_end_of_backward() 
     # 4 x 256 float32 gradient of the tanh); in backward, the peak moves to the second
     # layer's gradient, made while the loss's, the tanh's output and its gradient are alive
     assert plain.peak_allocated - inb.peak_allocated == WEIGHT - 2 * _block(4 * 256 * 4)
+
+
+class Shapes(nn.Module):
+    """Weights torchao quantizes or keeps plain: 65,536 and 4,096 elements (quantized), 4,112
+    (at least 4,096 but no multiple of a block: plain), a 256-element bias (plain)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Linear(256, 256)
+        self.b = nn.Linear(256, 16, bias=False)
+        self.c = nn.Linear(16, 257, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.c(torch.tanh(self.b(torch.tanh(self.a(x)))))
+
+
+# per moment and tensor: (codes, scales, code map) bytes, worked out from torchao 0.18's
+# layouts (torchao/optim/subclass_{8bit,4bit,fp8}.py): 8-bit codes one byte per element, a
+# float32 scale per 256 elements, a 256-entry float32 code map; 4-bit codes two per byte, a
+# scale per 128 elements, a 16-entry code map; fp8 codes one byte, a scale per 256, no map
+QUANTIZED = {
+    "8bit": {65536: (65536, 256 * 4, 256 * 4), 4096: (4096, 16 * 4, 256 * 4)},
+    "4bit": {65536: (32768, 512 * 4, 16 * 4), 4096: (2048, 32 * 4, 16 * 4)},
+    "fp8": {65536: (65536, 256 * 4, 0), 4096: (4096, 16 * 4, 0)},
+}
+PLAIN = (4112 * 4, 256 * 4)  # float32 moments of the 4,112-element weight and the bias
+
+
+@pytest.mark.parametrize("kind", sorted(QUANTIZED))
+def test_low_bit_state_to_the_byte(kind: str) -> None:
+    pytest.importorskip("torchao.optim")
+    moment = sum(_block(n) for parts in QUANTIZED[kind].values() for n in parts if n)
+    moment += sum(_block(n) for n in PLAIN)
+    traced = trace_step(
+        Shapes(),
+        torch.randn(4, 256),
+        optimizer="adamw",
+        precision="fp32",
+        plan=[LowBitOptimizer(kind)],
+        loss_fn=lambda output, batch: output.mean(),
+    )
+    assert traced.profile.by_category[Category.OPTIMIZER] == 2 * moment  # two moments
+    # the compiled update's temporaries, one parameter at a time, in the steady step
+    steady = range(traced.marks["optimizer1"], traced.marks["zero_grad"])
+    made = [traced.trace.events[i] for i in steady if traced.trace.events[i] > 0]
+    temporaries = sorted(
+        traced.trace.allocations[key].size
+        for key in made
+        if traced.trace.allocations[key].op.startswith("empty")
+    )
+    block = 128 if kind == "4bit" else 256
+    expected = [
+        int(per_element * numel + per_block * numel // block)
+        for numel in (65536, 4096)  # the quantized weights; the plain moments need none
+        for per_element, per_block in STEP_TEMPORARIES[_SUBCLASS[kind]]
+        for _ in ("exp_avg", "exp_avg_sq")
+    ]
+    assert temporaries == sorted(expected)
+    # a quantized moment is a fraction of float32's; the plain ones keep their size
+    full = trace_step(
+        Shapes(),
+        torch.randn(4, 256),
+        optimizer="adamw",
+        precision="fp32",
+        loss_fn=lambda output, batch: output.mean(),
+    )
+    assert full.profile.by_category[Category.OPTIMIZER] > 3 * moment
+
+
+_SUBCLASS = {"8bit": "OptimState8bit", "4bit": "OptimState4bit", "fp8": "OptimStateFp8"}

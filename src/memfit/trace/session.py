@@ -30,6 +30,7 @@ from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.cuda.workspaces import cuda_workspace_rules
 from memfit.trace.fakeify import FakeModel
 from memfit.trace.hf_masks import gpu_mask_branches
+from memfit.trace.low_bit import torchao_stand_in
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults, host_tensors, state_tensors
 from memfit.trace.recorder import MemoryRecorder, Trace
@@ -127,7 +128,7 @@ def traced_step(
             cuda_composites(device, stack),
             gpu_mask_branches(batch),
         ):
-            with cuda_optimizer_defaults(), recorder:
+            with cuda_optimizer_defaults(), torchao_stand_in(), recorder:
                 recorder.attach(tracker, fake_model.module)
                 recorder.track(fake_model.params.values(), Category.PARAM, op="parameter")
                 recorder.track(fake_model.buffers.values(), Category.BUFFER, op="buffer")
