@@ -47,6 +47,8 @@ __all__ = [
     "FusedOptimizer",
     "OptimizerInBackward",
     "LowBitOptimizer",
+    "PureBF16",
+    "Freeze",
     "LOW_BIT_KINDS",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
@@ -209,6 +211,35 @@ class LowBitOptimizer:
     block_size: int | None = None
 
 
+@dataclass(frozen=True)
+class PureBF16:
+    """Keep the weights, their gradients and the optimizer state in bfloat16 (no autocast).
+
+    Floating parameters and buffers are cast in place (``param.data``: the optimizer keeps its
+    parameters). The step then runs without autocast, as the ``"bf16"`` precision does.
+    Optionally the update is rounded stochastically to bfloat16 by torchao's ``_AdamW``
+    (``bf16_stochastic_round=True``), which keeps small updates from vanishing on average.
+
+    Attributes:
+        stochastic_round: step AdamW through torchao with stochastic rounding (Adam/AdamW only;
+            with ``LowBitOptimizer``, its optimizer rounds stochastically).
+    """
+
+    stochastic_round: bool = False
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """Train nothing of the modules matching ``modules``: no gradients, no optimizer state.
+
+    Their parameters get ``requires_grad=False`` (restored on undo); the optimizer skips
+    parameters without gradients. Models whose parameters the user froze already (LoRA,
+    peft) need no technique: memfit plans gradients and state for trainable parameters only.
+    """
+
+    modules: tuple[str, ...]
+
+
 Technique = (
     Checkpoint
     | MicroBatch
@@ -220,6 +251,8 @@ Technique = (
     | FusedOptimizer
     | OptimizerInBackward
     | LowBitOptimizer
+    | PureBF16
+    | Freeze
 )
 
 
@@ -332,6 +365,18 @@ TABLE: tuple[TechniqueInfo, ...] = (
         label=lambda t: f"{t.kind} optimizer state",
         summary="Adam/AdamW moments block-wise quantized (torchao)",
         excludes=("fused_optimizer",),
+    ),
+    TechniqueInfo(
+        PureBF16, "pure_bf16", Exactness.CHANGES_MATH, planned=True,
+        applier="memfit.apply.pure_bf16",
+        label=lambda t: "pure bf16" + (" (stochastic rounding)" if t.stochastic_round else ""),
+        summary="bf16 weights, gradients and optimizer state",
+    ),
+    TechniqueInfo(
+        Freeze, "freeze", Exactness.CHANGES_MATH, planned=False,
+        applier="memfit.apply.freeze",
+        label=lambda t: f"freeze {_compact(t.modules)}",
+        summary="no gradients and no optimizer state for the named modules",
     ),
 )  # fmt: skip
 

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from memfit.profile import Category, Phase
-from memfit.techniques import LowBitOptimizer, OptimizerInBackward
+from memfit.techniques import Freeze, LowBitOptimizer, OptimizerInBackward, PureBF16
 from memfit.trace.estimate import trace_step
 from memfit.trace.low_bit import STEP_TEMPORARIES
 
@@ -135,3 +135,70 @@ def test_low_bit_state_to_the_byte(kind: str) -> None:
 
 
 _SUBCLASS = {"8bit": "OptimState8bit", "4bit": "OptimState4bit", "fp8": "OptimStateFp8"}
+
+
+def test_pure_bf16_halves_weights_gradients_and_state() -> None:
+    profile = _trace([PureBF16()]).profile
+    assert profile.precision == "bf16"
+    assert profile.by_category[Category.PARAM] == 2 * WEIGHT // 2
+    assert profile.by_category[Category.GRAD] == 2 * WEIGHT // 2  # both, at the step
+    assert profile.by_category[Category.OPTIMIZER] == 2 * 2 * WEIGHT // 2
+
+
+def test_freeze_leaves_out_gradients_and_state_of_the_frozen() -> None:
+    profile = _trace([Freeze(("0",))]).profile
+    assert profile.by_category[Category.PARAM] == 2 * WEIGHT
+    assert profile.by_category[Category.GRAD] == WEIGHT
+    assert profile.by_category[Category.OPTIMIZER] == 2 * WEIGHT
+
+
+class Adapted(nn.Module):
+    """A frozen base weight with a trainable low-rank update (LoRA, by hand)."""
+
+    def __init__(self, rank: int = 8) -> None:
+        super().__init__()
+        self.base = nn.Linear(256, 256, bias=False).requires_grad_(False)
+        self.down = nn.Linear(256, rank, bias=False)
+        self.up = nn.Linear(rank, 256, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + self.up(self.down(x))
+
+
+def test_a_frozen_base_needs_no_technique() -> None:
+    traced = trace_step(
+        Adapted(), torch.randn(4, 256), precision="fp32", loss_fn=lambda out, b: out.mean()
+    )
+    lora = 2 * _block(8 * 256 * 4)  # the two trainable factors
+    assert traced.profile.by_category[Category.PARAM] == WEIGHT + lora
+    assert traced.profile.by_category[Category.OPTIMIZER] == 2 * lora
+    assert traced.record.grad_bytes == {"down.weight": 8 * 256 * 4, "up.weight": 8 * 256 * 4}
+
+
+def test_a_peft_lora_model_is_predicted_with_its_trainable_parameters_only() -> None:
+    pytest.importorskip("peft")
+    from peft import LoraConfig, get_peft_model
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        num_hidden_layers=2,
+        hidden_size=64,
+        intermediate_size=128,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=97,
+        max_position_embeddings=32,
+    )
+    # built here, then traced: peft's model cannot be built under fake tensors yet (its
+    # _apply cannot swap Linear.weight; issue 12)
+    model = get_peft_model(
+        LlamaForCausalLM(config), LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    )
+    trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
+    assert trainable and all("lora_" in n for n in trainable)
+    batch = {"input_ids": torch.randint(0, 97, (2, 16)), "labels": torch.randint(0, 97, (2, 16))}
+    traced = trace_step(model, batch, precision="fp32")
+    state = 2 * sum(_block(p.numel() * 4) for p in trainable.values())  # AdamW's two moments
+    assert traced.profile.by_category[Category.OPTIMIZER] == state
+    assert traced.record.grad_bytes == {n: p.numel() * 4 for n, p in trainable.items()}

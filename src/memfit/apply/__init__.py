@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
 from memfit.step.in_force import check_fingerprint, techniques_in_force
 from memfit.step.precision import Precision
@@ -16,6 +17,7 @@ from memfit.step.registry import apply_techniques, known_techniques, register_ap
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied, undo_all
 from memfit.technique_rules import check_combination, check_step_options
+from memfit.techniques import PureBF16
 from memfit.verbs import make_callable
 
 __all__ = [
@@ -75,6 +77,13 @@ def apply(
     profile = getattr(plan, "profile", None)
     planned = precision or in_force.precision or (profile.precision if profile else None)
     check_combination(in_force.techniques)
+    if precision not in (None, "bf16") and any(
+        isinstance(t, PureBF16) for t in in_force.techniques
+    ):
+        raise InvalidInputError(
+            f"precision={precision!r}: the plan keeps the weights in bf16 (PureBF16), which "
+            f"runs without autocast; pass precision='bf16' or none"
+        )
     check_step_options(
         in_force.techniques,
         clip_grad_norm=clip_grad_norm,
@@ -84,7 +93,7 @@ def apply(
     context = ApplyContext(loss_fn=loss_fn)
     apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
-    chosen = precision or context.precision
+    chosen = precision or context.precision or ("bf16" if context.pure_bf16 else None)
     if chosen is None and profile is not None:
         chosen = profile.precision
     return TrainStep(

@@ -58,6 +58,7 @@ class ApplyContext:
             accumulation and loss scaling.
         low_bit: set by ``LowBitOptimizer``: its ``(kind, block_size)``, read when the
             optimizer is changed.
+        pure_bf16: set by ``PureBF16``: the step runs in the ``"bf16"`` precision.
         stochastic_round: set by ``PureBF16(stochastic_round=True)``: the optimizer rounds
             its updates to bf16 stochastically (through torchao).
         optimizer_changes: what techniques do to the optimizer (``FusedOptimizer`` switches it
@@ -73,6 +74,7 @@ class ApplyContext:
     recompute_products: bool = False
     optimizer_in_backward: bool = False
     low_bit: tuple[str, int | None] | None = None
+    pure_bf16: bool = False
     stochastic_round: bool = False
     optimizer_changes: list[OptimizerChange] = field(default_factory=list)
 
