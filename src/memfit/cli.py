@@ -42,7 +42,8 @@ def _model_option_values(
 ) -> dict[str, Any]:
     """``model_options`` as keyword arguments of ``memfit.estimate`` and ``memfit.plan``.
 
-    ``options``: optimizer, precision, device, batch_size and seq_len, passed on as given.
+    ``options``: optimizer, precision, device, batch_size, seq_len, clip_grad_norm and
+    accumulate, passed on as given.
     """
     from memfit.loading import is_file_reference, load_callable
 
@@ -93,6 +94,18 @@ def model_options(function: Any) -> Any:
                 "--host-memory",
                 help="The target host's RAM, e.g. 128GiB, for plans that offload to it "
                 "(default: this machine's).",
+            ),
+            click.option(
+                "--clip-grad-norm",
+                type=float,
+                help="The step clips gradients to this global norm before each update.",
+            ),
+            click.option(
+                "--accumulate",
+                type=int,
+                default=1,
+                show_default=True,
+                help="Batches whose gradients accumulate before each update.",
             ),
             click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True),
             click.option("--quiet", "-q", is_flag=True, help="Print the verdict line only."),

@@ -47,6 +47,11 @@ __all__ = [
     "FusedOptimizer",
     "OffloadOptimizer",
     "OffloadActivations",
+    "OptimizerInBackward",
+    "LowBitOptimizer",
+    "PureBF16",
+    "Freeze",
+    "LOW_BIT_KINDS",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
 ]
@@ -213,6 +218,77 @@ class OffloadActivations:
     min_bytes: int = 1 << 20
 
 
+@dataclass(frozen=True)
+class OptimizerInBackward:
+    """Update each parameter as soon as its gradient is complete, then free the gradient.
+
+    A ``Tensor.register_post_accumulate_grad_hook`` on every trainable parameter runs the
+    user's optimizer on that parameter alone, inside backward; the gradient is set to None
+    right after. The full set of gradients never exists at once, and the optimizer step's
+    multi-tensor temporaries are one parameter's. For per-parameter optimizers (Adam, AdamW,
+    SGD, and torchao's low-bit AdamW) each parameter's update is the same computation as in
+    the plain step: identical updates. It cannot run with anything that needs every gradient
+    before the update: gradient accumulation (``MicroBatch``, ``accumulate``), clipping by
+    global norm (``clip_grad_norm``) and fp16 loss scaling (``GradScaler`` unscales and checks
+    all gradients for infinities first).
+    """
+
+
+LOW_BIT_KINDS: tuple[str, ...] = ("8bit", "4bit", "fp8")
+"""``LowBitOptimizer.kind`` values: torchao's ``AdamW8bit``, ``AdamW4bit``, ``AdamWFp8``."""
+
+
+@dataclass(frozen=True)
+class LowBitOptimizer:
+    """Keep Adam's or AdamW's two moments block-wise quantized, through torchao.
+
+    The user's ``torch.optim.Adam``/``AdamW`` (its parameter groups, learning rates, betas,
+    weight decay) steps with torchao's ``Adam{8bit,4bit,Fp8}``/``AdamW{8bit,4bit,Fp8}``
+    (``pip install "memfit[torchao]"``). Each moment of a parameter with at least 4096 elements
+    (and a multiple of the block) is stored as codes plus one float32 scale per block: 8-bit
+    codes and blocks of 256 (``"8bit"``), two 4-bit codes per byte and blocks of 128
+    (``"4bit"``), float8 e4m3 codes and blocks of 256 (``"fp8"``); smaller ones stay in the
+    parameter's dtype. The update is computed in float32 from the dequantized moments: it
+    changes the math within torchao's documented precision.
+
+    Attributes:
+        kind: ``"8bit"``, ``"4bit"`` or ``"fp8"``.
+        block_size: elements per scale; None for torchao's default (256, 128, 256).
+    """
+
+    kind: str = "8bit"
+    block_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PureBF16:
+    """Keep the weights, their gradients and the optimizer state in bfloat16 (no autocast).
+
+    Floating parameters and buffers are cast in place (``param.data``: the optimizer keeps its
+    parameters). The step then runs without autocast, as the ``"bf16"`` precision does.
+    Optionally the update is rounded stochastically to bfloat16 by torchao's ``_AdamW``
+    (``bf16_stochastic_round=True``), which keeps small updates from vanishing on average.
+
+    Attributes:
+        stochastic_round: step AdamW through torchao with stochastic rounding (Adam/AdamW only;
+            with ``LowBitOptimizer``, its optimizer rounds stochastically).
+    """
+
+    stochastic_round: bool = False
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """Train nothing of the modules matching ``modules``: no gradients, no optimizer state.
+
+    Their parameters get ``requires_grad=False`` (restored on undo); the optimizer skips
+    parameters without gradients. Models whose parameters the user froze already (LoRA,
+    peft) need no technique: memfit plans gradients and state for trainable parameters only.
+    """
+
+    modules: tuple[str, ...]
+
+
 Technique = (
     Checkpoint
     | MicroBatch
@@ -224,6 +300,10 @@ Technique = (
     | FusedOptimizer
     | OffloadOptimizer
     | OffloadActivations
+    | OptimizerInBackward
+    | LowBitOptimizer
+    | PureBF16
+    | Freeze
 )
 
 
@@ -249,6 +329,8 @@ class TechniqueInfo:
         applier: the module of ``memfit.apply`` that registers its applier; imported the first
             time a technique of this type is applied, by the tracer or by ``memfit.apply``.
         excludes: names of techniques it cannot be combined with.
+        conflicts: the step options it cannot run with (``StepOptions`` fields:
+            ``"clip_grad_norm"``, ``"accumulate"``, ``"grad_scaler"``).
         summary: one line for ``memfit plan --help`` and the guide.
     """
 
@@ -260,6 +342,7 @@ class TechniqueInfo:
     label: Any  # (technique) -> str: how plans and reports name it
     excludes: tuple[str, ...] = ()
     summary: str = ""
+    conflicts: tuple[str, ...] = ()
 
 
 def _compact(patterns: Sequence[str]) -> str:
@@ -318,6 +401,33 @@ TABLE: tuple[TechniqueInfo, ...] = (
         applier="memfit.apply.step_options",
         label=lambda t: f"micro-batch x{t.n}",
         summary="split the batch and accumulate gradients",
+        excludes=("optimizer_in_backward",),
+    ),
+    TechniqueInfo(
+        OptimizerInBackward, "optimizer_in_backward", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.optimizer_in_backward",
+        label=lambda t: "optimizer in backward",
+        summary="update each parameter in backward and free its gradient",
+        excludes=("micro_batch",), conflicts=("clip_grad_norm", "accumulate", "grad_scaler"),
+    ),
+    TechniqueInfo(
+        LowBitOptimizer, "low_bit_optimizer", Exactness.CHANGES_MATH, planned=True,
+        applier="memfit.apply.low_bit_optimizer",
+        label=lambda t: f"{t.kind} optimizer state",
+        summary="Adam/AdamW moments block-wise quantized (torchao)",
+        excludes=("fused_optimizer",),
+    ),
+    TechniqueInfo(
+        PureBF16, "pure_bf16", Exactness.CHANGES_MATH, planned=True,
+        applier="memfit.apply.pure_bf16",
+        label=lambda t: "pure bf16" + (" (stochastic rounding)" if t.stochastic_round else ""),
+        summary="bf16 weights, gradients and optimizer state",
+    ),
+    TechniqueInfo(
+        Freeze, "freeze", Exactness.CHANGES_MATH, planned=False,
+        applier="memfit.apply.freeze",
+        label=lambda t: f"freeze {_compact(t.modules)}",
+        summary="no gradients and no optimizer state for the named modules",
     ),
     TechniqueInfo(
         OffloadActivations, "offload_activations", Exactness.IDENTICAL, planned=True,
@@ -332,6 +442,8 @@ TABLE: tuple[TechniqueInfo, ...] = (
             f" {_compact(t.modules)}" if t.modules != ("**",) else ""
         ),
         summary="fp32 masters and Adam state in host memory, stepped on the CPU in backward",
+        excludes=("optimizer_in_backward", "low_bit_optimizer", "pure_bf16"),
+        conflicts=("clip_grad_norm", "accumulate", "grad_scaler"),
     ),
 )  # fmt: skip
 
@@ -365,6 +477,9 @@ def default_allow() -> tuple[str, ...]:
 def parse_allow(allow: str | Iterable[str] | None) -> tuple[str, ...]:
     """``allow=`` as the planner takes it: None for the default, one name, or several.
 
+    Naming only techniques that change the math (``--allow low_bit_optimizer``) allows them
+    on top of the default exact ones; to restrict the planner, name the exact ones too.
+
     Raises:
         InvalidInputError: a name the table lacks, or one the planner never chooses.
     """
@@ -379,6 +494,8 @@ def parse_allow(allow: str | Iterable[str] | None) -> tuple[str, ...]:
             f"unknown technique(s) {unknown} in allow; the planner chooses from: "
             f"{', '.join(planned)}"
         )
+    if names and all(_BY_NAME[n].exactness is Exactness.CHANGES_MATH for n in names):
+        names = list(default_allow()) + names
     return tuple(dict.fromkeys(names))
 
 

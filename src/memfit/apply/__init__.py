@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
 from memfit.step.in_force import check_fingerprint, techniques_in_force
 from memfit.step.precision import Precision
 from memfit.step.registry import apply_techniques, known_techniques, register_applier
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied, undo_all
+from memfit.technique_rules import check_combination, check_step_options
+from memfit.techniques import PureBF16
 from memfit.verbs import make_callable
 
 __all__ = [
@@ -38,6 +41,8 @@ def apply(
     forward: Any = None,
     precision: str | None = None,
     device_type: str = "cuda",
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
 ) -> TrainStep:
     """Change ``model`` as ``plan`` says and return the step that runs it.
 
@@ -51,6 +56,9 @@ def apply(
         loss_fn, forward: as for ``memfit.estimate``.
         precision: overrides the precision the plan was made for.
         device_type: the device autocast runs for.
+        clip_grad_norm: clip the gradients to this global L2 norm before each update.
+        accumulate: update after every ``accumulate`` batches (``step(batch)`` calls), the
+            losses scaled by ``1 / accumulate``.
 
     Returns:
         A ``TrainStep``: ``loss = step(batch)``.
@@ -58,20 +66,38 @@ def apply(
     Raises:
         InvalidInputError: the plan was made for another model, a technique is malformed,
             ``precision`` is unknown, or the plan has ``FusedOptimizer`` and the optimizer is
-            not Adam/AdamW; the model is unchanged.
+            not Adam/AdamW; a technique that cannot run with ``clip_grad_norm``,
+            ``accumulate`` or fp16 loss scaling (``OptimizerInBackward``); the model is
+            unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged.
     """
     in_force = techniques_in_force(plan)
     check_fingerprint(in_force.fingerprint, model)
     if precision is not None:
-        Precision.parse(precision)  # checked before the model is changed
-    # the argument overrides the plan: its MixedPrecision, else the precision it was made for
-    chosen = precision or in_force.precision
+        Precision.parse(precision)
+    # checked before the model is changed: the precision, and what the techniques exclude
     profile = getattr(plan, "profile", None)
+    planned = precision or in_force.precision or (profile.precision if profile else None)
+    check_combination(in_force.techniques)
+    if precision not in (None, "bf16") and any(
+        isinstance(t, PureBF16) for t in in_force.techniques
+    ):
+        raise InvalidInputError(
+            f"precision={precision!r}: the plan keeps the weights in bf16 (PureBF16), which "
+            f"runs without autocast; pass precision='bf16' or none"
+        )
+    check_step_options(
+        in_force.techniques,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+        grad_scaler=Precision.parse(planned or "fp32").grad_scaler,
+    )
+    context = ApplyContext(loss_fn=loss_fn, step_precision=planned or "fp32")
+    apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
+    # the argument overrides the plan: its MixedPrecision, else the precision it was made for
+    chosen = precision or context.precision or ("bf16" if context.pure_bf16 else None)
     if chosen is None and profile is not None:
         chosen = profile.precision
-    context = ApplyContext(loss_fn=loss_fn, step_precision=chosen or "fp32")
-    apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
     return TrainStep(
         model,
         optimizer,
@@ -84,6 +110,9 @@ def apply(
         lean_autocast=context.lean_autocast,
         recompute_products=context.recompute_products,
         host_optimizer=context.host_optimizer,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+        optimizer_in_backward=context.optimizer_in_backward,
     )
 
 

@@ -37,7 +37,7 @@ from memfit.offload_cost import offloaded_step_time
 from memfit.plan.candidates import Candidate
 from memfit.step.host_params import offloadable_parameters
 from memfit.step.precision import Precision
-from memfit.techniques import FusedOptimizer, OffloadOptimizer, by_name
+from memfit.techniques import FusedOptimizer, OffloadOptimizer, by_name, info
 from memfit.trace.estimate import StepTrace
 from memfit.trace.fakeify import prepare_model
 from memfit.trace.inputs import resolve
@@ -66,15 +66,20 @@ _LADDER: tuple[tuple[tuple[str, ...], float], ...] = (
 
 @dataclass(frozen=True)
 class Level:
-    """One rung: its techniques and a lower bound of the model state it leaves on the GPU."""
+    """One rung: its techniques, a lower bound of the model state it leaves on the GPU, and
+    the techniques the planner may not add on top (what its techniques exclude; micro-batching
+    with the optimizer on the host, where each micro-batch would add a pass over host memory)."""
 
     label: str
     techniques: tuple[Any, ...]
     state_bytes: int
+    excludes: tuple[str, ...] = ()
 
-    @property
-    def offloads(self) -> bool:
-        return any(isinstance(t, OffloadOptimizer) for t in self.techniques)
+    def replaces(self, technique: Any) -> bool:
+        """Whether ``technique`` (planned before this level) gives way to it."""
+        row = info(technique)
+        same = any(type(technique) is type(t) for t in self.techniques)
+        return same or (row is not None and row.name in self.excludes)
 
 
 def state_bytes_per_param(optimizer: Any) -> float:
@@ -115,7 +120,10 @@ def state_levels(
             techniques += [row.type() for row in rows]
             state = int(per_param * trainable)
         label = " + ".join(name.replace("_", " ") for name in names)
-        levels.append(Level(label, tuple(techniques), state))
+        excludes = {e for t in techniques if (row := info(t)) is not None for e in row.excludes}
+        if "offload_optimizer" in names:
+            excludes.add("micro_batch")
+        levels.append(Level(label, tuple(techniques), state, tuple(sorted(excludes))))
     return levels
 
 

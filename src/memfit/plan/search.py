@@ -56,6 +56,7 @@ from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
 from memfit.step.precision import Precision
 from memfit.structure.layers import batch_statistics, fusable_activations
+from memfit.technique_rules import allowed_with_options
 from memfit.techniques import (
     FusedActivation,
     FusedOptimizer,
@@ -95,13 +96,17 @@ def plan(
     seq_len: int | None = None,
     host_memory: str | int | None = None,
     host: HostSpec | None = None,
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Plan:
     """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
 
     Args:
-        model, batch, optimizer, precision, loss_fn, forward, batch_size, seq_len: as for
-            ``memfit.estimate``.
+        model, batch, optimizer, precision, loss_fn, forward, batch_size, seq_len,
+            clip_grad_norm, accumulate: as for ``memfit.estimate``; techniques that cannot
+            run with the step's clipping, accumulation or fp16 loss scaling
+            (``OptimizerInBackward``) are left out of the default ``allow``, with a note.
         budget: reserved-memory budget: ``"16GiB"``, bytes, or a fraction of the device.
         device: the target GPU (``memfit devices``).
         blocks: module names (fnmatch patterns) that may be checkpointed; default: the
@@ -121,7 +126,8 @@ def plan(
         The chosen Plan, with its prediction and the frontier of alternatives.
 
     Raises:
-        InvalidInputError: for a malformed budget, or one larger than the device.
+        InvalidInputError: for a malformed budget, or one larger than the device; ``allow``
+            names a technique that cannot run with ``clip_grad_norm``/``accumulate``/fp16.
         BudgetInfeasibleError: when no combination fits; says how much is missing.
 
     Known limitations:
@@ -141,10 +147,19 @@ def plan(
         batch_size=batch_size,
         seq_len=seq_len,
         host=host or target_host_from(host_memory, spec),
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+    )
+    allowed, left_out = allowed_with_options(
+        parse_allow(allow),
+        named=allow is not None,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+        grad_scaler=Precision.parse(precision).grad_scaler,
     )
     settings = PlanSettings(
         budget=budget_bytes(budget, spec),
-        allow=parse_allow(allow),
+        allow=allowed,
         blocks=blocks,
         head=head,
         chunks=chunks,
@@ -156,6 +171,7 @@ def plan(
     note = budget_note(budget, spec)
     if note is not None:
         search.notes.append(note)
+    search.notes.extend(left_out)
     return search.run()
 
 
@@ -239,41 +255,52 @@ class _Search:
     def with_model_state(self, started: float, traced: list[Any]) -> Plan:
         """Climb the model-state ladder: the first level whose plan fits GPU and host."""
         tried: list[tuple[str, str]] = []
-        first, allow = self.first, self.allow
-        host = self.host
+        first, allow, label = self.first, self.allow, self.first_label
         for level in self.levels:
             if level.state_bytes > self.settings.target:
                 tried.append((level.label, f"its model state alone takes at least "
                               f"{format_bytes(level.state_bytes)}"))  # fmt: skip
                 continue
-            self.first = tuple(t for t in first if not isinstance(t, FusedOptimizer))
-            self.first += level.techniques
-            self.first_label = " + ".join(filter(None, (self.first_label, level.label)))
-            # host-side plans: no micro-batching (each micro-batch would add a host pass)
-            self.allow = tuple(a for a in allow if not (level.offloads and a == "micro_batch"))
+            kept = tuple(t for t in first if not level.replaces(t))
+            self.first = kept + level.techniques
+            self.first_label = " + ".join(filter(None, (label, level.label)))
+            self.allow = tuple(a for a in allow if a not in level.excludes)
             self.report(f"tracing with {level.label}")
-            self.base = self.trace()
-            self.fingerprint = self.fingerprint or model_fingerprint(self.base.model.module)
-            short = short_of_host(self.base.profile.host_peak, host)
-            if short is not None:
-                tried.append((level.label, short))
+            try:
+                self.base = self.trace()
+            except MemfitError as error:  # e.g. torchao missing for low-bit state
+                tried.append((level.label, str(error)))
                 continue
-            if self.fits(self.base):
-                peak, step_s = self.base.profile.peak_reserved, self.base.profile.step_time_s
-                point = FrontierPoint(self.first_label, peak, step_s or 0.0, chosen=True)
-                return self.make((), self.base, [point])
-            chosen = self.plan_activations()
-            held = chosen.profile.host_peak if chosen is not None and chosen.profile else 0
-            if chosen is not None and short_of_host(held, host) is None:
-                self.report(f"planned in {time.perf_counter() - started:.1f} s")
+            self.fingerprint = self.fingerprint or model_fingerprint(self.base.model.module)
+            chosen = self.fitting_with_state(started, tried, level.label)
+            if chosen is not None:
                 return chosen
-            best = min((t.profile.peak_reserved for _, t in self.traced_points), default=0)
-            tried.append((level.label, f"the most memory-saving plan traced needs "
-                          f"{format_bytes(best)} reserved"))  # fmt: skip
         self.allow = allow
         raise infeasible_with_state(
             self.settings.budget, self.settings.target, self.state_bytes, tried
         )
+
+    def fitting_with_state(
+        self, started: float, tried: list[tuple[str, str]], label: str
+    ) -> Plan | None:
+        """The plan on top of this level's traced base, if one fits GPU and host."""
+        short = short_of_host(self.base.profile.host_peak, self.host)
+        if short is not None:
+            tried.append((label, short))
+            return None
+        if self.fits(self.base):
+            peak, step_s = self.base.profile.peak_reserved, self.base.profile.step_time_s
+            point = FrontierPoint(self.first_label, peak, step_s or 0.0, chosen=True)
+            return self.make((), self.base, [point])
+        chosen = self.plan_activations()
+        held = chosen.profile.host_peak if chosen is not None and chosen.profile else 0
+        if chosen is not None and short_of_host(held, self.host) is None:
+            self.report(f"planned in {time.perf_counter() - started:.1f} s")
+            return chosen
+        best = min((t.profile.peak_reserved for _, t in self.traced_points), default=0)
+        tried.append((label, f"the most memory-saving plan traced needs "
+                      f"{format_bytes(best)} reserved"))  # fmt: skip
+        return None
 
     def trace(self, techniques: tuple[Any, ...] = ()) -> StepTrace:
         return trace_step(self.model, self.batch, self.step, plan=list(self.first + techniques))

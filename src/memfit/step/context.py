@@ -56,6 +56,14 @@ class ApplyContext:
             forward under ``memfit.step.lean_saving.lean_saving``.
         recompute_products: set by ``FusedGatedMLP``: forward under ``lean_saving`` (at
             least for its gated products).
+        optimizer_in_backward: set by ``OptimizerInBackward``: each parameter is updated in
+            backward, so the step's own update does nothing and the step refuses clipping,
+            accumulation and loss scaling.
+        low_bit: set by ``LowBitOptimizer``: its ``(kind, block_size)``, read when the
+            optimizer is changed.
+        pure_bf16: set by ``PureBF16``: the step runs in the ``"bf16"`` precision.
+        stochastic_round: set by ``PureBF16(stochastic_round=True)``: the optimizer rounds
+            its updates to bf16 stochastically (through torchao).
         optimizer_changes: what techniques do to the optimizer (``FusedOptimizer`` switches it
             to its fused kernel), run by ``change_optimizer`` once the optimizer exists: by
             ``memfit.apply`` on the user's, by the tracer on the one it builds.
@@ -73,6 +81,10 @@ class ApplyContext:
     precision: str | None = None
     lean_autocast: bool = False
     recompute_products: bool = False
+    optimizer_in_backward: bool = False
+    low_bit: tuple[str, int | None] | None = None
+    pure_bf16: bool = False
+    stochastic_round: bool = False
     optimizer_changes: list[OptimizerChange] = field(default_factory=list)
     step_precision: str | None = None
     host_optimizer: Any = None

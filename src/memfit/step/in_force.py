@@ -20,6 +20,7 @@ from memfit.techniques import (
     MicroBatch,
     MixedPrecision,
     PlanLike,
+    PureBF16,
     info,
     model_fingerprint,
     technique_label,
@@ -37,6 +38,9 @@ class InForce:
 
     @property
     def precision(self) -> str | None:
+        """The plan's precision: ``"bf16"`` with ``PureBF16``, else its MixedPrecision's."""
+        if any(isinstance(t, PureBF16) for t in self.techniques):
+            return "bf16"
         found = [t.precision for t in self.techniques if isinstance(t, MixedPrecision)]
         return found[-1] if found else None
 

@@ -30,6 +30,7 @@ from torch import nn
 from memfit.errors import InvalidInputError, MemfitError, UnsupportedModelError
 from memfit.step.context import ApplyContext
 from memfit.step.undo import UndoFn, record, run_in_reverse
+from memfit.technique_rules import check_combination
 from memfit.techniques import TABLE, info
 
 __all__ = ["Applier", "register_applier", "apply_techniques", "known_techniques"]
@@ -92,11 +93,13 @@ def apply_techniques(
             ``context.change_optimizer`` once it has one (the tracer).
 
     Raises:
-        InvalidInputError: a technique has no applier (the message lists those that do).
+        InvalidInputError: a technique has no applier (the message lists those that do), or
+            two techniques exclude each other (the table's ``excludes``).
         MemfitError: an applier failed; the message names the technique, the cause and the
             fix. The techniques applied before it are undone, and ``context`` is restored.
     """
     techniques = list(techniques)
+    check_combination(techniques)
     for technique in techniques:
         _load_applier(type(technique))
     unknown = [t for t in techniques if type(t) not in _APPLIERS]

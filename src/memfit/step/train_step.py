@@ -26,6 +26,8 @@ from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, spli
 from memfit.step.lean_saving import lean_saving, warn_if_compiled
 from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update
 from memfit.step.precision import Precision
+from memfit.technique_rules import check_combination, check_step_options
+from memfit.techniques import MicroBatch, OptimizerInBackward
 
 __all__ = ["TrainStep"]
 
@@ -59,6 +61,13 @@ class TrainStep:
             products.
         host_optimizer: the ``HostOptimizer`` of ``OffloadOptimizer``, told which backward
             ends the batch (its update runs then).
+        clip_grad_norm: before each update, scale the gradients so that their global L2 norm
+            is at most this (``torch.nn.utils.clip_grad_norm_``; after unscaling under fp16).
+        accumulate: the optimizer steps after every ``accumulate`` calls of ``step(batch)``,
+            each batch's loss scaled by ``1 / accumulate`` (gradient accumulation across
+            batches: the update is the mean over them, as with ``micro_batches``).
+        optimizer_in_backward: the optimizer updates each parameter in backward
+            (``OptimizerInBackward``): the step's own update is then skipped.
 
     Attributes:
         autocast: a zero-argument factory of the autocast context (replaceable: memfit's tracer
@@ -82,15 +91,32 @@ class TrainStep:
         lean_autocast: bool = False,
         recompute_products: bool = False,
         host_optimizer: Any = None,
+        clip_grad_norm: float | None = None,
+        accumulate: int = 1,
+        optimizer_in_backward: bool = False,
     ) -> None:
         if micro_batches < 1:
             raise InvalidInputError(f"micro_batches={micro_batches} must be at least 1")
+        precision = Precision.parse(precision)
+        in_force: list[Any] = [OptimizerInBackward()] if optimizer_in_backward else []
+        in_force += [MicroBatch(micro_batches)] if micro_batches > 1 else []
+        check_combination(in_force)
+        check_step_options(
+            in_force,
+            clip_grad_norm=clip_grad_norm,
+            accumulate=accumulate,
+            grad_scaler=precision.grad_scaler,
+        )
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.forward = forward
-        self.precision = Precision.parse(precision)
+        self.precision = precision
         self.micro_batches = micro_batches
+        self.clip_grad_norm = clip_grad_norm
+        self.batches_per_update = accumulate
+        self.optimizer_in_backward = optimizer_in_backward
+        self._pending = 0  # batches whose gradients wait for the update
         self.forward_batch = forward_batch
         self.lean_autocast = lean_autocast
         self.recompute_products = recompute_products
@@ -124,6 +150,7 @@ class TrainStep:
             loss = compute_loss(self.loss_fn, output, batch)
             del output
         self.mark("backward")
+        loss_scale /= self.batches_per_update
         scaled = loss * loss_scale if loss_scale != 1.0 else loss
         if self.grad_scaler is not None:
             self.grad_scaler.scale(scaled).backward()
@@ -145,20 +172,35 @@ class TrainStep:
         if self.optimizer is None:
             return
         self.mark("optimizer0")
-        optimizer_update(self.optimizer, self.grad_scaler, self.grad_scale)
+        self.update()
         self.mark("zero_grad")
         self.optimizer.zero_grad(set_to_none=True)
         if self.host_optimizer is not None:
             self.host_optimizer.check()
+
+    def update(self) -> None:
+        """The optimizer's update from the gradients (clipped first, if asked); nothing when
+        the optimizer ran in backward."""
+        if self.optimizer is None or self.optimizer_in_backward:
+            return
+        optimizer_update(
+            self.optimizer, self.grad_scaler, self.grad_scale, clip_grad_norm=self.clip_grad_norm
+        )
 
     # --- the whole step -------------------------------------------------------------------
     def __call__(self, batch: Any) -> torch.Tensor:
         return self.step(batch)
 
     def step(self, batch: Any) -> torch.Tensor:
-        """Run one training step on ``batch``; returns its loss (detached)."""
+        """Run one training step on ``batch``; returns its loss (detached).
+
+        With ``accumulate=n``, the optimizer steps on every n-th call only.
+        """
         loss = self.accumulate(batch)
-        self.optimizer_step()
+        self._pending += 1
+        if self._pending >= self.batches_per_update:
+            self._pending = 0
+            self.optimizer_step()
         self.mark("end")
         return loss
 

@@ -30,12 +30,14 @@ from memfit.step.in_force import InForce, techniques_in_force
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
+from memfit.step.undo import run_in_reverse
+from memfit.technique_rules import check_combination, check_step_options
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.fakeify import FakeModel, prepare_batch, prepare_model
 from memfit.trace.inputs import resolve
-from memfit.trace.optimizers import make_optimizer, optimizer_label
+from memfit.trace.optimizers import make_optimizer, optimizer_label, watch_gradients
 from memfit.trace.recorder import MemoryRecorder, Trace, live_until
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
@@ -74,6 +76,8 @@ def estimate(
     allocator: AllocatorSettings = DEFAULT_SETTINGS,
     host_memory: str | int | None = None,
     host: HostSpec | None = None,
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
     progress: Progress | None = None,
 ) -> MemoryProfile:
     """Predict the GPU memory of one steady-state training step, without a GPU.
@@ -99,11 +103,15 @@ def estimate(
             this machine's.
         host: the target host in full (``memfit.devices.HostSpec``: memory, cores, CPU Adam
             rate); overrides ``host_memory``.
+        clip_grad_norm: the step clips gradients to this global norm before each update.
+        accumulate: the step accumulates the gradients of this many batches per update (the
+            gradients of earlier batches are alive through the later ones' forward).
         progress: called with a short message at each stage (the CLI shows it).
 
     Returns:
-        The predicted MemoryProfile (``source="estimate"``), with a predicted step time and,
-        for plans that offload, the host memory they hold (``host_bytes``, ``host_peak``).
+        The predicted MemoryProfile (``source="estimate"``), with a predicted step time (per
+        batch: with ``accumulate=n``, one n-th of the update) and, for plans that offload, the
+        host memory they hold (``host_bytes``, ``host_peak``).
 
     Raises:
         MemfitError: for unknown names, malformed inputs, a builder that raises, a batch that
@@ -128,6 +136,8 @@ def estimate(
         batch_size=batch_size,
         seq_len=seq_len,
         host=host or target_host_from(host_memory, device),
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
     )
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
 
@@ -160,6 +170,13 @@ def trace_step(
     spec = get_device(settings.device)
     techniques = techniques_in_force(plan)
     precision = Precision.parse(techniques.precision or settings.precision)
+    check_combination(techniques.techniques)
+    check_step_options(
+        techniques.techniques,
+        clip_grad_norm=settings.clip_grad_norm,
+        accumulate=settings.accumulate,
+        grad_scaler=precision.grad_scaler,
+    )
     name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
     started = time.perf_counter()
     fake_mode = FakeTensorMode()
@@ -219,12 +236,16 @@ def _trace(
 ) -> StepRecord:
     """One step with the plan's techniques applied to the fake model, recorded."""
     spec = get_device(settings.device)
+    undos: list[Callable[[], None]] = []  # what changed the fake optimizer and parameters
     applied = techniques.applied_to(fake_model.module, fake_mode, precision.name)
     with fake_model.swapped(), applied as context:
 
         def make_step() -> TrainStep:
             optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
-            context.change_optimizer(optimizer)  # the fake optimizer: nothing to undo
+            if context.optimizer_in_backward and optimizer is not None:
+                # before the update's hooks: each gradient is counted as one, then freed
+                undos.append(watch_gradients(fake_model.params, recorder))
+            undos.append(context.change_optimizer(optimizer))
             return TrainStep(
                 fake_model,
                 optimizer,
@@ -237,23 +258,30 @@ def _trace(
                 lean_autocast=techniques.lean_autocast,
                 recompute_products=context.recompute_products,
                 host_optimizer=context.host_optimizer,
+                clip_grad_norm=settings.clip_grad_norm,
+                accumulate=settings.accumulate,
+                optimizer_in_backward=context.optimizer_in_backward,
             )
 
-        record = traced_step(
-            fake_mode=fake_mode,
-            fake_model=fake_model,
-            batch=example,
-            make_step=make_step,
-            device=spec,
-            stack=settings.stack,
-            calibration=load_calibration(spec),
-            recorder=recorder,
-        )
-        record.host_bytes = context.host_bytes(techniques.micro_batches)
-        if context.host_optimizer is not None:
-            record.offloaded_params = context.host_optimizer.offloaded_params()
-            record.first_share = context.host_optimizer.first_share()
-        return record
+        try:
+            record = traced_step(
+                fake_mode=fake_mode,
+                fake_model=fake_model,
+                batch=example,
+                make_step=make_step,
+                device=spec,
+                stack=settings.stack,
+                calibration=load_calibration(spec),
+                recorder=recorder,
+            )
+            record.host_bytes = context.host_bytes(techniques.micro_batches)
+            if context.host_optimizer is not None:
+                record.offloaded_params = context.host_optimizer.offloaded_params()
+                record.first_share = context.host_optimizer.first_share()
+            return record
+        finally:
+            with fake_mode:
+                run_in_reverse(undos)
 
 
 def _profile(

@@ -181,6 +181,8 @@ class MemoryRecorder(TorchDispatchMode):
     ) -> None:
         if self.device_type is not None and tensor.device.type != self.device_type:
             return
+        if tensor.device.type == "meta":  # shapes only, on any machine: no memory
+            return
         storage = tensor.untyped_storage()
         sid = storage._cdata
         if sid in self._live:

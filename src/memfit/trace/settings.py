@@ -41,6 +41,10 @@ class StepSettings:
         batch_size, seq_len: the size of a zoo model's default batch.
         host: the machine around the GPU (memory, cores, CPU Adam rate), for plans that
             offload; None: this machine when the GPU is local, else a reference host.
+        clip_grad_norm: the step clips the gradients to this global L2 norm before each
+            update (None: no clipping).
+        accumulate: the step accumulates the gradients of this many batches before each
+            update (1: an update after every batch).
     """
 
     loss_fn: LossFn | None = None
@@ -53,6 +57,8 @@ class StepSettings:
     batch_size: int | None = None
     seq_len: int | None = None
     host: HostSpec | None = None
+    clip_grad_norm: float | None = None
+    accumulate: int = 1
 
     def with_options(self, **options: Any) -> StepSettings:
         """These settings with some replaced, by keyword (``precision="fp32"``).
