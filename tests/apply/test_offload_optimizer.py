@@ -292,3 +292,12 @@ def test_predicted_device_state_is_exact() -> None:
     state = sum(2 * block(4 * p.numel()) for p in resident)  # step counters live on the host
     assert profile.by_category[memfit.Category.PARAM] == params
     assert profile.by_category[memfit.Category.OPTIMIZER] == state
+
+
+def test_the_guard_refuses_a_step_with_the_optimizer_on_the_host() -> None:
+    model = _llama()
+    step = memfit.apply([OffloadOptimizer()], model, _optimizer(torch.optim.AdamW, model),
+                        precision="bf16-mixed", device_type="cpu")  # fmt: skip
+    with pytest.raises(InvalidInputError, match="OOMGuard cannot guard"):
+        memfit.OOMGuard(step)
+    memfit.apply.undo_all(model)
