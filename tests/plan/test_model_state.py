@@ -45,13 +45,20 @@ def test_the_parameter_count_bounds_the_state_before_any_trace() -> None:
     trained, offloadable, frozen = count_parameters(build, BATCH, None, None)
     assert (trained, offloadable, frozen) == (LINEAR, LINEAR, 0)
     levels = state_levels(default_allow(), "bf16-mixed", "adamw", trained, offloadable)
-    assert [level.label for level in levels] == ["offload optimizer"]
-    assert levels[0].techniques == (FusedOptimizer(), OffloadOptimizer(dtype="bfloat16"))
-    assert levels[0].state_bytes == 2 * LINEAR  # bf16 working copies only
+    assert [level.label for level in levels] == ["optimizer in backward", "offload optimizer"]
+    assert levels[0].state_bytes == 12 * LINEAR  # weights and AdamW state; gradients freed
+    assert levels[1].techniques == (FusedOptimizer(), OffloadOptimizer(dtype="bfloat16"))
+    assert levels[1].state_bytes == 2 * LINEAR  # bf16 working copies only
+    assert "micro_batch" in levels[1].excludes
     fp32 = state_levels(default_allow(), "fp32", "adamw", trained, offloadable)
-    assert fp32[0].techniques[-1] == OffloadOptimizer(dtype="float32")
-    assert state_levels(default_allow(), "fp16-mixed", "adamw", trained, offloadable) == []
-    assert state_levels(default_allow(), "bf16-mixed", "sgd", trained, offloadable) == []
+    assert fp32[-1].techniques[-1] == OffloadOptimizer(dtype="float32")
+    for precision, optimizer in (("fp16-mixed", "adamw"), ("bf16-mixed", "sgd")):  # not offloaded
+        labels = [x.label for x in state_levels(default_allow(), precision, optimizer, 1, 1)]
+        assert "offload optimizer" not in labels
+    with_low_bit = state_levels(
+        default_allow() + ("low_bit_optimizer",), "bf16-mixed", "adamw", trained, offloadable
+    )
+    assert [x.label for x in with_low_bit][1] == "low bit optimizer + optimizer in backward"
 
 
 @pytest.mark.slow
@@ -100,13 +107,14 @@ def test_a_budget_below_the_most_offloaded_plan_names_the_figures() -> None:
     message = str(info.value)
     assert "budget 4.00 MiB cannot be met" in message
     assert f"optimizer state take {format_bytes(16 * LINEAR)}" in message
-    least = f"offload optimizer: its model state alone takes at least {format_bytes(2 * LINEAR)}"
-    assert least in message
+    for label, per_param in (("offload optimizer", 2), ("optimizer in backward", 12)):
+        least = f"{label}: its model state alone takes at least {format_bytes(per_param * LINEAR)}"
+        assert least in message
     assert "a larger budget" in message
 
 
-def test_without_offload_allowed_the_activation_error_stays() -> None:
-    allow = [a for a in default_allow() if a != "offload_optimizer"]
+def test_without_model_state_techniques_the_activation_error_stays() -> None:
+    allow = [a for a in default_allow() if a not in ("offload_optimizer", "optimizer_in_backward")]
     with pytest.raises(BudgetInfeasibleError, match="offloading optimizer state to the host"):
         _plan(budget=200 * MiB, allow=allow)
 

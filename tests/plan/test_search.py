@@ -16,6 +16,7 @@ from memfit.units import format_bytes, parse_bytes
 from .helpers import BATCH, build
 
 ALLOWED = default_allow()
+ON_THE_GPU = tuple(a for a in ALLOWED if a not in ("offload_optimizer", "optimizer_in_backward"))
 
 
 def test_no_technique_when_the_unmodified_step_fits(unmodified):
@@ -130,9 +131,8 @@ def test_infeasible_budget_says_what_is_missing(unmodified):
     params = sum(p.numel() * p.element_size() for p in tensors)
     states = 4 * params  # fp32 weights, gradients and AdamW's two moments
     budget = 3 * params + 4096  # above weights and optimizer state, below the step's need
-    activations_only = [a for a in ALLOWED if a != "offload_optimizer"]
     with pytest.raises(BudgetInfeasibleError) as info:
-        memfit.plan(build, BATCH, budget=budget, allow=activations_only)
+        memfit.plan(build, BATCH, budget=budget, allow=ON_THE_GPU)
     message = str(info.value)
     assert f"budget {format_bytes(budget)} cannot be met" in message
     took = parse_bytes(
@@ -173,7 +173,6 @@ def test_a_fraction_is_of_the_device():
     assert plan.budget == spec.memory_bytes // 2 and plan.techniques == ()
 
 
-ON_THE_GPU = tuple(a for a in ALLOWED if a != "offload_optimizer")
 WITHOUT_FUSED_OPTIMIZER = tuple(a for a in ON_THE_GPU if a != "fused_optimizer")
 
 

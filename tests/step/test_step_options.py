@@ -113,10 +113,11 @@ def test_the_planner_leaves_out_what_cannot_run_or_refuses_it_by_name() -> None:
     assert "optimizer_in_backward" in defaults
     allowed, notes = allowed_with_options(defaults, named=False, clip_grad_norm=1.0)
     assert "optimizer_in_backward" not in allowed and "checkpoint" in allowed
-    assert notes == [
-        "optimizer_in_backward left out: clipping by global norm needs every gradient before "
-        "the first update"
-    ]
+    assert "offload_optimizer" not in allowed  # its updates start before backward ends too
+    why = "clipping by global norm needs every gradient before the first update"
+    assert notes == [f"{name} left out: {why}" for name in defaults if name in (
+        "optimizer_in_backward", "offload_optimizer"
+    )]  # fmt: skip
     assert allowed_with_options(defaults, named=False) == (defaults, [])
     with pytest.raises(InvalidInputError, match="cannot run with accumulate=8"):
         allowed_with_options(("optimizer_in_backward",), named=True, accumulate=8)

@@ -14,6 +14,7 @@ ZOO_BLOCKS = {
     "gpt2": [f"layers.{i}" for i in range(12)],
     "gpt2-medium": [f"layers.{i}" for i in range(24)],
     "llama-1b": [f"layers.{i}" for i in range(16)],
+    "llama-3b": [f"layers.{i}" for i in range(28)],
     "bert-base": [f"layers.{i}" for i in range(12)],
     "vit-b16": [f"layers.{i}" for i in range(12)],
     "resnet50": [f"stages.{s}.{b}" for s, n in enumerate((3, 4, 6, 3)) for b in range(n)],
