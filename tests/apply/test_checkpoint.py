@@ -17,8 +17,7 @@ from memfit.step.registry import apply_techniques
 from memfit.step.undo import undo_all
 from memfit.techniques import Checkpoint
 from memfit.zoo.resnet import ResNet, ResNetConfig
-
-from .helpers import (
+from tests.helpers import (
     Net,
     StorageTracker,
     assert_same_grads,

@@ -15,8 +15,7 @@ from memfit.step.registry import apply_techniques
 from memfit.step.undo import undo_all
 from memfit.techniques import ChunkedLoss
 from memfit.zoo.output import causal_lm_loss
-
-from .helpers import (
+from tests.helpers import (
     VOCAB,
     StorageTracker,
     assert_same_grads,

@@ -10,20 +10,13 @@ from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
 from memfit.step.registry import apply_techniques
 from memfit.step.undo import undo_all
-from memfit.structure.layers import fusable_activations
 from memfit.techniques import FusedActivation
-
-from .helpers import StorageTracker, hf_gpt2, hf_llama, loss_and_grads, token_batch
+from tests.helpers import StorageTracker, hf_gpt2, hf_llama, loss_and_grads, token_batch
 
 
 def fused(model, *patterns):
     apply_techniques(model, [FusedActivation(patterns)], context=ApplyContext())
     return model
-
-
-def test_finds_the_elementwise_gelus_only():
-    assert fusable_activations(hf_gpt2()) == ["transformer.h.0.mlp.act", "transformer.h.1.mlp.act"]
-    assert fusable_activations(hf_llama()) == []  # SiLU is one kernel already
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])

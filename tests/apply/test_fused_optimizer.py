@@ -11,8 +11,7 @@ from memfit.apply.fused_optimizer import use_fused
 from memfit.errors import InvalidInputError
 from memfit.step.undo import applied
 from memfit.techniques import Checkpoint, FusedOptimizer
-
-from .helpers import VOCAB, tiny_gpt2
+from tests.helpers import VOCAB, tiny_gpt2
 
 
 def _model() -> nn.Module:
@@ -103,6 +102,7 @@ def test_without_an_optimizer_there_is_nothing_to_switch() -> None:
     assert torch.isfinite(step(batch))
 
 
+@pytest.mark.slow
 def test_the_estimate_is_that_of_the_fused_optimizer() -> None:
     from tests.plan.helpers import BATCH, build
 

@@ -117,5 +117,6 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_gloo_ranks_agree_before_retrying() -> None:
     mp.spawn(_worker, args=(_free_port(),), nprocs=2, join=True)

@@ -46,6 +46,7 @@ def _train(batches, *, opt_name: str, where: str, limits: dict[int, float], guar
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
 @pytest.mark.parametrize("where", ["forward", "backward", "step"])
+@pytest.mark.slow
 def test_guarded_run_matches_fault_free_run(opt_name: str, where: str) -> None:
     batches = make_data(STEPS)
     limits = random_limits(STEPS, seed={"forward": 1, "backward": 2, "step": 3}[where])

@@ -48,6 +48,7 @@ def _train_total(watch: LeakWatch, steps: int = 12):
     return total
 
 
+@pytest.mark.slow
 def test_names_a_loss_accumulated_without_item(caplog: pytest.LogCaptureFixture) -> None:
     watch = LeakWatch(warmup=2, patience=3, min_growth_bytes=1)
     with caplog.at_level(logging.INFO, logger="memfit.guard"):
@@ -75,6 +76,7 @@ def _line_of(fn, marker: str) -> int:
     return next(i for i, text in enumerate(lines) if marker in text) + fn.__code__.co_firstlineno
 
 
+@pytest.mark.slow
 def test_loss_summed_after_backward_is_found_by_the_graph_check() -> None:
     flat = LeakWatch(warmup=2, patience=3, min_growth_bytes=1)
     _train_total(flat)
@@ -89,6 +91,7 @@ def test_loss_summed_after_backward_is_found_by_the_graph_check() -> None:
     )
 
 
+@pytest.mark.slow
 def test_no_report_without_a_leak() -> None:
     watch = LeakWatch(warmup=2, patience=3, min_growth_bytes=1)
     _loop(watch, leak=False)

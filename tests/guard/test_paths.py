@@ -44,6 +44,7 @@ class ToyStep:
         return loss
 
 
+@pytest.mark.slow
 def test_protocol_step_matches_and_returns_full_batch_loss() -> None:
     batches = make_data(STEPS, seed=5)
     limits = random_limits(STEPS, seed=5, every=5)
@@ -61,6 +62,7 @@ def test_protocol_step_matches_and_returns_full_batch_loss() -> None:
     torch.testing.assert_close(torch.stack(losses), torch.stack(ref_losses), rtol=0, atol=1e-12)
 
 
+@pytest.mark.slow
 def test_grad_scaler_state_is_restored_and_run_is_exact() -> None:
     batches = make_data(STEPS, seed=6)
     limits = random_limits(STEPS, seed=6, every=4)

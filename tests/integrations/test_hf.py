@@ -72,6 +72,7 @@ def _train(tmp_path, guarded: bool, limits: dict[int, float]):
     return model, budget, trainer
 
 
+@pytest.mark.slow
 def test_trainer_with_ooms_matches_trainer_without(tmp_path) -> None:
     limits = {1: 3, 3: float("inf"), 4: 5}
     ref, _, _ = _train(tmp_path / "ref", False, {})

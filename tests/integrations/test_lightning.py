@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from tests.guard.faults import Budget, make_data, make_model, random_limits
 
 from memfit.errors import MemfitError
+from tests.guard.faults import Budget, make_data, make_model, random_limits
 
 pl = pytest.importorskip("lightning.pytorch")
 from memfit.integrations.lightning import MemfitGuard  # noqa: E402

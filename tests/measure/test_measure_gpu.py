@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.models import TINY_GPT2_INPUT, tiny_gpt2
 
 import memfit
 from memfit.errors import DeviceError
+from tests.models import TINY_GPT2_INPUT, tiny_gpt2
 
 
 @pytest.mark.gpu

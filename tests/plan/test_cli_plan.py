@@ -23,6 +23,7 @@ def plan_args(model_file, budget):
     return ["plan", model_file, "--input", BATCH, "--budget", budget, "--device", "h100-80gb"]
 
 
+@pytest.mark.slow
 def test_plan_table(model_file, midway, midway_plan, capsys):
     assert main([*plan_args(model_file, f"{midway}B")]) == 0
     out = capsys.readouterr().out
@@ -39,6 +40,7 @@ def test_plan_table(model_file, midway, midway_plan, capsys):
     assert sum(row.startswith("* ") for row in rows) == 1
 
 
+@pytest.mark.slow
 def test_plan_json_round_trips(model_file, midway, midway_plan, tmp_path, capsys):
     out_path = tmp_path / "plan.json"
     code = main([*plan_args(model_file, f"{midway}B"), "--format", "json", "--out", str(out_path)])
@@ -72,6 +74,7 @@ def test_budget_is_required(model_file, capsys):
     assert "Missing option '--budget'" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_allow_limits_the_techniques(model_file, midway, capsys):
     args = [*plan_args(model_file, f"{midway}B"), "--allow", "micro_batch", "--quiet"]
     assert main(args) == 0

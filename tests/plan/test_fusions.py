@@ -3,6 +3,7 @@ micro-batching where it would not be exact."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -17,6 +18,7 @@ def _fused(plan: memfit.Plan) -> bool:
     return any(isinstance(t, FusedOptimizer) for t in plan.techniques)
 
 
+@pytest.mark.slow
 def test_the_default_adamw_is_made_fused_and_the_rest_fits_around_it(midway, midway_plan):
     assert _fused(midway_plan)
     assert midway_plan.profile.peak_reserved <= midway * 0.98
@@ -26,6 +28,7 @@ def test_the_default_adamw_is_made_fused_and_the_rest_fits_around_it(midway, mid
     assert midway_plan.step_time_s <= without.step_time_s
 
 
+@pytest.mark.slow
 def test_optimizers_given_as_factories(midway):
     adamw = memfit.plan(build, BATCH, budget=midway, optimizer=lambda p: torch.optim.AdamW(p))
     assert _fused(adamw)
@@ -35,6 +38,7 @@ def test_optimizers_given_as_factories(midway):
     assert not _fused(already)
 
 
+@pytest.mark.slow
 def test_micro_batching_is_left_out_for_batchnorm_models():
     unmodified = memfit.estimate("resnet50", batch_size=16)
     plan = memfit.plan("resnet50", batch_size=16, budget=int(unmodified.peak_reserved * 0.8))

@@ -18,6 +18,7 @@ from .helpers import BATCH, CONFIG, build
 LAYERS = ("layers.*",)
 
 
+@pytest.mark.slow
 def test_json_round_trip(midway_plan):
     text = midway_plan.to_json()
     again = Plan.from_json(text)
@@ -61,6 +62,7 @@ def test_unknown_technique_names_in_a_plan():
         memfit.estimate(build, BATCH, plan=[Checkpoint(LAYERS), "offload"])
 
 
+@pytest.mark.slow
 def test_a_plan_for_another_model_is_refused(midway_plan):
     wider = dict(CONFIG, dim=64)
     with pytest.raises(InvalidInputError, match="made for another model"):
@@ -100,6 +102,7 @@ def test_each_technique_lowers_the_predicted_activations(unmodified, techniques)
         assert getattr(planned.modules[0], name) == getattr(unmodified.modules[0], name)
 
 
+@pytest.mark.slow
 def test_techniques_add_up(unmodified, all_checkpointed):
     everything = memfit.estimate(
         build, BATCH, plan=[Checkpoint(LAYERS), MicroBatch(4), ChunkedLoss(8)]
@@ -115,6 +118,7 @@ def test_mixed_precision_in_a_plan_overrides_the_precision(unmodified):
     assert fp32.modules[0].activation_bytes > unmodified.modules[0].activation_bytes
 
 
+@pytest.mark.slow
 def test_a_planned_plan_applies_and_trains_like_the_plain_step(midway_plan):
     from memfit.step.train_step import TrainStep
 

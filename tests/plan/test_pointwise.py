@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.apply import helpers
-from tests.apply.helpers import VOCAB
 
 import memfit
 from memfit.plan.candidates import Candidate
@@ -13,6 +11,8 @@ from memfit.plan.pointwise import pointwise_submodules
 from memfit.plan.policies import Policy
 from memfit.techniques import Checkpoint, FusedActivation
 from memfit.trace.estimate import trace_step
+from tests import helpers
+from tests.helpers import VOCAB
 
 BATCH = f"input_ids=int64[4,16]<{VOCAB} labels=int64[4,16]<{VOCAB}"
 WIDE = f"input_ids=int64[64,16]<{VOCAB} labels=int64[64,16]<{VOCAB}"  # activations dominate
@@ -65,6 +65,7 @@ def gpt2_unmodified():
     return memfit.estimate(hf_gpt2, WIDE, precision="bf16-mixed")
 
 
+@pytest.mark.slow
 def test_the_planner_fuses_gelus_first_when_allowed(gpt2_unmodified):
     budget = gpt2_unmodified.peak_reserved - 2**20
     plan = memfit.plan(hf_gpt2, WIDE, budget=budget, precision="bf16-mixed", margin=0.0)

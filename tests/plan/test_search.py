@@ -19,6 +19,7 @@ ALLOWED = default_allow()
 ON_THE_GPU = tuple(a for a in ALLOWED if a not in ("offload_optimizer", "optimizer_in_backward"))
 
 
+@pytest.mark.slow
 def test_no_technique_when_the_unmodified_step_fits(unmodified):
     # the planner keeps `margin` below the budget: at exactly the predicted peak only a plan
     # without margin is empty, with the default margin the budget must be 2% larger
@@ -36,6 +37,7 @@ def test_no_technique_when_the_unmodified_step_fits(unmodified):
     assert tight.profile.peak_reserved <= unmodified.peak_reserved * 0.98
 
 
+@pytest.mark.slow
 def test_plan_fits_a_tighter_budget(midway, midway_plan, unmodified):
     plan = midway_plan
     assert plan.techniques, "the unmodified step does not fit midway"
@@ -54,6 +56,7 @@ def test_plan_fits_a_tighter_budget(midway, midway_plan, unmodified):
     assert plan.overhead > 0
 
 
+@pytest.mark.slow
 def test_frontier_is_consistent(midway, midway_plan):
     plan = midway_plan
     chosen = [p for p in plan.frontier if p.chosen]
@@ -96,6 +99,7 @@ def below_full(all_checkpointed):
     return budget, memfit.plan(build, BATCH, budget=budget)
 
 
+@pytest.mark.slow
 def test_below_full_checkpointing_needs_another_technique(below_full):
     budget, plan = below_full
     # no checkpointing policy saves more than full checkpointing of every block
@@ -104,6 +108,7 @@ def test_below_full_checkpointing_needs_another_technique(below_full):
     assert sum(p.chosen for p in plan.frontier) == 1
 
 
+@pytest.mark.slow
 def test_below_full_checkpointing_is_not_much_slower_than_a_fitting_alternative(below_full):
     budget, plan = below_full
     alternative = (
@@ -116,6 +121,7 @@ def test_below_full_checkpointing_is_not_much_slower_than_a_fitting_alternative(
     assert plan.step_time_s <= 1.5 * other.step_time_s
 
 
+@pytest.mark.slow
 def test_allow_restricts_the_techniques(midway):
     plan = memfit.plan(build, BATCH, budget=midway, allow=("micro_batch",))
     assert plan.techniques and all(isinstance(t, MicroBatch) for t in plan.techniques)
@@ -126,6 +132,7 @@ def test_allow_restricts_the_techniques(midway):
         memfit.plan(build, BATCH, budget=midway, allow=("checkpoint", "offload"))
 
 
+@pytest.mark.slow
 def test_infeasible_budget_says_what_is_missing(unmodified):
     tensors = list(build().parameters())
     params = sum(p.numel() * p.element_size() for p in tensors)
@@ -184,6 +191,7 @@ WITHOUT_FUSED_OPTIMIZER = tuple(a for a in ON_THE_GPU if a != "fused_optimizer")
         ("adamw-fused", ON_THE_GPU, False),
     ],
 )
+@pytest.mark.slow
 def test_infeasible_names_a_fused_optimizer_when_its_temporaries_make_the_peak(
     optimizer, allow, hinted
 ):

@@ -145,6 +145,7 @@ def test_report_draws_a_frontier_file(tmp_path: Path, files) -> None:
     assert 'data-view="frontier"' in out.read_text() and "chosen: checkpoint" in out.read_text()
 
 
+@pytest.mark.slow
 def test_report_estimates_a_zoo_model(tmp_path: Path) -> None:
     memfit = pytest.importorskip("memfit")
     if not hasattr(memfit, "estimate"):
@@ -159,6 +160,7 @@ def test_report_estimates_a_zoo_model(tmp_path: Path) -> None:
     assert out.read_text().count("<svg") == 3
 
 
+@pytest.mark.slow
 def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> None:
     from memfit.plan import search
     from memfit.plan.frontier import FrontierPoint
@@ -184,6 +186,7 @@ def test_a_budget_draws_the_planners_frontier(tmp_path: Path, monkeypatch) -> No
     assert "full ckpt x12 (traced)" in html and "No plans to show" not in html
 
 
+@pytest.mark.slow
 def test_a_budget_no_plan_meets_is_a_note_not_a_failure(tmp_path: Path, monkeypatch) -> None:
     from memfit.errors import BudgetInfeasibleError
     from memfit.plan import search

@@ -62,6 +62,7 @@ def test_snapshot_report_adds_fragmentation(tmp_path: Path, make_snapshot) -> No
     assert "recorded run" in page
 
 
+@pytest.mark.slow
 def test_long_timelines_stay_small(tmp_path: Path, make_profile) -> None:
     events = tuple(
         TimelineEvent(
@@ -77,6 +78,7 @@ def test_long_timelines_stay_small(tmp_path: Path, make_profile) -> None:
     assert path.stat().st_size < 600_000
 
 
+@pytest.mark.slow
 def test_pngs_one_per_view(tmp_path: Path, make_profile) -> None:
     report(make_profile(), tmp_path / "r.html", frontier=FRONTIER, png_dir=tmp_path / "png")
     assert sorted(p.name for p in (tmp_path / "png").iterdir()) == [

@@ -8,7 +8,6 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from tests.apply.helpers import loss_and_grads, tiny_gpt2, token_batch
 
 import memfit.step.registry as registry
 from memfit.errors import InvalidInputError, MemfitError, UnsupportedModelError
@@ -17,6 +16,7 @@ from memfit.step.context import ApplyContext
 from memfit.step.registry import apply_techniques, known_techniques, register_applier
 from memfit.step.undo import _APPLIED, applied, record, undo_all
 from memfit.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision
+from tests.helpers import loss_and_grads, tiny_gpt2, token_batch
 
 PLAN = (
     MixedPrecision("bf16-mixed"),
@@ -129,7 +129,7 @@ def test_step_options_are_checked():
 
 
 def test_hugging_face_cache_is_off_while_checkpointed():
-    from tests.apply.helpers import hf_gpt2
+    from tests.helpers import hf_gpt2
 
     model = hf_gpt2()
     apply_techniques(model, [Checkpoint(("transformer.h.*",))], context=ApplyContext())
@@ -139,7 +139,7 @@ def test_hugging_face_cache_is_off_while_checkpointed():
 
 
 def test_hugging_face_checkpointing_twice_warns():
-    from tests.apply.helpers import hf_gpt2
+    from tests.helpers import hf_gpt2
 
     model = hf_gpt2()
     model.activation_checkpointing_enable()

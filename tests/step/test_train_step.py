@@ -7,14 +7,6 @@ import warnings
 
 import pytest
 import torch
-from tests.apply.helpers import (
-    assert_same_grads,
-    hf_gpt2,
-    hf_llama,
-    loss_and_grads,
-    tiny_gpt2,
-    token_batch,
-)
 from torch import nn
 
 import memfit
@@ -23,6 +15,14 @@ from memfit.plan.plan import Plan
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import undo_all
 from memfit.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision
+from tests.helpers import (
+    assert_same_grads,
+    hf_gpt2,
+    hf_llama,
+    loss_and_grads,
+    tiny_gpt2,
+    token_batch,
+)
 
 LAYERS = ("layers.*",)
 SELECTIVE = Checkpoint(LAYERS, save=("addmm", "mm", "bmm"))

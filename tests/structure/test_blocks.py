@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.apply.helpers import Block, Net, hf_gpt2, hf_llama
 from torch import nn
 
 import memfit.zoo as zoo
 from memfit.structure.blocks import find_blocks
+from tests.helpers import Block, Net, hf_gpt2, hf_llama
 
 ZOO_BLOCKS = {
     "gpt2": [f"layers.{i}" for i in range(12)],

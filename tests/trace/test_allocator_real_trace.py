@@ -10,11 +10,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from memfit.report import analyze_fragmentation, load_snapshot, snapshot_profile
 
 SNAPSHOT = Path(__file__).parent / "fixtures" / "hf_gpt2_ckpt_snapshot_h200.pickle"
 
 
+@pytest.mark.slow
 def test_simulated_reserved_equals_the_real_peak() -> None:
     profile, trace = snapshot_profile(load_snapshot(SNAPSHOT), name=SNAPSHOT.name)
     fragmentation = analyze_fragmentation(trace, candidates=())

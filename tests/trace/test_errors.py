@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from tests.models import tiny_mlp
 from torch import nn
 
 import memfit
 from memfit.errors import DeviceError, InvalidInputError, MemfitError, UnsupportedModelError
+from tests.models import tiny_mlp
 
 
 def test_unknown_device():

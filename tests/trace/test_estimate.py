@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import torch
-from tests.models import TINY_GPT2_INPUT, tiny_gpt2, tiny_mlp
 
 import memfit
 from memfit.profile import Category, MemoryProfile
 from memfit.trace.allocator import round_size
+from tests.models import TINY_GPT2_INPUT, tiny_gpt2, tiny_mlp
 
 F32, BF16 = 4, 2
 BATCH = "float32[64,32]"

@@ -24,6 +24,7 @@ print(json.dumps({"params": params, "max_rss": kib * 1024}))
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux only")
+@pytest.mark.slow
 def test_7b_estimate_stays_under_2_gib_of_rss() -> None:
     out = subprocess.run(
         [sys.executable, "-c", SCRIPT], check=True, capture_output=True, text=True

@@ -1,12 +1,11 @@
-"""The input-spec mini-language and calling models with batches."""
+"""The input-spec mini-language: parsing specs and making the batches they describe."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from memfit.errors import InvalidInputError, UnsupportedModelError
-from memfit.step.batch import call_model, describe_batch
+from memfit.errors import InvalidInputError
 from memfit.trace.inputs import make_inputs, parse_input_spec
 
 
@@ -42,27 +41,3 @@ def test_unnamed_specs_make_a_tensor_or_a_tuple():
 def test_malformed_specs_say_what_is_wrong(spec, message):
     with pytest.raises(InvalidInputError, match=message):
         parse_input_spec(spec)
-
-
-def test_call_conventions():
-    seen = {}
-
-    def model(*args, **kwargs):
-        seen["args"], seen["kwargs"] = args, kwargs
-        return 0
-
-    call_model(model, {"a": 1})
-    assert seen["kwargs"] == {"a": 1}
-    call_model(model, (1, 2))
-    assert seen["args"] == (1, 2)
-
-
-def test_a_batch_that_does_not_fit_the_signature():
-    linear = torch.nn.Linear(3, 3)
-    with pytest.raises(UnsupportedModelError, match="does not fit the model's forward"):
-        call_model(linear, {"input_ids": torch.zeros(2, 3)})
-
-
-def test_describe_batch():
-    text = describe_batch({"ids": torch.zeros(8, 16, dtype=torch.int64)})
-    assert text == "ids=int64[8,16]"

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-from tests.models import TINY_GPT2_INPUT, tiny_gpt2
-
 from memfit.profile import Category, Phase
 from memfit.techniques import Checkpoint, MicroBatch
 from memfit.trace.estimate import trace_step
+from tests.models import TINY_GPT2_INPUT, tiny_gpt2
 
 
 def live_backward_temporaries(traced):

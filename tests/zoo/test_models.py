@@ -233,6 +233,7 @@ def test_build_under_fake_tensors(name):
     assert all(isinstance(p, FakeTensor) for p in model.parameters())
 
 
+@pytest.mark.slow
 def test_full_size_step_under_fake_tensors():
     entry = zoo.get("gpt2-medium")
     with FakeTensorMode():

@@ -295,4 +295,4 @@ def _blocks_hint(model: nn.Module) -> str:
         return "'layers.*' (memfit found no repeated blocks in this model)"
     shown = ", ".join(repr(b) for b in blocks[:4])
     more = f", ... ({len(blocks)} blocks)" if len(blocks) > 4 else ""
-    return f"the blocks memfit.apply.find_blocks(model) finds: {shown}{more}"
+    return f"the blocks memfit.structure.blocks.find_blocks(model) finds: {shown}{more}"

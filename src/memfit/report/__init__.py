@@ -3,7 +3,7 @@
     memfit.report(profile, "report.html")                    # HTML (and PNGs with png_dir=)
     print(memfit.report.profile_text(profile))                # aligned tables, peak first
     snap = memfit.report.load_snapshot("snapshot.pickle")     # safe: plain data only
-    profile, trace = memfit.snapshot.profile(snap)     # a real run as a MemoryProfile
+    profile, trace = memfit.report.snapshot_profile(snap)     # a real run as a MemoryProfile
     frag = memfit.report.analyze_fragmentation(trace)         # floor, ideal packing, reserved
 
 Renderers return strings, dicts and figures; only the command line prints.

@@ -1,4 +1,4 @@
-"""Tiny models, one training step, and a live-storage tracker for the apply tests."""
+"""Tiny models, a training step and a live-storage tracker for the apply, step, structure tests."""
 
 from __future__ import annotations
 
