@@ -26,6 +26,12 @@ TECHNIQUES = {
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "OptimizerInBackward",
+    "LowBitOptimizer",
+    "PureBF16",
+    "Freeze",
+    "OffloadOptimizer",
+    "OffloadActivations",
 }
 VERBS = ("plan", "apply", "report", "measure")
 

@@ -9,8 +9,7 @@ import memfit
 from memfit.errors import InvalidInputError
 from memfit.step.undo import applied
 from memfit.techniques import Exactness, Freeze, info
-
-from .helpers import tiny_gpt2, token_batch
+from tests.helpers import tiny_gpt2, token_batch
 
 
 def _train(model, techniques) -> torch.optim.Optimizer:

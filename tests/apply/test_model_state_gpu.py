@@ -11,8 +11,7 @@ import memfit
 from memfit.profile import Category
 from memfit.techniques import LowBitOptimizer, OptimizerInBackward
 from memfit.trace.estimate import trace_step
-
-from .helpers import tiny_gpt2, token_batch
+from tests.helpers import tiny_gpt2, token_batch
 
 
 @pytest.mark.gpu

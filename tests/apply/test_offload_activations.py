@@ -14,8 +14,7 @@ import memfit
 from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.step.undo import applied
 from memfit.techniques import Checkpoint, OffloadActivations
-
-from .helpers import VOCAB, tiny_llama
+from tests.helpers import VOCAB, tiny_llama
 
 LAYERS = ("layers.*",)
 

@@ -20,8 +20,7 @@ from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied
 from memfit.techniques import MicroBatch, OffloadOptimizer
-
-from .helpers import VOCAB
+from tests.helpers import VOCAB
 
 
 def _llama(tied: bool = False) -> nn.Module:

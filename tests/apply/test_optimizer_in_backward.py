@@ -13,8 +13,7 @@ from memfit.apply.optimizer_in_backward import step_in_backward
 from memfit.errors import InvalidInputError
 from memfit.step.undo import applied
 from memfit.techniques import Checkpoint, MicroBatch, MixedPrecision, OptimizerInBackward
-
-from .helpers import tiny_gpt2, token_batch
+from tests.helpers import tiny_gpt2, token_batch
 
 OPTIMIZERS = {
     "adamw": lambda groups: torch.optim.AdamW(groups, lr=1e-2, weight_decay=0.1),

@@ -7,8 +7,6 @@ import json
 
 import pytest
 import torch
-from tests.apply.helpers import tiny_gpt2, token_batch
-from tests.test_cli import write_model
 
 import memfit
 from memfit.cli import main
@@ -18,6 +16,8 @@ from memfit.step.train_step import TrainStep
 from memfit.technique_rules import allowed_with_options, check_step_options
 from memfit.techniques import OptimizerInBackward, parse_allow
 from memfit.trace.estimate import trace_step
+from tests.helpers import tiny_gpt2, token_batch
+from tests.test_cli import write_model
 
 
 def _batches() -> list[dict]:
