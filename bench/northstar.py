@@ -4,15 +4,15 @@ Run on the GPU machine:  python bench/northstar.py --out DIR [--part check,offlo
 On a CPU (small models, the same code paths):  python bench/northstar.py --out DIR --smoke
 
 Parts (in this order; each writes its results into DIR/northstar.json as soon as it has them):
-  * bandwidth, host, compiled: the machine (bench/northstar_host.py);
+  * bandwidth, host: the machine (bench/northstar_host.py; compiled, last: an experiment);
   * baseline: Hugging Face LlamaForCausalLM (Llama-3.2-3B config, SDPA), fp32 weights, bf16
     autocast, fused AdamW at an 80 GiB cap: batch 2 unmodified (the issue's 16,302 tokens/s),
     and batch 8 with memfit's full checkpointing and chunked loss;
   * check: the CUDA path of the offload techniques against the plain step on a tiny model;
+  * plans, frontier: memfit.plan's own plans, measured (bench/northstar_plans.py);
   * offload: hand-made plans at a 24 GiB cap (--configs): full checkpointing of every layer
     (``act``: with the checkpoint boundaries in host memory), chunked loss, the optimizer on
-    the host, at several batches, host thread counts, or with the host step skipped;
-  * plans, frontier: memfit.plan's own plans, measured (bench/northstar_plans.py).
+    the host, at several batches, host thread counts, or with the host step skipped.
 Steps are timed by wall clock between synchronisations (the host step runs past the GPU's
 end of a step and the next step waits for it), median of --steps after --warmup.
 """
@@ -43,7 +43,7 @@ from models import hf_llama_3b  # noqa: E402
 
 GiB = 1024**3
 SEQ = 2048
-PARTS = ("bandwidth", "host", "baseline", "check", "offload", "compiled", "plans", "frontier")
+PARTS = ("bandwidth", "host", "baseline", "check", "plans", "frontier", "offload", "compiled")
 REFERENCE_TOKENS_S = 16302  # issue 11: batch 2 at an 80 GiB cap, same H200
 
 
@@ -295,13 +295,13 @@ def check(args) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--out", required=True)
-    parser.add_argument("--part", default="check,offload")
+    parser.add_argument("--part", default="check,plans,frontier,offload")
     parser.add_argument("--smoke", action="store_true", help="tiny model on the CPU")
     parser.add_argument("--host-params", type=float, default=1e9)
     parser.add_argument("--threads", default="8,15")
     parser.add_argument(
         "--configs",
-        default="ckpt:8,ckpt:8:t8,ckpt:8:nohost,act:8,act:16,act:16:nohost,act:24",
+        default="act:8:nohost,act:16:nohost,act:16:t8",
         help="offload runs KIND:BATCH[:tN][:nohost]; KIND ckpt or act (checkpoint boundaries "
         "offloaded too); tN: N host threads; nohost: skip the host step (GPU and copies only)",
     )
@@ -309,7 +309,7 @@ def main() -> None:
     parser.add_argument("--plan-batches", default="8,16")
     parser.add_argument(
         "--allows",
-        default="default",
+        default="default,pure_bf16",
         help="plans part: comma-separated technique sets, 'default' (exact techniques) or "
         "extra names joined by '+' (e.g. default,pure_bf16,low_bit_optimizer)",
     )
