@@ -106,3 +106,28 @@ def test_devices_and_zoo(capsys):
     assert main(["zoo", "--format", "json"]) == 0
     names = {m["name"] for m in json.loads(capsys.readouterr().out)}
     assert {"gpt2", "gpt2-medium", "llama-1b", "resnet50", "vit-b16", "bert-base"} <= names
+
+
+def test_quiet_on_every_command(capsys):
+    from memfit import zoo
+
+    assert main(["devices", "--quiet"]) == 0
+    assert capsys.readouterr().out.split() == [
+        "h100-80gb",
+        "h200",
+        "a100-80gb",
+        "a100-40gb",
+        "l40s",
+        "l4",
+        "rtx4090",
+        "rtx3090",
+        "t4",
+        "v100-32gb",
+    ]
+    assert main(["zoo", "-q"]) == 0
+    assert capsys.readouterr().out.split() == zoo.names()
+    assert main(["estimate", "gpt2", "--batch-size", "1", "--seq-len", "32", "-q"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("FITS") and len(out.splitlines()) == 1  # the verdict line only
+    assert main(["calibrate", "--quiet"]) == 2  # no GPU here: the error still speaks
+    assert "torch sees none" in capsys.readouterr().err

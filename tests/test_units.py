@@ -12,7 +12,7 @@ from memfit.units import GiB, MiB, format_bytes, parse_bytes
         ("512 MiB", 512 * MiB),
         ("1.5GiB", 3 * GiB // 2),
         (4096, 4096),
-        ("2048", 2048),
+        ("2048B", 2048),
     ],
 )
 def test_parse(text, expected):
@@ -23,10 +23,25 @@ def test_fraction_of_a_reference():
     assert parse_bytes("0.5", of=80 * GiB) == 40 * GiB
 
 
-@pytest.mark.parametrize("text", ["-3GB", "lots", "0", "3 parsecs", "", True])
+@pytest.mark.parametrize("text", ["-3GB", "lots", "0", "3 parsecs", "", True, None, [16]])
 def test_bad_sizes(text):
     with pytest.raises(InvalidInputError):
         parse_bytes(text, what="budget")
+
+
+@pytest.mark.parametrize(
+    ("text", "suggested"),
+    [("16", "'16GiB'"), ("1.5", "'1.5GiB'"), (1.5, "'1.5GiB'"), (" 80 ", "'80GiB'")],
+)
+def test_a_bare_number_above_one_asks_for_a_unit(text, suggested):
+    with pytest.raises(InvalidInputError, match=f"has no unit; give {suggested}.*fraction"):
+        parse_bytes(text, of=80 * GiB, what="budget")
+
+
+@pytest.mark.parametrize("text", [float("nan"), float("inf"), "inf", "nan"])
+def test_not_a_finite_number(text):
+    with pytest.raises(InvalidInputError, match="budget"):
+        parse_bytes(text, of=80 * GiB, what="budget")
 
 
 def test_fraction_without_reference():

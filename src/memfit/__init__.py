@@ -24,6 +24,7 @@ _EXPORTS = {
     "Plan": "memfit.plan.plan",
     "plan": "memfit.plan",
     "apply": "memfit.apply",
+    "undo": "memfit.step.undo",
     "TrainStep": "memfit.step.train_step",
     "MemoryProfile": "memfit.profile",
     "ModuleMemory": "memfit.profile",

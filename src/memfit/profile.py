@@ -16,6 +16,7 @@ from enum import Enum
 from typing import Any
 
 from memfit.errors import InvalidInputError
+from memfit.json_fields import Fields
 
 __all__ = [
     "Category",
@@ -165,39 +166,27 @@ class MemoryProfile:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> MemoryProfile:
+        """Read a profile written by ``to_dict``; every field's type is checked.
+
+        Raises:
+            InvalidInputError: not a profile, another schema version, or a field of the wrong
+                type (the message names it).
+        """
+        if not isinstance(data, Mapping) or not _PROFILE_KEYS & set(data):
+            found = sorted(map(str, data))[:8] if isinstance(data, Mapping) else type(data).__name__
+            raise InvalidInputError(
+                f"this JSON is not a memfit profile or plan (found {found}; a profile has "
+                f"schema_version, peak_allocated, peak_reserved, by_category, ...). Write one "
+                f"with `memfit estimate MODEL --format json > profile.json` or `memfit plan "
+                f"MODEL --budget 16GiB --out plan.json`"
+            )
         version = data.get("schema_version")
         if version != SCHEMA_VERSION:
             raise InvalidInputError(
                 f"profile schema_version {version!r} is not supported; this memfit reads version "
                 f"{SCHEMA_VERSION}. Re-create the profile with this version of memfit."
             )
-        try:
-            return cls(
-                **{
-                    **data,
-                    "by_category": {Category(k): int(v) for k, v in data["by_category"].items()},
-                    "modules": tuple(ModuleMemory(**m) for m in data.get("modules", ())),
-                    "timeline": tuple(
-                        TimelineEvent(**{**e, "phase": Phase(e["phase"])})
-                        for e in data.get("timeline", ())
-                    ),
-                    "peak_phase": Phase(data.get("peak_phase", "forward")),
-                    "alive_at_peak": tuple(
-                        LiveTensor(
-                            **{**t, "category": Category(t["category"]), "shape": tuple(t["shape"])}
-                        )
-                        for t in data.get("alive_at_peak", ())
-                    ),
-                    "outside_pytorch": dict(data.get("outside_pytorch", {})),
-                    "warnings": tuple(data.get("warnings", ())),
-                    "host_bytes": {k: int(v) for k, v in data.get("host_bytes", {}).items()},
-                }
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidInputError(
-                f"this JSON is not a memfit MemoryProfile ({error}); create one with "
-                f"`memfit estimate ... --format json` or MemoryProfile.to_json()"
-            ) from error
+        return _read_profile(Fields(data, "profile", _FIX))
 
     @classmethod
     def from_json(cls, text: str) -> MemoryProfile:
@@ -206,8 +195,108 @@ class MemoryProfile:
         except json.JSONDecodeError as error:
             raise InvalidInputError(f"profile is not valid JSON: {error}") from error
         if not isinstance(data, dict):
-            raise InvalidInputError("profile JSON must be an object")
+            raise InvalidInputError(
+                f"this JSON holds a {type(data).__name__}, not a memfit profile (an object with "
+                f"schema_version, peak_allocated, ...); write one with `memfit estimate MODEL "
+                f"--format json > profile.json` or MemoryProfile.to_json()"
+            )
         return cls.from_dict(data)
+
+
+_FIX = (
+    "write profiles with memfit (`memfit estimate MODEL --format json`, "
+    "MemoryProfile.to_json()) or correct that field"
+)
+_PROFILE_KEYS = {"schema_version", "peak_allocated", "peak_reserved", "by_category"}
+
+
+def _enum(kind: type[Enum], value: str, where: str) -> Any:
+    try:
+        return kind(value)
+    except ValueError:
+        allowed = ", ".join(member.value for member in kind)  # type: ignore[attr-defined]
+        raise InvalidInputError(f"{where} is {value!r}; allowed: {allowed}; {_FIX}") from None
+
+
+def _read_module(item: Any, i: int) -> ModuleMemory:
+    f = Fields(item, f"profile module {i}", _FIX)
+    f.unknown({x.name for x in dataclasses.fields(ModuleMemory)})
+    return ModuleMemory(
+        fqn=f.get("fqn", "str"),
+        module_type=f.get("module_type", "str"),
+        **{k: f.get(k, "bytes", 0) for k in _MODULE_BYTES},
+    )
+
+
+_MODULE_BYTES = ("param_bytes", "grad_bytes", "activation_bytes", "self_activation_bytes")
+
+
+def _read_event(item: Any, i: int) -> TimelineEvent:
+    f = Fields(item, f"profile timeline event {i}", _FIX)
+    f.unknown({x.name for x in dataclasses.fields(TimelineEvent)})
+    return TimelineEvent(
+        index=f.get("index", "count"),
+        phase=_enum(Phase, f.get("phase", "str"), f"profile timeline event {i} phase"),
+        allocated=f.get("allocated", "bytes"),
+        reserved=f.get("reserved", "bytes"),
+        module=f.get("module", "str", ""),
+        op=f.get("op", "str", ""),
+    )
+
+
+def _read_tensor(item: Any, i: int) -> LiveTensor:
+    f = Fields(item, f"profile alive_at_peak item {i}", _FIX)
+    f.unknown({x.name for x in dataclasses.fields(LiveTensor)})
+    return LiveTensor(
+        num_bytes=f.get("num_bytes", "bytes"),
+        category=_enum(Category, f.get("category", "str"), f"alive_at_peak item {i} category"),
+        module=f.get("module", "str", ""),
+        op=f.get("op", "str", ""),
+        shape=tuple(f.items("shape", "count")),
+        dtype=f.get("dtype", "str", ""),
+    )
+
+
+def _read_profile(f: Fields) -> MemoryProfile:
+    f.unknown({x.name for x in dataclasses.fields(MemoryProfile)})
+    by_category = f.get("by_category", "object")
+    categories = {}
+    for key in by_category:
+        category = _enum(Category, key, "profile by_category key")
+        categories[category] = Fields(by_category, "profile by_category", _FIX).get(key, "bytes")
+    outside = f.get("outside_pytorch", "object", {})
+    host = f.get("host_bytes", "object", {})
+    read = dict(
+        source=f.get("source", "str"),
+        model=f.get("model", "str"),
+        device=f.get("device", "str"),
+        device_memory=f.get("device_memory", "bytes"),
+        precision=f.get("precision", "str"),
+        optimizer=f.get("optimizer", "str", None, optional=True),
+        batch=f.get("batch", "str", ""),
+        peak_allocated=f.get("peak_allocated", "bytes"),
+        peak_reserved=f.get("peak_reserved", "bytes"),
+        by_category=categories,
+        modules=tuple(_read_module(m, i) for i, m in enumerate(f.get("modules", "list", []))),
+        timeline=tuple(_read_event(e, i) for i, e in enumerate(f.get("timeline", "list", []))),
+        peak_phase=_enum(Phase, f.get("peak_phase", "str", "forward"), "profile peak_phase"),
+        peak_module=f.get("peak_module", "str", ""),
+        peak_op=f.get("peak_op", "str", ""),
+        alive_at_peak=tuple(
+            _read_tensor(t, i) for i, t in enumerate(f.get("alive_at_peak", "list", []))
+        ),
+        outside_pytorch={
+            str(k): Fields(outside, "profile outside_pytorch", _FIX).get(k, "bytes")
+            for k in outside
+        },
+        plan=f.get("plan", "str", ""),
+        step_time_s=f.get("step_time_s", "seconds", None, optional=True),
+        warnings=tuple(f.items("warnings", "str")),
+        host_bytes={str(k): Fields(host, "profile host_bytes", _FIX).get(k, "bytes") for k in host},
+        schema_version=f.get("schema_version", "int"),
+    )
+    rest = {k: v for k, v in f.data.items() if k not in read}  # fields added since: as written
+    return MemoryProfile(**read, **rest)
 
 
 def _to_plain(value: Any) -> Any:

@@ -70,6 +70,19 @@ SELECTIVE_SAVE_DEFAULT: tuple[str, ...] = (
 )
 
 
+def _patterns(technique: Any, field: str) -> None:
+    """One pattern (a string) becomes a one-item tuple; anything but strings is refused."""
+    value = getattr(technique, field)
+    if isinstance(value, str):
+        value = (value,)
+    if not isinstance(value, (tuple, list)) or not all(isinstance(v, str) for v in value):
+        raise InvalidInputError(
+            f"{type(technique).__name__}({field}={value!r}): {field} must be module patterns "
+            f"(strings), e.g. {field}=('layers.*',)"
+        )
+    object.__setattr__(technique, field, tuple(value))
+
+
 @dataclass(frozen=True)
 class Checkpoint:
     """Activation checkpointing of the modules matching ``modules`` (non-reentrant).
@@ -84,6 +97,10 @@ class Checkpoint:
 
     modules: tuple[str, ...]
     save: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _patterns(self, "modules")
+        _patterns(self, "save")
 
     @property
     def selective(self) -> bool:
@@ -134,6 +151,9 @@ class FusedActivation:
 
     modules: tuple[str, ...]
 
+    def __post_init__(self) -> None:
+        _patterns(self, "modules")
+
 
 @dataclass(frozen=True)
 class FusedGatedMLP:
@@ -146,6 +166,9 @@ class FusedGatedMLP:
     """
 
     modules: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        _patterns(self, "modules")
 
 
 @dataclass(frozen=True)
@@ -485,9 +508,22 @@ def parse_allow(allow: str | Iterable[str] | None) -> tuple[str, ...]:
     """
     if allow is None:
         return default_allow()
-    names = [allow] if isinstance(allow, str) else list(allow)
-    names = [n.strip() for name in names for n in str(name).split(",") if n.strip()]
     planned = [r.name for r in TABLE if r.planned]
+    if not isinstance(allow, (str, list, tuple, set, frozenset)) or not all(
+        isinstance(name, str) for name in ([allow] if isinstance(allow, str) else allow)
+    ):
+        raise InvalidInputError(
+            f"allow={allow!r} must be a technique name or a list of them, e.g. "
+            f"allow='checkpoint' or allow=['checkpoint', 'micro_batch']; the planner chooses "
+            f"from: {', '.join(planned)}"
+        )
+    names = [allow] if isinstance(allow, str) else list(allow)
+    names = [n.strip() for name in names for n in name.split(",") if n.strip()]
+    if not names:
+        raise InvalidInputError(
+            f"allow={allow!r} names no technique; name at least one of {', '.join(planned)}, "
+            f"or leave allow out for the default ({', '.join(default_allow())})"
+        )
     unknown = [n for n in names if n not in planned]
     if unknown:
         raise InvalidInputError(

@@ -2,16 +2,18 @@
 
 Decimal units (kB, MB, GB, TB) are powers of 1000 and binary units (KiB, MiB, GiB, TiB) powers of
 1024, as in IEC 80000-13. A bare number below or equal to 1 is a fraction of a reference size
-(typically a device's memory); a bare number above 1 is a byte count.
+(typically a device's memory). Larger quantities need a unit ("16GiB"): a bare "16" is refused
+rather than read as 16 bytes, the mistake it almost always is. A Python ``int`` is a byte count.
 """
 
 from __future__ import annotations
 
+import math
 import re
 
 from memfit.errors import InvalidInputError
 
-__all__ = ["KiB", "MiB", "GiB", "TiB", "parse_bytes", "format_bytes"]
+__all__ = ["KiB", "MiB", "GiB", "TiB", "parse_bytes", "parse_budget", "format_bytes"]
 
 KiB = 1024
 MiB = 1024**2
@@ -40,8 +42,8 @@ def parse_bytes(text: str | int | float, *, of: int | None = None, what: str = "
     """Parse a byte quantity.
 
     Args:
-        text: "24GiB", "80 GB", "512MiB", "1e9" is not accepted; an int is bytes; a number in
-            (0, 1] is a fraction of ``of``.
+        text: "24GiB", "80 GB", "512MiB" ("1e9" is not accepted); a number in (0, 1] (or a
+            string of one) is a fraction of ``of``; an ``int`` above 1 is a byte count.
         of: the reference size for fractions (e.g. the device's memory).
         what: the name of the quantity, used in error messages ("budget").
 
@@ -49,23 +51,36 @@ def parse_bytes(text: str | int | float, *, of: int | None = None, what: str = "
         The size in bytes, rounded down to an integer.
 
     Raises:
-        InvalidInputError: for anything that is not a positive size.
+        InvalidInputError: for anything that is not a positive size, and for a bare number
+            above 1 that is not an ``int`` (``"16"``, ``1.5``): the message suggests the unit.
     """
-    if isinstance(text, bool):
-        raise InvalidInputError(f"{what} {text!r} is not a size; give e.g. '24GiB' or '80GB'")
+    fraction_hint = "or a fraction such as '0.8' of the device's memory"
+    if isinstance(text, bool) or not isinstance(text, (str, int, float)):
+        raise InvalidInputError(
+            f"{what} {text!r} is not a size; give a number and a unit such as '24GiB' or "
+            f"'80GB', {fraction_hint}"
+        )
     if isinstance(text, (int, float)):
         value, unit = float(text), ""
+        number = f"{value:g}"
     else:
-        match = _PATTERN.match(str(text))
+        match = _PATTERN.match(text)
         if not match:
             raise InvalidInputError(
                 f"{what} {text!r} is not a size; give a number and a unit such as '24GiB', "
-                f"'80GB' or '512MiB', or a fraction such as '0.9' of the device's memory"
+                f"'80GB' or '512MiB', {fraction_hint}"
             )
         value, unit = float(match.group(1)), match.group(2).lower()
+        number = match.group(1)
+    if not math.isfinite(value):
+        raise InvalidInputError(
+            f"{what} {text!r} is not a finite number; give a size such as '24GiB', {fraction_hint}"
+        )
     if unit and unit not in _UNITS:
         allowed = ", ".join(sorted({"B", "kB", "MB", "GB", "TB", "KiB", "MiB", "GiB", "TiB"}))
-        raise InvalidInputError(f"{what} {text!r} has unknown unit {unit!r}; allowed: {allowed}")
+        raise InvalidInputError(
+            f"{what} {text!r} has unknown unit {unit!r}; allowed: {allowed} (e.g. '24GiB')"
+        )
     if value <= 0:
         raise InvalidInputError(f"{what} {text!r} must be positive, e.g. '24GiB'")
     if not unit and value <= 1:
@@ -75,7 +90,33 @@ def parse_bytes(text: str | int | float, *, of: int | None = None, what: str = "
                 f"with a unit, e.g. '24GiB'"
             )
         return int(value * of)
+    if not unit and not isinstance(text, int):
+        raise InvalidInputError(
+            f"{what} {text!r} has no unit; give '{number}GiB' (or '{number}GB'), {fraction_hint}"
+        )
     return int(value * _UNITS.get(unit, 1))
+
+
+def parse_budget(text: str | int | float, *, of: int | None, device: str = "the device") -> int:
+    """A memory budget: ``parse_bytes`` of it, at least 1 MiB and at most ``of`` (when given).
+
+    Raises:
+        InvalidInputError: as ``parse_bytes``; a budget under 1 MiB (``budget=16`` is 16 bytes:
+            the message suggests '16GiB'); one larger than the device.
+    """
+    limit = parse_bytes(text, of=of, what="budget")
+    if limit < MiB:
+        raise InvalidInputError(
+            f"budget {text!r} is {format_bytes(limit)}, less than any training step needs; "
+            f"give a size with its unit, e.g. '{text}GiB', or a fraction such as '0.8' of "
+            f"{device}'s memory"
+        )
+    if of is not None and limit > of:
+        raise InvalidInputError(
+            f"budget {text!r} ({format_bytes(limit)}) is more than {device} has "
+            f"({format_bytes(of)}); give a smaller budget or another --device"
+        )
+    return limit
 
 
 def format_bytes(num_bytes: int | float, *, precision: int = 2) -> str:

@@ -18,7 +18,7 @@ import types
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["make_callable"]
+__all__ = ["make_callable", "verb_of"]
 
 
 def make_callable(
@@ -33,13 +33,8 @@ def make_callable(
     """
     lazy = dict(exports or {})
 
-    def resolve(target: str) -> Any:
-        module, _, name = target.partition(":")
-        return getattr(importlib.import_module(module), name)
-
     def call(self: types.ModuleType, *args: Any, **kwargs: Any) -> Any:
-        function = resolve(verb) if isinstance(verb, str) else verb
-        return function(*args, **kwargs)
+        return verb_of(self)(*args, **kwargs)
 
     def getattr_(self: types.ModuleType, name: str) -> Any:
         if name not in lazy:
@@ -51,5 +46,14 @@ def make_callable(
     module.__class__ = type(
         "CallablePackage",
         (types.ModuleType,),
-        {"__call__": call, "__getattr__": getattr_, "__doc__": doc},
+        {"__call__": call, "__getattr__": getattr_, "__doc__": doc, "_verb": verb},
     )
+
+
+def verb_of(package: types.ModuleType) -> Callable[..., Any]:
+    """The function that calling ``package`` runs (imported now if it was named by string)."""
+    verb = type(package)._verb  # type: ignore[attr-defined]
+    if isinstance(verb, str):
+        module, _, name = verb.partition(":")
+        verb = getattr(importlib.import_module(module), name)
+    return verb

@@ -2,7 +2,7 @@
 
 ``Budget.limit`` is the largest ``samples x tokens`` a micro-batch may hold; the model raises
 ``torch.OutOfMemoryError`` (with a real-looking CUDA message) in the place ``Budget.where`` names:
-"forward", "backward" or "step" (the optimizer step, through a step pre-hook).
+"forward" or "backward". ``TransientStepFaults`` makes ``optimizer.step()`` fail now and then.
 """
 
 from __future__ import annotations
@@ -66,15 +66,6 @@ class FaultyNet(nn.Module):
         return self.l2(h.mean(dim=1))
 
 
-def attach_step_fault(optimizer: torch.optim.Optimizer, budget: Budget) -> None:
-    """Raise OOM at the start of ``optimizer.step()`` when the last micro-batch was too large."""
-
-    def pre_hook(opt, args, kwargs):  # noqa: ARG001
-        budget.check("step", budget.last_load)
-
-    optimizer.register_step_pre_hook(pre_hook)
-
-
 def make_data(steps: int, *, seed: int = 0, sizes=(16, 12, 7), lengths=(4, 6)):
     """Batches ``{"x": [N, T, 6], "y": [N, 3]}`` with varying N and T (float64)."""
     gen = torch.Generator().manual_seed(seed)
@@ -98,3 +89,36 @@ def random_limits(steps: int, *, seed: int = 1, every: int = 7) -> dict[int, flo
     rng = random.Random(seed)
     choices = [float("inf"), 100, 48, 30, 20, 12, 6]
     return {s: rng.choice(choices) for s in range(steps) if rng.random() < 1 / every}
+
+
+@dataclass
+class TransientStepFaults:
+    """``optimizer.step()`` runs out of memory once in each of the chosen training steps.
+
+    ``step`` is the training step under way (set by the caller); the fault fires on the first
+    ``optimizer.step()`` of that step only, as memory held for a moment elsewhere would.
+    """
+
+    steps: set[int]
+    step: int = -1
+    raised: int = 0
+    _fired: set[int] = field(default_factory=set)
+
+    def attach(self, optimizer: torch.optim.Optimizer) -> None:
+        def pre_hook(opt, args, kwargs):  # noqa: ARG001
+            if self.step in self.steps and self.step not in self._fired:
+                self._fired.add(self.step)
+                self.raised += 1
+                raise torch.OutOfMemoryError(MESSAGE)
+
+        optimizer.register_step_pre_hook(pre_hook)
+
+
+def moving_limits(steps: int, *, seed: int, every: int = 10) -> dict[int, tuple[float, str]]:
+    """A new (limit, where) every ``every`` steps: where is "forward" or "backward"."""
+    rng = random.Random(seed)
+    choices = [float("inf"), 100, 48, 30, 20, 12, 6]
+    return {
+        s: (rng.choice(choices), rng.choice(("forward", "backward")))
+        for s in range(0, steps, every)
+    }

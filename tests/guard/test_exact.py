@@ -1,4 +1,7 @@
-"""Fault injection: hundreds of steps with OOMs at random sizes give the fault-free weights."""
+"""Fault injection: hundreds of steps with OOMs at random sizes give the fault-free weights.
+
+OOMs in the optimizer step, which smaller micro-batches do not help: test_step_oom.py.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +11,7 @@ import torch.nn.functional as F
 
 from memfit.guard import OOMGuard
 
-from .faults import Budget, attach_step_fault, make_data, make_model, random_limits
+from .faults import Budget, make_data, make_model, random_limits
 
 STEPS = 300
 
@@ -24,8 +27,6 @@ def _train(batches, *, opt_name: str, where: str, limits: dict[int, float], guar
     model = make_model(budget)
     opt = _optimizer(opt_name, model)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=40, gamma=0.7)
-    if where == "step":
-        attach_step_fault(opt, budget)
 
     def step_fn(batch):
         opt.zero_grad()
@@ -45,11 +46,11 @@ def _train(batches, *, opt_name: str, where: str, limits: dict[int, float], guar
 
 
 @pytest.mark.parametrize("opt_name", ["sgd", "adamw"])
-@pytest.mark.parametrize("where", ["forward", "backward", "step"])
+@pytest.mark.parametrize("where", ["forward", "backward"])
 @pytest.mark.slow
 def test_guarded_run_matches_fault_free_run(opt_name: str, where: str) -> None:
     batches = make_data(STEPS)
-    limits = random_limits(STEPS, seed={"forward": 1, "backward": 2, "step": 3}[where])
+    limits = random_limits(STEPS, seed={"forward": 1, "backward": 2}[where])
     limits[0] = 20  # the very first step (optimizer state not yet created) fails too
     ref, ref_opt, _, _ = _train(batches, opt_name=opt_name, where=where, limits={}, guarded=False)
     got, got_opt, budget, guard = _train(

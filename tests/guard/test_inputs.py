@@ -34,9 +34,13 @@ def test_step_that_is_not_callable() -> None:
 
 
 def test_function_without_optimizer() -> None:
-    _, model, _, step_fn = _setup()
+    _, model, _, _ = _setup()
+
+    def step_fn(batch):
+        F.mse_loss(model(batch["x"]), batch["y"]).backward()
+
     with pytest.raises(
-        InvalidInputError, match="optimizer=None.*OOMGuard\\(step_fn, optimizer=opt"
+        InvalidInputError, match="refers to none.*OOMGuard\\(.*step_fn, optimizer=opt"
     ):
         OOMGuard(step_fn, model=model)
 

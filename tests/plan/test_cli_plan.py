@@ -58,7 +58,7 @@ def test_plan_json_round_trips(model_file, midway, midway_plan, tmp_path, capsys
     [
         ("lots", "budget 'lots' is not a size; give a number and a unit such as '24GiB'"),
         ("-3GB", "budget '-3GB' must be positive"),
-        ("200GiB", "budget 200.00 GiB is more than h100-80gb has"),
+        ("200GiB", "(200.00 GiB) is more than h100-80gb has"),
     ],
 )
 def test_bad_budget_exits_2_with_the_fix(model_file, budget, says, capsys):

@@ -166,7 +166,7 @@ def test_infeasible_budget_says_what_is_missing(unmodified):
         ("-3GB", r"budget '-3GB' must be positive, e\.g\. '24GiB'"),
         ("lots", r"budget 'lots' is not a size; give a number and a unit such as '24GiB'"),
         (0, r"budget 0 must be positive"),
-        ("200GiB", r"budget 200\.00 GiB is more than h100-80gb has \(79\.\d\d GiB\); give a"),
+        ("200GiB", r"budget '200GiB' \(200\.00 GiB\) is more than h100-80gb has \(79\.\d\d GiB\)"),
     ],
 )
 def test_invalid_budgets_name_the_value_and_the_fix(budget, says):
@@ -205,3 +205,10 @@ def test_infeasible_names_a_fused_optimizer_when_its_temporaries_make_the_peak(
     assert (match is not None) == hinted
     if hinted:  # foreach AdamW holds sqrt(exp_avg_sq), one value per weight (torch/optim/adam.py)
         assert parse_bytes(match.group(1).replace(" ", "")) >= params
+
+
+def test_allow_takes_one_name_as_a_string(midway):
+    """allow="micro_batch" is that technique, not the letters of its name (the command line's
+    --allow micro_batch: test_cli_plan.py)."""
+    plan = memfit.plan(build, BATCH, budget=midway, allow="micro_batch")
+    assert plan.techniques and all(isinstance(t, MicroBatch) for t in plan.techniques)

@@ -142,7 +142,9 @@ def test_report_draws_a_frontier_file(tmp_path: Path, files) -> None:
         report, [str(files["a"]), "--frontier", str(frontier), "--out", str(out)]
     )
     assert result.exit_code == 0, result.output
-    assert 'data-view="frontier"' in out.read_text() and "chosen: checkpoint" in out.read_text()
+    page = out.read_text()
+    assert 'data-view="frontier"' in page and "chosen plan" in page  # the legend
+    assert "<td>* checkpoint</td>" in page  # every plan in the table, the chosen one starred
 
 
 @pytest.mark.slow

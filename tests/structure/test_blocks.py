@@ -18,6 +18,12 @@ ZOO_BLOCKS = {
     "bert-base": [f"layers.{i}" for i in range(12)],
     "vit-b16": [f"layers.{i}" for i in range(12)],
     "resnet50": [f"stages.{s}.{b}" for s, n in enumerate((3, 4, 6, 3)) for b in range(n)],
+    # Hugging Face's, listed when transformers is installed
+    "hf-gpt2": [f"transformer.h.{i}" for i in range(12)],
+    "hf-gpt2-medium": [f"transformer.h.{i}" for i in range(24)],
+    "hf-llama-1b": [f"model.layers.{i}" for i in range(16)],
+    "hf-llama-3b": [f"model.layers.{i}" for i in range(28)],
+    "hf-bert-base": [f"bert.encoder.layer.{i}" for i in range(12)],
 }
 
 

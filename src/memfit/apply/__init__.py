@@ -1,4 +1,5 @@
-"""Apply a plan: ``step = memfit.apply(plan, model, optimizer)``; ``plan.undo(model)`` reverts.
+"""Apply a plan: ``step = memfit.apply(plan, model, optimizer)``; ``step.undo()`` (or
+``memfit.undo(model)``, or ``plan.undo(model)``) reverts it, for a plan or a list of techniques.
 
 Each technique has one applier, registered by type (``register_applier``); ``apply`` runs them
 all or none, and returns a ``TrainStep`` that runs forward, backward and the optimizer step with
@@ -8,6 +9,8 @@ the plan in force.
 from __future__ import annotations
 
 from typing import Any
+
+from torch import nn
 
 from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
@@ -40,7 +43,7 @@ def apply(
     loss_fn: Any = None,
     forward: Any = None,
     precision: str | None = None,
-    device_type: str = "cuda",
+    device_type: str | None = None,
     clip_grad_norm: float | None = None,
     accumulate: int = 1,
 ) -> TrainStep:
@@ -48,14 +51,16 @@ def apply(
 
     Args:
         plan: a ``memfit.Plan`` (from ``memfit.plan``) or a sequence of techniques.
-        model: the ``nn.Module`` the plan was made for (changed in place; ``plan.undo(model)``
-            restores it exactly).
+        model: the ``nn.Module`` the plan was made for (changed in place; ``step.undo()``, or
+            ``memfit.undo(model)``, restores it exactly).
         optimizer: its optimizer, or None for forward and backward only. A plan with
             ``FusedOptimizer`` switches it to its fused kernel (Adam and AdamW only) until
             ``plan.undo(model)``.
         loss_fn, forward: as for ``memfit.estimate``.
         precision: overrides the precision the plan was made for.
-        device_type: the device autocast runs for.
+        device_type: the device autocast runs for; None (the default): the device of the
+            model's parameters. A model on the CPU runs CPU autocast in the plan's precision
+            (bf16-mixed computes its matrix products in bfloat16 there too).
         clip_grad_norm: clip the gradients to this global L2 norm before each update.
         accumulate: update after every ``accumulate`` batches (``step(batch)`` calls), the
             losses scaled by ``1 / accumulate``.
@@ -66,13 +71,25 @@ def apply(
     Raises:
         InvalidInputError: the plan was made for another model, a technique is malformed,
             ``precision`` is unknown, or the plan has ``FusedOptimizer`` and the optimizer is
-            not Adam/AdamW; a technique that cannot run with ``clip_grad_norm``,
-            ``accumulate`` or fp16 loss scaling (``OptimizerInBackward``); the model is
-            unchanged.
+            not Adam/AdamW, or memfit's techniques are already applied to the model (undo them
+            first); a technique that cannot run with ``clip_grad_norm``, ``accumulate`` or fp16
+            loss scaling (``OptimizerInBackward``, ``OffloadOptimizer``); the model is unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged.
     """
+    if not isinstance(model, nn.Module):
+        raise InvalidInputError(
+            f"model {model!r} is a {type(model).__name__}, not an nn.Module: memfit.apply "
+            f"changes your model object in place, memfit.apply(plan, model, optimizer); to "
+            f"predict a zoo model, use memfit.estimate({model!r}, plan=...)"
+        )
     in_force = techniques_in_force(plan)
     check_fingerprint(in_force.fingerprint, model)
+    if applied(model):
+        raise InvalidInputError(
+            f"memfit's techniques are already applied to this {type(model).__name__} (by an "
+            f"earlier memfit.apply); undo them first with step.undo() or memfit.undo(model), "
+            f"then apply the plan you want"
+        )
     if precision is not None:
         Precision.parse(precision)
     # checked before the model is changed: the precision, and what the techniques exclude

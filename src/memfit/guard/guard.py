@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import time
 from collections.abc import Callable, Hashable, Iterator
@@ -13,6 +14,7 @@ import torch
 from torch import nn
 
 from memfit.errors import InvalidInputError
+from memfit.guard.discover import find_optimizer_and_model
 from memfit.guard.distributed import (
     ABORT,
     FAILED,
@@ -26,8 +28,9 @@ from memfit.guard.metrics import GuardMetrics
 from memfit.guard.oom import OOMInfo, parse_oom_message
 from memfit.guard.options import GuardOptions
 from memfit.guard.protocol import MicroBatchStep, is_micro_batch_step
-from memfit.guard.recovery import Recovery
+from memfit.guard.recovery import Recovery, free_memory
 from memfit.guard.snapshot import StepSnapshot
+from memfit.guard.step_retry import per_parameter, retrying_step
 from memfit.step.batch import batch_size_of, micro_batch_sizes, shape_key, split_batch
 
 __all__ = ["OOMGuard"]
@@ -51,14 +54,21 @@ class OOMGuard:
     weighted ``n_i / N``. No sample is skipped and no update applied twice. The size that worked
     is remembered per input shape and grown back after ``grow_after`` clean steps.
 
+    An out-of-memory error inside ``optimizer.step()`` is not helped by smaller micro-batches:
+    the gradients are complete by then, so the guard frees memory and runs the step itself
+    again, then per parameter (``foreach=False``), and only then raises
+    ``OOMUnrecoverableError`` with the optimizer's figures (``memfit.guard.step_retry``).
+
     Args:
         step: a ``MicroBatchStep`` (memfit's ``TrainStep``: the guard drives its micro-batches
             directly), or a function ``step_fn(batch)`` doing forward, backward and the optimizer
             step itself (see ``memfit.guard.intercept`` for how it is split).
-        optimizer: the optimizer ``step_fn`` steps (required for a function; a
-            ``MicroBatchStep`` brings its own).
+        optimizer: the optimizer ``step_fn`` steps (a ``MicroBatchStep`` brings its own). When
+            None, the one optimizer ``step_fn`` refers to (a global, a closure variable, an
+            attribute of the object it is bound to: ``memfit.guard.discover``).
         model: the model ``step_fn`` trains: lets the guard restore its buffers, intercept its
-            ``zero_grad`` and use ``no_sync`` under DDP. Optional for a function.
+            ``zero_grad`` and use ``no_sync`` under DDP. When None with no optimizer given, the
+            module ``step_fn`` refers to that holds the optimizer's parameters.
         grad_scaler: a ``torch.amp.GradScaler`` whose state is restored after a failure.
         min_micro_batch_size: the smallest micro-batch; below it the guard raises
             ``OOMUnrecoverableError`` (with the OOM's figures) instead of splitting further.
@@ -102,7 +112,8 @@ class OOMGuard:
         other ranks wait in that collective; the guard puts its own vote before any collective
         it controls and reduces DDP gradients itself after it, but FSDP and collectives inside
         ``step_fn`` before backward ends are the user's. An OOM after every rank voted (in
-        clipping or ``optimizer.step()`` under several ranks) is re-raised, not retried.
+        clipping under several ranks) is re-raised, not retried; one in ``optimizer.step()``
+        is retried on this rank alone (the step of a plain optimizer has no collective).
     """
 
     def __init__(
@@ -114,6 +125,13 @@ class OOMGuard:
         grad_scaler: Any | None = None,
         **options: Any,
     ) -> None:
+        known = {f.name for f in dataclasses.fields(GuardOptions)}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise InvalidInputError(
+                f"OOMGuard has no option(s) {unknown}; its options are: "
+                f"{', '.join(sorted(known))} (and optimizer, model, grad_scaler)"
+            )
         self.options = GuardOptions(**options)
         self._protocol = is_micro_batch_step(step)
         if getattr(step, "host_optimizer", None) is not None:
@@ -133,6 +151,9 @@ class OOMGuard:
                 f"with forward_backward(batch, *, loss_scale) and optimizer_step() "
                 f"(memfit.guard.MicroBatchStep)"
             )
+        if optimizer is None and not self._protocol:  # OOMGuard(step_fn): what it refers to
+            found, found_model = find_optimizer_and_model(step)  # type: ignore[arg-type]
+            optimizer, model = found, model if model is not None else found_model
         if not isinstance(optimizer, torch.optim.Optimizer):
             raise InvalidInputError(
                 f"optimizer={optimizer!r} is not a torch.optim.Optimizer; pass the optimizer "
@@ -240,7 +261,12 @@ class OOMGuard:
         failure: _Failure | None = None
         result: Any = None
         self._phase = "forward/backward"
-        with self._lean_optimizer(), self._track_step(), self._watch_zero_grad():
+        with (
+            self._lean_optimizer(),
+            retrying_step(self.optimizer, self._snapshot, self.metrics, free_memory),
+            self._track_step(),
+            self._watch_zero_grad(),
+        ):
             try:
                 if self._protocol:
                     result = self._run_protocol(parts, weights)
@@ -329,11 +355,5 @@ class OOMGuard:
         if not self.metrics.lean_optimizer:
             yield
             return
-        saved = [(g, g["foreach"]) for g in self.optimizer.param_groups if "foreach" in g]
-        for group, _ in saved:
-            group["foreach"] = False
-        try:
+        with per_parameter(self.optimizer):
             yield
-        finally:
-            for group, value in saved:
-                group["foreach"] = value

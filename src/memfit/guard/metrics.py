@@ -15,7 +15,10 @@ class GuardMetrics:
 
     Attributes:
         steps: guarded steps completed.
-        ooms: out-of-memory errors caught on this rank.
+        ooms: out-of-memory errors caught on this rank (``step_ooms`` of them in
+            ``optimizer.step()``).
+        step_ooms: out-of-memory errors inside ``optimizer.step()``.
+        step_retries: times ``optimizer.step()`` was run again on the same gradients.
         retries: attempts re-run after a failure (one step can need several).
         shrinks: micro-batch size reductions (after an OOM or allocator thrash).
         grows: growth attempts started.
@@ -26,12 +29,15 @@ class GuardMetrics:
         num_micro_batches: micro-batches in the last step.
         recovery_s: wall time spent in failed attempts and their clean-up, in total.
         snapshot_bytes: memory the last pre-step snapshot holds (device and host).
-        lean_optimizer: True once the optimizer step runs with ``foreach=False``.
+        lean_optimizer: True once the optimizer step runs with ``foreach=False`` (after the step
+            failed twice as configured and fitted per parameter).
         last_oom: figures of the last out-of-memory error, or None.
     """
 
     steps: int = 0
     ooms: int = 0
+    step_ooms: int = 0
+    step_retries: int = 0
     retries: int = 0
     shrinks: int = 0
     grows: int = 0

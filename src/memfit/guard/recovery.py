@@ -20,6 +20,7 @@ from memfit.guard.oom import OOMInfo
 from memfit.guard.options import GuardOptions
 from memfit.guard.policy import MicroBatchPolicy
 from memfit.guard.snapshot import StepSnapshot
+from memfit.guard.step_retry import optimizer_figures
 from memfit.step.batch import micro_batch_sizes
 
 __all__ = ["Recovery", "free_memory"]
@@ -51,7 +52,7 @@ class Recovery:
         options: the guard's settings.
         metrics: the guard's counters (updated here).
         params: the trained parameters (their device decides where thrash is read).
-        optimizer: its param groups get ``foreach=False`` after an OOM in its step.
+        optimizer: the optimizer (its figures go into the messages).
     """
 
     def __init__(
@@ -97,14 +98,17 @@ class Recovery:
         for warning in snapshot.restore():
             log.warning("memfit.guard: %s", warning)
         self._last_retries, self._thrash_run = None, 0
-        if phase == "optimizer step" and not self.metrics.lean_optimizer and self._has_foreach():
-            self.metrics.lean_optimizer = True
-            log.warning(
-                "memfit.guard: OOM in optimizer.step() (%s); retrying the step with "
-                "foreach=False from now on (per-parameter kernels need less temporary memory)",
-                oom.summary(),
+        if phase == "optimizer step":  # not retried in place (retrying_step): nor by shrinking
+            raise OOMUnrecoverableError(
+                f"out of memory in optimizer.step() ({oom.summary()}; "
+                f"{optimizer_figures(self.optimizer)}); "
+                f"gradients, buffers and optimizer state are as before the step. Smaller "
+                f"micro-batches do not help the step: use a fused step, low-bit optimizer state "
+                f"or optimizer state offloaded to the CPU (`memfit plan` names what fits)",
+                oom=oom,
+                micro_batch_size=m,
+                phase=phase,
             )
-            return m
         trial = self.policy.was_trial(key)
         new = self.policy.shrink(key, n, m)
         if new is None:
@@ -137,9 +141,6 @@ class Recovery:
                 _layout(n, new),
             )
         return new
-
-    def _has_foreach(self) -> bool:
-        return any("foreach" in group for group in self.optimizer.param_groups)
 
     def _dump_snapshot(self) -> None:
         folder = self.options.dump_snapshot_dir

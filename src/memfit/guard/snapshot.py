@@ -205,6 +205,17 @@ class StepSnapshot:
             _restore_scaler(self.grad_scaler, self._scaler)
         return warnings
 
+    @torch.no_grad()
+    def restore_optimizer(self) -> None:
+        """Put back the optimizer state of ``take()`` only (after a failed ``optimizer.step()``:
+        the gradients, buffers and grad scaler are those the step is retried with).
+
+        Raises:
+            StateRestoreError: as ``restore``.
+        """
+        if self.optimizer is not None:
+            self._restore_optimizer(self.optimizer)
+
     def _restore_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         for p in list(optimizer.state.keys()):
             keys = self._state_keys.get(p)

@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 from memfit.errors import InvalidInputError
+from memfit.json_fields import Fields
 
 if TYPE_CHECKING:
     from memfit.plan.candidates import Candidate
@@ -41,20 +42,21 @@ class FrontierPoint:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> FrontierPoint:
-        try:
-            return cls(
-                label=str(data["label"]),
-                peak_reserved=int(data["peak_reserved"]),
-                step_time_s=float(data["step_time_s"]),
-                chosen=bool(data.get("chosen", False)),
-                measured=bool(data.get("measured", False)),
-            )
-        except (KeyError, TypeError, ValueError) as error:
-            raise InvalidInputError(
-                f"frontier point {dict(data)!r} is malformed ({error}); each needs label, "
-                f"peak_reserved (bytes) and step_time_s"
-            ) from error
+    def from_dict(cls, data: Mapping[str, Any], where: str = "frontier point") -> FrontierPoint:
+        """Read a point written by ``to_dict``.
+
+        Raises:
+            InvalidInputError: a field missing or of the wrong type (the message names it).
+        """
+        f = Fields(data, where, "each needs label, peak_reserved (bytes) and step_time_s")
+        f.unknown({"label", "peak_reserved", "step_time_s", "chosen", "measured"})
+        return cls(
+            label=f.get("label", "str"),
+            peak_reserved=f.get("peak_reserved", "bytes"),
+            step_time_s=f.get("step_time_s", "seconds"),
+            chosen=f.get("chosen", "bool", False),
+            measured=f.get("measured", "bool", False),
+        )
 
 
 def check_points(points: Sequence[FrontierPoint]) -> tuple[FrontierPoint, ...]:

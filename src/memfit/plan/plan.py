@@ -11,6 +11,7 @@ from typing import Any
 from torch import nn
 
 from memfit.errors import InvalidInputError
+from memfit.json_fields import Fields
 from memfit.plan.frontier import FrontierPoint
 from memfit.profile import MemoryProfile
 from memfit.step.undo import undo_all
@@ -82,33 +83,85 @@ class Plan:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
-        techniques = []
-        for item in data.get("techniques", ()):
-            item = dict(item)
-            row = by_name(str(item.pop("type", None)))
-            for key, value in item.items():
-                if isinstance(value, list):
-                    item[key] = tuple(value)
-            techniques.append(row.type(**item))
-        profile = data.get("profile")
+        """Read a plan written by ``to_dict`` (``memfit plan --out``); every field is checked.
+
+        Raises:
+            InvalidInputError: not a plan, an unknown technique or setting, or a field of the
+                wrong type (the message names it).
+        """
+        if not isinstance(data, Mapping) or "techniques" not in data:
+            found = sorted(map(str, data))[:8] if isinstance(data, Mapping) else type(data).__name__
+            raise InvalidInputError(
+                f"this JSON is not a memfit plan (found {found}; a plan has techniques, budget, "
+                f"device, profile, ...); write one with `memfit plan MODEL --budget 16GiB --out "
+                f"plan.json` or Plan.to_json()"
+            )
+        f = Fields(data, "plan", _FIX)
+        f.unknown(_PLAN_KEYS)
+        profile = f.get("profile", "object", None, optional=True)
         return cls(
-            techniques=tuple(techniques),
-            budget=int(data.get("budget", 0)),
-            device=str(data.get("device", "")),
+            techniques=tuple(
+                _read_technique(item, i) for i, item in enumerate(f.get("techniques", "list"))
+            ),
+            budget=f.get("budget", "bytes", 0),
+            device=f.get("device", "str", ""),
             profile=MemoryProfile.from_dict(profile) if profile else None,
-            step_time_s=data.get("step_time_s"),
-            baseline_step_time_s=data.get("baseline_step_time_s"),
-            frontier=tuple(FrontierPoint.from_dict(p) for p in data.get("frontier", ())),
-            model_fingerprint=str(data.get("model_fingerprint", "")),
-            notes=tuple(data.get("notes", ())),
+            step_time_s=f.get("step_time_s", "seconds", None, optional=True),
+            baseline_step_time_s=f.get("baseline_step_time_s", "seconds", None, optional=True),
+            frontier=tuple(
+                FrontierPoint.from_dict(p, where=f"plan frontier point {i}")
+                for i, p in enumerate(f.get("frontier", "list", []))
+            ),
+            model_fingerprint=f.get("model_fingerprint", "str", ""),
+            notes=tuple(f.items("notes", "str")),
         )
 
     @classmethod
     def from_json(cls, text: str) -> Plan:
         try:
-            return cls.from_dict(json.loads(text))
-        except json.JSONDecodeError as error:
-            raise InvalidInputError(f"plan is not valid JSON: {error}") from error
+            data = json.loads(text)
+        except (json.JSONDecodeError, TypeError) as error:
+            raise InvalidInputError(
+                f"plan is not valid JSON ({error}); give the text of `memfit plan ... --out "
+                f"plan.json` or Plan.to_json()"
+            ) from None
+        return cls.from_dict(data)
+
+
+_FIX = "write plans with memfit (`memfit plan ... --out plan.json`, Plan.to_json()) or correct it"
+# what to_dict writes; "label" and "overhead" are derived, read back and ignored
+_PLAN_KEYS = {
+    "techniques",
+    "label",
+    "budget",
+    "device",
+    "step_time_s",
+    "baseline_step_time_s",
+    "overhead",
+    "model_fingerprint",
+    "frontier",
+    "notes",
+    "profile",
+}
+
+
+def _read_technique(item: Any, i: int) -> Technique:
+    f = Fields(item, f"plan technique {i}", _FIX)
+    row = by_name(f.get("type", "str"))
+    known = {x.name for x in dataclasses.fields(row.type)}
+    settings = {k: v for k, v in f.data.items() if k != "type"}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise InvalidInputError(
+            f"plan technique {i} ({row.name}) has unknown setting(s) {unknown}; "
+            f"{row.type.__name__} takes: {', '.join(sorted(known)) or 'nothing'}; {_FIX}"
+        )
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()}
+    try:
+        technique: Technique = row.type(**values)
+    except TypeError as error:  # a required setting missing
+        raise InvalidInputError(f"plan technique {i} ({row.name}): {error}; {_FIX}") from None
+    return technique
 
 
 def _name_of(technique: Any) -> str:

@@ -109,8 +109,8 @@ def plan(
             (``OptimizerInBackward``) are left out of the default ``allow``, with a note.
         budget: reserved-memory budget: ``"16GiB"``, bytes, or a fraction of the device.
         device: the target GPU (``memfit devices``).
-        blocks: module names (fnmatch patterns) that may be checkpointed; default: the
-            repeated blocks found automatically.
+        blocks: module names (fnmatch patterns) that may be checkpointed, a list or one
+            comma-separated string; default: the repeated blocks found automatically.
         allow: the techniques the planner may use, by name (one, or several); default: every
             technique it plans that keeps the math (``memfit.techniques.default_allow()``).
         head: the LM head for a chunked loss.
@@ -160,7 +160,7 @@ def plan(
     settings = PlanSettings(
         budget=budget_bytes(budget, spec),
         allow=allowed,
-        blocks=blocks,
+        blocks=[b.strip() for b in blocks.split(",")] if isinstance(blocks, str) else blocks,
         head=head,
         chunks=chunks,
         max_micro_batches=max_micro_batches,

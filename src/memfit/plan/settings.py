@@ -9,7 +9,7 @@ from typing import Any
 
 from memfit.devices import DeviceSpec
 from memfit.errors import InvalidInputError
-from memfit.units import format_bytes, parse_bytes
+from memfit.units import format_bytes, parse_budget, parse_bytes
 
 __all__ = ["PlanSettings", "CHUNK_BYTES", "budget_bytes", "budget_note"]
 
@@ -43,6 +43,38 @@ class PlanSettings:
     margin: float = 0.02
     max_traces: int = 6
 
+    def __post_init__(self) -> None:
+        """Check the search's settings before any tracing."""
+        for name, low in (("chunks", 2), ("max_micro_batches", 1), ("max_traces", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise InvalidInputError(
+                    f"{name}={value!r} must be a whole number of at least {low}, e.g. "
+                    f"{name}={max(low, 4)}"
+                )
+        if (
+            isinstance(self.margin, bool)
+            or not isinstance(self.margin, (int, float))
+            or not (0 <= self.margin < 0.5)
+        ):
+            raise InvalidInputError(
+                f"margin={self.margin!r} must be a fraction of the budget in [0, 0.5), e.g. "
+                f"margin=0.02 (2% kept free for prediction error)"
+            )
+        if not isinstance(self.head, str) or not self.head:
+            raise InvalidInputError(
+                f"head={self.head!r} must be the name of the LM head module, e.g. 'lm_head'"
+            )
+        if self.blocks is not None and (
+            isinstance(self.blocks, str)
+            or not isinstance(self.blocks, (list, tuple))
+            or not all(isinstance(b, str) and b for b in self.blocks)
+        ):
+            raise InvalidInputError(
+                f"blocks={self.blocks!r} must be a list of module patterns, e.g. "
+                f"blocks=['layers.*'] (--blocks layers.0,layers.1 on the command line)"
+            )
+
     @property
     def target(self) -> int:
         """The predicted reserved peak a plan may reach."""
@@ -55,19 +87,33 @@ which PyTorch sees as 23.64 GiB): planned for all the device has, with a note.""
 
 
 def budget_bytes(budget: Any, spec: DeviceSpec) -> int:
-    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
-    if limit > spec.memory_bytes * _NOMINAL_SLACK:
-        raise InvalidInputError(
-            f"budget {format_bytes(limit)} is more than {spec.name} has "
-            f"({format_bytes(spec.memory_bytes)}); give a smaller budget or another --device"
-        )
-    return min(limit, spec.memory_bytes)
+    """The budget in bytes (``memfit.units.parse_budget``); one up to 5% above the device's
+    memory is planned for all of it.
+
+    Raises:
+        InvalidInputError: as ``parse_budget``, for budgets beyond that slack.
+    """
+    try:
+        return parse_budget(budget, of=spec.memory_bytes, device=spec.name)
+    except InvalidInputError:
+        if _nominal(budget, spec):
+            return spec.memory_bytes
+        raise
+
+
+def _nominal(budget: Any, spec: DeviceSpec) -> bool:
+    try:
+        limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
+    except InvalidInputError:
+        return False
+    return spec.memory_bytes < limit <= spec.memory_bytes * _NOMINAL_SLACK
 
 
 def budget_note(budget: Any, spec: DeviceSpec) -> str | None:
-    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
-    if limit <= spec.memory_bytes:
+    """The plan's note when the budget was more than the device has (within the slack)."""
+    if not _nominal(budget, spec):
         return None
+    limit = parse_bytes(budget, of=spec.memory_bytes, what="budget")
     return (
         f"budget {format_bytes(limit)} is more than {spec.name} has; planned for all of its "
         f"{format_bytes(spec.memory_bytes)}"

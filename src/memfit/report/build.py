@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from memfit.errors import InvalidInputError
+from memfit.outputs import check_output_dir, check_output_file
 from memfit.plan.frontier import FrontierPoint, check_points
 from memfit.profile import Category, MemoryProfile
 from memfit.report import mpl
@@ -24,7 +25,7 @@ from memfit.report.frontier import frontier_figure
 from memfit.report.html import Stat, View, render_page
 from memfit.report.text import headline, verdict
 from memfit.snapshot.fragmentation import Fragmentation
-from memfit.units import format_bytes
+from memfit.units import format_bytes, parse_budget
 
 __all__ = ["report", "profile_views", "report_html", "as_profile"]
 
@@ -80,10 +81,18 @@ def profile_views(
             "modules",
             "Activation memory per module",
             modules_figure(profile),
-            caption="What each module keeps alive for backward when forward ends, counting only "
-            "its own allocations (children are listed separately). Checkpointing the top "
-            "entries saves the most.",
-            note="This profile has no per-module activation memory.",
+            caption="What each module keeps alive for backward when forward ends (not at the "
+            "peak, which may come later), counting only its own allocations (children are "
+            "listed separately); xN: N repeated modules with equal figures, each holding the "
+            "bar's bytes. Checkpointing the top entries saves the most.",
+            note=(
+                "This snapshot was recorded without Python stacks or memfit metadata, so no "
+                "allocation can be put to a module. Record with torch.cuda.memory."
+                "_record_memory_history(stacks='python') for source lines, or stamp module "
+                "names as bench/snapshot_fixture.py does."
+                if profile.source == "snapshot"
+                else "This profile has no per-module activation memory."
+            ),
         ),
     ]
     if fragmentation is not None:
@@ -106,7 +115,10 @@ def profile_views(
                 frontier_figure(check_points(frontier), budget=budget),
                 caption="Each point is a plan; the line joins those that no other plan "
                 "beats on both memory and time. Star: the chosen plan; filled: "
-                "measured on a GPU (anchors); hollow: predicted.",
+                "measured on a GPU (anchors); hollow: predicted. Named: the chosen plan, "
+                "the anchors and the unmodified step; every plan is in the table."
+                + (" Dashed: the budget; shaded: past it." if budget is not None else ""),
+                table=_frontier_table(frontier),
             )
         )
     elif budget is not None:
@@ -121,6 +133,19 @@ def profile_views(
             )
         )
     return views
+
+
+def _frontier_table(points: Sequence[FrontierPoint]) -> str:
+    rows = "".join(
+        f"<tr><td>{'* ' if p.chosen else ''}{html.escape(p.label)}</td>"
+        f"<td>{format_bytes(p.peak_reserved)}</td><td>{p.step_time_s * 1e3:.1f} ms</td>"
+        f"<td>{'measured' if p.measured else 'predicted'}</td></tr>"
+        for p in sorted(points, key=lambda q: q.peak_reserved)
+    )
+    return (
+        "<details><summary>Every plan</summary><table><tr><th>plan (* chosen)</th>"
+        "<th>peak reserved</th><th>step time</th><th></th></tr>" + rows + "</table></details>"
+    )
 
 
 def _category_table(profile: MemoryProfile) -> str:
@@ -173,7 +198,7 @@ def report(
     profile_or_plan: Any,
     path: str | Path,
     *,
-    budget: int | None = None,
+    budget: int | str | None = None,
     frontier: Sequence[FrontierPoint] = (),
     fragmentation: Fragmentation | None = None,
     png_dir: str | Path | None = None,
@@ -183,7 +208,8 @@ def report(
     Args:
         profile_or_plan: a MemoryProfile, or a plan with ``.profile`` (and ``.frontier``).
         path: where to write the HTML file.
-        budget: a memory budget in bytes, drawn as a line and used for the verdict.
+        budget: a memory budget (bytes, ``"16GiB"`` or a fraction of the profile's device),
+            drawn as a line and used for the verdict.
         frontier: plans to draw (memory against step time).
         fragmentation: for a recorded run, its fragmentation analysis.
         png_dir: a folder to write ``<view>.png`` files into.
@@ -195,12 +221,16 @@ def report(
         >>> memfit.report(memfit.estimate(model, batch), "report.html")  # doctest: +SKIP
     """
     profile, plan_points, plan_budget = as_profile(profile_or_plan)
-    budget = budget if budget is not None else plan_budget
+    out = check_output_file(path, option="path")
+    if png_dir is not None:
+        check_output_dir(png_dir, option="png_dir")
+    limit = plan_budget  # bytes, or "16GiB" / "0.8" of the profile's device:
+    if budget is not None:
+        limit = parse_budget(budget, of=profile.device_memory or None, device=profile.device)
     views = profile_views(
-        profile, budget=budget, frontier=tuple(frontier) or plan_points, fragmentation=fragmentation
+        profile, budget=limit, frontier=tuple(frontier) or plan_points, fragmentation=fragmentation
     )
-    out = Path(path)
-    out.write_text(report_html(profile, views, budget=budget), encoding="utf-8")
+    out.write_text(report_html(profile, views, budget=limit), encoding="utf-8")
     if png_dir is not None:
         write_pngs(views, png_dir)
     return out
@@ -219,6 +249,9 @@ def write_pngs(views: Sequence[View], folder: str | Path) -> list[Path]:
 
 def compare_report(diff: Any, path: str | Path, *, png_dir: str | Path | None = None) -> Path:
     """Write the HTML comparison of two runs (a ``compare.ProfileDiff``)."""
+    out = check_output_file(path, option="path")
+    if png_dir is not None:
+        check_output_dir(png_dir, option="png_dir")
     a, b = diff.a, diff.b
     name_a, name_b = diff.names
     views = [
@@ -253,7 +286,6 @@ def compare_report(diff: Any, path: str | Path, *, png_dir: str | Path | None = 
         verdict=(f"B needs {sign}{format_bytes(abs(change))} reserved memory compared with A", ""),
         views=views,
     )
-    out = Path(path)
     out.write_text(html_text, encoding="utf-8")
     if png_dir is not None:
         write_pngs(views, png_dir)

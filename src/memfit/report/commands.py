@@ -16,6 +16,7 @@ import click
 
 from memfit.devices import DEFAULT_DEVICE, get_device
 from memfit.errors import BudgetInfeasibleError, InvalidInputError
+from memfit.outputs import check_output_dir, check_output_file
 from memfit.plan.frontier import FrontierPoint
 from memfit.profile import MemoryProfile
 from memfit.report import build
@@ -25,7 +26,7 @@ from memfit.report.text import fragmentation_text, profile_summary, profile_text
 from memfit.snapshot.fragmentation import Fragmentation, analyze
 from memfit.snapshot.load import load_snapshot
 from memfit.snapshot.profile import snapshot_profile
-from memfit.units import format_bytes, parse_bytes
+from memfit.units import format_bytes, parse_budget
 
 __all__ = ["report", "compare"]
 
@@ -89,15 +90,19 @@ def _plan_frontier(model: str, budget: str, options: dict[str, Any], show: bool)
     return plan.frontier
 
 
-def _saved_plan_frontier(path: str) -> tuple[FrontierPoint, ...]:
-    """The frontier inside a plan JSON file (``memfit plan --out``); () for a profile."""
+def _saved_plan(path: str) -> tuple[tuple[FrontierPoint, ...], int | None]:
+    """The frontier and budget inside a plan JSON file (``memfit plan --out``); none for a
+    profile."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-        return ()  # _load_run has said what is wrong with the file
+        return (), None  # _load_run has said what is wrong with the file
     if not isinstance(data, dict) or "techniques" not in data:
-        return ()
-    return tuple(FrontierPoint.from_dict(p) for p in data.get("frontier", ()))
+        return (), None
+    from memfit.plan.plan import Plan  # imports torch: only when it runs
+
+    plan = Plan.from_dict(data)
+    return plan.frontier, plan.budget or None
 
 
 def _frontier(path: str | None) -> tuple[FrontierPoint, ...]:
@@ -107,12 +112,19 @@ def _frontier(path: str | None) -> tuple[FrontierPoint, ...]:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as error:
         raise InvalidInputError(
-            f"--frontier {path!r} is not a readable JSON file ({error})"
+            f"--frontier {path!r} is not a readable JSON file ({error}); give a JSON list of "
+            f"plan points or a plan written by `memfit plan --out plan.json`"
         ) from None
     points = data.get("frontier", data) if isinstance(data, dict) else data
     if not isinstance(points, list):
-        raise InvalidInputError(f"--frontier {path!r} must hold a list of plan points")
-    return tuple(FrontierPoint.from_dict(p) for p in points)
+        raise InvalidInputError(
+            f"--frontier {path!r} must hold a list of plan points, each with label, "
+            f"peak_reserved (bytes) and step_time_s; or a plan written by `memfit plan --out`"
+        )
+    return tuple(
+        FrontierPoint.from_dict(p, where=f"--frontier {path!r} item {i}")
+        for i, p in enumerate(points)
+    )
 
 
 @click.command("report")
@@ -161,6 +173,9 @@ def report(
     """
     show = not quiet and fmt == "table"
     frag: Fragmentation | None = None
+    check_output_file(out)
+    if png_dir is not None:
+        check_output_dir(png_dir)
     frontier = _frontier(frontier_path)
     run = snapshot or source
     if run is None:
@@ -168,10 +183,15 @@ def report(
             "nothing to report on: give a model (`memfit report gpt2`), a profile JSON file, "
             "or --snapshot snapshot.pickle"
         )
+    limit: int | None = None
     if snapshot or run.endswith(".json") or _is_snapshot(run):
         profile, trace = _load_run(run, device=device, device_index=device_index, show=show)
-        if trace is None and not frontier:
-            frontier = _saved_plan_frontier(run)
+        if budget:
+            limit = parse_budget(budget, of=profile.device_memory or None, device=profile.device)
+        if trace is None:  # a plan's own frontier and budget, unless given
+            saved, saved_budget = _saved_plan(run)
+            frontier = frontier or saved
+            limit = limit if limit is not None else saved_budget
         if trace is not None:
             with Progress(
                 f"packing {len(trace.allocations):,} allocations",
@@ -187,10 +207,12 @@ def report(
             "precision": precision,
             "device": device,
         }
+        spec = get_device(device or DEFAULT_DEVICE)
+        if budget:  # before the work: a budget that cannot be read fails at once
+            limit = parse_budget(budget, of=spec.memory_bytes, device=spec.name)
         profile = _estimate(run, options, show)
         if budget and not frontier:  # the plans that would meet it, the fastest marked
             frontier = _plan_frontier(run, budget, options, show)
-    limit = parse_bytes(budget, of=profile.device_memory or None, what="budget") if budget else None
     with Progress("drawing the report", enabled=show):
         path = build.report(
             profile,
@@ -218,7 +240,7 @@ def report(
 
 
 @click.command("compare")
-@click.argument("runs", nargs=2)
+@click.argument("runs", nargs=-1)
 @click.option(
     "--out",
     "-o",
@@ -235,6 +257,17 @@ def compare(
 ) -> None:
     """Put two runs on one axis: RUNS are two profile or plan JSON files, or snapshots."""
     show = not quiet and fmt == "table"
+    if len(runs) != 2:
+        raise InvalidInputError(
+            f"compare takes two runs (profile or plan JSON files, or snapshots), got "
+            f"{len(runs)}: {list(runs)}; e.g. memfit compare before.json after.json"
+        )
+    if out:
+        check_output_file(out)
+    if png_dir is not None:
+        check_output_dir(png_dir)
+    if top < 1:
+        raise InvalidInputError(f"--top {top} must be 1 or more (how many modules to list)")
     a = _load_run(runs[0], device=None, device_index=None, show=show)[0]
     b = _load_run(runs[1], device=None, device_index=None, show=show)[0]
     diff = diff_profiles(a, b, (Path(runs[0]).name, Path(runs[1]).name))

@@ -72,10 +72,25 @@ def load_comparable(path: str | Path) -> MemoryProfile:
             f"{str(path)!r} is not JSON ({error}); compare takes profiles or plans written with "
             f"--format json"
         ) from None
+    if isinstance(data, Mapping) and "techniques" in data:  # a plan: read (and check) it whole
+        from memfit.plan.plan import Plan  # imports torch: only when a plan is read
+
+        plan = Plan.from_dict(data)
+        if plan.profile is None:
+            raise InvalidInputError(
+                f"{str(path)!r} is a memfit plan without a predicted profile (a hand-made "
+                f"plan); give a plan written by `memfit plan ... --out plan.json`, or predict "
+                f"this one first: memfit.estimate(model, batch, plan=...)"
+            )
+        return plan.profile
     if isinstance(data, Mapping) and isinstance(data.get("profile"), Mapping):
-        data = data["profile"]  # a plan, or `memfit report --format json` output
+        data = data["profile"]  # `memfit estimate/report --format json` output
     if not isinstance(data, Mapping):
-        raise InvalidInputError(f"{str(path)!r} holds JSON but not a memfit profile or plan")
+        raise InvalidInputError(
+            f"{str(path)!r} holds a JSON {type(data).__name__}, not a memfit profile or plan; "
+            f"write one with `memfit estimate MODEL --format json > profile.json` or `memfit "
+            f"plan MODEL --budget 16GiB --out plan.json`"
+        )
     return MemoryProfile.from_dict(data)
 
 

@@ -48,7 +48,7 @@ def compare_timeline_figure(diff: ProfileDiff, *, max_points: int = 1200) -> Fig
         ax.set_xlabel("progress through the step (each run stretched to the same length)")
         ax.set_ylabel(f"allocated ({unit})")
         ax.set_title("Live memory, both runs on one axis")
-        ax.legend(loc="upper left", fontsize=8)
+        fig.legend(loc="outside lower center", fontsize=8, ncols=2)  # off the data
     return fig
 
 
@@ -67,7 +67,7 @@ def compare_categories_figure(diff: ProfileDiff) -> Figure:
         ax.invert_yaxis()
         ax.set_xlabel(unit)
         ax.set_title("At the peak, by category")
-        ax.legend(loc="lower right", fontsize=8)
+        fig.legend(loc="outside lower center", fontsize=8, ncols=2)
     return fig
 
 

@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 from memfit.profile import Category, MemoryProfile
 from memfit.report import mpl
+from memfit.report.module_rows import fold_repeated
 from memfit.units import format_bytes
 
 if TYPE_CHECKING:
@@ -16,14 +17,14 @@ __all__ = ["modules_figure"]
 
 def modules_figure(profile: MemoryProfile, *, top: int = 20) -> Figure | None:
     """Activation memory per module (own allocations, children excluded), largest first."""
-    mods = [m for m in profile.modules if m.self_activation_bytes > 0]
-    value = lambda m: m.self_activation_bytes  # noqa: E731
-    if not mods:
-        mods = [m for m in profile.modules if m.activation_bytes > 0]
-        value = lambda m: m.activation_bytes  # noqa: E731
+    own = any(m.self_activation_bytes > 0 for m in profile.modules)
+    mods = fold_repeated(
+        (m for m in profile.modules if (m.self_activation_bytes if own else m.activation_bytes)),
+        own=own,
+    )
+    value = (lambda m: m.self_activation_bytes) if own else (lambda m: m.activation_bytes)
     if not mods:
         return None
-    mods.sort(key=lambda m: -value(m))
     shown, rest = mods[:top], mods[top:]
     scale, unit = mpl.byte_unit(value(shown[0]))
     with mpl.style():
@@ -31,9 +32,12 @@ def modules_figure(profile: MemoryProfile, *, top: int = 20) -> Figure | None:
         by_line = all(m.module_type == "source line" for m in shown)
         names = [
             _short(
-                f"{m.fqn or '(model)'} ({m.module_type})"
-                if m.module_type and not by_line
-                else m.fqn
+                (
+                    f"{m.label or '(model)'} ({m.module_type})"
+                    if m.module_type and not by_line
+                    else m.label
+                )
+                + (f" x{m.count}" if m.count > 1 else "")
             )
             for m in shown
         ]
@@ -48,13 +52,15 @@ def modules_figure(profile: MemoryProfile, *, top: int = 20) -> Figure | None:
         ax.set_xlim(0, max(widths) * 1.18)
         ax.set_xlabel(unit)
         where = "source line (innermost frame outside torch)" if by_line else "module"
-        ax.set_title(f"Activation memory per {where}, alive at the end of forward")
+        ax.set_title(
+            f"Activation memory per {where} (xN: each of N alike), alive at the end of forward"
+        )
         if rest:
             ax.text(
                 0.99,
                 0.01,
-                f"top {len(shown)} of {len(mods)}; the other {len(rest)} hold "
-                f"{format_bytes(sum(value(m) for m in rest))}",
+                f"top {len(shown)} of {len(mods)} rows; the others hold "
+                f"{format_bytes(sum(value(m) * m.count for m in rest))}",
                 transform=ax.transAxes,
                 ha="right",
                 va="bottom",

@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from memfit.profile import Category, MemoryProfile
+from memfit.report.module_rows import fold_repeated
 from memfit.report.tables import format_table
 from memfit.snapshot.fragmentation import Fragmentation
 from memfit.units import format_bytes
@@ -105,28 +106,36 @@ def profile_text(profile: MemoryProfile, *, budget: int | None = None, top: int 
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in profile.host_bytes.items())
         lines.append(f"host memory     {format_bytes(profile.host_peak)} ({parts})")
     lines += ["", _category_table(profile)]
-    mods = sorted(
-        (m for m in profile.modules if m.self_activation_bytes > 0),
-        key=lambda m: -m.self_activation_bytes,
-    )[:top]
-    if mods:
-        rows = [
-            (
-                m.fqn or "(model)",
-                m.module_type,
-                format_bytes(m.self_activation_bytes),
-                format_bytes(m.activation_bytes),
-            )
-            for m in mods
-        ]
+    rows = fold_repeated(m for m in profile.modules if m.self_activation_bytes > 0)[:top]
+    if rows:
         lines += [
             "",
+            _modules_note(profile),
             format_table(
-                ("module", "type", "activations (own)", "with children"), rows, align="llrr"
+                ("module", "type", "count", "activations (own, each)", "with children"),
+                [
+                    (
+                        r.label or "(model)",
+                        r.module_type,
+                        f"x{r.count}" if r.count > 1 else "",
+                        format_bytes(r.self_activation_bytes),
+                        format_bytes(r.activation_bytes),
+                    )
+                    for r in rows
+                ],
+                align="llrrr",
             ),
         ]
     lines += [f"warning: {w}" for w in profile.warnings]
     return "\n".join(lines)
+
+
+def _modules_note(profile: MemoryProfile) -> str:
+    """When the module figures are taken, against the peak of the table above."""
+    return (
+        f"by module: what each keeps for backward, alive when forward ends; the peak above is "
+        f"at {_where(profile)}, with other tensors alive, so these need not add up to it"
+    )
 
 
 def _category_table(profile: MemoryProfile) -> str:

@@ -112,3 +112,72 @@ def _check_shape(snapshot: Any, name: str) -> None:
             f"{name!r} has no allocation history (device_traces is empty): it was taken without "
             f"recording. {HOW_TO_SNAPSHOT}"
         )
+    for d, trace in enumerate(traces):
+        for i, entry in enumerate(trace):
+            _check_fields(entry, _ENTRY_FIELDS, f"device_traces[{d}][{i}]", name)
+    for k, segment in enumerate(segments):
+        _check_fields(segment, _SEGMENT_FIELDS, f"segments[{k}]", name)
+        blocks = segment.get("blocks", [])
+        if not isinstance(blocks, list):
+            raise InvalidInputError(
+                f"{name!r}: segments[{k}]['blocks'] is {type(blocks).__name__}, not a list of "
+                f"blocks; {_NOT_WRITTEN_BY_TORCH}"
+            )
+        for b, block in enumerate(blocks):
+            _check_fields(block, _BLOCK_FIELDS, f"segments[{k}]['blocks'][{b}]", name)
+
+
+_NOT_WRITTEN_BY_TORCH = (
+    "torch.cuda.memory._dump_snapshot never writes that: take the snapshot again rather than "
+    "edit it. " + HOW_TO_SNAPSHOT
+)
+_MEMORY_ACTIONS = {"alloc", "free_requested", "free_completed", "segment_alloc", "segment_free",
+                   "segment_map", "segment_unmap"}  # fmt: skip
+# field -> (required for memory actions, kind); "count" is an int >= 0
+_ENTRY_FIELDS = {"action": (True, "str"), "addr": (True, "count"), "size": (True, "count"),
+                 "stream": (False, "int"), "frames": (False, "list")}  # fmt: skip
+_SEGMENT_FIELDS = {"total_size": (True, "count"), "address": (False, "count"),
+                   "device": (False, "count"), "stream": (False, "int")}  # fmt: skip
+_BLOCK_FIELDS = {"size": (True, "count"), "address": (False, "count"),
+                 "requested_size": (False, "count"), "state": (False, "str")}  # fmt: skip
+
+
+def _kind_ok(kind: str, value: Any) -> bool:
+    if kind == "str":
+        return isinstance(value, str)
+    if kind == "list":
+        return isinstance(value, list)
+    whole = isinstance(value, int) and not isinstance(value, bool)
+    return whole and (kind == "int" or value >= 0)
+
+
+def _check_fields(
+    entry: dict[str, Any], fields: dict[str, tuple[bool, str]], where: str, name: str
+) -> None:
+    """Raise InvalidInputError naming ``where`` when a field is missing or of the wrong type."""
+    if "action" in fields and entry.get("action") not in _MEMORY_ACTIONS:
+        if isinstance(entry.get("action"), str):
+            return  # oom, snapshot, annotate...: only read for warnings
+        fields = {"action": fields["action"]}
+    for field, (required, kind) in fields.items():
+        if field not in entry:
+            if required:
+                raise InvalidInputError(
+                    f"{name!r}: {where} has no {field!r} ({_entry_text(entry)}); "
+                    f"{_NOT_WRITTEN_BY_TORCH}"
+                )
+            continue
+        value = entry[field]
+        if not _kind_ok(kind, value):
+            wanted = {"str": "a string", "list": "a list", "int": "an integer"}.get(
+                kind, "a whole number of 0 or more"
+            )
+            raise InvalidInputError(
+                f"{name!r}: {where} has {field} {value!r} ({_entry_text(entry)}); {field} must "
+                f"be {wanted}. {_NOT_WRITTEN_BY_TORCH}"
+            )
+
+
+def _entry_text(entry: dict[str, Any]) -> str:
+    text = ", ".join(f"{k}={v!r}" for k, v in entry.items() if k != "frames")
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -3,11 +3,12 @@
 The profile has the schema of a prediction, so every view of the report (peak by category, live
 memory over the step, activation memory per module) draws measured data the same way.
 
-Categories at the peak come from each allocation's phase and lifetime: made by ``torch.nn``
-before the step: param; made in forward and freed by the end of backward: activation; made in
-backward and still alive after it: grad (otherwise temporary); made in the optimizer step and
-still alive after it: optimizer state (otherwise temporary); anything else, library workspaces
-included: other. memfit metadata (see ``snapshot_frames``) overrides this guess.
+Categories at the peak come from each allocation's phase and lifetime (phases from the
+stacks, or, for a snapshot recorded without them, from the order of allocations: ``order.py``):
+made by ``torch.nn`` before the step: param; made in forward and freed by the end of backward:
+activation; made in backward and still alive after it: grad (otherwise temporary); made in the
+optimizer step and still alive after it: optimizer state (otherwise temporary); anything else,
+library workspaces included: other. memfit metadata (see ``snapshot_frames``) overrides this guess.
 
 Known limitations:
     * Buffers are counted as params, and inputs as other, unless metadata says so.
@@ -26,6 +27,7 @@ import numpy as np
 
 from memfit.devices import DeviceSpec
 from memfit.profile import Category, LiveTensor, MemoryProfile, ModuleMemory, Phase, TimelineEvent
+from memfit.snapshot.order import has_phases, infer_from_order
 from memfit.snapshot.thin import thin_indices
 from memfit.snapshot.trace import Allocation, DeviceTrace, replay
 
@@ -54,6 +56,8 @@ def snapshot_profile(
         The profile and the replayed trace it came from (for the fragmentation view).
     """
     trace = replay(snapshot, device_index)
+    if not has_phases(trace):  # no stacks, no metadata: read the phases from allocation order
+        trace = infer_from_order(trace) or trace
     categories = categorize(trace)
     peak = trace.peak_index
     alive = [k for k, a in enumerate(trace.allocations) if a.start <= peak < a.end]
@@ -167,6 +171,8 @@ def _modules(trace: DeviceTrace, categories: list[Category]) -> tuple[ModuleMemo
         if cat is Category.ACTIVATION and a.start <= at < a.end:
             own[a.module or a.where or "(no stack)"] += a.rounded
     named = any(a.module for a in trace.allocations)
+    if not named and not any(a.where for a in trace.allocations):
+        return ()  # no stacks, no metadata: nothing names a module
     total: dict[str, int] = defaultdict(int)
     for label, num_bytes in own.items():
         total[label] += num_bytes

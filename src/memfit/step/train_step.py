@@ -26,6 +26,7 @@ from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, spli
 from memfit.step.lean_saving import lean_saving, warn_if_compiled
 from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update
 from memfit.step.precision import Precision
+from memfit.step.undo import applied, undo_all
 from memfit.technique_rules import check_combination, check_step_options
 from memfit.techniques import MicroBatch, OptimizerInBackward
 
@@ -52,7 +53,9 @@ class TrainStep:
             losses weighted by ``n_i / N``: exact for losses that are means over samples;
             memfit's chunked loss and Hugging Face's causal-LM loss divide each by the whole
             batch's labelled tokens instead, exact for token means).
-        device_type: the device autocast runs for (``"cuda"``).
+        device_type: the device autocast (and fp16's gradient scaler) runs for; None: the
+            device of the model's parameters (``"cuda"``, or ``"cpu"`` for a model on the CPU,
+            which then runs CPU autocast in the plan's precision).
         forward_batch: what the model is called with, given the batch (a technique may drop
             keys, such as labels when the loss is computed outside the model).
         lean_autocast: run autocast without its weight cache, and forward keeping no autocast
@@ -86,7 +89,7 @@ class TrainStep:
         forward: Callable[[Any, Any], Any] | None = None,
         precision: str | Precision = "fp32",
         micro_batches: int = 1,
-        device_type: str = "cuda",
+        device_type: str | None = None,
         forward_batch: Callable[[Any], Any] | None = None,
         lean_autocast: bool = False,
         recompute_products: bool = False,
@@ -126,6 +129,8 @@ class TrainStep:
         self.mark: Mark = _no_mark
         self.grad_scale: torch.Tensor | None = None  # fp16 scaling emulated on fake tensors
         self.grad_scaler: Any = None
+        device_type = device_type or parameter_device_type(model)
+        self.device_type = device_type
         if self.precision.grad_scaler and device_type != "fake":
             self.grad_scaler = torch.amp.GradScaler(device_type)
         dtype = self.precision.autocast_dtype
@@ -188,6 +193,19 @@ class TrainStep:
         )
 
     # --- the whole step -------------------------------------------------------------------
+    def undo(self) -> None:
+        """Put the model (and optimizer) back exactly as before ``memfit.apply`` made this step
+        (nothing to do, and no warning, for a plan that changed nothing); the step must not be
+        called after that."""
+        module = model_module(self.model)
+        if module is None:
+            raise InvalidInputError(
+                f"this step runs {type(self.model).__name__}, not an nn.Module memfit changed; "
+                f"there is nothing to undo"
+            )
+        if applied(module):
+            undo_all(module)
+
     def __call__(self, batch: Any) -> torch.Tensor:
         return self.step(batch)
 
@@ -312,6 +330,15 @@ def warn_if_label_shares_differ(parts: list[Any], sizes: list[int]) -> None:
             f"samples, or plan without micro-batching (allow without 'micro_batch')",
             stacklevel=5,  # the caller of step(batch)
         )
+
+
+def parameter_device_type(model: Any) -> str:
+    """Where the model's parameters live ("cuda" if any do; "cuda" for a model without any)."""
+    module = model_module(model)
+    kinds = {p.device.type for p in module.parameters()} if module is not None else set()
+    if "cuda" in kinds or not kinds:
+        return "cuda"
+    return sorted(kinds)[0]
 
 
 def model_module(model: Any) -> nn.Module | None:

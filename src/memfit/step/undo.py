@@ -20,7 +20,7 @@ from torch import nn
 
 from memfit.errors import MemfitError
 
-__all__ = ["UndoFn", "record", "undo_all", "applied", "run_in_reverse"]
+__all__ = ["UndoFn", "record", "undo", "undo_all", "applied", "run_in_reverse"]
 
 UndoFn = Callable[[], None]
 """Puts back what one applier changed; takes no argument and returns nothing."""
@@ -54,6 +54,12 @@ def undo_all(model: nn.Module) -> None:
         MemfitError: when an undo step fails; the others still run, and the model may be left
             partly modified (the message names the steps that failed).
     """
+    if not isinstance(model, nn.Module):
+        raise MemfitError(
+            f"undo takes the nn.Module memfit.apply changed, not {model!r} of type "
+            f"{type(model).__name__}: memfit.undo(model), or step.undo() on the step apply "
+            f"returned"
+        )
     stack = _APPLIED.pop(model, None)
     if not stack:
         warnings.warn(
@@ -63,6 +69,18 @@ def undo_all(model: nn.Module) -> None:
         )
         return
     run_in_reverse(stack)
+
+
+def undo(model: nn.Module) -> None:
+    """``memfit.undo(model)``: put ``model`` (and its optimizer) back exactly as before
+    ``memfit.apply``, whatever was applied: a plan from ``memfit.plan`` or a list of techniques.
+
+    The same as ``step.undo()`` on the step ``memfit.apply`` returned and ``plan.undo(model)``.
+
+    Raises:
+        MemfitError: as ``undo_all``.
+    """
+    undo_all(model)
 
 
 def run_in_reverse(undos: list[UndoFn]) -> None:

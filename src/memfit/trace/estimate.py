@@ -23,6 +23,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device, host_spec
+from memfit.errors import InvalidInputError
 from memfit.offload_cost import calibrated_host, offloaded_step_time
 from memfit.profile import MemoryProfile
 from memfit.step.batch import describe_batch
@@ -30,13 +31,14 @@ from memfit.step.in_force import InForce, techniques_in_force
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
-from memfit.step.undo import run_in_reverse
+from memfit.step.undo import applied, run_in_reverse
+from memfit.structure.token_inputs import check_token_inputs
 from memfit.technique_rules import check_combination, check_step_options
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.fakeify import FakeModel, prepare_batch, prepare_model
-from memfit.trace.inputs import resolve
+from memfit.trace.inputs import SpecBatch, resolve
 from memfit.trace.optimizers import make_optimizer, optimizer_label, watch_gradients
 from memfit.trace.recorder import MemoryRecorder, Trace, live_until
 from memfit.trace.replay import replay
@@ -178,11 +180,20 @@ def trace_step(
         grad_scaler=precision.grad_scaler,
     )
     name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
+    if isinstance(model, nn.Module) and applied(model) and techniques.techniques:
+        raise InvalidInputError(
+            f"memfit's techniques are already applied to this {type(model).__name__} (by "
+            f"memfit.apply); to predict another plan, undo them first with step.undo() or "
+            f"memfit.undo(model), or estimate without plan= to predict the model as it is"
+        )
     started = time.perf_counter()
     fake_mode = FakeTensorMode()
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
+    declared = batch.bounds() if isinstance(batch, SpecBatch) else None
     fake_model, example = _build(model, batch, fake_mode, recorder, precision)
+    # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and declared bounds
+    check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
     report("tracing forward, backward and optimizer step")
     record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
     report("simulating the CUDA caching allocator")

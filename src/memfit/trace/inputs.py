@@ -25,7 +25,7 @@ from torch import nn
 from memfit import zoo
 from memfit.errors import InvalidInputError
 
-__all__ = ["TensorSpec", "parse_input_spec", "make_inputs", "resolve"]
+__all__ = ["TensorSpec", "SpecBatch", "parse_input_spec", "make_inputs", "resolve"]
 
 _DTYPES = {
     "float32": torch.float32,
@@ -89,7 +89,10 @@ def parse_input_spec(text: str) -> list[TensorSpec]:
                 f"input spec item {item!r} has a shape that is not a list of integers; {_SPEC_HELP}"
             ) from None
         if any(d < 1 for d in shape):
-            raise InvalidInputError(f"input spec item {item!r} has a dimension < 1")
+            raise InvalidInputError(
+                f"input spec item {item!r} has a dimension < 1; every dimension is 1 or more. "
+                f"{_SPEC_HELP[0].upper()}{_SPEC_HELP[1:]}"
+            )
         high = int(match.group("high")) if match.group("high") else None
         dtype = _DTYPES[dtype_name]
         if high is not None and (dtype.is_floating_point or dtype == torch.bool or high < 1):
@@ -122,6 +125,25 @@ def make_inputs(specs: list[TensorSpec], *, device: str | torch.device = "cpu") 
     return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
+@dataclass(frozen=True)
+class SpecBatch:
+    """A batch maker from an input spec, which remembers the spec's bounds (``<N``)."""
+
+    specs: tuple[TensorSpec, ...]
+
+    def __call__(self) -> Any:
+        return make_inputs(list(self.specs))
+
+    def bounds(self) -> dict[Any, int]:
+        """The declared exclusive upper bound of each integer input, by name or position."""
+        named = self.specs[0].name is not None
+        keys = [
+            s.name if named else (i if len(self.specs) > 1 else None)
+            for i, s in enumerate(self.specs)
+        ]
+        return {k: s.high for k, s in zip(keys, self.specs, strict=True) if s.high is not None}
+
+
 def resolve(
     model: Any, batch: Any, batch_size: int | None = None, seq_len: int | None = None
 ) -> tuple[str, nn.Module | Callable[[], nn.Module], Any]:
@@ -145,8 +167,7 @@ def resolve(
             "as 'input_ids=int64[8,1024]<50257', or a zoo model name for its default batch"
         )
     if isinstance(batch, str):
-        specs = parse_input_spec(batch)
-        batch = lambda: make_inputs(specs)  # noqa: E731
+        batch = SpecBatch(tuple(parse_input_spec(batch)))
     if name is None:
         name = getattr(model, "__name__", None) if not isinstance(model, nn.Module) else None
         name = name or type(model).__name__

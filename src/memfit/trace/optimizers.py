@@ -29,6 +29,7 @@ __all__ = [
     "watch_gradients",
     "state_tensors",
     "host_tensors",
+    "check_optimizer",
 ]
 
 OptimizerFactory = Callable[[Sequence[torch.Tensor]], torch.optim.Optimizer]
@@ -53,6 +54,23 @@ def optimizer_label(optimizer: str | OptimizerFactory | None) -> str | None:
     if isinstance(optimizer, str):
         return optimizer
     return getattr(optimizer, "__name__", "custom")
+
+
+def check_optimizer(optimizer: object) -> None:
+    """Raise InvalidInputError unless ``optimizer`` is a known name, None, or a factory."""
+    if _no_optimizer(optimizer) or callable(optimizer):
+        return
+    if isinstance(optimizer, str):
+        if optimizer.lower() not in OPTIMIZERS:
+            raise InvalidInputError(
+                f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}, none (no "
+                f"optimizer step), or pass a factory: lambda params: torch.optim.X(params, ...)"
+            )
+        return
+    raise InvalidInputError(
+        f"optimizer {optimizer!r} must be a name ({', '.join(OPTIMIZERS)}), None, or a factory "
+        f"taking the parameters: lambda params: torch.optim.X(params, ...)"
+    )
 
 
 def make_optimizer(

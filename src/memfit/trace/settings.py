@@ -13,12 +13,13 @@ from typing import Any
 
 import torch
 
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
 from memfit.errors import InvalidInputError
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
+from memfit.trace.optimizers import check_optimizer
 
 __all__ = ["StepSettings"]
 
@@ -59,6 +60,31 @@ class StepSettings:
     host: HostSpec | None = None
     clip_grad_norm: float | None = None
     accumulate: int = 1
+
+    def __post_init__(self) -> None:
+        """Check every setting before any work (a tracer run takes seconds)."""
+        check_optimizer(self.optimizer)
+        Precision.parse(self.precision)
+        get_device(self.device)
+        for name in ("loss_fn", "forward"):
+            value = getattr(self, name)
+            if value is not None and not callable(value):
+                shape = (
+                    "(output, batch) -> loss" if name == "loss_fn" else "(model, batch) -> output"
+                )
+                raise InvalidInputError(
+                    f"{name}={value!r} is not callable; pass a function {shape}, or None for "
+                    f"the default"
+                )
+        for name in ("batch_size", "seq_len"):
+            value = getattr(self, name)
+            if value is not None and (
+                isinstance(value, bool) or not isinstance(value, int) or value < 1
+            ):
+                raise InvalidInputError(
+                    f"{name}={value!r} must be a whole number of at least 1 (or None for the "
+                    f"zoo model's default), e.g. {name}=8"
+                )
 
     def with_options(self, **options: Any) -> StepSettings:
         """These settings with some replaced, by keyword (``precision="fp32"``).

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from memfit.errors import InvalidInputError
-from memfit.zoo import bert, gpt2, llama, resnet, vit
+from memfit.zoo import bert, gpt2, hf, llama, resnet, vit
 from memfit.zoo.inputs import ImageInputs, TokenInputs
 
 __all__ = ["ZooEntry", "get", "names"]
@@ -33,6 +33,8 @@ class ZooEntry:
         num_params: parameters of the default config, by formula (tied weights once).
         input_spec: ``input_spec(batch_size, seq_len)`` -> text such as
             ``"input_ids=int64[8,1024]<50257 labels=int64[8,1024]<50257"``.
+        implementation: whose code builds it: ``"memfit"`` (its own, in plain PyTorch) or
+            ``"transformers"`` (Hugging Face's, listed when transformers is installed).
     """
 
     name: str
@@ -44,6 +46,7 @@ class ZooEntry:
     default_seq_len: int | None
     num_params: int
     input_spec: Callable[[int | None, int | None], str]
+    implementation: str = "memfit"
 
 
 def _lm(
@@ -56,6 +59,7 @@ def _lm(
     num_params: int,
     batch_size: int,
     seq_len: int,
+    implementation: str = "memfit",
 ) -> ZooEntry:
     inputs = TokenInputs(name, config.vocab_size, config.max_seq_len, batch_size, seq_len)
     return ZooEntry(
@@ -68,6 +72,7 @@ def _lm(
         default_seq_len=seq_len,
         num_params=num_params,
         input_spec=inputs.input_spec,
+        implementation=implementation,
     )
 
 
@@ -101,7 +106,7 @@ def _entries() -> dict[str, ZooEntry]:
     entries = [
         _lm(
             "gpt2",
-            "GPT-2 small: 12 layers, width 768, 12 heads, tied LM head",
+            "GPT-2 small: 12 layers, width 768, 12 heads, tied LM head (Hugging Face's: hf-gpt2)",
             family="causal-lm",
             build=lambda: gpt2.GPT2(small),
             config=small,
@@ -132,7 +137,7 @@ def _entries() -> dict[str, ZooEntry]:
         _lm(
             "llama-3b",
             "Llama-3.2-3B's shape: 28 layers, width 3072, 24 heads (8 KV), MLP 8192, vocabulary "
-            "128256, tied head",
+            "128256, tied head (Hugging Face's: hf-llama-3b)",
             family="causal-lm",
             build=lambda: llama.Llama(llama_3b),
             config=llama_3b,
@@ -167,6 +172,21 @@ def _entries() -> dict[str, ZooEntry]:
             batch_size=64,
         ),
     ]
+    if hf.available():  # Hugging Face's implementations of the same architectures
+        entries += [
+            _lm(
+                m.name,
+                m.description,
+                family=m.family,
+                build=m.build,
+                config=m.shapes,
+                num_params=m.num_params,
+                batch_size=m.batch_size,
+                seq_len=m.seq_len,
+                implementation="transformers",
+            )
+            for m in hf.HF_MODELS
+        ]
     return {entry.name: entry for entry in entries}
 
 
