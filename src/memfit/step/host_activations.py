@@ -11,10 +11,10 @@ the side stream, so that each is on the GPU before its recomputation needs it; t
 stream waits for a tensor's copy only where it uses it. Copies are bitwise: gradients are
 identical.
 
-Pinned buffers are page-locked in place (``cudaHostRegister``, exact sizes) and reused from step
-to step. On fake tensors (memfit's tracer) the same hooks release the saved tensors in forward
-and allocate them again at the prefetch in backward, and count the host bytes instead of
-allocating them.
+Pinned buffers are page-locked in place (``cudaHostRegister``, exact sizes: ``step.pinned``),
+reused from step to step, and unlocked on undo or when the offloader is dropped. On fake
+tensors (memfit's tracer) the same hooks release the saved tensors in forward and allocate them
+again at the prefetch in backward, and count the host bytes instead of allocating them.
 """
 
 from __future__ import annotations
@@ -26,6 +26,8 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
+from memfit.step.pinned import PinnedHost
+
 __all__ = ["ActivationOffloader"]
 
 
@@ -34,25 +36,21 @@ class _HostPool:
 
     def __init__(self) -> None:
         self._free: dict[int, list[torch.Tensor]] = defaultdict(list)
-        self._registered: list[torch.Tensor] = []
+        self.pinned = PinnedHost()
 
     def take(self, nbytes: int, pin: bool) -> torch.Tensor:
         if self._free[nbytes]:
             return self._free[nbytes].pop()
         buffer = torch.empty(nbytes, dtype=torch.uint8)
         if pin:
-            code = torch.cuda.cudart().cudaHostRegister(buffer.data_ptr(), nbytes, 0)
-            if int(code) == 0:
-                self._registered.append(buffer)
+            self.pinned.pin(buffer)
         return buffer
 
     def give(self, buffer: torch.Tensor) -> None:
         self._free[buffer.numel()].append(buffer)
 
     def close(self) -> None:
-        for buffer in self._registered:
-            torch.cuda.cudart().cudaHostUnregister(buffer.data_ptr())
-        self._registered.clear()
+        self.pinned.release()
         self._free.clear()
 
 
@@ -209,6 +207,9 @@ class ActivationOffloader:
                     del self.groups[group]
 
     def close(self) -> None:
+        """Drop what is held and unlock the host buffers (after the side streams' copies)."""
+        for stream in self._streams.values():
+            stream.synchronize()
         self.groups.clear()
         self.pool.close()
 

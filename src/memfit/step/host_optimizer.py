@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import threading
+import time
 import warnings
 import weakref
 from collections.abc import Iterable
@@ -45,6 +46,7 @@ from memfit.step.host_params import (
     take_state,
 )
 from memfit.step.host_worker import HostWorker
+from memfit.step.pinned import PinnedHost
 
 __all__ = ["HostOptimizer"]
 
@@ -114,7 +116,8 @@ class HostOptimizer:
         self._flat: dict[str, torch.Tensor] = {}
         self._saved_state: dict[nn.Parameter, dict[str, Any]] = {}
         self._worker: HostWorker | None = None
-        self._registered: list[torch.Tensor] = []
+        self._pinned = PinnedHost()
+        self.forward_wait_s = 0.0  # time forwards waited for host updates (benchmarks read it)
         self._attached = False
         self._cuda = False
         self._simulated = any(is_fake(p) for _, p in self._params)
@@ -172,6 +175,9 @@ class HostOptimizer:
                 self._scratch = torch.empty(largest, dtype=torch.float32)
             return
         self._cuda = params[0].device.type == "cuda"
+        if self._cuda:
+            self._d2h = torch.cuda.Stream(params[0].device)
+            self._h2d = torch.cuda.Stream(params[0].device)
         total = sum(p.numel() for p in params)
         self._flat = {
             "master": torch.empty(total, dtype=torch.float32),
@@ -203,9 +209,6 @@ class HostOptimizer:
             entry.consumed.set()
             self._entries[param] = entry
         self._make_working_copies()
-        if self._cuda:
-            self._d2h = torch.cuda.Stream(params[0].device)
-            self._h2d = torch.cuda.Stream(params[0].device)
         for param in params:
             self._handles.append(param.register_post_accumulate_grad_hook(self._on_grad))
         self._install_waits()
@@ -233,14 +236,9 @@ class HostOptimizer:
         return released
 
     def _pin(self, tensor: torch.Tensor) -> None:
-        """Page-lock ``tensor`` in place (exact size; PyTorch's pinned allocator rounds sizes
-        up to powers of two)."""
-        if not self._cuda or tensor.numel() == 0:
-            return
-        nbytes = tensor.numel() * tensor.element_size()
-        code = torch.cuda.cudart().cudaHostRegister(tensor.data_ptr(), nbytes, 0)
-        if int(code) == 0:
-            self._registered.append(tensor)
+        """Page-lock ``tensor`` in place when the step runs on a GPU (``step.pinned``)."""
+        if self._cuda:
+            self._pinned.pin(tensor)
 
     def _install_waits(self) -> None:
         model = self._model()
@@ -266,7 +264,9 @@ class HostOptimizer:
     def _wait_for(self, entries: list[_Entry]) -> None:
         for entry in entries:
             if not entry.ready.is_set():
+                started = time.perf_counter()
                 entry.ready.wait()
+                self.forward_wait_s += time.perf_counter() - started
             if entry.device_ready is not None:
                 torch.cuda.current_stream().wait_event(entry.device_ready)
                 entry.device_ready = None
@@ -346,6 +346,10 @@ class HostOptimizer:
             done.record(self._h2d)
         entry.device_ready = done
 
+    def busy_s(self) -> float:
+        """Seconds the worker has spent on host updates since ``attach``."""
+        return self._worker.busy_s if self._worker is not None else 0.0
+
     def synchronize(self) -> None:
         """Wait until every queued host update is done and its weights are on the device."""
         self._held = []
@@ -408,8 +412,9 @@ class HostOptimizer:
         self._handles.clear()
 
     def _release_host(self) -> None:
-        for tensor in self._registered:
-            torch.cuda.cudart().cudaHostUnregister(tensor.data_ptr())
-        self._registered.clear()
+        if self._cuda:  # the side streams' copies read and write the pinned buffers
+            self._d2h.synchronize()
+            self._h2d.synchronize()
+        self._pinned.release()
         self._entries.clear()
         self._flat.clear()

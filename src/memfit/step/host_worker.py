@@ -13,6 +13,7 @@ from __future__ import annotations
 import heapq
 import itertools
 import threading
+import time
 from collections.abc import Callable
 
 import torch
@@ -41,6 +42,7 @@ class HostWorker:
         self._pending = 0
         self._error: BaseException | None = None
         self._closed = False
+        self.busy_s = 0.0  # time spent running jobs (read by benchmarks)
         self._thread = threading.Thread(target=self._run, name="memfit-host-optimizer", daemon=True)
         self._thread.start()
 
@@ -83,12 +85,14 @@ class HostWorker:
                 if not self._queue:
                     return
                 _, _, job = heapq.heappop(self._queue)
+            started = time.perf_counter()
             try:
                 job()
             except BaseException as error:  # kept for the main thread, which raises it
                 if self._error is None:
                     self._error = error
             finally:
+                self.busy_s += time.perf_counter() - started
                 with self._lock:
                     self._pending -= 1
                     self._lock.notify_all()

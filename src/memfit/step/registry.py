@@ -119,12 +119,14 @@ def apply_techniques(
                     message = f"{technique!r}: {error}; nothing was applied"
                     raise _same_kind(error, message) from error
     done: list[UndoFn] = []
-    for technique in techniques + ([_OptimizerChanges()] if optimizer is not None else []):
+    steps: list[Any] = techniques + [_OptimizerChanges()]
+    for technique in steps:
         try:
-            if isinstance(technique, _OptimizerChanges):
-                done.append(context.change_optimizer(optimizer))
-            else:
+            if not isinstance(technique, _OptimizerChanges):
                 done.append(_APPLIERS[type(technique)](model, technique, context))
+            elif optimizer is not None and context.optimizer_changes:
+                # only real changes are recorded: an empty plan leaves nothing to undo
+                done.append(context.change_optimizer(optimizer))
         except Exception as error:
             _rollback(done, technique, error)
             if isinstance(error, MemfitError):
