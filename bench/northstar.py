@@ -314,9 +314,21 @@ def main() -> None:
         "extra names joined by '+' (e.g. default,pure_bf16,low_bit_optimizer)",
     )
     parser.add_argument("--loss-chunks", type=int, default=16)
+    parser.add_argument(
+        "--deadline-s",
+        type=float,
+        default=None,
+        help="plans part: skip the plans that would start with less than 60 s of this left",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
+    started_at = time.perf_counter()
+    args.left_s = lambda: (
+        float("inf")
+        if args.deadline_s is None
+        else args.deadline_s - (time.perf_counter() - started_at)
+    )
     args.threads = [int(x) for x in args.threads.split(",")]
     args.seq = SEQ
     args.plan_batches = [int(x) for x in args.plan_batches.split(",")]

@@ -44,10 +44,15 @@ def plans(args, ns) -> dict:
     size = "small" if args.smoke else "full"
     vocab = llama_3b_config(size).vocab_size
     target = memfit.get_device("cuda") if cuda else memfit.get_device("h200")
+    measured_plans: dict[str, dict] = {}  # the same plan under another allow: measured once
     for allow in args.allows:
         for bs in args.plan_batches:
             row: dict = {"batch": bs, "allow": allow}
             spec = f"input_ids=int64[{bs},{args.seq}]<{vocab} labels=int64[{bs},{args.seq}]<{vocab}"
+            if args.left_s() < 60:
+                row["skipped"] = f"{args.left_s():.0f} s left of --deadline-s"
+                out["rows"].append(row)
+                continue
             try:
                 started = time.perf_counter()
                 plan = memfit.plan(
@@ -72,7 +77,13 @@ def plans(args, ns) -> dict:
                 )
                 print({k: v for k, v in row.items() if k != "techniques"}, flush=True)
                 args.save()
-                row["measured"] = _measure_plan(plan, bs, size, args, ns, cuda, device)
+                key = f"{bs}:{row['techniques']}"
+                if key in measured_plans:
+                    row["same_plan_as"] = measured_plans[key]["allow"]
+                    row["measured"] = measured_plans[key]["measured"]
+                else:
+                    row["measured"] = _measure_plan(plan, bs, size, args, ns, cuda, device)
+                    measured_plans[key] = row
                 measured = row["measured"]
                 if "peak_reserved" in measured:  # on a GPU (a CPU run's host memory is all)
                     reserved = measured["peak_reserved"]
@@ -109,12 +120,13 @@ def _measure_plan(plan, bs: int, size: str, args, ns, cuda: bool, device: str) -
         for _ in range(args.warmup):
             step(batch)
         engine = step.host_optimizer
-        if engine is not None:
-            engine.synchronize()
+        # no drain of the host's queue: the timed steps start in the steady state
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()  # no empty_cache: the steady state as is
         ns.reset_peak_rss()
+        busy = engine.busy_s() if engine is not None else 0.0
+        waited = engine.forward_wait_s if engine is not None else 0.0
         times, last = [], time.perf_counter()
         for _ in range(args.steps):
             step(batch)
@@ -136,16 +148,26 @@ def _measure_plan(plan, bs: int, size: str, args, ns, cuda: bool, device: str) -
             "of_reference": tokens / step_s / REFERENCE_TOKENS_S,
             "host_added": ns.rss().get("VmHWM", 0) - before,
         }
+        if engine is not None:  # where the time goes: the host's work beside training
+            result["host_busy_per_step_s"] = (engine.busy_s() - busy) / args.steps
+            result["forward_wait_per_step_s"] = (engine.forward_wait_s - waited) / args.steps
+            result["host_params_per_s"] = engine.offloaded_params() / max(
+                result["host_busy_per_step_s"], 1e-9
+            )
+            result["host_threads"] = engine.threads
         if cuda:
             result["peak_reserved"] = torch.cuda.max_memory_reserved()
             result["peak_allocated"] = torch.cuda.max_memory_allocated()
+            result["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
         return result
     finally:
         engine = step.host_optimizer
         if isinstance(engine, HostOptimizer):
             engine.discard()  # undo would bring 50 GB of state back to a 24 GiB GPU
         del step, optimizer, model, batch
-        _fresh(cuda)
+        _fresh(cuda)  # the pinned host buffers are unregistered as they are collected here
+        if cuda:
+            torch.zeros(1, device=device).add_(1)  # the CUDA context is healthy for the next
 
 
 def frontier(args, ns) -> dict:
