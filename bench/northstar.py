@@ -320,6 +320,12 @@ def main() -> None:
         default=None,
         help="plans part: skip the plans that would start with less than 60 s of this left",
     )
+    parser.add_argument(
+        "--thread-variants",
+        default="",
+        help="plans part, last: the default plan of the first batch again with these host "
+        "thread counts (comma-separated)",
+    )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
     args = parser.parse_args()
@@ -333,6 +339,7 @@ def main() -> None:
     args.seq = SEQ
     args.plan_batches = [int(x) for x in args.plan_batches.split(",")]
     args.allows = [x for x in args.allows.split(",") if x]
+    args.thread_variants = [int(x) for x in args.thread_variants.split(",") if x]
     args.device = "cpu" if args.smoke else "cuda"
     if args.smoke:
         args.host_params = min(args.host_params, 4e6)

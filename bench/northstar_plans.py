@@ -6,7 +6,11 @@
   then applied with ``memfit.apply`` to a fresh model at the 24 GiB cap and measured: median
   step time and tokens/s against 16,302, peak reserved (no cache emptied: the steady state the
   prediction describes) against the predicted, and host memory memfit added (peak resident
-  memory during the steps minus before ``apply``) against the predicted;
+  memory during the steps minus before ``apply``) against the predicted; with the optimizer on
+  the host, also the host's busy time per step (its parameters per second beside training) and
+  how long forwards waited for it. A plan identical to one measured already (the same batch
+  under another allow set) is not measured again. Last, --thread-variants: the first batch's
+  default plan again with other host thread counts;
 * frontier: bench/frontier.py's Hugging Face LLaMA-1B (bs 4, seq 2048): HF full checkpointing
   measured, then memfit's plan at that measured peak (the offloaded checkpoint boundaries now
   among its choices) measured; target: at least 10% faster than HF full checkpointing.
@@ -14,16 +18,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import time
 import traceback
+from typing import Any
 
 import torch
 
 import frontier as bench_frontier
 import memfit
 from memfit.step.host_optimizer import HostOptimizer
-from memfit.techniques import default_allow
+from memfit.techniques import OffloadOptimizer, default_allow
 from models import EXTERNAL, hf_llama_3b, llama_3b_config
 
 REFERENCE_TOKENS_S = 16302
@@ -45,6 +51,7 @@ def plans(args, ns) -> dict:
     vocab = llama_3b_config(size).vocab_size
     target = memfit.get_device("cuda") if cuda else memfit.get_device("h200")
     measured_plans: dict[str, dict] = {}  # the same plan under another allow: measured once
+    made: dict[tuple[str, int], Any] = {}
     for allow in args.allows:
         for bs in args.plan_batches:
             row: dict = {"batch": bs, "allow": allow}
@@ -77,6 +84,7 @@ def plans(args, ns) -> dict:
                 )
                 print({k: v for k, v in row.items() if k != "techniques"}, flush=True)
                 args.save()
+                made[(allow, bs)] = plan
                 key = f"{bs}:{row['techniques']}"
                 if key in measured_plans:
                     row["same_plan_as"] = measured_plans[key]["allow"]
@@ -97,14 +105,43 @@ def plans(args, ns) -> dict:
             print({k: v for k, v in row.items() if k not in ("techniques", "error")},
                   row.get("error", "")[-400:], flush=True)  # fmt: skip
             args.save()
+    for threads in args.thread_variants:  # diagnostics: the host step's thread count
+        out["rows"].append(_thread_variant(made, threads, size, args, ns, cuda, device))
+        args.save()
     return out
+
+
+def _thread_variant(made, threads: int, size: str, args, ns, cuda: bool, device: str) -> dict:
+    bs = args.plan_batches[0]
+    row: dict = {"batch": bs, "allow": "default", "threads": threads}
+    plan = made.get(("default", bs))
+    if plan is None or not any(isinstance(t, OffloadOptimizer) for t in plan.techniques):
+        row["skipped"] = "no default plan with the optimizer on the host"
+    elif args.left_s() < 60:
+        row["skipped"] = f"{args.left_s():.0f} s left of --deadline-s"
+    else:
+        techniques = [
+            dataclasses.replace(t, threads=threads) if isinstance(t, OffloadOptimizer) else t
+            for t in plan.techniques
+        ]
+        row["plan"] = plan.label
+        try:
+            row["measured"] = _measure_plan(
+                techniques, bs, size, args, ns, cuda, device, precision="bf16-mixed"
+            )
+        except Exception:
+            row["error"] = traceback.format_exc()[-3000:]
+    print({k: v for k, v in row.items() if k != "error"}, row.get("error", "")[-400:], flush=True)
+    return row
 
 
 def _allowed(extra: str) -> tuple[str, ...]:
     return default_allow() + tuple(x for x in extra.split("+") if x)
 
 
-def _measure_plan(plan, bs: int, size: str, args, ns, cuda: bool, device: str) -> dict:
+def _measure_plan(
+    plan, bs: int, size: str, args, ns, cuda: bool, device: str, precision: str | None = None
+) -> dict:
     _fresh(cuda)
     ns.cap(cuda, args.cap)
     torch.manual_seed(0)
@@ -113,7 +150,7 @@ def _measure_plan(plan, bs: int, size: str, args, ns, cuda: bool, device: str) -
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     before = ns.rss().get("VmRSS", 0)
     started = time.perf_counter()
-    step = memfit.apply(plan, model, optimizer, device_type=device)
+    step = memfit.apply(plan, model, optimizer, device_type=device, precision=precision)
     applied_s = time.perf_counter() - started
     batch = ns.make_batch(model.config.vocab_size, bs, args.seq, device)
     try:

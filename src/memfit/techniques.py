@@ -213,7 +213,7 @@ class OffloadOptimizer:
             embeddings, stay on the GPU).
         dtype: the GPU's working dtype: ``"bfloat16"`` under bf16-mixed precision,
             ``"float32"`` without autocast.
-        threads: CPU threads of the host step; None: all cores but one.
+        threads: CPU threads of the host step; None: all cores but two.
     """
 
     modules: tuple[str, ...] = ("**",)

@@ -297,7 +297,7 @@ class HostOptimizer:
                 self._d2h.wait_event(computed)
                 wide = grad.reshape(-1).float()  # on the side stream, freed in its order
                 entry.host.grad.copy_(wide, non_blocking=True)
-                copied = torch.cuda.Event()
+                copied = torch.cuda.Event(blocking=True)  # the worker sleeps, not spins, on it
                 copied.record(self._d2h)
             grad.record_stream(self._d2h)
             del wide
