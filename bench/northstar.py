@@ -305,7 +305,14 @@ def main() -> None:
         help="offload runs KIND:BATCH[:tN][:nohost]; KIND ckpt or act (checkpoint boundaries "
         "offloaded too); tN: N host threads; nohost: skip the host step (GPU and copies only)",
     )
-    parser.add_argument("--cap", type=float, default=24.0, help="GiB")
+    parser.add_argument(
+        "--cap", type=float, default=None, help="GiB (default 24; 0.45 with --smoke)"
+    )
+    parser.add_argument(
+        "--same-as",
+        default=None,
+        help="plans part: an earlier run's northstar.json, whose measured plans are reused",
+    )
     parser.add_argument("--plan-batches", default="8,16")
     parser.add_argument(
         "--allows",
@@ -341,6 +348,8 @@ def main() -> None:
     args.allows = [x for x in args.allows.split(",") if x]
     args.thread_variants = [int(x) for x in args.thread_variants.split(",") if x]
     args.device = "cpu" if args.smoke else "cuda"
+    if args.cap is None:  # the smoke model's state outweighs 0.45 GiB: the offload paths run
+        args.cap = 0.45 if args.smoke else 24.0
     if args.smoke:
         args.host_params = min(args.host_params, 4e6)
         args.threads = [min(t, os.cpu_count() or 1) for t in args.threads]

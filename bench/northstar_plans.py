@@ -18,10 +18,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
+import json
 import time
 import traceback
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -52,6 +55,12 @@ def plans(args, ns) -> dict:
     target = memfit.get_device("cuda") if cuda else memfit.get_device("h200")
     measured_plans: dict[str, dict] = {}  # the same plan under another allow: measured once
     made: dict[tuple[str, int], Any] = {}
+    if args.same_as:  # plans measured by an earlier run (bench/northstar_final.sh's piece 2)
+        with contextlib.suppress(OSError, ValueError):
+            earlier = json.loads(Path(args.same_as).read_text())
+            for row in earlier.get("plans", {}).get("rows", []):
+                if "measured" in row and "threads" not in row:
+                    measured_plans[_key(row)] = row
     for allow in args.allows:
         for bs in args.plan_batches:
             row: dict = {"batch": bs, "allow": allow}
@@ -85,9 +94,9 @@ def plans(args, ns) -> dict:
                 print({k: v for k, v in row.items() if k != "techniques"}, flush=True)
                 args.save()
                 made[(allow, bs)] = plan
-                key = f"{bs}:{row['techniques']}"
+                key = _key(row)
                 if key in measured_plans:
-                    row["same_plan_as"] = measured_plans[key]["allow"]
+                    row["same_plan_as"] = measured_plans[key]["allow"]  # measured once
                     row["measured"] = measured_plans[key]["measured"]
                 else:
                     row["measured"] = _measure_plan(plan, bs, size, args, ns, cuda, device)
@@ -133,6 +142,10 @@ def _thread_variant(made, threads: int, size: str, args, ns, cuda: bool, device:
             row["error"] = traceback.format_exc()[-3000:]
     print({k: v for k, v in row.items() if k != "error"}, row.get("error", "")[-400:], flush=True)
     return row
+
+
+def _key(row: dict) -> str:
+    return f"{row['batch']}:{json.dumps(row['techniques'], sort_keys=True)}"
 
 
 def _allowed(extra: str) -> tuple[str, ...]:

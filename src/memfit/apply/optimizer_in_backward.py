@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -108,7 +109,10 @@ def step_in_backward(optimizer: torch.optim.Optimizer) -> UndoFn:
     for index, group in enumerate(optimizer.param_groups):
         for param in group["params"]:
             if param.requires_grad:
-                hook = functools.partial(_update, optimizer, index)
+                # the optimizer held weakly: the hook lives in C++, where the garbage collector
+                # cannot see the cycle parameter -> hook -> optimizer -> parameter, so a strong
+                # reference would keep a dropped model's parameters and state alive for good
+                hook = functools.partial(_update, weakref.ref(optimizer), index)
                 handles.append(param.register_post_accumulate_grad_hook(hook))
 
     def undo() -> None:
@@ -118,8 +122,14 @@ def step_in_backward(optimizer: torch.optim.Optimizer) -> UndoFn:
     return undo
 
 
-def _update(optimizer: torch.optim.Optimizer, index: int, param: torch.Tensor) -> None:
-    """The post-accumulate-grad hook: step ``param`` alone, then free its gradient."""
+def _update(
+    optimizer_ref: weakref.ref[torch.optim.Optimizer], index: int, param: torch.Tensor
+) -> None:
+    """The post-accumulate-grad hook: step ``param`` alone, then free its gradient (nothing
+    once the optimizer is gone)."""
+    optimizer = optimizer_ref()
+    if optimizer is None:
+        return
     with _only(optimizer, index, param):
         optimizer.step()
     param.grad = None

@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -169,7 +169,9 @@ class HostOptimizer:
             for param in params:
                 self._released.append(param.data)
                 param.data = param.data.to(self.working_dtype)
-                self._handles.append(param.register_post_accumulate_grad_hook(self._drop_grad))
+                self._handles.append(
+                    param.register_post_accumulate_grad_hook(_weak(self._drop_grad))
+                )
             if self.working_dtype != torch.float32:
                 largest = max(p.numel() for p in params)
                 self._scratch = torch.empty(largest, dtype=torch.float32)
@@ -210,7 +212,7 @@ class HostOptimizer:
             self._entries[param] = entry
         self._make_working_copies()
         for param in params:
-            self._handles.append(param.register_post_accumulate_grad_hook(self._on_grad))
+            self._handles.append(param.register_post_accumulate_grad_hook(_weak(self._on_grad)))
         self._install_waits()
         self._worker = HostWorker(self.threads)
 
@@ -418,3 +420,18 @@ class HostOptimizer:
         self._pinned.release()
         self._entries.clear()
         self._flat.clear()
+
+
+def _weak(method: Callable[[Any], None]) -> Callable[[Any], None]:
+    """A gradient hook calling ``method`` while its object lives. Such hooks live in C++, where
+    the garbage collector cannot see the cycle parameter -> hook -> HostOptimizer -> optimizer ->
+    parameter: a strong reference would keep a dropped model's parameters and state for good
+    (the undo registry and ``TrainStep`` keep the HostOptimizer alive while it is in use)."""
+    ref = weakref.WeakMethod(method)
+
+    def hook(param: Any) -> None:
+        bound = ref()
+        if bound is not None:
+            bound(param)
+
+    return hook

@@ -92,6 +92,7 @@ class HostWorker:
                 if self._error is None:
                     self._error = error
             finally:
+                del job  # the idle thread must not keep the last job's objects alive
                 self.busy_s += time.perf_counter() - started
                 with self._lock:
                     self._pending -= 1
