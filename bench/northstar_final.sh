@@ -6,7 +6,7 @@
 # runs long loses only itself:
 #   1. gpu_tests.txt (<= 40 s): the gpu-marked offload tests, among them apply / undo / drop
 #      the model / apply again in one process (needs tests/ and pyproject.toml in the copy);
-#   2. northstar.json (<= 130 s): memfit.plan's plans for Llama-3.2-3B's shape at 24 GiB, batch
+#   2. northstar.json (<= 135 s): memfit.plan's plans for Llama-3.2-3B's shape at 24 GiB, batch
 #      8 and 16 (exact techniques), applied and measured in one process, then the batch-8 plan
 #      with 8 host threads if time is left (the host step's rate beside training);
 #   3. optimizer_state/optimizer_state.json (<= 65 s): bench/optimizer_state.py's step rows that
@@ -28,8 +28,8 @@ if [ -d tests ]; then
 else
     echo "no tests/ in this copy: the gpu tests were not run" > "$out/gpu_tests.txt"
 fi
-timeout 130 python bench/northstar.py --out "$out" --part plans --plan-batches 8,16 \
-    --allows default --thread-variants 8 --deadline-s 120 "$@" > "$out/plans_log.txt" 2>&1
+timeout 135 python bench/northstar.py --out "$out" --part plans --plan-batches 8,16 \
+    --allows default --thread-variants 8 --deadline-s 125 "$@" > "$out/plans_log.txt" 2>&1
 echo "exit $?" >> "$out/plans_log.txt"
 timeout 65 python bench/optimizer_state.py --out "$out/optimizer_state" --parts steps \
     --plans "adamw + in backward,adamw 8bit,adamw 8bit + in backward,pure bf16,pure bf16 + in backward,pure bf16 + 8bit + in backward" \

@@ -126,7 +126,7 @@ def _thread_variant(made, threads: int, size: str, args, ns, cuda: bool, device:
     plan = made.get(("default", bs))
     if plan is None or not any(isinstance(t, OffloadOptimizer) for t in plan.techniques):
         row["skipped"] = "no default plan with the optimizer on the host"
-    elif args.left_s() < 60:
+    elif args.left_s() < 35:  # no planning: apply and six steps
         row["skipped"] = f"{args.left_s():.0f} s left of --deadline-s"
     else:
         techniques = [
