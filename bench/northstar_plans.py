@@ -177,6 +177,7 @@ def _measure_plan(
         ns.reset_peak_rss()
         busy = engine.busy_s() if engine is not None else 0.0
         waited = engine.forward_wait_s if engine is not None else 0.0
+        adam = engine.adam_s if engine is not None else 0.0
         times, last = [], time.perf_counter()
         for _ in range(args.steps):
             step(batch)
@@ -205,6 +206,7 @@ def _measure_plan(
                 result["host_busy_per_step_s"], 1e-9
             )
             result["host_threads"] = engine.threads
+            result["host_adam_per_step_s"] = (engine.adam_s - adam) / args.steps
         if cuda:
             result["peak_reserved"] = torch.cuda.max_memory_reserved()
             result["peak_allocated"] = torch.cuda.max_memory_allocated()

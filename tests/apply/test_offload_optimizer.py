@@ -254,21 +254,33 @@ def test_a_weight_used_outside_its_module_is_detected() -> None:
 
 @pytest.mark.gpu
 def test_on_the_gpu_the_update_matches_fused_adamw_to_rounding() -> None:
-    """The CUDA path (side streams, pinned staging): the same losses, masters within rounding
-    of the GPU's fused AdamW (the CPU kernel rounds differently)."""
+    """The CUDA path (side streams, pinned staging). One step from the same weights: the same
+    gradients, so the masters equal the GPU's fused AdamW to float32 rounding (the CPU kernel
+    rounds differently: a few ulps of the update). Later steps diverge chaotically, not in
+    their math: a one-ulp difference of a master can flip the bf16 working copy's rounding,
+    and Adam's normalized step turns a changed tiny gradient into a full step of its own; the
+    losses of three steps still agree."""
     reference, offloaded = _llama().cuda(), _llama().cuda()
     batches = [{k: v.cuda() for k, v in b.items()} for b in _batches(3)]
     ref_opt = _optimizer(torch.optim.AdamW, reference)
     off_opt = _optimizer(torch.optim.AdamW, offloaded)
     ref_step = TrainStep(reference, ref_opt, precision="bf16-mixed")
     off_step = memfit.apply([OffloadOptimizer()], offloaded, off_opt, precision="bf16-mixed")
-    ref_losses = [ref_step(b) for b in batches]
-    off_losses = [off_step(b) for b in batches]
-    torch.testing.assert_close(torch.stack(off_losses), torch.stack(ref_losses), rtol=1e-3, atol=0)
+    losses = [(ref_step(batches[0]), off_step(batches[0]))]
     got = off_step.host_optimizer.master_state_dict()
+    compared = 0
     for name, param in reference.named_parameters():
         if name in got:
-            torch.testing.assert_close(got[name], param.detach().cpu(), rtol=1e-5, atol=1e-6)
+            compared += 1
+            before = _llama().get_parameter(name).detach()
+            step = float((param.detach().cpu() - before).abs().max())
+            # within 1e-4 of the update (lr 1e-2): rounding (~1e-8 here), not other math (the
+            # weight decay alone moves a weight by lr * 0.1 * w, ~2e-5)
+            torch.testing.assert_close(got[name], param.detach().cpu(), rtol=0, atol=1e-4 * step)
+    assert compared > 0
+    losses += [(ref_step(b), off_step(b)) for b in batches[1:]]
+    ref_losses, off_losses = (torch.stack(x) for x in zip(*losses, strict=True))
+    torch.testing.assert_close(off_losses, ref_losses, rtol=1e-3, atol=0)
     memfit.apply.undo_all(offloaded)
     assert all(p.device.type == "cuda" and p.dtype == torch.float32 for p in offloaded.parameters())
 

@@ -118,6 +118,7 @@ class HostOptimizer:
         self._worker: HostWorker | None = None
         self._pinned = PinnedHost()
         self.forward_wait_s = 0.0  # time forwards waited for host updates (benchmarks read it)
+        self.adam_s = 0.0  # time in the host's Adam/AdamW kernel
         self._attached = False
         self._cuda = False
         self._simulated = any(is_fake(p) for _, p in self._params)
@@ -312,7 +313,8 @@ class HostOptimizer:
             entry.waited = False
         assert self._worker is not None
         job = functools.partial(self._host_job, entry, copied, computed, hyper, first)
-        self._worker.submit(entry.index, job)
+        ready = copied.query if copied is not None else None  # on the host, not just queued
+        self._worker.submit(entry.index, job, ready)
 
     def _host_job(
         self, entry: _Entry, copied: Any, computed: Any, hyper: AdamHyper | None, first: bool
@@ -323,7 +325,9 @@ class HostOptimizer:
             if hyper is None:  # a micro-batch before the last: accumulate
                 accumulate_on_host(entry.host, first)
                 return
+            started = time.perf_counter()
             host_adam_step(entry.host, hyper, accumulated=not first)
+            self.adam_s += time.perf_counter() - started
             self._send_back(entry, computed)
         finally:
             entry.consumed.set()
