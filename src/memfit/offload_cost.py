@@ -39,15 +39,13 @@ __all__ = [
 
 _ADAM_BYTES, _ACCUMULATE_BYTES = 28, 12  # per parameter: read p, g, m, v, write p, m, v; g += g'
 
-HOST_CONTENTION = 2.06
+HOST_CONTENTION = 1.0
 """How much slower the host step runs beside the training step than alone (kernel launches,
-autograd's thread and the DMA engines share the CPU and its memory). Fitted to one measurement:
-Llama-3.2-3B's shape at batch 8 on the H200 (bench/results/northstar_h200_run1.json), whose
-host alone runs fused AdamW at 3.85e9 parameters/s with 15 threads, stepped in 1.61 s (median)
-where the host-bound time at that rate is 0.81 s and the GPU's 0.96 s: the same step with the
-host update skipped. The host's ~2.8e9 offloaded parameters took 1.56 s beside training (1.8e9
-per second), not 0.73 s. Not yet checked on another host or batch (the final run checks batch
-16, where the GPU's 1.9 s bounds it)."""
+autograd's thread and the DMA engines share the CPU and its memory). 1.0: not measured yet.
+Run 1 and 2 on the H200 (bench/results/northstar_h200_run{1,2}.json) looked like a factor of 2,
+but their worker waited for the newest gradient while older ones were on the host (fixed in
+``host_worker``), so their host time was mostly waiting; the next run measures the Adam
+kernel's own time beside training (``host_adam_per_step_s``)."""
 
 
 @dataclass(frozen=True)
