@@ -12,6 +12,7 @@ from torch import nn
 
 import memfit
 from memfit.errors import InvalidInputError, UnsupportedModelError
+from memfit.step.host_activations import _LAG
 from memfit.step.undo import applied
 from memfit.techniques import Checkpoint, OffloadActivations
 from tests.helpers import VOCAB, tiny_llama
@@ -105,7 +106,7 @@ def _llama():
 
 def test_predicted_host_bytes_are_the_boundaries_and_the_peak_drops() -> None:
     """Each checkpointed block keeps its input, [B, S, D] float32 (the residual stream), which
-    moves to the host; the device keeps none of them at the end of forward."""
+    moves to the host."""
     batch, size, seq, dim = "input_ids=int64[4,512]<97 labels=int64[4,512]<97", 4, 512, 256
     checkpointed = [Checkpoint(modules=LAYERS)]
     offloaded = checkpointed + [OffloadActivations(modules=LAYERS)]
@@ -118,7 +119,9 @@ def test_predicted_host_bytes_are_the_boundaries_and_the_peak_drops() -> None:
     def forward_peak(profile):
         return max(e.allocated for e in profile.timeline if e.phase.value == "forward")
 
-    assert forward_peak(kept) - forward_peak(moved) >= 3 * boundary
+    # all but the last _LAG: their copies may still be queued when forward ends (the step
+    # bounds how many; the prediction holds as many on the device)
+    assert forward_peak(kept) - forward_peak(moved) >= (4 - _LAG) * boundary
 
 
 @pytest.mark.gpu

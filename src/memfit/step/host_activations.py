@@ -19,7 +19,7 @@ again at the prefetch in backward, and count the host bytes instead of allocatin
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import defaultdict, deque
 from typing import Any
 
 import torch
@@ -29,6 +29,8 @@ from torch._subclasses.fake_tensor import is_fake
 from memfit.step.pinned import PinnedHost
 
 __all__ = ["ActivationOffloader"]
+
+_LAG = 2  # modules whose copies to the host may still be queued when the next one starts
 
 
 class _HostPool:
@@ -68,7 +70,10 @@ class _Saved:
         self.ready: Any = None
         self.host: torch.Tensor | None = None
         self.fake = is_fake(tensor)
+        self.stored: Any = None  # CUDA event: the copy to the host is done
+        self.held: torch.Tensor | None = None  # fake: the tensor, alive while "in flight"
         if self.fake:
+            self.held = tensor
             return
         self.host = offloader.pool.take(self.nbytes, pin=tensor.is_cuda)
         if not tensor.is_cuda:
@@ -78,7 +83,16 @@ class _Saved:
         stream.wait_stream(torch.cuda.current_stream(tensor.device))
         with torch.cuda.stream(stream):
             self.host.copy_(_bytes_of(tensor), non_blocking=True)
+            self.stored = torch.cuda.Event(blocking=True)
+            self.stored.record(stream)
         tensor.record_stream(stream)
+
+    def settle(self) -> None:
+        """Wait until the copy to the host is done: the GPU memory it read is free again."""
+        if self.stored is not None:
+            self.stored.synchronize()
+            self.stored = None
+        self.held = None
 
     def load(self) -> None:
         """Start the copy back (on the side stream); idempotent."""
@@ -132,6 +146,7 @@ class ActivationOffloader:
 
     def __init__(self, *, ahead: int = 2, min_bytes: int = 1 << 20) -> None:
         self.ahead, self.min_bytes = ahead, min_bytes
+        self._in_flight: deque[tuple[int, list[_Saved]]] = deque()
         self.pool = _HostPool()
         self.groups: dict[int, list[_Saved]] = defaultdict(list)
         self.current: int | None = None
@@ -148,10 +163,20 @@ class ActivationOffloader:
 
     # --- forward -------------------------------------------------------------------------
     def enter(self, index: int) -> None:
+        # the modules LAG before this one have their copies done: autograd's thread runs ahead
+        # of the GPU, and a tensor freed with a copy still queued (record_stream) holds its
+        # memory until the copy runs, so without a bound the GPU held as many boundaries as
+        # the CPU was ahead (the tracer holds the same LAG: the prediction matches)
+        while self._in_flight and self._in_flight[0][0] <= index - _LAG:
+            for saved in self._in_flight.popleft()[1]:
+                saved.settle()
         self.current = index
         self._seen.clear()
 
     def leave(self, output: Any, index: int) -> None:
+        moved = [saved for _, saved in self._seen.values()]
+        if moved:
+            self._in_flight.append((index, moved))
         self.current = None
         self._seen.clear()
         tensor = _first_tensor(output)
@@ -191,6 +216,9 @@ class ActivationOffloader:
 
     def reached(self, index: int) -> None:
         """Backward has reached module ``index``: copy it and the next ``ahead`` back."""
+        while self._in_flight:  # forward is over: its copies are done before any comes back
+            for saved in self._in_flight.popleft()[1]:
+                saved.settle()
         for group in range(index, index - 1 - self.ahead, -1):
             for saved in self.groups.get(group, ()):
                 saved.load()
@@ -210,6 +238,7 @@ class ActivationOffloader:
         """Drop what is held and unlock the host buffers (after the side streams' copies)."""
         for stream in self._streams.values():
             stream.synchronize()
+        self._in_flight.clear()
         self.groups.clear()
         self.pool.close()
 

@@ -29,6 +29,7 @@ import threading
 import time
 import warnings
 import weakref
+from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -49,6 +50,8 @@ from memfit.step.host_worker import HostWorker
 from memfit.step.pinned import PinnedHost
 
 __all__ = ["HostOptimizer"]
+
+_GRADS_IN_FLIGHT = 8  # about one transformer layer's weights
 
 
 @dataclass(eq=False)
@@ -123,6 +126,7 @@ class HostOptimizer:
         self._cuda = False
         self._simulated = any(is_fake(p) for _, p in self._params)
         self._held: list[torch.Tensor] = []  # simulated: what the copies hold on the GPU
+        self._in_flight: deque[Any] = deque()  # gradients' copies (events; simulated: grads)
         self._released: list[torch.Tensor] = []  # simulated: the float32 weights replaced
         group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
         for name, param in self._params:
@@ -255,14 +259,20 @@ class HostOptimizer:
     # --- the step ------------------------------------------------------------------------
     def check(self) -> None:
         """Raise the error a host update raised, if any (the step calls it once per step)."""
+        if self._simulated:  # backward is over: its gradients' copies have run
+            self._in_flight.clear()
         if self._worker is not None:
             self._worker.check()
 
     def _drop_grad(self, param: torch.Tensor) -> None:
-        """Simulated: the gradient and its float32 copy stay until the next one completes."""
+        """Simulated: the last ``_GRADS_IN_FLIGHT`` gradients stay (their copies may still be
+        queued), and the float32 copy of the last one."""
         grad, param.grad = param.grad, None
         if grad is not None:
-            self._held = [grad] if grad.dtype == torch.float32 else [grad, grad.float()]
+            self._in_flight.append(grad)
+            self._held = [] if grad.dtype == torch.float32 else [grad.float()]
+            if len(self._in_flight) > _GRADS_IN_FLIGHT:
+                self._in_flight.popleft()
 
     def _wait_for(self, entries: list[_Entry]) -> None:
         for entry in entries:
@@ -304,6 +314,12 @@ class HostOptimizer:
                 copied.record(self._d2h)
             grad.record_stream(self._d2h)
             del wide
+            # a gradient freed with its copy still queued holds its memory until the copy
+            # runs, and autograd's thread runs ahead of the GPU: keep at most
+            # _GRADS_IN_FLIGHT such copies queued (the tracer holds as many)
+            self._in_flight.append(copied)
+            if len(self._in_flight) > _GRADS_IN_FLIGHT:
+                self._in_flight.popleft().synchronize()
         else:
             entry.host.grad.copy_(grad.reshape(-1))
         del grad
@@ -359,6 +375,7 @@ class HostOptimizer:
     def synchronize(self) -> None:
         """Wait until every queued host update is done and its weights are on the device."""
         self._held = []
+        self._in_flight.clear()
         if self._worker is None:
             return
         self._worker.drain()
@@ -410,6 +427,7 @@ class HostOptimizer:
     def _stop(self) -> None:
         self._attached = False
         self._held = []
+        self._in_flight.clear()
         if self._worker is not None:
             self._worker.close()
             self._worker = None
