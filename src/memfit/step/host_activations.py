@@ -140,8 +140,10 @@ class ActivationOffloader:
 
     Known limitations:
         Only tensors that own their whole storage (not views into a larger one) are moved;
-        the others stay on the GPU. The modules' outputs must carry gradients (backward's
-        progress is read from them).
+        the others stay on the GPU. A module's forward waits on the CPU until the copies of
+        the module ``_LAG`` (2) before it are done, so that the GPU holds at most that many
+        inputs being copied (the CPU would otherwise run ahead and the GPU hold them all).
+        The modules' outputs must carry gradients (backward's progress is read from them).
     """
 
     def __init__(self, *, ahead: int = 2, min_bytes: int = 1 << 20) -> None:

@@ -95,7 +95,9 @@ class HostOptimizer:
         (a use elsewhere would read weights still being updated; detected, it raises). While
         attached, ``model.state_dict()`` holds the working copies; the float32 masters are in
         ``master_state_dict()``. No gradient clipping by global norm (the update starts
-        before backward ends), no fp16 loss scaling, no amsgrad; one CUDA device.
+        before backward ends), no fp16 loss scaling, no amsgrad; one CUDA device. Backward
+        waits on the CPU while more than ``_GRADS_IN_FLIGHT`` (8) gradient copies are queued
+        (each holds its gradient's GPU memory until it runs).
     """
 
     def __init__(
