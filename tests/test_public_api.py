@@ -33,6 +33,7 @@ TECHNIQUES = {
     "Freeze",
     "OffloadOptimizer",
     "OffloadActivations",
+    "Sharding",
 }
 VERBS = ("plan", "apply", "report", "measure")
 

@@ -168,12 +168,29 @@ def model_options(function: Any) -> Any:
 @cli.command()
 @model_options
 @click.option("--budget", help="Judge against this budget instead of the device, e.g. 24GiB.")
-def estimate(fmt: str, quiet: bool, no_cache: bool, budget: str | None, **options: Any) -> None:
+@click.option("--plan", "plan_path", help="Predict with this plan (memfit plan --out) in force.")
+@click.option(
+    "--gpus",
+    type=int,
+    help="Predict one rank of N GPUs sharded with FSDP2 (the plan's sharding, else one unit "
+    "per repeated block); the batch is each rank's.",
+)
+def estimate(
+    fmt: str,
+    quiet: bool,
+    no_cache: bool,
+    budget: str | None,
+    plan_path: str | None,
+    gpus: int | None,
+    **options: Any,
+) -> None:
     """Predict the GPU memory of one training step of MODEL, without a GPU.
 
     MODEL is a zoo name (see `memfit zoo`) or path/to/file.py:builder.
     """
-    question = {**options, "fmt": fmt, "quiet": quiet, "budget": budget}
+    plan_text_in = _read_plan(plan_path)
+    question = {**options, "fmt": fmt, "quiet": quiet, "budget": budget, "gpus": gpus}
+    question["plan"] = plan_text_in
     key = None if no_cache else result_cache.cache_key("estimate", question)
     if _answer_from_cache(key, show=fmt == "table" and not quiet):
         return
@@ -187,8 +204,9 @@ def estimate(fmt: str, quiet: bool, no_cache: bool, budget: str | None, **option
     spec = get_device(values["device"])
     limit = parse_budget(budget, of=spec.memory_bytes, device=spec.name) if budget else None
     show = fmt == "table" and not quiet
+    plan = memfit.Plan.from_json(plan_text_in) if plan_text_in is not None else None
     with Progress(f"estimating {options['model']}", enabled=show) as bar:
-        profile = memfit.estimate(**values, progress=bar.set_stage)
+        profile = memfit.estimate(**values, plan=plan, gpus=gpus, progress=bar.set_stage)
     if fmt == "json":
         text = json.dumps(profile_summary(profile, budget=limit), indent=2)
     elif quiet:
@@ -197,6 +215,21 @@ def estimate(fmt: str, quiet: bool, no_cache: bool, budget: str | None, **option
         text = _with_model_line(profile_text(profile, budget=limit), options["model"])
     click.echo(text)
     result_cache.store(key, {"stdout": text})
+
+
+def _read_plan(path: str | None) -> str | None:
+    """The text of a plan file, or a usage error naming it."""
+    if path is None:
+        return None
+    from pathlib import Path
+
+    try:
+        return Path(path).read_text()
+    except OSError as error:
+        raise click.UsageError(
+            f"--plan {path}: cannot read it ({error.strerror}); give a plan written by "
+            f"memfit plan ... --out plan.json"
+        ) from None
 
 
 def _answer_from_cache(key: str | None, *, show: bool, out_path: str | None = None) -> bool:
@@ -231,6 +264,14 @@ def _answer_from_cache(key: str | None, *, show: bool, out_path: str | None = No
     f"bit-identical math, lean_autocast and fused_gated_mlp for models you compile).",
 )
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
+@click.option(
+    "--gpus",
+    type=int,
+    default=1,
+    show_default=True,
+    help="GPUs of the job: more than 1 plans FSDP2 sharding; budget, memory, time and batch "
+    "are per rank.",
+)
 def plan_command(
     fmt: str,
     quiet: bool,
@@ -239,11 +280,13 @@ def plan_command(
     blocks: str | None,
     allow: str | None,
     out_path: str | None,
+    gpus: int,
     **options: Any,
 ) -> None:
     """Choose the fastest techniques that make MODEL's step fit --budget."""
     question = {**options, "fmt": fmt, "quiet": quiet, "budget": budget, "blocks": blocks}
     question["allow"] = allow
+    question["gpus"] = gpus
     key = None if no_cache else result_cache.cache_key("plan", question)
     if _answer_from_cache(key, show=fmt == "table" and not quiet, out_path=out_path):
         return
@@ -264,6 +307,7 @@ def plan_command(
             budget=budget,
             blocks=[b.strip() for b in blocks.split(",")] if blocks else None,
             allow=allow,
+            gpus=gpus,
             progress=bar.set_stage,
         )
     if out_path:

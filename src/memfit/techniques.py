@@ -52,6 +52,7 @@ __all__ = [
     "PureBF16",
     "Freeze",
     "LOW_BIT_KINDS",
+    "Sharding",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
 ]
@@ -312,6 +313,57 @@ class Freeze:
     modules: tuple[str, ...]
 
 
+@dataclass(frozen=True)
+class Sharding:
+    """Shard weights, gradients and optimizer state over ``gpus`` ranks with FSDP2.
+
+    ``torch.distributed.fsdp.fully_shard`` is applied to each module matching ``units`` (in
+    model order), then to the model itself (the root unit: whatever the units leave). Each unit's
+    weights are all-gathered before its forward and backward and freed after (kept between
+    forward and backward for the units matching ``keep_unsharded``:
+    ``reshard_after_forward=False``); its gradients are reduce-scattered after its backward. The
+    optimizer steps each rank's shards. The batch a plan is made for is each rank's batch.
+
+    Attributes:
+        gpus: the ranks of the job (its world size, ``torchrun --nproc-per-node``...).
+        units: module name patterns, each matched module one ``fully_shard`` unit.
+        keep_unsharded: unit patterns whose weights stay gathered from forward to backward.
+        replicate: HSDP: ``gpus`` is ``replicate`` groups of ``gpus // replicate`` ranks; each
+            group shards, the groups all-reduce their gradients (1: plain FSDP).
+        offload: ``CPUOffloadPolicy``: shards, their gradients and the optimizer step live in
+            host memory.
+        param_dtype, reduce_dtype: ``MixedPrecisionPolicy``'s dtypes (``"bf16"``, ``"fp32"``,
+            ``"fp16"``), None to gather and reduce in the weights' own dtype. Casting the
+            weights before the all-gather runs the whole forward in that dtype: another model
+            than autocast's mixed precision, so memfit's planner never sets them.
+    """
+
+    gpus: int
+    units: tuple[str, ...] = ()
+    keep_unsharded: tuple[str, ...] = ()
+    replicate: int = 1
+    offload: bool = False
+    param_dtype: str | None = None
+    reduce_dtype: str | None = None
+
+    @property
+    def shards(self) -> int:
+        """Ranks each weight is divided over (``gpus`` for FSDP, a group's size for HSDP)."""
+        return self.gpus // max(1, self.replicate)
+
+
+def _sharding_label(t: Sharding) -> str:
+    kind = f"HSDP {t.replicate}x{t.shards}" if t.replicate > 1 else f"FSDP2 x{t.gpus}"
+    extras = [f"{len(t.units)} unit patterns" if len(t.units) > 3 else ",".join(t.units)]
+    if t.keep_unsharded:
+        extras.append(f"gathered through backward: {_compact(t.keep_unsharded)}")
+    if t.param_dtype or t.reduce_dtype:
+        extras.append(f"gather {t.param_dtype or 'as is'}, reduce {t.reduce_dtype or 'as is'}")
+    if t.offload:
+        extras.append("CPU offload")
+    return f"{kind} ({'; '.join(e for e in extras if e) or 'root only'})"
+
+
 Technique = (
     Checkpoint
     | MicroBatch
@@ -327,6 +379,7 @@ Technique = (
     | LowBitOptimizer
     | PureBF16
     | Freeze
+    | Sharding
 )
 
 
@@ -467,6 +520,11 @@ TABLE: tuple[TechniqueInfo, ...] = (
         summary="fp32 masters and Adam state in host memory, stepped on the CPU in backward",
         excludes=("optimizer_in_backward", "low_bit_optimizer", "pure_bf16"),
         conflicts=("clip_grad_norm", "accumulate", "grad_scaler"),
+    ),
+    TechniqueInfo(
+        Sharding, "sharding", Exactness.ROUNDING, planned=True,
+        applier="memfit.apply.sharding", label=_sharding_label,
+        summary="FSDP2: weights, gradients and optimizer state divided over the GPUs",
     ),
 )  # fmt: skip
 

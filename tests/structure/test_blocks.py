@@ -15,6 +15,8 @@ ZOO_BLOCKS = {
     "gpt2-medium": [f"layers.{i}" for i in range(24)],
     "llama-1b": [f"layers.{i}" for i in range(16)],
     "llama-3b": [f"layers.{i}" for i in range(28)],
+    "llama-8b": [f"layers.{i}" for i in range(32)],
+    "llama-70b": [f"layers.{i}" for i in range(80)],
     "bert-base": [f"layers.{i}" for i in range(12)],
     "vit-b16": [f"layers.{i}" for i in range(12)],
     "resnet50": [f"stages.{s}.{b}" for s, n in enumerate((3, 4, 6, 3)) for b in range(n)],

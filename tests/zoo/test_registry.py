@@ -8,7 +8,17 @@ import torch
 from memfit import zoo
 from memfit.errors import InvalidInputError
 
-NAMES = ["gpt2", "gpt2-medium", "llama-1b", "llama-3b", "bert-base", "resnet50", "vit-b16"]
+NAMES = [
+    "gpt2",
+    "gpt2-medium",
+    "llama-1b",
+    "llama-3b",
+    "llama-8b",
+    "llama-70b",
+    "bert-base",
+    "resnet50",
+    "vit-b16",
+]
 
 
 def gpt2_params(vocab, positions, d, layers):
@@ -35,13 +45,15 @@ EXPECTED_PARAMS = {
     "gpt2-medium": 354_823_168,
     "llama-1b": llama_params(32000, 2048, 16, 16, 16, 5632),
     "llama-3b": llama_params(128256, 3072, 28, 24, 8, 8192, tied=True),
+    "llama-8b": llama_params(128256, 4096, 32, 32, 8, 14336),
+    "llama-70b": llama_params(128256, 8192, 80, 64, 8, 28672),
     "bert-base": bert_params(30522, 512, 2, 768, 3072, 12),
     "resnet50": 25_557_032,
     "vit-b16": 86_567_656,
 }
 
 
-def test_names_are_the_seven_models():
+def test_names_are_the_zoo_models():
     own = [n for n in zoo.names() if zoo.get(n).implementation == "memfit"]
     assert own == NAMES == zoo.names()[: len(NAMES)]  # memfit's own first
     assert zoo.__all__ == ["ZooEntry", "get", "names"]
@@ -52,6 +64,8 @@ def test_hand_formulas_match_the_published_counts():
     assert gpt2_params(50257, 1024, 1024, 24) == 354_823_168
     assert EXPECTED_PARAMS["llama-1b"] == 953_223_168
     assert EXPECTED_PARAMS["llama-3b"] == 3_212_749_824  # Meta's Llama-3.2-3B
+    assert EXPECTED_PARAMS["llama-8b"] == 8_030_261_248  # Llama-3.1-8B's safetensors total
+    assert EXPECTED_PARAMS["llama-70b"] == 70_553_706_496  # Llama-3.1-70B's
     assert EXPECTED_PARAMS["bert-base"] == 109_514_298  # Hugging Face's BertForMaskedLM
 
 
@@ -70,6 +84,8 @@ def test_num_params_is_exact(name):
         ("gpt2", "causal-lm", 8, 1024),
         ("gpt2-medium", "causal-lm", 8, 1024),
         ("llama-1b", "causal-lm", 4, 2048),
+        ("llama-8b", "causal-lm", 1, 8192),
+        ("llama-70b", "causal-lm", 1, 8192),
         ("bert-base", "masked-lm", 32, 512),
         ("resnet50", "vision", 128, None),
         ("vit-b16", "vision", 64, None),

@@ -8,6 +8,7 @@ the plan in force.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from torch import nn
@@ -74,7 +75,10 @@ def apply(
             not Adam/AdamW, or memfit's techniques are already applied to the model (undo them
             first); a technique that cannot run with ``clip_grad_norm``, ``accumulate`` or fp16
             loss scaling (``OptimizerInBackward``, ``OffloadOptimizer``); the model is unchanged.
-        MemfitError: an applier failed; nothing was applied and the model is unchanged.
+        MemfitError: an applier failed; nothing was applied and the model is unchanged
+            (except with ``Sharding``, which cannot be undone: a failure inside
+            ``fully_shard`` leaves the model partly sharded, and every rank of the job raises
+            ``ShardingError``).
     """
     if not isinstance(model, nn.Module):
         raise InvalidInputError(
@@ -83,34 +87,41 @@ def apply(
             f"predict a zoo model, use memfit.estimate({model!r}, plan=...)"
         )
     in_force = techniques_in_force(plan)
-    check_fingerprint(in_force.fingerprint, model)
-    if applied(model):
-        raise InvalidInputError(
-            f"memfit's techniques are already applied to this {type(model).__name__} (by an "
-            f"earlier memfit.apply); undo them first with step.undo() or memfit.undo(model), "
-            f"then apply the plan you want"
-        )
-    if precision is not None:
-        Precision.parse(precision)
-    # checked before the model is changed: the precision, and what the techniques exclude
     profile = getattr(plan, "profile", None)
     planned = precision or in_force.precision or (profile.precision if profile else None)
-    check_combination(in_force.techniques)
-    if precision not in (None, "bf16") and any(
-        isinstance(t, PureBF16) for t in in_force.techniques
-    ):
-        raise InvalidInputError(
-            f"precision={precision!r}: the plan keeps the weights in bf16 (PureBF16), which "
-            f"runs without autocast; pass precision='bf16' or none"
-        )
-    check_step_options(
-        in_force.techniques,
-        clip_grad_norm=clip_grad_norm,
-        accumulate=accumulate,
-        grad_scaler=Precision.parse(planned or "fp32").grad_scaler,
-    )
     context = ApplyContext(loss_fn=loss_fn, step_precision=planned or "fp32")
-    apply_techniques(model, in_force.techniques, context=context, optimizer=optimizer)
+
+    def checked_and_applied() -> None:
+        check_fingerprint(in_force.fingerprint, model)
+        if applied(model):
+            raise InvalidInputError(
+                f"memfit's techniques are already applied to this {type(model).__name__} (by "
+                f"an earlier memfit.apply); undo them first with step.undo() or "
+                f"memfit.undo(model), then apply the plan you want"
+            )
+        if precision is not None:
+            Precision.parse(precision)
+        # checked before the model is changed: the precision, and what the techniques exclude
+        check_combination(in_force.techniques)
+        if precision not in (None, "bf16") and any(
+            isinstance(t, PureBF16) for t in in_force.techniques
+        ):
+            raise InvalidInputError(
+                f"precision={precision!r}: the plan keeps the weights in bf16 (PureBF16), "
+                f"which runs without autocast; pass precision='bf16' or none"
+            )
+        check_step_options(
+            in_force.techniques,
+            clip_grad_norm=clip_grad_norm,
+            accumulate=accumulate,
+            grad_scaler=Precision.parse(planned or "fp32").grad_scaler,
+        )
+        apply_techniques(model, in_force.in_order, context=context, optimizer=optimizer)
+
+    if in_force.sharding is None:
+        checked_and_applied()
+    else:  # a rank that fails a check still casts its votes: the others do not wait
+        _apply_on_every_rank(model, context, checked_and_applied)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
     chosen = precision or context.precision or ("bf16" if context.pure_bf16 else None)
     if chosen is None and profile is not None:
@@ -131,6 +142,20 @@ def apply(
         accumulate=accumulate,
         optimizer_in_backward=context.optimizer_in_backward,
     )
+
+
+def _apply_on_every_rank(model: Any, context: ApplyContext, run: Callable[[], None]) -> None:
+    """Apply a sharded plan; every rank of the job raises if any rank failed (no hang)."""
+    # not at the top: importing FSDP2 costs half a second that plans without it never need
+    from memfit.apply.sharding import Agreement, in_a_job
+
+    context.agreement = Agreement(active=in_a_job(model))
+    try:
+        run()
+    except BaseException as error:
+        context.agreement.finish(error)
+        raise
+    context.agreement.finish(None)
 
 
 make_callable(__name__, apply)

@@ -20,6 +20,7 @@ The budget is on *reserved* memory, what ``torch.cuda.max_memory_reserved()`` re
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -52,6 +53,7 @@ from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
 from memfit.plan.policies import block_policies, offloaded_policy
 from memfit.plan.settings import CHUNK_BYTES, PlanSettings, budget_bytes, budget_note
+from memfit.plan.sharded import plan_sharded
 from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
 from memfit.step.precision import Precision
@@ -98,6 +100,7 @@ def plan(
     host: HostSpec | None = None,
     clip_grad_norm: float | None = None,
     accumulate: int = 1,
+    gpus: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Plan:
     """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
@@ -121,6 +124,8 @@ def plan(
         host_memory: the target host's RAM (``"128GiB"``) for plans that offload to it;
             default this machine's.
         host: the target host in full (``memfit.devices.HostSpec``); overrides ``host_memory``.
+        gpus: the job's GPUs; more than 1 plans FSDP2 sharding (``memfit.plan.sharded``),
+            with the budget, memory and step time per rank and ``batch`` each rank's batch.
 
     Returns:
         The chosen Plan, with its prediction and the frontier of alternatives.
@@ -131,7 +136,7 @@ def plan(
         BudgetInfeasibleError: when no combination fits; says how much is missing.
 
     Known limitations:
-        * Sharding (FSDP) is not planned.
+        * Sharding is planned only when ``gpus`` is more than 1.
         * When weights, gradients and optimizer state leave too little room, the first level
           of ``model_state``'s ladder that fits is taken, not the fastest of all levels; plans
           that offload the optimizer use no micro-batching and no lean blocks.
@@ -166,6 +171,7 @@ def plan(
         max_micro_batches=max_micro_batches,
         margin=margin,
         max_traces=max_traces,
+        gpus=gpus,
     )
     search = _Search(model, batch, step, settings, progress)
     note = budget_note(budget, spec)
@@ -209,17 +215,26 @@ class _Search:
         self.fingerprint = ""
         self.baseline_s = 0.0
         self.unmodified_peak = 0
-        if self.levels and self.state_bytes > self.settings.target:  # never fits as it is
+        one_gpu = self.settings.gpus == 1  # sharding divides the model state instead
+        if one_gpu and self.levels and self.state_bytes > self.settings.target:  # never fits
             return self.with_model_state(started, [])
         self.report("tracing the unmodified step")
         self.base = self.trace()
         self.fingerprint = model_fingerprint(self.base.model.module)
         self.baseline_s = self.base.profile.step_time_s or 0.0
         self.unmodified_peak = self.base.profile.peak_reserved
+        if self.settings.gpus > 1:
+            return plan_sharded(self)
+        return self.search()
+
+    def search(self) -> Plan:
+        """The plan on top of ``self.first``, from ``self.base`` (their trace) on."""
+        started = time.perf_counter()
         if self.fits(self.base):
-            label = "unmodified"
-            point = FrontierPoint(label, self.unmodified_peak, self.baseline_s, chosen=True)
-            return self.make((), self.base, [point])
+            label = self.first_label or "unmodified"
+            profile = self.base.profile
+            point = FrontierPoint(label, profile.peak_reserved, profile.step_time_s or 0.0)
+            return self.make((), self.base, [dataclasses.replace(point, chosen=True)])
         fused = self.fuse_first()
         if fused is not None:
             return fused

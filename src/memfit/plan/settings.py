@@ -9,6 +9,7 @@ from typing import Any
 
 from memfit.devices import DeviceSpec
 from memfit.errors import InvalidInputError
+from memfit.plan.sharded import check_gpus
 from memfit.units import format_bytes, parse_budget, parse_bytes
 
 __all__ = ["PlanSettings", "CHUNK_BYTES", "budget_bytes", "budget_note"]
@@ -32,6 +33,7 @@ class PlanSettings:
         max_micro_batches: the most micro-batches a plan splits a batch into.
         margin: fraction of the budget kept free for prediction error.
         max_traces: candidates traced in full before giving up on the screening order.
+        gpus: GPUs of the job; more than 1: the plan shards with FSDP2 (``plan.sharded``).
     """
 
     budget: int
@@ -42,9 +44,11 @@ class PlanSettings:
     max_micro_batches: int = 8
     margin: float = 0.02
     max_traces: int = 6
+    gpus: int = 1
 
     def __post_init__(self) -> None:
         """Check the search's settings before any tracing."""
+        check_gpus(self.gpus)
         for name, low in (("chunks", 2), ("max_micro_batches", 1), ("max_traces", 1)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:

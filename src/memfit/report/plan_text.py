@@ -6,7 +6,9 @@ import math
 import re
 
 from memfit.plan.plan import Plan
+from memfit.report.sharding_text import sharding_lines
 from memfit.report.tables import format_table
+from memfit.techniques import Sharding
 from memfit.units import format_bytes
 
 __all__ = ["plan_text", "tokens_per_step"]
@@ -47,7 +49,10 @@ def plan_text(plan: Plan) -> str:
     elif plan.step_time_s:
         lines.append(f"step time       {plan.step_time_s * 1e3:.1f} ms predicted{rate}")
     for technique in plan.techniques:
-        lines.append(f"  - {technique!r}")
+        if isinstance(technique, Sharding):
+            lines += sharding_lines(technique, plan.profile)
+        else:
+            lines.append(f"  - {technique!r}")
     lines += [f"note: {note}" for note in plan.notes]
     if plan.frontier:
         rows = [

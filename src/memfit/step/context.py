@@ -73,6 +73,8 @@ class ApplyContext:
             ``HostOptimizer`` the step tells which backward ends a batch.
         host_memory: what techniques hold in host memory, one callable each (the tracer
             reports their sum).
+        agreement: set by ``memfit.apply`` for a sharded plan in a distributed job: how the
+            ranks agree that applying succeeded (``memfit.apply.sharding.Agreement``).
     """
 
     loss_fn: LossFn | None = None
@@ -89,6 +91,7 @@ class ApplyContext:
     step_precision: str | None = None
     host_optimizer: Any = None
     host_memory: list[HostBytesFn] = field(default_factory=list)
+    agreement: Any = None
 
     def host_bytes(self, micro_batches: int = 1) -> dict[str, int]:
         """Host memory the applied techniques hold, by part."""

@@ -21,6 +21,7 @@ from memfit.techniques import (
     MixedPrecision,
     PlanLike,
     PureBF16,
+    Sharding,
     info,
     model_fingerprint,
     technique_label,
@@ -58,6 +59,17 @@ class InForce:
         return any(isinstance(t, FusedOptimizer) for t in self.techniques)
 
     @property
+    def sharding(self) -> Sharding | None:
+        found = [t for t in self.techniques if isinstance(t, Sharding)]
+        return found[-1] if found else None
+
+    @property
+    def in_order(self) -> tuple[Any, ...]:
+        """The techniques in the order they are applied: sharding last, once the others have
+        changed the modules it wraps (``fully_shard`` replaces the parameters)."""
+        return tuple(sorted(self.techniques, key=lambda t: isinstance(t, Sharding)))
+
+    @property
     def label(self) -> str:
         return " + ".join(technique_label(t) for t in self.techniques)
 
@@ -87,7 +99,7 @@ class InForce:
             yield context
             return
         with fake_mode if fake_mode is not None else contextlib.nullcontext():
-            apply_techniques(module, self.techniques, context=context)
+            apply_techniques(module, self.in_order, context=context)
         try:
             yield context
         finally:

@@ -22,10 +22,11 @@ memfit zoo) and every ResNet block across its stages (``layer1.0`` .. ``layer4.1
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Sequence
 
 from torch import nn
 
-__all__ = ["find_blocks", "CONTAINERS"]
+__all__ = ["find_blocks", "block_patterns", "CONTAINERS"]
 
 CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 """Module types that only hold other modules."""
@@ -112,3 +113,19 @@ def _outermost_repeated(candidates: dict[str, nn.Module]) -> list[str]:
 
 def _num_params(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
+
+
+def block_patterns(module: nn.Module, blocks: Sequence[str]) -> tuple[str, ...]:
+    """``blocks`` as few patterns: ``parent.*`` where the blocks are all of a parent's children."""
+    children = {name: [c for c, _ in m.named_children()] for name, m in module.named_modules()}
+    by_parent: dict[str, list[str]] = {}
+    for block in blocks:
+        parent, _, child = block.rpartition(".")
+        by_parent.setdefault(parent, []).append(child)
+    patterns: list[str] = []
+    for parent, kids in by_parent.items():
+        if parent and sorted(kids) == sorted(children.get(parent, [])):
+            patterns.append(f"{parent}.*")
+        else:
+            patterns += [f"{parent}.{k}" if parent else k for k in kids]
+    return tuple(patterns)

@@ -10,7 +10,7 @@ from torch import nn
 
 from memfit.profile import Category, LiveTensor, MemoryProfile, ModuleMemory, Phase, TimelineEvent
 from memfit.trace.allocator import round_size
-from memfit.trace.recorder import Trace
+from memfit.trace.recorder import Trace, local_tensor
 from memfit.trace.replay import Replay
 
 __all__ = ["assemble_profile", "thin_timeline", "module_table", "trainable_param_bytes"]
@@ -66,7 +66,7 @@ def module_table(
             inclusive[name] += size
     rows = []
     for name, module in root.named_modules():
-        param_bytes = sum(p.numel() * p.element_size() for p in module.parameters())
+        param_bytes = sum(local_tensor(p).numel() * p.element_size() for p in module.parameters())
         rows.append(
             ModuleMemory(
                 fqn=name,

@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,6 +21,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
+from memfit.collectives import BUS_EFFICIENCY, communication_time, offload_s
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device, host_spec
 from memfit.errors import InvalidInputError
@@ -32,8 +33,10 @@ from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied, run_in_reverse
+from memfit.structure.blocks import block_patterns, find_blocks
 from memfit.structure.token_inputs import check_token_inputs
 from memfit.technique_rules import check_combination, check_step_options
+from memfit.techniques import Sharding
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
@@ -46,7 +49,7 @@ from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
 from memfit.units import format_bytes
 
-__all__ = ["estimate", "trace_step", "StepTrace", "StepSettings"]
+__all__ = ["estimate", "trace_step", "with_gpus", "StepTrace", "StepSettings"]
 
 Progress = Callable[[str], None]
 
@@ -60,6 +63,7 @@ class StepTrace:
     marks: dict[str, int]
     model: FakeModel
     record: StepRecord
+    sharded: Any = None  # memfit.trace.sharding.ShardedTracing of a sharded step
 
 
 def estimate(
@@ -80,6 +84,7 @@ def estimate(
     host: HostSpec | None = None,
     clip_grad_norm: float | None = None,
     accumulate: int = 1,
+    gpus: int | None = None,
     progress: Progress | None = None,
 ) -> MemoryProfile:
     """Predict the GPU memory of one steady-state training step, without a GPU.
@@ -108,6 +113,9 @@ def estimate(
         clip_grad_norm: the step clips gradients to this global norm before each update.
         accumulate: the step accumulates the gradients of this many batches per update (the
             gradients of earlier batches are alive through the later ones' forward).
+        gpus: predict one rank of a job of ``gpus`` GPUs sharded with FSDP2: the plan's
+            ``Sharding`` for that many GPUs, or, when the plan has none, one ``fully_shard``
+            unit per repeated block; ``batch`` is each rank's batch. None: as the plan says.
         progress: called with a short message at each stage (the CLI shows it).
 
     Returns:
@@ -125,7 +133,8 @@ def estimate(
           bench/results).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, named in the profile's warnings.
-        * One GPU, one stream; distributed training is not modelled.
+        * Distributed training other than FSDP2 sharding (``Sharding``) is not modelled;
+          sharded steps are traced as one rank (``memfit.trace.sharding``).
     """
     settings = StepSettings(
         loss_fn=loss_fn,
@@ -141,6 +150,8 @@ def estimate(
         clip_grad_norm=clip_grad_norm,
         accumulate=accumulate,
     )
+    if gpus is not None:
+        plan = with_gpus(plan, gpus, model)
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
 
 
@@ -150,6 +161,37 @@ def target_host_from(host_memory: str | int | None, device: str | DeviceSpec) ->
         return None
     spec = get_device(device)
     return host_spec(host_memory, local=spec.name == "cuda" or _is_local(spec))
+
+
+def with_gpus(plan: Any, gpus: int, model: Any) -> list[Any]:
+    """The plan's techniques, sharded over ``gpus`` GPUs (module docstring of ``estimate``)."""
+    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
+        raise InvalidInputError(f"gpus={gpus!r} must be a whole number of GPUs, e.g. gpus=8")
+    in_force = techniques_in_force(plan)
+    others = [t for t in in_force.techniques if not isinstance(t, Sharding)]
+    if gpus == 1:
+        return others
+    found = in_force.sharding
+    if found is not None:
+        return [*others, dataclasses.replace(found, gpus=gpus, replicate=_replicas(found, gpus))]
+    module = resolve(model, None)[1] if isinstance(model, str) else model
+    if not isinstance(module, nn.Module):
+        with torch.device("meta"):  # only its structure: no memory
+            module = module()
+    units = block_patterns(module, find_blocks(module))
+    return [*others, Sharding(gpus=gpus, units=units)]
+
+
+def _replicas(sharding: Sharding, gpus: int) -> int:
+    """HSDP keeps its shard group's size; the number of groups follows ``gpus``."""
+    if sharding.replicate <= 1:
+        return 1
+    if gpus % sharding.shards:
+        raise InvalidInputError(
+            f"the plan's HSDP shards over groups of {sharding.shards} GPUs, which do not divide "
+            f"gpus={gpus}; use a multiple of {sharding.shards}, or make a plan for {gpus} GPUs"
+        )
+    return gpus // sharding.shards
 
 
 def trace_step(
@@ -191,11 +233,19 @@ def trace_step(
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
     declared = batch.bounds() if isinstance(batch, SpecBatch) else None
-    fake_model, example = _build(model, batch, fake_mode, recorder, precision)
-    # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and declared bounds
-    check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
-    report("tracing forward, backward and optimizer step")
-    record = _trace(fake_model, example, fake_mode, recorder, techniques, settings, precision)
+    with _ranks(techniques, recorder) as sharded:
+        # sharded: each rank builds the model on the CPU or the meta device and fully_shard
+        # moves its shards to the GPU; one GPU: the model is built on the GPU
+        building = recorder if sharded is None else None
+        fake_model, example = _build(model, batch, fake_mode, building, precision)
+        # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and bounds
+        check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
+        report("tracing forward, backward and optimizer step")
+        if sharded is not None:
+            fake_model = sharded.own_copy(fake_model)
+        record = _trace(
+            fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
+        )
     report("simulating the CUDA caching allocator")
     header = dict(
         source="estimate",
@@ -206,6 +256,9 @@ def trace_step(
         optimizer=optimizer_label(settings.optimizer),
         batch=describe_batch(example),
     )
+    host_bytes = 0
+    if sharded is not None and techniques.sharding is not None and techniques.sharding.offload:
+        record.trace, host_bytes = sharded.host_resident(record.trace)
     profile = _profile(record, fake_model, settings, spec, header)
     profile = dataclasses.replace(
         profile,
@@ -214,21 +267,64 @@ def trace_step(
         host_bytes=dict(record.host_bytes),
         warnings=profile.warnings + _host_warnings(record.host_bytes, settings),
     )
+    if sharded is not None:
+        profile = _with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
     report(f"done in {time.perf_counter() - started:.1f} s")
-    return StepTrace(profile, record.trace, record.marks, fake_model, record)
+    return StepTrace(profile, record.trace, record.marks, fake_model, record, sharded)
+
+
+@contextlib.contextmanager
+def _ranks(techniques: InForce, recorder: MemoryRecorder) -> Iterator[Any]:
+    """For a sharded plan, its ranks as a fake process group and FSDP2's bookkeeping."""
+    if techniques.sharding is None:
+        yield None
+        return
+    # not at the top: FSDP2's modules take 0.8 s to import, which one-GPU traces never need
+    from memfit.trace.sharding import ShardedTracing, fake_process_group
+
+    sharding = techniques.sharding
+    with fake_process_group(sharding.gpus):
+        yield ShardedTracing(recorder, sharding.shards)
+
+
+def _with_communication(
+    profile: MemoryProfile, sharded: Any, sharding: Any, spec: DeviceSpec, host_bytes: int
+) -> MemoryProfile:
+    """The step time with the collectives FSDP2 ran, and a note saying what it assumes;
+    ``host_bytes``: what CPU offload keeps in host memory (copied and stepped there)."""
+    compute = (profile.step_time_s or 0.0) + offload_s(host_bytes)
+    shards = sharding.shards
+    collectives = sharded.collective_bytes(shards)
+    comm = communication_time(collectives, compute, spec, shards, sharding.replicate)
+    note = (
+        f"per rank of {sharding.gpus}: {len(sharded.collectives)} all-gathers/reduce-scatters "
+        f"take {comm.total_s * 1e3:.1f} ms, {comm.exposed_s * 1e3:.1f} ms of it not overlapped "
+        f"with computation (link rates from datasheets, {BUS_EFFICIENCY:.0%} of them assumed: "
+        f"not measured)"
+    )
+    if host_bytes:
+        note += (
+            f"; CPU offload keeps {host_bytes / 2**30:.2f} GiB in host memory, not counted above "
+            f"(its copies and the host optimizer step priced at assumed PCIe and host-memory rates)"
+        )
+    return dataclasses.replace(
+        profile, step_time_s=compute + comm.exposed_s, warnings=(*profile.warnings, note)
+    )
 
 
 def _build(
     model: nn.Module | Callable[[], nn.Module],
     batch: Any,
     fake_mode: FakeTensorMode,
-    recorder: MemoryRecorder,
+    recorder: MemoryRecorder | None,
     precision: Precision,
 ) -> tuple[FakeModel, Any]:
-    """The model and the example batch on fake tensors."""
+    """The model and the example batch on fake tensors; ``recorder``: records the building."""
     # A builder builds on the device, as `with torch.device("cuda"): model = build()` does:
     # its temporaries (weights replaced when tying, say) leave cached blocks behind.
-    building = recorder if not isinstance(model, nn.Module) else contextlib.nullcontext()
+    building: Any = contextlib.nullcontext()
+    if recorder is not None and not isinstance(model, nn.Module):
+        building = recorder
     with building:
         fake_model = prepare_model(model, fake_mode, param_dtype=precision.param_dtype)
     with fake_mode, torch.device("cpu"):
@@ -244,19 +340,29 @@ def _trace(
     techniques: InForce,
     settings: StepSettings,
     precision: Precision,
+    sharded: Any = None,
 ) -> StepRecord:
-    """One step with the plan's techniques applied to the fake model, recorded."""
+    """One step with the plan's techniques applied to the fake model, recorded; ``sharded``:
+    the FSDP2 bookkeeping of a sharded plan (``memfit.trace.sharding.ShardedTracing``)."""
     spec = get_device(settings.device)
     undos: list[Callable[[], None]] = []  # what changed the fake optimizer and parameters
     applied = techniques.applied_to(fake_model.module, fake_mode, precision.name)
     with fake_model.swapped(), applied as context:
+        if sharded is not None:  # fully_shard replaced the parameters by DTensors
+            fake_model.params = dict(fake_model.module.named_parameters())
+            fake_model.buffers = dict(fake_model.module.named_buffers())
 
         def make_step() -> TrainStep:
-            optimizer = make_optimizer(settings.optimizer, fake_model.trainable())
+            params = fake_model.trainable()
+            if sharded is not None:
+                params = sharded.local_params(params)
+            optimizer = make_optimizer(settings.optimizer, params)
             if context.optimizer_in_backward and optimizer is not None:
                 # before the update's hooks: each gradient is counted as one, then freed
                 undos.append(watch_gradients(fake_model.params, recorder))
             undos.append(context.change_optimizer(optimizer))
+            if sharded is not None and optimizer is not None:
+                sharded.attach(optimizer)
             return TrainStep(
                 fake_model,
                 optimizer,
@@ -275,16 +381,17 @@ def _trace(
             )
 
         try:
-            record = traced_step(
-                fake_mode=fake_mode,
-                fake_model=fake_model,
-                batch=example,
-                make_step=make_step,
-                device=spec,
-                stack=settings.stack,
-                calibration=load_calibration(spec),
-                recorder=recorder,
-            )
+            with sharded.hooks() if sharded is not None else contextlib.nullcontext():
+                record = traced_step(
+                    fake_mode=fake_mode,
+                    fake_model=fake_model,
+                    batch=example,
+                    make_step=make_step,
+                    device=spec,
+                    stack=settings.stack,
+                    calibration=load_calibration(spec),
+                    recorder=recorder,
+                )
             record.host_bytes = context.host_bytes(techniques.micro_batches)
             if context.host_optimizer is not None:
                 record.offloaded_params = context.host_optimizer.offloaded_params()

@@ -6,8 +6,14 @@ moment the CUDA caching allocator would get the block back). It works on fake te
 is used) and on real CUDA tensors alike, so prediction and measurement share one bookkeeping.
 Module attribution comes from ``memfit.trace.modules`` (PyTorch's ModuleTracker).
 
+Tensor subclasses that hold a local tensor (a ``DTensor``'s shard on this rank) are recorded by
+that local tensor: its storage, its stream. Each allocation carries the stream that was current
+when it was made (``stream_of``): the caching allocator keeps a pool per stream.
+
 Known limitations:
-    * Storages resized in place (``untyped_storage().resize_()``) keep their first size.
+    * Storages resized in place (``untyped_storage().resize_()``) keep their first size, unless
+      the resizing code reports it through ``resized`` (FSDP2's parameter storage does, through
+      ``memfit.trace.sharding``).
     * Memory allocated outside ATen operators (custom CUDA extensions calling cudaMalloc,
       NCCL buffers) is invisible, as it is to PyTorch's own allocator statistics.
 """
@@ -21,13 +27,13 @@ from typing import Any
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
+from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
 from memfit.profile import Category, Phase
 from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback
 
-__all__ = ["Allocation", "MemoryRecorder", "WorkspaceRule", "Trace", "live_until"]
+__all__ = ["Allocation", "MemoryRecorder", "WorkspaceRule", "Trace", "live_until", "local_tensor"]
 
 # A rule sees each call of its operator after it ran and records the memory the kernel uses
 # beyond its outputs (a cuBLAS/cuDNN workspace, a flash-attention accumulator) through
@@ -77,6 +83,13 @@ class MemoryRecorder(TorchDispatchMode):
             (the measurement side uses it to read the real allocator's counters).
         device_type: count only storages on this device type ("cuda" when measuring; None
             counts all, as on fake CPU tensors that stand for CUDA ones).
+
+    Attributes:
+        stream_of: returns the id of the stream current now (0: the default stream); None when
+            everything runs on the default stream.
+        on_new: called with each new allocation and the tensor that made it (before a DTensor
+            is unwrapped to its shard), for tracers that annotate allocations.
+        shards_only: ``on_op`` gets DTensor arguments and outputs as their local shards.
     """
 
     def __init__(
@@ -98,6 +111,9 @@ class MemoryRecorder(TorchDispatchMode):
         self._next_key = 1
         self._tracker: ModuleTracker | None = None
         self.root_name = ""
+        self.stream_of: Callable[[], int] | None = None
+        self.on_new: Callable[[Allocation, torch.Tensor], None] | None = None
+        self.shards_only = False  # on_op sees DTensors' local shards (what the kernels touch)
 
     # --- module attribution -------------------------------------------------------------
     def attach(self, tracker: ModuleTracker, root: torch.nn.Module) -> None:
@@ -157,7 +173,7 @@ class MemoryRecorder(TorchDispatchMode):
                 continue
             key = self._new_key()
             self.trace.allocations[key] = Allocation(
-                key, size, category, self.phase, self.current_module(), op
+                key, size, category, self.phase, self.current_module(), op, stream=self._stream()
             )
             self._emit(key)
             keys.append(key)
@@ -167,9 +183,32 @@ class MemoryRecorder(TorchDispatchMode):
     def persistent(self, size: int, op: str, category: Category = Category.OTHER) -> int:
         """A buffer that outlives the step (a library workspace); never freed."""
         key = self._new_key()
-        self.trace.allocations[key] = Allocation(key, size, category, self.phase, "", op)
+        self.trace.allocations[key] = Allocation(
+            key, size, category, self.phase, "", op, stream=self._stream()
+        )
         self._emit(key)
         return key
+
+    def resized(self, tensor: torch.Tensor, op: str) -> None:
+        """``tensor``'s storage was resized in place: free its old size, allocate its new one.
+
+        PyTorch's caching allocator frees the block of a storage resized to zero and allocates
+        a new one (on the current stream) when it grows again.
+        """
+        tensor = local_tensor(tensor)
+        sid = _storage_id(tensor)
+        key = self._live.get(sid)
+        size = tensor.untyped_storage().nbytes()
+        if key is not None and self.trace.allocations[key].size == size:
+            return
+        if key is not None:
+            del self._live[sid]
+            self._emit(-key)
+        if size > 0:
+            self._see(tensor, op)
+
+    def _stream(self) -> int:
+        return self.stream_of() if self.stream_of is not None else 0
 
     def _see(
         self,
@@ -179,6 +218,8 @@ class MemoryRecorder(TorchDispatchMode):
         category: Category | None = None,
         module: str | None = None,
     ) -> None:
+        made_by = tensor
+        tensor = local_tensor(tensor)
         if self.device_type is not None and tensor.device.type != self.device_type:
             return
         if tensor.device.type == "meta":  # shapes only, on any machine: no memory
@@ -198,7 +239,10 @@ class MemoryRecorder(TorchDispatchMode):
             op=op,
             shape=tuple(tensor.shape),
             dtype=str(tensor.dtype).removeprefix("torch."),
+            stream=self._stream(),
         )
+        if self.on_new is not None:
+            self.on_new(self.trace.allocations[key], made_by)
         self._live[sid] = key
         self._refs[sid] = weakref.ref(storage, self._on_free(sid))
         self._emit(key)
@@ -239,12 +283,26 @@ class MemoryRecorder(TorchDispatchMode):
         if rule is not None:
             rule(self, func, args, kwargs, out)
         if self.on_op is not None:
-            self.on_op(func, args, kwargs, out)
+            if self.shards_only:
+                self.on_op(func, *tree_map(local_tensor_or_value, (args, kwargs, out)))
+            else:
+                self.on_op(func, args, kwargs, out)
         return out
 
 
+def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """The tensor that holds memory for ``tensor``: a DTensor's local shard, else itself."""
+    if hasattr(type(tensor), "_local_tensor"):  # a DTensor (checked without importing it)
+        return tensor._local_tensor  # type: ignore[attr-defined]
+    return tensor
+
+
+def local_tensor_or_value(value: Any) -> Any:
+    return local_tensor(value) if isinstance(value, torch.Tensor) else value
+
+
 def _storage_id(tensor: torch.Tensor) -> int:
-    return tensor.untyped_storage()._cdata
+    return local_tensor(tensor).untyped_storage()._cdata
 
 
 def live_until(events: list[int], stop: int) -> set[int]:

@@ -33,7 +33,7 @@ from memfit.trace.hf_masks import gpu_mask_branches
 from memfit.trace.low_bit import torchao_stand_in
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults, host_tensors, state_tensors
-from memfit.trace.recorder import MemoryRecorder, Trace
+from memfit.trace.recorder import MemoryRecorder, Trace, local_tensor
 
 __all__ = ["TracedOp", "StepRecord", "traced_step", "new_recorder"]
 
@@ -178,12 +178,9 @@ class _Bookkeeping:
         """At zero_grad: optimizer state recategorised, host step counters out, grad sizes kept."""
         self.recorder.forget(host_tensors(optimizer))
         self.recorder.recategorize(state_tensors(optimizer), Category.OPTIMIZER)
+        grads = {n: p.grad for n, p in self.fake_model.params.items() if p.grad is not None}
         self.record.grad_bytes.update(
-            {
-                n: p.grad.numel() * p.grad.element_size()
-                for n, p in self.fake_model.params.items()
-                if p.grad is not None
-            }
+            {n: local_tensor(g).numel() * g.element_size() for n, g in grads.items()}
         )
 
 

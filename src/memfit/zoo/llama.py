@@ -20,7 +20,16 @@ from memfit.zoo.attention import SelfAttention, rotary_tables
 from memfit.zoo.blocks import init_normal_
 from memfit.zoo.output import ZooOutput, causal_lm_loss
 
-__all__ = ["LlamaConfig", "Llama", "RMSNorm", "rms_norm_reference", "num_params", "LLAMA_3B"]
+__all__ = [
+    "LlamaConfig",
+    "Llama",
+    "RMSNorm",
+    "rms_norm_reference",
+    "num_params",
+    "LLAMA_3B",
+    "LLAMA_8B",
+    "LLAMA_70B",
+]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -57,6 +66,31 @@ LLAMA_3B = LlamaConfig(
     tie_embeddings=True,
 )
 """Llama-3.2-3B's shape (Meta's config.json; 4096 positions instead of its 131072 with scaling)."""
+
+LLAMA_8B = LlamaConfig(
+    vocab_size=128256,
+    max_seq_len=8192,
+    dim=4096,
+    n_layers=32,
+    n_heads=32,
+    n_kv_heads=8,
+    hidden_dim=14336,
+    rope_theta=500000.0,
+)
+"""Llama-3.1-8B's shape (Meta's config.json: 8,030,261,248 parameters); 8192 positions instead
+of its 131072 with rope scaling, which changes no size."""
+
+LLAMA_70B = LlamaConfig(
+    vocab_size=128256,
+    max_seq_len=8192,
+    dim=8192,
+    n_layers=80,
+    n_heads=64,
+    n_kv_heads=8,
+    hidden_dim=28672,
+    rope_theta=500000.0,
+)
+"""Llama-3.1-70B's shape (Meta's config.json: 70,553,706,496 parameters), 8192 positions."""
 
 
 def num_params(config: LlamaConfig) -> int:
