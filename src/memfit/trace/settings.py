@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
 from memfit.errors import InvalidInputError
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
@@ -40,6 +40,12 @@ class StepSettings:
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
         batch_size, seq_len: the size of a zoo model's default batch.
+        host: the machine around the GPU (memory, cores, CPU Adam rate), for plans that
+            offload; None: this machine when the GPU is local, else a reference host.
+        clip_grad_norm: the step clips the gradients to this global L2 norm before each
+            update (None: no clipping).
+        accumulate: the step accumulates the gradients of this many batches before each
+            update (1: an update after every batch).
     """
 
     loss_fn: LossFn | None = None
@@ -51,6 +57,9 @@ class StepSettings:
     allocator: AllocatorSettings = DEFAULT_SETTINGS
     batch_size: int | None = None
     seq_len: int | None = None
+    host: HostSpec | None = None
+    clip_grad_norm: float | None = None
+    accumulate: int = 1
 
     def __post_init__(self) -> None:
         """Check every setting before any work (a tracer run takes seconds)."""
