@@ -175,10 +175,13 @@ def retained_bytes() -> int:
             continue
         try:
             storage = obj.untyped_storage()
-        except (RuntimeError, NotImplementedError):  # tensors without storage (sparse, meta)
+            pointer = storage.data_ptr()
+        except (RuntimeError, NotImplementedError):
+            # tensors without storage of their own: sparse, meta, and wrapper subclasses
+            # (torchao's low-bit optimizer state, DTensor) whose storage is invalid
             continue
-        if storage.data_ptr() not in seen:
-            seen.add(storage.data_ptr())
+        if pointer not in seen:
+            seen.add(pointer)
             total += storage.nbytes()
         if obj.grad_fn is not None:
             total += graph_stats(obj, seen)[1]

@@ -43,7 +43,7 @@ def screening_baseline(
     casts = sum(op.seconds for op in ops if op.stage == "forward" and op.op == "_to_copy")
     baseline = Baseline(
         base.profile,
-        base.profile.step_time_s or 0.0,
+        base.record.step_time_s(),  # the GPU's: offloading is priced per candidate
         len(ops),
         casts,
         grad_bytes=sum(base.record.grad_bytes.values()),
@@ -67,7 +67,7 @@ def screening_baseline(
     return dataclasses.replace(
         baseline,
         chunked_saving=base.profile.peak_allocated - chunked.profile.peak_allocated,
-        chunked_extra_s=(chunked.profile.step_time_s or 0.0) - baseline.step_s,
+        chunked_extra_s=chunked.record.step_time_s() - baseline.step_s,
     )
 
 

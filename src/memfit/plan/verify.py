@@ -88,7 +88,9 @@ def _family(candidate: Candidate) -> tuple[bool, bool]:
 
 def _key(candidate: Candidate) -> tuple[int, ...]:
     """How much a candidate does to save memory: more blocks, stronger policy, chunked loss."""
-    strength = {"none": 0, "pointwise": 1, "selective": 2, "full": 3}[candidate.policy.kind]
+    strength = {"none": 0, "pointwise": 1, "selective": 2, "full": 3, "offloaded": 4}[
+        candidate.policy.kind
+    ]
     return (
         len(candidate.blocks),
         strength,

@@ -20,6 +20,7 @@ from memfit.techniques import (
     MicroBatch,
     MixedPrecision,
     PlanLike,
+    PureBF16,
     Sharding,
     info,
     model_fingerprint,
@@ -38,6 +39,9 @@ class InForce:
 
     @property
     def precision(self) -> str | None:
+        """The plan's precision: ``"bf16"`` with ``PureBF16``, else its MixedPrecision's."""
+        if any(isinstance(t, PureBF16) for t in self.techniques):
+            return "bf16"
         found = [t.precision for t in self.techniques if isinstance(t, MixedPrecision)]
         return found[-1] if found else None
 
@@ -70,11 +74,14 @@ class InForce:
         return " + ".join(technique_label(t) for t in self.techniques)
 
     @contextlib.contextmanager
-    def applied_to(self, module: nn.Module, fake_mode: Any = None) -> Iterator[ApplyContext]:
+    def applied_to(
+        self, module: nn.Module, fake_mode: Any = None, precision: str | None = None
+    ) -> Iterator[ApplyContext]:
         """Apply the techniques to ``module`` (a fake model, for tracing); undo them on exit.
 
         Every technique's applier runs, as ``memfit.apply`` runs them: the ones that change
-        the model under ``fake_mode``; the rest only fill the context.
+        the model under ``fake_mode``; the rest only fill the context. ``precision`` is the
+        step's (``ApplyContext.step_precision``).
 
         Raises:
             InvalidInputError: when the plan was made for another model, or has a technique
@@ -87,7 +94,7 @@ class InForce:
                 f"cannot estimate {', '.join(repr(t) for t in unknown)}: not a technique memfit "
                 f"models; known: {', '.join(row.type.__name__ for row in TABLE)}"
             )
-        context = ApplyContext()
+        context = ApplyContext(step_precision=precision)
         if not self.techniques:
             yield context
             return

@@ -261,6 +261,8 @@ class MemoryRecorder(TorchDispatchMode):
         tensor = local_tensor(tensor)
         if self.device_type is not None and tensor.device.type != self.device_type:
             return
+        if tensor.device.type == "meta":  # shapes only, on any machine: no memory
+            return
         storage = tensor.untyped_storage()
         sid = storage._cdata
         if sid in self._live:

@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
 from memfit.errors import InvalidInputError
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
@@ -48,6 +48,12 @@ class StepSettings:
             allocates the same).
         timeout_s: stop tracing with an UnsupportedModelError after this many seconds (a
             model looping on tensor values); None for no limit.
+        host: the machine around the GPU (memory, cores, CPU Adam rate), for plans that
+            offload; None: this machine when the GPU is local, else a reference host.
+        clip_grad_norm: the step clips the gradients to this global L2 norm before each
+            update (None: no clipping).
+        accumulate: the step accumulates the gradients of this many batches before each
+            update (1: an update after every batch).
     """
 
     loss_fn: LossFn | None = None
@@ -61,6 +67,9 @@ class StepSettings:
     seq_len: int | None = None
     mode: str = "train"
     timeout_s: float | None = DEFAULT_TIMEOUT_S
+    host: HostSpec | None = None
+    clip_grad_norm: float | None = None
+    accumulate: int = 1
 
     @property
     def inference(self) -> bool:
