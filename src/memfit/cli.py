@@ -175,6 +175,12 @@ def model_options(function: Any) -> Any:
     help="Predict one rank of N GPUs sharded with FSDP2 (the plan's sharding, else one unit "
     "per repeated block); the batch is each rank's.",
 )
+@click.option(
+    "--inference",
+    is_flag=True,
+    help="Predict inference (evaluation, serving): the model in eval(), one forward under "
+    "torch.no_grad(); --optimizer is ignored.",
+)
 def estimate(
     fmt: str,
     quiet: bool,
@@ -182,15 +188,17 @@ def estimate(
     budget: str | None,
     plan_path: str | None,
     gpus: int | None,
+    inference: bool,
     **options: Any,
 ) -> None:
-    """Predict the GPU memory of one training step of MODEL, without a GPU.
+    """Predict the GPU memory of one training (or, with --inference, inference) step of MODEL,
+    without a GPU.
 
     MODEL is a zoo name (see `memfit zoo`) or path/to/file.py:builder.
     """
     plan_text_in = _read_plan(plan_path)
     question = {**options, "fmt": fmt, "quiet": quiet, "budget": budget, "gpus": gpus}
-    question["plan"] = plan_text_in
+    question.update(plan=plan_text_in, inference=inference)
     key = None if no_cache else result_cache.cache_key("estimate", question)
     if _answer_from_cache(key, show=fmt == "table" and not quiet):
         return
@@ -201,6 +209,7 @@ def estimate(
     from memfit.units import parse_budget
 
     values = _model_option_values(**options)
+    values["mode"] = "inference" if inference else "train"
     spec = get_device(values["device"])
     limit = parse_budget(budget, of=spec.memory_bytes, device=spec.name) if budget else None
     show = fmt == "table" and not quiet

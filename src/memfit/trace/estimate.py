@@ -40,13 +40,15 @@ from memfit.techniques import Sharding
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
-from memfit.trace.fakeify import FakeModel, prepare_batch, prepare_model
+from memfit.trace.fake_hazards import fake_hazards_neutralised, scripted_functions_in_python
+from memfit.trace.fakeify import FakeModel, evaluating, prepare_batch, prepare_model
 from memfit.trace.inputs import SpecBatch, resolve
 from memfit.trace.optimizers import make_optimizer, optimizer_label, watch_gradients
-from memfit.trace.recorder import MemoryRecorder, Trace, live_until
+from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding, live_until
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
+from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 from memfit.units import format_bytes
 
 __all__ = ["estimate", "trace_step", "with_gpus", "StepTrace", "StepSettings"]
@@ -80,6 +82,8 @@ def estimate(
     seq_len: int | None = None,
     stack: CudaStack = DEFAULT_STACK,
     allocator: AllocatorSettings = DEFAULT_SETTINGS,
+    mode: str = "train",
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
     host_memory: str | int | None = None,
     host: HostSpec | None = None,
     clip_grad_norm: float | None = None,
@@ -87,7 +91,7 @@ def estimate(
     gpus: int | None = None,
     progress: Progress | None = None,
 ) -> MemoryProfile:
-    """Predict the GPU memory of one steady-state training step, without a GPU.
+    """Predict the GPU memory of one steady-state training (or inference) step, without a GPU.
 
     Args:
         model: an ``nn.Module`` (left untouched), a zero-argument builder (called on fake
@@ -106,6 +110,12 @@ def estimate(
         plan: a ``memfit.Plan`` (or a sequence of techniques) to predict with it in force.
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
+        mode: ``"train"``, or ``"inference"``: the model in ``eval()``, one forward under
+            ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same), the output
+            released after it; no loss, no backward, no optimizer (``optimizer`` is ignored).
+        timeout_s: give up with an UnsupportedModelError naming where the model was after
+            this many seconds of building and tracing (a model that loops on tensor values,
+            which fake tensors do not have); None for no limit.
         host_memory: the target host's RAM (``"128GiB"``), for plans that offload; default
             this machine's.
         host: the target host in full (``memfit.devices.HostSpec``: memory, cores, CPU Adam
@@ -125,12 +135,12 @@ def estimate(
 
     Raises:
         MemfitError: for unknown names, malformed inputs, a builder that raises, a batch that
-            does not fit the model, a loss that is not a scalar.
+            does not fit the model, a loss that is not a scalar, a trace that stalls.
 
     Known limitations:
         * cuDNN convolution workspaces are not modelled: cuDNN picks algorithms by heuristics
-          that need the GPU (about 4% of reserved memory on ResNet-50 in bf16, see
-          bench/results).
+          that need the GPU (4-17% of reserved memory on the validation zoo's CNNs, 6% of
+          allocated on ResNet-50 bf16 inference; bench/results/validation_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, named in the profile's warnings.
         * Distributed training other than FSDP2 sharding (``Sharding``) is not modelled;
@@ -146,11 +156,18 @@ def estimate(
         allocator=allocator,
         batch_size=batch_size,
         seq_len=seq_len,
+        mode=mode,
+        timeout_s=timeout_s,
         host=host or target_host_from(host_memory, device),
         clip_grad_norm=clip_grad_norm,
         accumulate=accumulate,
     )
     if gpus is not None:
+        if settings.inference:
+            raise InvalidInputError(
+                f"gpus={gpus} shards a training step with FSDP2; mode='inference' predicts one "
+                f"GPU's forward: leave gpus out"
+            )
         plan = with_gpus(plan, gpus, model)
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
 
@@ -213,6 +230,11 @@ def trace_step(
     report = progress or (lambda message: None)
     spec = get_device(settings.device)
     techniques = techniques_in_force(plan)
+    if settings.inference and techniques.label:
+        raise InvalidInputError(
+            f"a plan ({techniques.label}) was given with mode='inference'; plans are for "
+            f"training steps: estimate inference without one"
+        )
     precision = Precision.parse(techniques.precision or settings.precision)
     check_combination(techniques.techniques)
     check_step_options(
@@ -237,15 +259,40 @@ def trace_step(
         # sharded: each rank builds the model on the CPU or the meta device and fully_shard
         # moves its shards to the GPU; one GPU: the model is built on the GPU
         building = recorder if sharded is None else None
-        fake_model, example = _build(model, batch, fake_mode, building, precision)
+        with Watchdog(
+            settings.timeout_s,
+            "building the model",
+            recorder.recent_ops,
+            request_stop=recorder.request_stop,
+        ):
+            fake_model, example, rebuilt = _build(
+                model,
+                batch,
+                fake_mode,
+                building,
+                precision,
+                lambda: new_recorder(spec, settings.stack),
+            )
+        recorder = rebuilt or recorder  # a builder that read values: a fresh recorder
         # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and bounds
         check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
-        report("tracing forward, backward and optimizer step")
+        report(
+            "tracing forward"
+            if settings.inference
+            else "tracing forward, backward and optimizer step"
+        )
         if sharded is not None:
             fake_model = sharded.own_copy(fake_model)
-        record = _trace(
-            fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
-        )
+        with Watchdog(
+            settings.timeout_s,
+            "tracing the step",
+            recorder.recent_ops,
+            recorder.current_module,
+            recorder.request_stop,
+        ):
+            record = _trace(
+                fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
+            )
     report("simulating the CUDA caching allocator")
     header = dict(
         source="estimate",
@@ -253,16 +300,17 @@ def trace_step(
         device=spec.name,
         device_memory=spec.memory_bytes,
         precision=precision.name,
-        optimizer=optimizer_label(settings.optimizer),
+        optimizer=None if settings.inference else optimizer_label(settings.optimizer),
         batch=describe_batch(example),
     )
     host_bytes = 0
     if sharded is not None and techniques.sharding is not None and techniques.sharding.offload:
         record.trace, host_bytes = sharded.host_resident(record.trace)
     profile = _profile(record, fake_model, settings, spec, header)
+    label = "inference (eval, no_grad)" if settings.inference else techniques.label
     profile = dataclasses.replace(
         profile,
-        plan=techniques.label,
+        plan=label,
         step_time_s=_step_time(record, spec, settings, techniques.micro_batches),
         host_bytes=dict(record.host_bytes),
         warnings=profile.warnings + _host_warnings(record.host_bytes, settings),
@@ -318,18 +366,31 @@ def _build(
     fake_mode: FakeTensorMode,
     recorder: MemoryRecorder | None,
     precision: Precision,
-) -> tuple[FakeModel, Any]:
-    """The model and the example batch on fake tensors; ``recorder``: records the building."""
-    # A builder builds on the device, as `with torch.device("cuda"): model = build()` does:
-    # its temporaries (weights replaced when tying, say) leave cached blocks behind.
-    building: Any = contextlib.nullcontext()
-    if recorder is not None and not isinstance(model, nn.Module):
-        building = recorder
-    with building:
-        fake_model = prepare_model(model, fake_mode, param_dtype=precision.param_dtype)
+    fresh_recorder: Callable[[], MemoryRecorder],
+) -> tuple[FakeModel, Any, MemoryRecorder | None]:
+    """The model and the example batch on fake tensors, and the recorder of the build.
+
+    A builder builds on the device, as ``with torch.device("cuda"): model = build()`` does:
+    its temporaries (weights replaced when tying, say) leave cached blocks behind, so
+    ``recorder`` records it (None: unrecorded, as a sharded rank builds on the CPU). A builder
+    that reads a tensor value is built again with real values
+    (``prepare_model(real_values=True)``), unrecorded, and the step gets a fresh recorder.
+    """
+    dtype = precision.param_dtype
+    with fake_hazards_neutralised():
+        if isinstance(model, nn.Module) or recorder is None:
+            fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
+        else:
+            try:
+                with recorder, recorder.reading_no_values():
+                    fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
+            except ValueReadWhileBuilding:
+                recorder.close()
+                recorder = fresh_recorder()
+                fake_model = prepare_model(model, fake_mode, param_dtype=dtype, real_values=True)
     with fake_mode, torch.device("cpu"):
         example = batch() if callable(batch) else batch
-    return fake_model, prepare_batch(example, fake_mode)
+    return fake_model, prepare_batch(example, fake_mode), recorder
 
 
 def _trace(
@@ -347,22 +408,30 @@ def _trace(
     spec = get_device(settings.device)
     undos: list[Callable[[], None]] = []  # what changed the fake optimizer and parameters
     applied = techniques.applied_to(fake_model.module, fake_mode, precision.name)
-    with fake_model.swapped(), applied as context:
+    with (
+        fake_model.swapped(),
+        fake_hazards_neutralised(),
+        scripted_functions_in_python(fake_model.module),
+        evaluating(fake_model.module) if settings.inference else contextlib.nullcontext(),
+        applied as context,
+    ):
         if sharded is not None:  # fully_shard replaced the parameters by DTensors
             fake_model.params = dict(fake_model.module.named_parameters())
             fake_model.buffers = dict(fake_model.module.named_buffers())
 
         def make_step() -> TrainStep:
-            params = fake_model.trainable()
-            if sharded is not None:
-                params = sharded.local_params(params)
-            optimizer = make_optimizer(settings.optimizer, params)
-            if context.optimizer_in_backward and optimizer is not None:
-                # before the update's hooks: each gradient is counted as one, then freed
-                undos.append(watch_gradients(fake_model.params, recorder))
-            undos.append(context.change_optimizer(optimizer))
-            if sharded is not None and optimizer is not None:
-                sharded.attach(optimizer)
+            optimizer = None
+            if not settings.inference:
+                params = fake_model.trainable()
+                if sharded is not None:
+                    params = sharded.local_params(params)
+                optimizer = make_optimizer(settings.optimizer, params)
+                if context.optimizer_in_backward and optimizer is not None:
+                    # before the update's hooks: each gradient is counted as one, then freed
+                    undos.append(watch_gradients(fake_model.params, recorder))
+                undos.append(context.change_optimizer(optimizer))
+                if sharded is not None and optimizer is not None:
+                    sharded.attach(optimizer)
             return TrainStep(
                 fake_model,
                 optimizer,
@@ -391,6 +460,7 @@ def _trace(
                     stack=settings.stack,
                     calibration=load_calibration(spec),
                     recorder=recorder,
+                    inference=settings.inference,
                 )
             record.host_bytes = context.host_bytes(techniques.micro_batches)
             if context.host_optimizer is not None:
@@ -412,7 +482,9 @@ def _profile(
     """The recorded step replayed through the allocator, as a MemoryProfile."""
     result = replay(record.trace, record.marks, settings.allocator)
     live_after_forward = live_until(record.trace.events, record.marks.get("backward", 0))
-    grads = record.grad_bytes or trainable_param_bytes(fake_model.params)
+    grads: dict[str, int] = {}
+    if not settings.inference:
+        grads = record.grad_bytes or trainable_param_bytes(fake_model.params)
     return assemble_profile(
         trace=record.trace,
         replay=result,

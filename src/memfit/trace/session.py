@@ -24,6 +24,7 @@ from memfit.cost import Calibration, op_time
 from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.profile import Category, Phase
+from memfit.step.batch import call_model
 from memfit.trace.cuda.autocast import cuda_autocast_policy
 from memfit.trace.cuda.composites import cuda_composites
 from memfit.trace.cuda.stack import CudaStack
@@ -98,12 +99,15 @@ def traced_step(
     stack: CudaStack,
     calibration: Calibration,
     recorder: MemoryRecorder | None = None,
+    inference: bool = False,
 ) -> StepRecord:
     """Trace one training step; ``make_step()`` builds the TrainStep inside the fake mode.
 
     Args:
         recorder: a recorder that already holds what happened before the step (building the
             model on the device), or None for a fresh one.
+        inference: trace one forward under ``torch.no_grad()`` instead (the model is already
+            in ``eval()``), the output released after it.
 
     Raises:
         UnsupportedModelError: when the model fails on fake tensors (with its error).
@@ -125,7 +129,8 @@ def traced_step(
             book.optimizer = step.optimizer
             step.mark = book.mark
             policy = _emulate_cuda_precision(step)
-            _run_step(step, batch, book.mark, policy, book.record)
+            run = _run_forward if inference else _run_twice_stepping
+            _run_step(run, step, batch, book.mark, policy, book.record)
         recorder.close()
     book.record.warnings = recorder.warnings
     return book.record
@@ -227,22 +232,36 @@ def _emulate_cuda_precision(step: Any) -> contextlib.AbstractContextManager[None
 
 
 def _run_step(
+    run: Callable[[Any, Any, Callable[[str], None], StepRecord], None],
     step: Any,
     batch: Any,
     mark: Callable[[str], None],
     policy: contextlib.AbstractContextManager[None],
     record: StepRecord,
 ) -> None:
-    """The step under CUDA's cast policy; the model's own errors as UnsupportedModelError."""
+    """``run`` under CUDA's cast policy; the model's own errors as UnsupportedModelError."""
     try:
         with policy:
-            _run_twice_stepping(step, batch, mark, record)
+            run(step, batch, mark, record)
     except MemfitError:
         raise
     except Exception as error:  # the user's model: report it, whatever it raised
         raise UnsupportedModelError(
             f"the training step failed on fake tensors with {type(error).__name__}: {error}"
         ) from error
+
+
+def _run_forward(step: Any, batch: Any, mark: Callable[[str], None], record: StepRecord) -> None:
+    """One forward as inference runs it: no graph, the output dropped after autocast exits."""
+    mark("forward")
+    with torch.no_grad(), step.autocast():
+        inputs = step.forward_batch(batch) if step.forward_batch else batch
+        if step.forward is not None:
+            output = step.forward(step.model, inputs)
+        else:
+            output = call_model(step.model, inputs)
+    del output
+    mark("end")
 
 
 def _run_twice_stepping(
