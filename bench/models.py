@@ -36,6 +36,37 @@ def hf_llama():
     return transformers.LlamaForCausalLM(config)
 
 
+def llama_3b_config(size: str = "full"):
+    """Llama-3.2-3B's shape (hidden 3072, 28 layers, 24 heads, 8 KV heads, MLP 8192, vocabulary
+    128256, tied embeddings), 4096 positions; ``"tiny"``: the same layout at toy size; ``"small"``:
+    33M parameters whose weights outweigh a short sequence's activations (CPU smoke runs)."""
+    import transformers
+
+    if size == "tiny":
+        sizes = dict(hidden_size=64, intermediate_size=160, num_hidden_layers=2)
+        sizes.update(num_attention_heads=4, num_key_value_heads=2, vocab_size=512)
+    elif size == "small":
+        sizes = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=2)
+        sizes.update(num_attention_heads=8, num_key_value_heads=4, vocab_size=8000)
+    else:
+        sizes = dict(hidden_size=3072, intermediate_size=8192, num_hidden_layers=28)
+        sizes.update(num_attention_heads=24, num_key_value_heads=8, vocab_size=128256)
+    return transformers.LlamaConfig(
+        **sizes,
+        max_position_embeddings=4096,
+        tie_word_embeddings=True,
+        rope_theta=500000.0,
+        rms_norm_eps=1e-5,
+        attn_implementation="sdpa",
+    )
+
+
+def hf_llama_3b(size: str = "full"):
+    import transformers
+
+    return transformers.LlamaForCausalLM(llama_3b_config(size))
+
+
 def tv_resnet50():
     import torchvision
 

@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import pytest
@@ -54,3 +55,15 @@ def test_bad_json():
         MemoryProfile.from_json("{")
     with pytest.raises(InvalidInputError, match="schema_version"):
         MemoryProfile.from_json("{}")
+
+
+def test_host_figures_round_trip_and_old_json_still_loads():
+    held = {"master weights": 4 * GiB, "optimizer state": 8 * GiB, "gradients": 4 * GiB}
+    profile = dataclasses.replace(make(), host_bytes=held)
+    assert profile.host_peak == 16 * GiB
+    data = json.loads(profile.to_json())
+    assert data["host_bytes"] == held
+    assert MemoryProfile.from_json(profile.to_json()) == profile
+    del data["host_bytes"]  # a profile saved before host memory was predicted
+    old = MemoryProfile.from_dict(data)
+    assert old.host_bytes == {} and old.host_peak == 0

@@ -27,6 +27,12 @@ TECHNIQUES = {
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "OptimizerInBackward",
+    "LowBitOptimizer",
+    "PureBF16",
+    "Freeze",
+    "OffloadOptimizer",
+    "OffloadActivations",
     "Sharding",
 }
 VERBS = ("plan", "apply", "report", "measure")

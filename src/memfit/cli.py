@@ -60,7 +60,8 @@ def _model_option_values(
 ) -> dict[str, Any]:
     """``model_options`` as keyword arguments of ``memfit.estimate`` and ``memfit.plan``.
 
-    ``options``: optimizer, precision, device, batch_size and seq_len, passed on as given.
+    ``options``: optimizer, precision, device, batch_size, seq_len, clip_grad_norm and
+    accumulate, passed on as given.
     """
     from memfit.loading import is_file_reference, load_callable
 
@@ -129,6 +130,23 @@ def model_options(function: Any) -> Any:
             click.option(
                 "--device", default=DEFAULT_DEVICE, show_default=True, help="See `memfit devices`."
             ),
+            click.option(
+                "--host-memory",
+                help="The target host's RAM, e.g. 128GiB, for plans that offload to it "
+                "(default: this machine's).",
+            ),
+            click.option(
+                "--clip-grad-norm",
+                type=float,
+                help="The step clips gradients to this global norm before each update.",
+            ),
+            click.option(
+                "--accumulate",
+                type=int,
+                default=1,
+                show_default=True,
+                help="Batches whose gradients accumulate before each update.",
+            ),
             click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True),
             click.option(
                 "--quiet",
@@ -157,6 +175,12 @@ def model_options(function: Any) -> Any:
     help="Predict one rank of N GPUs sharded with FSDP2 (the plan's sharding, else one unit "
     "per repeated block); the batch is each rank's.",
 )
+@click.option(
+    "--inference",
+    is_flag=True,
+    help="Predict inference (evaluation, serving): the model in eval(), one forward under "
+    "torch.no_grad(); --optimizer is ignored.",
+)
 def estimate(
     fmt: str,
     quiet: bool,
@@ -164,15 +188,17 @@ def estimate(
     budget: str | None,
     plan_path: str | None,
     gpus: int | None,
+    inference: bool,
     **options: Any,
 ) -> None:
-    """Predict the GPU memory of one training step of MODEL, without a GPU.
+    """Predict the GPU memory of one training (or, with --inference, inference) step of MODEL,
+    without a GPU.
 
     MODEL is a zoo name (see `memfit zoo`) or path/to/file.py:builder.
     """
     plan_text_in = _read_plan(plan_path)
     question = {**options, "fmt": fmt, "quiet": quiet, "budget": budget, "gpus": gpus}
-    question["plan"] = plan_text_in
+    question.update(plan=plan_text_in, inference=inference)
     key = None if no_cache else result_cache.cache_key("estimate", question)
     if _answer_from_cache(key, show=fmt == "table" and not quiet):
         return
@@ -183,6 +209,7 @@ def estimate(
     from memfit.units import parse_budget
 
     values = _model_option_values(**options)
+    values["mode"] = "inference" if inference else "train"
     spec = get_device(values["device"])
     limit = parse_budget(budget, of=spec.memory_bytes, device=spec.name) if budget else None
     show = fmt == "table" and not quiet
@@ -431,13 +458,24 @@ def zoo(fmt: str, quiet: bool) -> None:
 @click.option("--dry-run", is_flag=True, help="Measure and print; do not save.")
 @click.option("--format", "fmt", type=_FORMATS, default="table", show_default=True)
 @click.option("--quiet", "-q", is_flag=True, help="Print nothing; just save the calibration.")
-def calibrate(dry_run: bool, fmt: str, quiet: bool) -> None:
+@click.option(
+    "--host",
+    is_flag=True,
+    help="Time this machine instead: its CPU's fused AdamW and (with a GPU) pinned copies, "
+    "for plans that offload to it (no GPU needed).",
+)
+def calibrate(dry_run: bool, fmt: str, quiet: bool, host: bool) -> None:
     """Fit the step-time model to the local GPU (a few seconds; needs a CUDA GPU).
 
     The result is saved per device and used by `memfit plan` and `memfit estimate` whenever they
-    predict for that device.
+    predict for that device. With --host, the host's rates are saved instead, used when they
+    plan for this machine.
     """
     from dataclasses import asdict
+
+    if host:
+        _calibrate_host(dry_run, fmt)
+        return
 
     from memfit.cost import Calibration, save_calibration
     from memfit.measure.calibrate import calibrate as run_calibration
@@ -461,6 +499,26 @@ def calibrate(dry_run: bool, fmt: str, quiet: bool) -> None:
         click.echo(
             f"  {name:<21} {getattr(calibration, name):.4g} (default {getattr(default, name):.4g})"
         )
+    click.echo(f"saved to {path}" if path else "not saved (--dry-run)")
+
+
+def _calibrate_host(dry_run: bool, fmt: str) -> None:
+    from dataclasses import asdict
+
+    from memfit.measure.host import measure_host
+    from memfit.offload_cost import save_host_calibration
+
+    progress = (lambda _: None) if fmt == "json" else (lambda what: click.echo(f"timing {what}"))
+    rates = measure_host(progress=progress)
+    path = None if dry_run else save_host_calibration(rates.adam_params_s, rates.pcie_bytes_s)
+    if fmt == "json":
+        click.echo(json.dumps({**asdict(rates), "saved_to": str(path) if path else None}))
+        return
+    pcie = f", pinned copies {rates.pcie_bytes_s / 1e9:.1f} GB/s" if rates.pcie_bytes_s else ""
+    click.echo(
+        f"host: fused AdamW {rates.adam_params_s / 1e9:.2f}e9 params/s with {rates.threads} "
+        f"threads{pcie}"
+    )
     click.echo(f"saved to {path}" if path else "not saved (--dry-run)")
 
 

@@ -6,17 +6,34 @@ cost model, not measurements; ``memfit calibrate`` (plan issue) refines rates on
 
 Sources: NVIDIA H100 and H200 Tensor Core GPU datasheets (SXM), A100 datasheet (SXM), L40S, L4,
 RTX 4090 / 3090 (Ada / Ampere GA102 whitepapers), T4, V100 (SXM2 32 GB) datasheets.
+
+Host-to-device copies: ``pcie_bytes_s`` is what a pinned copy achieves each way, not the link's
+nominal rate: 55 GB/s measured on an H200 (PCIe 5.0 x16, bench/results/northstar_probe_h200.json,
+96 GB/s both ways at once); PCIe 4.0 x16 cards are taken at half that, PCIe 3.0 at a quarter.
+
+``HostSpec`` is the machine around the GPU: its memory, cores and how fast its CPU runs Adam.
 """
 
 from __future__ import annotations
 
+import os
 import re
 from dataclasses import dataclass, replace
 
-from memfit.errors import DeviceError
-from memfit.units import MiB
+from memfit.errors import DeviceError, InvalidInputError
+from memfit.units import GiB, MiB, format_bytes, parse_bytes
 
-__all__ = ["DeviceSpec", "DEVICES", "DEFAULT_DEVICE", "get_device", "local_device", "device_names"]
+__all__ = [
+    "DeviceSpec",
+    "DEVICES",
+    "DEFAULT_DEVICE",
+    "get_device",
+    "local_device",
+    "device_names",
+    "HostSpec",
+    "local_host",
+    "host_spec",
+]
 
 _TERA = 10**12
 _GIGA = 10**9
@@ -40,6 +57,7 @@ class DeviceSpec:
         max_threads_per_sm: resident threads per multiprocessor (CUDA occupancy tables).
         cuda_context_bytes: memory the CUDA context and kernel images hold outside PyTorch's
             allocator (measured on an H200: bench/results/accuracy_h200.json).
+        pcie_bytes_s: pinned host<->device copy rate, each way.
     """
 
     name: str
@@ -54,6 +72,7 @@ class DeviceSpec:
     num_sms: int = 132
     max_threads_per_sm: int = 2048
     cuda_context_bytes: int = 520 * MiB
+    pcie_bytes_s: float = 25 * _GIGA
 
     @property
     def arch(self) -> str:
@@ -75,6 +94,7 @@ def _spec(
     fp32: float,
     sm: tuple[int, int],
     num_sms: int,
+    pcie_gb_s: float = 27.5,
 ) -> DeviceSpec:
     return DeviceSpec(
         name=name,
@@ -88,18 +108,41 @@ def _spec(
         sm=sm,
         num_sms=num_sms,
         max_threads_per_sm={(7, 5): 1024, (8, 6): 1536, (8, 9): 1536}.get(sm, 2048),
+        pcie_bytes_s=pcie_gb_s * _GIGA,
     )
 
 
 # name, display name, memory (MiB, as torch reports), GB/s, bf16, fp16, tf32, fp32 TFLOP/s, SM,
-# multiprocessors
+# multiprocessors, pinned copy GB/s each way (PCIe 5.0: 55, 4.0: 27.5, 3.0: 13.75)
 DEVICES: dict[str, DeviceSpec] = {
     d.name: d
     for d in (
         _spec(
-            "h100-80gb", "NVIDIA H100 80GB HBM3 (SXM)", 81_079, 3350, 989, 989, 495, 67, (9, 0), 132
+            "h100-80gb",
+            "NVIDIA H100 80GB HBM3 (SXM)",
+            81_079,
+            3350,
+            989,
+            989,
+            495,
+            67,
+            (9, 0),
+            132,
+            55,
         ),
-        _spec("h200", "NVIDIA H200 (SXM, 141 GB)", 143_771, 4800, 989, 989, 495, 67, (9, 0), 132),
+        _spec(
+            "h200",
+            "NVIDIA H200 (SXM, 141 GB)",
+            143_771,
+            4800,
+            989,
+            989,
+            495,
+            67,
+            (9, 0),
+            132,
+            55,
+        ),
         _spec("a100-80gb", "NVIDIA A100-SXM4-80GB", 81_251, 2039, 312, 312, 156, 19.5, (8, 0), 108),
         _spec("a100-40gb", "NVIDIA A100-SXM4-40GB", 40_537, 1555, 312, 312, 156, 19.5, (8, 0), 108),
         _spec("l40s", "NVIDIA L40S", 45_596, 864, 362, 362, 183, 91.6, (8, 9), 142),
@@ -108,8 +151,8 @@ DEVICES: dict[str, DeviceSpec] = {
             "rtx4090", "NVIDIA GeForce RTX 4090", 24_210, 1008, 165, 165, 82.6, 82.6, (8, 9), 128
         ),
         _spec("rtx3090", "NVIDIA GeForce RTX 3090", 24_253, 936, 71, 71, 35.6, 35.6, (8, 6), 82),
-        _spec("t4", "Tesla T4", 14_931, 320, 0, 65, 0, 8.1, (7, 5), 40),
-        _spec("v100-32gb", "Tesla V100-SXM2-32GB", 32_494, 900, 0, 125, 0, 15.7, (7, 0), 80),
+        _spec("t4", "Tesla T4", 14_931, 320, 0, 65, 0, 8.1, (7, 5), 40, 13.75),
+        _spec("v100-32gb", "Tesla V100-SXM2-32GB", 32_494, 900, 0, 125, 0, 15.7, (7, 0), 80, 13.75),
     )
 }
 
@@ -210,3 +253,93 @@ def _match_name(gpu_name: str) -> DeviceSpec | None:
         if re.search(pattern, lowered):
             return DEVICES[key]
     return None
+
+
+# Fused CPU AdamW (torch._fused_adamw_, float32) on the H200's host: 3.85e9 parameters/s with 15
+# threads, 2.73e9 with 8 (16 cores; bench/results/northstar_probe_h200.json). Below the
+# memory-bound plateau a thread updates about 0.34e9 parameters/s.
+_ADAM_PER_THREAD = 0.34e9
+_ADAM_PLATEAU = 3.85e9
+REFERENCE_CORES = 16
+"""Cores assumed for a target host that is not this machine (the H200 benchmark host's)."""
+PROCESS_BYTES = 4 * GiB
+"""Host memory of the training process before any offload: Python, torch, CUDA's libraries and
+the model's data (3.6 GiB resident in the H200 benchmark process, bench/results)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class HostSpec:
+    """The machine around the GPU, as the offload techniques see it.
+
+    Attributes:
+        memory_bytes: its RAM.
+        cores: CPU cores the training process may use.
+        adam_params_s: parameters per second of PyTorch's fused CPU Adam/AdamW with all cores
+            but two (``memfit calibrate`` measures it; the default scales the H200 host's
+            measured rate by cores, capped at its memory-bound plateau).
+        process_bytes: host memory the training process holds besides what memfit offloads.
+        name: where the figures come from: ``"local"`` (this machine), ``"given"`` (by the
+            caller), ``"reference"`` (this machine's memory, ``REFERENCE_CORES`` cores: the GPU
+            is not this machine's), ``"calibrated"``.
+    """
+
+    memory_bytes: int
+    cores: int
+    adam_params_s: float
+    process_bytes: int = PROCESS_BYTES
+    name: str = "local"
+
+    def describe(self) -> str:
+        return (
+            f"{format_bytes(self.memory_bytes)} RAM, {self.cores} cores, Adam "
+            f"{self.adam_params_s / 1e9:.2g}e9 params/s"
+        )
+
+
+def _default_adam_rate(cores: int) -> float:
+    return min(_ADAM_PLATEAU, _ADAM_PER_THREAD * max(1, cores - 2))
+
+
+def local_host() -> HostSpec:
+    """This machine: its RAM (``sysconf``) and the cores this process may run on."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = cores or 1
+    try:
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # not POSIX: assume a workstation
+        memory = 64 * GiB
+    return HostSpec(memory_bytes=int(memory), cores=cores, adam_params_s=_default_adam_rate(cores))
+
+
+def host_spec(
+    memory: str | int | float | None = None,
+    *,
+    cores: int | None = None,
+    adam_params_s: float | None = None,
+    local: bool = True,
+) -> HostSpec:
+    """The target host: this machine's figures unless given.
+
+    Args:
+        memory: its RAM (``"128GiB"``, bytes); default this machine's.
+        cores: its CPU cores; default this machine's when ``local`` (the GPU is this
+            machine's), else ``REFERENCE_CORES``.
+        adam_params_s: its fused CPU Adam rate; default scaled from the cores (``memfit
+            calibrate`` measures this machine's: ``memfit.offload_cost.calibrated_host``).
+
+    Raises:
+        InvalidInputError: a malformed size or a count below one.
+    """
+    here = local_host()
+    if cores is not None and (isinstance(cores, bool) or not isinstance(cores, int) or cores < 1):
+        raise InvalidInputError(f"host cores={cores!r} must be a positive integer")
+    if adam_params_s is not None and not adam_params_s > 0:
+        raise InvalidInputError(f"host adam_params_s={adam_params_s!r} must be positive")
+    size = here.memory_bytes if memory is None else parse_bytes(memory, what="host memory")
+    if size <= 0:
+        raise InvalidInputError(f"host memory {memory!r} must be positive, e.g. '128GiB'")
+    count = cores or (here.cores if local else REFERENCE_CORES)
+    rate = adam_params_s or _default_adam_rate(count)
+    given = memory is not None or cores is not None or adam_params_s is not None
+    name = "given" if given else ("local" if local else "reference")
+    return HostSpec(memory_bytes=size, cores=count, adam_params_s=rate, name=name)

@@ -105,6 +105,10 @@ class MemoryProfile:
         outside_pytorch: memory the GPU holds outside PyTorch's allocator (CUDA context,
             library handles), for an nvidia-smi-level figure.
         alive_at_peak: the largest allocations alive at the allocated peak.
+        host_bytes: host memory the plan's techniques hold during the step, by part (master
+            weights, optimizer state, gradient staging, offloaded activations); empty when
+            nothing is offloaded. Parts held all step long and the activations offloaded by
+            the end of forward add up: their sum is the step's host peak (``host_peak``).
     """
 
     source: str
@@ -127,7 +131,13 @@ class MemoryProfile:
     plan: str = ""
     step_time_s: float | None = None
     warnings: tuple[str, ...] = ()
+    host_bytes: Mapping[str, int] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
+
+    @property
+    def host_peak(self) -> int:
+        """Host memory the techniques add at the step's peak (0 when nothing is offloaded)."""
+        return sum(self.host_bytes.values())
 
     @property
     def outside_pytorch_bytes(self) -> int:
@@ -255,6 +265,7 @@ def _read_profile(f: Fields) -> MemoryProfile:
         category = _enum(Category, key, "profile by_category key")
         categories[category] = Fields(by_category, "profile by_category", _FIX).get(key, "bytes")
     outside = f.get("outside_pytorch", "object", {})
+    host = f.get("host_bytes", "object", {})
     read = dict(
         source=f.get("source", "str"),
         model=f.get("model", "str"),
@@ -281,6 +292,7 @@ def _read_profile(f: Fields) -> MemoryProfile:
         plan=f.get("plan", "str", ""),
         step_time_s=f.get("step_time_s", "seconds", None, optional=True),
         warnings=tuple(f.items("warnings", "str")),
+        host_bytes={str(k): Fields(host, "profile host_bytes", _FIX).get(k, "bytes") for k in host},
         schema_version=f.get("schema_version", "int"),
     )
     rest = {k: v for k, v in f.data.items() if k not in read}  # fields added since: as written

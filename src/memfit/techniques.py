@@ -45,6 +45,13 @@ __all__ = [
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "OffloadOptimizer",
+    "OffloadActivations",
+    "OptimizerInBackward",
+    "LowBitOptimizer",
+    "PureBF16",
+    "Freeze",
+    "LOW_BIT_KINDS",
     "Sharding",
     "Technique",
     "SELECTIVE_SAVE_DEFAULT",
@@ -197,6 +204,124 @@ class FusedOptimizer:
 
 
 @dataclass(frozen=True)
+class OffloadOptimizer:
+    """Keep Adam/AdamW's float32 master weights and state in host memory; step on the CPU.
+
+    The Linear weights of the modules matching ``modules`` stay on the GPU in ``dtype`` only
+    (the copy bf16 autocast makes for the matrix products); their float32 masters and Adam's
+    moments live in host memory. During backward each gradient is copied to pinned host memory
+    as soon as it is complete, PyTorch's fused CPU Adam/AdamW updates the master in a worker
+    thread while backward goes on, and the rounded weights are copied back before the next
+    forward uses them. Gradients are identical (the float32 gradient of a weight autocast casts
+    is its low-precision gradient widened); the update is AdamW's own, computed by the CPU
+    kernel instead of the GPU's (equal to rounding). ZeRO-Offload's idea (Ren et al. 2021).
+
+    Attributes:
+        modules: module name patterns whose ``nn.Linear`` parameters are offloaded
+            (``"**"``: every Linear; weights shared with other modules, such as tied
+            embeddings, stay on the GPU).
+        dtype: the GPU's working dtype: ``"bfloat16"`` under bf16-mixed precision,
+            ``"float32"`` without autocast.
+        threads: CPU threads of the host step; None: all cores but two.
+    """
+
+    modules: tuple[str, ...] = ("**",)
+    dtype: str = "bfloat16"
+    threads: int | None = None
+
+
+@dataclass(frozen=True)
+class OffloadActivations:
+    """Keep what the modules matching ``modules`` save for backward in host memory.
+
+    Applied to checkpointed modules, what they keep is their inputs (the checkpoint
+    boundaries): each is copied to pinned host memory on a side stream during forward and its
+    GPU memory released; in backward, the inputs of the next ``ahead`` modules are copied back
+    while the current one is recomputed. Copies are bitwise: gradients are identical.
+
+    Attributes:
+        modules: module name patterns (usually checkpointed blocks).
+        ahead: how many modules ahead backward prefetches.
+        min_bytes: saved tensors smaller than this stay on the GPU.
+    """
+
+    modules: tuple[str, ...]
+    ahead: int = 2
+    min_bytes: int = 1 << 20
+
+
+@dataclass(frozen=True)
+class OptimizerInBackward:
+    """Update each parameter as soon as its gradient is complete, then free the gradient.
+
+    A ``Tensor.register_post_accumulate_grad_hook`` on every trainable parameter runs the
+    user's optimizer on that parameter alone, inside backward; the gradient is set to None
+    right after. The full set of gradients never exists at once, and the optimizer step's
+    multi-tensor temporaries are one parameter's. For per-parameter optimizers (Adam, AdamW,
+    SGD, and torchao's low-bit AdamW) each parameter's update is the same computation as in
+    the plain step: identical updates. It cannot run with anything that needs every gradient
+    before the update: gradient accumulation (``MicroBatch``, ``accumulate``), clipping by
+    global norm (``clip_grad_norm``) and fp16 loss scaling (``GradScaler`` unscales and checks
+    all gradients for infinities first).
+    """
+
+
+LOW_BIT_KINDS: tuple[str, ...] = ("8bit", "4bit", "fp8")
+"""``LowBitOptimizer.kind`` values: torchao's ``AdamW8bit``, ``AdamW4bit``, ``AdamWFp8``."""
+
+
+@dataclass(frozen=True)
+class LowBitOptimizer:
+    """Keep Adam's or AdamW's two moments block-wise quantized, through torchao.
+
+    The user's ``torch.optim.Adam``/``AdamW`` (its parameter groups, learning rates, betas,
+    weight decay) steps with torchao's ``Adam{8bit,4bit,Fp8}``/``AdamW{8bit,4bit,Fp8}``
+    (``pip install "memfit[torchao]"``). Each moment of a parameter with at least 4096 elements
+    (and a multiple of the block) is stored as codes plus one float32 scale per block: 8-bit
+    codes and blocks of 256 (``"8bit"``), two 4-bit codes per byte and blocks of 128
+    (``"4bit"``), float8 e4m3 codes and blocks of 256 (``"fp8"``); smaller ones stay in the
+    parameter's dtype. The update is computed in float32 from the dequantized moments: it
+    changes the math within torchao's documented precision.
+
+    Attributes:
+        kind: ``"8bit"``, ``"4bit"`` or ``"fp8"``.
+        block_size: elements per scale; None for torchao's default (256, 128, 256).
+    """
+
+    kind: str = "8bit"
+    block_size: int | None = None
+
+
+@dataclass(frozen=True)
+class PureBF16:
+    """Keep the weights, their gradients and the optimizer state in bfloat16 (no autocast).
+
+    Floating parameters and buffers are cast in place (``param.data``: the optimizer keeps its
+    parameters). The step then runs without autocast, as the ``"bf16"`` precision does.
+    Optionally the update is rounded stochastically to bfloat16 by torchao's ``_AdamW``
+    (``bf16_stochastic_round=True``), which keeps small updates from vanishing on average.
+
+    Attributes:
+        stochastic_round: step AdamW through torchao with stochastic rounding (Adam/AdamW only;
+            with ``LowBitOptimizer``, its optimizer rounds stochastically).
+    """
+
+    stochastic_round: bool = False
+
+
+@dataclass(frozen=True)
+class Freeze:
+    """Train nothing of the modules matching ``modules``: no gradients, no optimizer state.
+
+    Their parameters get ``requires_grad=False`` (restored on undo); the optimizer skips
+    parameters without gradients. Models whose parameters the user froze already (LoRA,
+    peft) need no technique: memfit plans gradients and state for trainable parameters only.
+    """
+
+    modules: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class Sharding:
     """Shard weights, gradients and optimizer state over ``gpus`` ranks with FSDP2.
 
@@ -256,6 +381,12 @@ Technique = (
     | FusedGatedMLP
     | LeanAutocast
     | FusedOptimizer
+    | OffloadOptimizer
+    | OffloadActivations
+    | OptimizerInBackward
+    | LowBitOptimizer
+    | PureBF16
+    | Freeze
     | Sharding
 )
 
@@ -282,6 +413,8 @@ class TechniqueInfo:
         applier: the module of ``memfit.apply`` that registers its applier; imported the first
             time a technique of this type is applied, by the tracer or by ``memfit.apply``.
         excludes: names of techniques it cannot be combined with.
+        conflicts: the step options it cannot run with (``StepOptions`` fields:
+            ``"clip_grad_norm"``, ``"accumulate"``, ``"grad_scaler"``).
         summary: one line for ``memfit plan --help`` and the guide.
     """
 
@@ -293,6 +426,7 @@ class TechniqueInfo:
     label: Any  # (technique) -> str: how plans and reports name it
     excludes: tuple[str, ...] = ()
     summary: str = ""
+    conflicts: tuple[str, ...] = ()
 
 
 def _compact(patterns: Sequence[str]) -> str:
@@ -361,6 +495,49 @@ TABLE: tuple[TechniqueInfo, ...] = (
         applier="memfit.apply.step_options",
         label=lambda t: f"micro-batch x{t.n}",
         summary="split the batch and accumulate gradients",
+        excludes=("optimizer_in_backward",),
+    ),
+    TechniqueInfo(
+        OptimizerInBackward, "optimizer_in_backward", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.optimizer_in_backward",
+        label=lambda t: "optimizer in backward",
+        summary="update each parameter in backward and free its gradient",
+        excludes=("micro_batch",), conflicts=("clip_grad_norm", "accumulate", "grad_scaler"),
+    ),
+    TechniqueInfo(
+        LowBitOptimizer, "low_bit_optimizer", Exactness.CHANGES_MATH, planned=True,
+        applier="memfit.apply.low_bit_optimizer",
+        label=lambda t: f"{t.kind} optimizer state",
+        summary="Adam/AdamW moments block-wise quantized (torchao)",
+        excludes=("fused_optimizer",),
+    ),
+    TechniqueInfo(
+        PureBF16, "pure_bf16", Exactness.CHANGES_MATH, planned=True,
+        applier="memfit.apply.pure_bf16",
+        label=lambda t: "pure bf16" + (" (stochastic rounding)" if t.stochastic_round else ""),
+        summary="bf16 weights, gradients and optimizer state",
+    ),
+    TechniqueInfo(
+        Freeze, "freeze", Exactness.CHANGES_MATH, planned=False,
+        applier="memfit.apply.freeze",
+        label=lambda t: f"freeze {_compact(t.modules)}",
+        summary="no gradients and no optimizer state for the named modules",
+    ),
+    TechniqueInfo(
+        OffloadActivations, "offload_activations", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.offload_activations",
+        label=lambda t: f"activations to host {_compact(t.modules)}",
+        summary="keep checkpoint boundaries in host memory, prefetched in backward",
+    ),
+    TechniqueInfo(
+        OffloadOptimizer, "offload_optimizer", Exactness.ROUNDING, planned=True,
+        applier="memfit.apply.offload_optimizer",
+        label=lambda t: "optimizer on host" + (
+            f" {_compact(t.modules)}" if t.modules != ("**",) else ""
+        ),
+        summary="fp32 masters and Adam state in host memory, stepped on the CPU in backward",
+        excludes=("optimizer_in_backward", "low_bit_optimizer", "pure_bf16"),
+        conflicts=("clip_grad_norm", "accumulate", "grad_scaler"),
     ),
     TechniqueInfo(
         Sharding, "sharding", Exactness.ROUNDING, planned=True,
@@ -399,6 +576,9 @@ def default_allow() -> tuple[str, ...]:
 def parse_allow(allow: str | Iterable[str] | None) -> tuple[str, ...]:
     """``allow=`` as the planner takes it: None for the default, one name, or several.
 
+    Naming only techniques that change the math (``--allow low_bit_optimizer``) allows them
+    on top of the default exact ones; to restrict the planner, name the exact ones too.
+
     Raises:
         InvalidInputError: a name the table lacks, or one the planner never chooses.
     """
@@ -426,6 +606,8 @@ def parse_allow(allow: str | Iterable[str] | None) -> tuple[str, ...]:
             f"unknown technique(s) {unknown} in allow; the planner chooses from: "
             f"{', '.join(planned)}"
         )
+    if names and all(_BY_NAME[n].exactness is Exactness.CHANGES_MATH for n in names):
+        names = list(default_allow()) + names
     return tuple(dict.fromkeys(names))
 
 

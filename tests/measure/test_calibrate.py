@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
 
 import pytest
 import torch
 from torch import nn
 
 import memfit
+import memfit.measure.host as host_module
 from memfit.cli import main
 from memfit.cost import Calibration, load_calibration, save_calibration
-from memfit.devices import get_device
+from memfit.devices import get_device, host_spec
 from memfit.measure.calibrate import DEFAULTS, REFERENCE, Microbenchmarks, calibration_from
+from memfit.offload_cost import calibrated_host
 
 
 def test_the_reference_gpu_gets_the_defaults() -> None:
@@ -73,3 +77,22 @@ def test_calibrate_on_the_local_gpu(tmp_path, monkeypatch, capsys) -> None:
     calibration = load_calibration(spec)
     assert calibration.device == spec.name
     assert 0.2 < calibration.matmul_efficiency < 2 and 0.1 < calibration.bandwidth_efficiency < 1
+
+
+def test_host_calibration_times_fused_adamw_and_is_used_for_this_machine(
+    tmp_path, monkeypatch, capsys
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    rates = host_module.measure_host(params=2**20, threads=1, progress=lambda _: None)
+    assert rates.adam_params_s > 1e6 and rates.threads == 1
+    assert (rates.pcie_bytes_s is None) == (not torch.cuda.is_available())
+    small = functools.partial(host_module.measure_host, params=2**20, threads=1)
+    monkeypatch.setattr(host_module, "measure_host", small)
+    assert main(["calibrate", "--host", "--format", "json"]) == 0
+    saved = json.loads(capsys.readouterr().out)
+    assert saved["saved_to"] is not None and saved["adam_params_s"] > 1e6
+    here = host_spec()
+    assert calibrated_host(here).adam_params_s == saved["adam_params_s"]
+    assert calibrated_host(here).name == "calibrated"
+    given = host_spec("64GiB", cores=8)
+    assert calibrated_host(given) == given  # another machine: its own figures

@@ -14,6 +14,7 @@ ZOO_BLOCKS = {
     "gpt2": [f"layers.{i}" for i in range(12)],
     "gpt2-medium": [f"layers.{i}" for i in range(24)],
     "llama-1b": [f"layers.{i}" for i in range(16)],
+    "llama-3b": [f"layers.{i}" for i in range(28)],
     "llama-8b": [f"layers.{i}" for i in range(32)],
     "llama-70b": [f"layers.{i}" for i in range(80)],
     "bert-base": [f"layers.{i}" for i in range(12)],
@@ -23,6 +24,7 @@ ZOO_BLOCKS = {
     "hf-gpt2": [f"transformer.h.{i}" for i in range(12)],
     "hf-gpt2-medium": [f"transformer.h.{i}" for i in range(24)],
     "hf-llama-1b": [f"model.layers.{i}" for i in range(16)],
+    "hf-llama-3b": [f"model.layers.{i}" for i in range(28)],
     "hf-bert-base": [f"bert.encoder.layer.{i}" for i in range(12)],
 }
 

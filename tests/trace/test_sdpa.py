@@ -54,3 +54,40 @@ def test_older_chips_and_stacks():
     assert choose_backend(call(torch.bfloat16, 64), t4, DEFAULT_STACK) is SdpaBackend.MATH
     # a head dimension the fused kernels cannot align
     assert choose_backend(call(torch.float32, 30), a100, DEFAULT_STACK) is SdpaBackend.MATH
+
+
+def grouped_call(dtype, q_heads=8, kv_heads=2, enable_gqa=True) -> SdpaCall:
+    q = torch.empty(2, q_heads, 256, 64, dtype=dtype, device="meta", requires_grad=True)
+    kv = torch.empty(2, kv_heads, 256, 64, dtype=dtype, device="meta", requires_grad=True)
+    return SdpaCall.of(q, kv, kv, None, 0.0, True, enable_gqa)
+
+
+@pytest.mark.parametrize("device", ["h200", "a100-80gb"])
+def test_grouped_query_attention_in_fp32_runs_the_math_kernel(device):
+    # the memory-efficient kernel is compiled without grouped-query support
+    # (check_batch_size_and_num_heads_dense<false> in sdp_utils.cpp), and flash and cuDNN take
+    # half precision only: transformers' GQA call (enable_gqa=True, no mask) in fp32 is math
+    spec = get_device(device)
+    assert choose_backend(grouped_call(torch.float32), spec, DEFAULT_STACK) is SdpaBackend.MATH
+    mha = grouped_call(torch.float32, kv_heads=8)
+    assert choose_backend(mha, spec, DEFAULT_STACK) is SdpaBackend.EFFICIENT
+    fused = (SdpaBackend.CUDNN, SdpaBackend.FLASH)
+    assert choose_backend(grouped_call(torch.bfloat16), spec, DEFAULT_STACK) in fused
+    # without enable_gqa, different head counts are an error for every kernel but math
+    no_gqa = grouped_call(torch.bfloat16, enable_gqa=False)
+    assert choose_backend(no_gqa, spec, DEFAULT_STACK) is SdpaBackend.MATH
+
+
+def test_kernels_the_user_disabled_are_skipped():
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    h200 = get_device("h200")
+    assert choose_backend(call(torch.bfloat16, 64), h200, DEFAULT_STACK) is SdpaBackend.CUDNN
+    with sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.MATH]):
+        assert choose_backend(call(torch.bfloat16, 64), h200, DEFAULT_STACK) is SdpaBackend.FLASH
+    torch.backends.cuda.enable_cudnn_sdp(False)
+    try:
+        choice = choose_backend(call(torch.bfloat16, 64, mask="float"), h200, DEFAULT_STACK)
+        assert choice is SdpaBackend.EFFICIENT
+    finally:
+        torch.backends.cuda.enable_cudnn_sdp(True)

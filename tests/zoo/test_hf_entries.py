@@ -12,11 +12,12 @@ from memfit.cli import main
 
 pytest.importorskip("transformers")
 
-HF = ["hf-gpt2", "hf-gpt2-medium", "hf-llama-1b", "hf-bert-base"]
+HF = ["hf-gpt2", "hf-gpt2-medium", "hf-llama-1b", "hf-llama-3b", "hf-bert-base"]
 CLASSES = {
     "hf-gpt2": "GPT2LMHeadModel",
     "hf-gpt2-medium": "GPT2LMHeadModel",
     "hf-llama-1b": "LlamaForCausalLM",
+    "hf-llama-3b": "LlamaForCausalLM",
     "hf-bert-base": "BertForMaskedLM",
 }
 

@@ -12,6 +12,7 @@ NAMES = [
     "gpt2",
     "gpt2-medium",
     "llama-1b",
+    "llama-3b",
     "llama-8b",
     "llama-70b",
     "bert-base",
@@ -25,10 +26,11 @@ def gpt2_params(vocab, positions, d, layers):
     return vocab * d + positions * d + layers * (12 * d * d + 13 * d) + 2 * d
 
 
-def llama_params(vocab, d, layers, heads, kv_heads, hidden):
+def llama_params(vocab, d, layers, heads, kv_heads, hidden, tied=False):
     head_dim = d // heads
     attention = d * heads * head_dim + 2 * d * kv_heads * head_dim + heads * head_dim * d
-    return 2 * vocab * d + layers * (attention + 3 * d * hidden + 2 * d) + d
+    tables = 1 if tied else 2
+    return tables * vocab * d + layers * (attention + 3 * d * hidden + 2 * d) + d
 
 
 def bert_params(vocab, positions, types, d, mlp, layers):
@@ -42,6 +44,7 @@ EXPECTED_PARAMS = {
     "gpt2": 124_439_808,
     "gpt2-medium": 354_823_168,
     "llama-1b": llama_params(32000, 2048, 16, 16, 16, 5632),
+    "llama-3b": llama_params(128256, 3072, 28, 24, 8, 8192, tied=True),
     "llama-8b": llama_params(128256, 4096, 32, 32, 8, 14336),
     "llama-70b": llama_params(128256, 8192, 80, 64, 8, 28672),
     "bert-base": bert_params(30522, 512, 2, 768, 3072, 12),
@@ -60,6 +63,7 @@ def test_hand_formulas_match_the_published_counts():
     assert gpt2_params(50257, 1024, 768, 12) == 124_439_808
     assert gpt2_params(50257, 1024, 1024, 24) == 354_823_168
     assert EXPECTED_PARAMS["llama-1b"] == 953_223_168
+    assert EXPECTED_PARAMS["llama-3b"] == 3_212_749_824  # Meta's Llama-3.2-3B
     assert EXPECTED_PARAMS["llama-8b"] == 8_030_261_248  # Llama-3.1-8B's safetensors total
     assert EXPECTED_PARAMS["llama-70b"] == 70_553_706_496  # Llama-3.1-70B's
     assert EXPECTED_PARAMS["bert-base"] == 109_514_298  # Hugging Face's BertForMaskedLM

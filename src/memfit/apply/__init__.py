@@ -20,6 +20,8 @@ from memfit.step.precision import Precision
 from memfit.step.registry import apply_techniques, known_techniques, register_applier
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied, undo_all
+from memfit.technique_rules import check_combination, check_step_options
+from memfit.techniques import PureBF16
 from memfit.verbs import make_callable
 
 __all__ = [
@@ -43,6 +45,8 @@ def apply(
     forward: Any = None,
     precision: str | None = None,
     device_type: str | None = None,
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
 ) -> TrainStep:
     """Change ``model`` as ``plan`` says and return the step that runs it.
 
@@ -58,6 +62,9 @@ def apply(
         device_type: the device autocast runs for; None (the default): the device of the
             model's parameters. A model on the CPU runs CPU autocast in the plan's precision
             (bf16-mixed computes its matrix products in bfloat16 there too).
+        clip_grad_norm: clip the gradients to this global L2 norm before each update.
+        accumulate: update after every ``accumulate`` batches (``step(batch)`` calls), the
+            losses scaled by ``1 / accumulate``.
 
     Returns:
         A ``TrainStep``: ``loss = step(batch)``.
@@ -66,7 +73,8 @@ def apply(
         InvalidInputError: the plan was made for another model, a technique is malformed,
             ``precision`` is unknown, or the plan has ``FusedOptimizer`` and the optimizer is
             not Adam/AdamW, or memfit's techniques are already applied to the model (undo them
-            first); the model is unchanged.
+            first); a technique that cannot run with ``clip_grad_norm``, ``accumulate`` or fp16
+            loss scaling (``OptimizerInBackward``, ``OffloadOptimizer``); the model is unchanged.
         MemfitError: an applier failed; nothing was applied and the model is unchanged
             (except with ``Sharding``, which cannot be undone: a failure inside
             ``fully_shard`` leaves the model partly sharded, and every rank of the job raises
@@ -79,7 +87,9 @@ def apply(
             f"predict a zoo model, use memfit.estimate({model!r}, plan=...)"
         )
     in_force = techniques_in_force(plan)
-    context = ApplyContext(loss_fn=loss_fn)
+    profile = getattr(plan, "profile", None)
+    planned = precision or in_force.precision or (profile.precision if profile else None)
+    context = ApplyContext(loss_fn=loss_fn, step_precision=planned or "fp32")
 
     def checked_and_applied() -> None:
         check_fingerprint(in_force.fingerprint, model)
@@ -90,7 +100,22 @@ def apply(
                 f"memfit.undo(model), then apply the plan you want"
             )
         if precision is not None:
-            Precision.parse(precision)  # checked before the model is changed
+            Precision.parse(precision)
+        # checked before the model is changed: the precision, and what the techniques exclude
+        check_combination(in_force.techniques)
+        if precision not in (None, "bf16") and any(
+            isinstance(t, PureBF16) for t in in_force.techniques
+        ):
+            raise InvalidInputError(
+                f"precision={precision!r}: the plan keeps the weights in bf16 (PureBF16), "
+                f"which runs without autocast; pass precision='bf16' or none"
+            )
+        check_step_options(
+            in_force.techniques,
+            clip_grad_norm=clip_grad_norm,
+            accumulate=accumulate,
+            grad_scaler=Precision.parse(planned or "fp32").grad_scaler,
+        )
         apply_techniques(model, in_force.in_order, context=context, optimizer=optimizer)
 
     if in_force.sharding is None:
@@ -98,8 +123,7 @@ def apply(
     else:  # a rank that fails a check still casts its votes: the others do not wait
         _apply_on_every_rank(model, context, checked_and_applied)
     # the argument overrides the plan: its MixedPrecision, else the precision it was made for
-    chosen = precision or context.precision
-    profile = getattr(plan, "profile", None)
+    chosen = precision or context.precision or ("bf16" if context.pure_bf16 else None)
     if chosen is None and profile is not None:
         chosen = profile.precision
     return TrainStep(
@@ -113,6 +137,10 @@ def apply(
         forward_batch=context.forward_batch,
         lean_autocast=context.lean_autocast,
         recompute_products=context.recompute_products,
+        host_optimizer=context.host_optimizer,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+        optimizer_in_backward=context.optimizer_in_backward,
     )
 
 

@@ -175,11 +175,14 @@ def retained_bytes() -> int:
             continue
         try:
             storage = obj.untyped_storage()
-            address = storage.data_ptr()
+            pointer = storage.data_ptr()
         except (RuntimeError, NotImplementedError):
-            continue  # no storage (sparse, meta) or no data (fakes torch.compile keeps)
-        if address not in seen:
-            seen.add(address)
+            # tensors without storage of their own: sparse, meta, and wrapper subclasses
+            # (torchao's low-bit optimizer state, DTensor) whose storage is invalid; tensors
+            # without data (the fakes torch.compile's caches keep)
+            continue
+        if pointer not in seen:
+            seen.add(pointer)
             total += storage.nbytes()
         if obj.grad_fn is not None:
             total += graph_stats(obj, seen)[1]

@@ -134,6 +134,12 @@ class OOMGuard:
             )
         self.options = GuardOptions(**options)
         self._protocol = is_micro_batch_step(step)
+        if getattr(step, "host_optimizer", None) is not None:
+            raise InvalidInputError(
+                "OOMGuard cannot guard a step whose optimizer runs on the host (OffloadOptimizer): "
+                "its updates start during backward, so a retried slice would step the weights "
+                "again; guard a plan without 'offload_optimizer', or run this one unguarded"
+            )
         if self._protocol:
             model = getattr(step, "model", model)
             optimizer = getattr(step, "optimizer", optimizer)

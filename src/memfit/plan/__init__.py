@@ -11,7 +11,7 @@ from memfit.techniques import TABLE
 from memfit.verbs import make_callable
 
 _EXPORTS = {
-    "PlanSettings": "memfit.plan.search",
+    "PlanSettings": "memfit.plan.settings",
     "Plan": "memfit.plan.plan",
     "FrontierPoint": "memfit.plan.frontier",
     "pareto": "memfit.plan.frontier",

@@ -41,11 +41,12 @@ def screening_baseline(
     """What screening needs; ``chunked``: the chunked loss to trace once (None: not offered)."""
     baseline = Baseline(
         base.profile,
-        base.profile.step_time_s or 0.0,
+        base.record.step_time_s(),  # the traced step's: offloading is priced per candidate
         grad_bytes=sum(base.record.grad_bytes.values()),
     )
     if "micro_batch" in allow and batch_size(base) >= 2:
-        halves = trace((MicroBatch(n=2),)).profile
+        halves_trace = trace((MicroBatch(n=2),))
+        halves = halves_trace.profile
         dynamic = base.profile.peak_allocated - baseline.static_bytes
         screened = dynamic / 2
         traced = halves.peak_allocated - baseline.static_bytes - baseline.grad_bytes
@@ -53,7 +54,7 @@ def screening_baseline(
             baseline,
             micro_scale=max(0.1, traced / screened) if screened > 0 else 1.0,
             micro_ratio=halves.peak_reserved / max(1, halves.peak_allocated),
-            micro_extra_s=max(0.0, (halves.step_time_s or 0.0) - baseline.step_s),
+            micro_extra_s=max(0.0, halves_trace.record.step_time_s() - baseline.step_s),
         )
     if chunked is None:
         return baseline
@@ -64,7 +65,7 @@ def screening_baseline(
     return dataclasses.replace(
         baseline,
         chunked_saving=base.profile.peak_allocated - with_chunked.profile.peak_allocated,
-        chunked_extra_s=(with_chunked.profile.step_time_s or 0.0) - baseline.step_s,
+        chunked_extra_s=with_chunked.record.step_time_s() - baseline.step_s,
     )
 
 

@@ -24,6 +24,7 @@ from memfit.techniques import (
     FusedGatedMLP,
     LeanAutocast,
     MicroBatch,
+    OffloadActivations,
     Technique,
 )
 
@@ -71,13 +72,15 @@ class Candidate:
         lean, lean_blocks = self._lean()
         if lean is not None and lean.gated:  # before any Checkpoint wraps these forwards
             # fully checkpointed blocks too: their recomputation then holds less at once
-            full = self.blocks if self.policy.kind == "full" else ()
+            full = self.blocks if self.policy.kind in ("full", "offloaded") else ()
             modules = tuple(f"{b}.{sub}" for b in full + lean_blocks for sub in lean.gated)
             found.append(FusedGatedMLP(modules=modules))
         if lean is not None and lean.lean_autocast:
             found.append(LeanAutocast())
-        if self.blocks and self.policy.kind in ("full", "selective"):
+        if self.blocks and self.policy.kind in ("full", "selective", "offloaded"):
             found.append(Checkpoint(modules=self.blocks, save=self.policy.save))
+        if self.blocks and self.policy.kind == "offloaded":  # after the Checkpoint it wraps
+            found.append(OffloadActivations(modules=self.blocks))
         if lean is not None and lean.submodules:
             modules = tuple(f"{b}.{sub}" for b in lean_blocks for sub in lean.submodules)
             found.append(Checkpoint(modules=modules))
@@ -96,11 +99,18 @@ class Candidate:
             return self.rest_policy, self.rest
         return None, ()
 
+    @property
+    def offloaded_bytes(self) -> int:
+        """Activations this candidate moves to host memory per micro-batch."""
+        return len(self.blocks) * self.policy.offloaded_bytes
+
     def label(self, first: str = "") -> str:
         """A short name for tables: ``first`` (what every plan does) and what this one adds."""
         parts = [first] if first else []
         if self.blocks and self.policy.kind == "pointwise":
             parts.append(f"lean x{len(self.blocks)}")
+        elif self.blocks and self.policy.kind == "offloaded":
+            parts.append(f"full ckpt x{len(self.blocks)}, boundaries to host")
         elif self.blocks and self.policy.kind != "none":
             parts.append(f"{self.policy.kind} ckpt x{len(self.blocks)}")
         if self.rest:
@@ -129,7 +139,7 @@ def screen(
     for policy in policies:
         counts = [0] if policy.kind == "none" else range(1, len(blocks) + 1)
         rests: list[Policy | None] = [None]
-        if pointwise is not None and policy.kind in ("full", "selective"):
+        if pointwise is not None and policy.kind in ("full", "selective", "offloaded"):
             rests.append(pointwise)
         for k, rest in ((k, r) for k in counts for r in rests):
             others = len(blocks) - k if rest is not None else 0

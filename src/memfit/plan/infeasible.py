@@ -24,9 +24,9 @@ def infeasible_error(
         f"{format_bytes(best)} reserved ({format_bytes(best - target)} missing, with the "
         f"{format_bytes(limit - target)} safety margin); weights, gradients and optimizer "
         f"state alone take {format_bytes(states)}. What would close the gap: "
-        f"{optimizer_hint(traced_points)}offloading optimizer state to the CPU, sharding "
-        f"across GPUs (FSDP), or low-bit optimizer state (torchao) -- not planned by memfit "
-        f"yet; or a smaller batch."
+        f"{optimizer_hint(traced_points)}offloading optimizer state to the host (allow "
+        f"'offload_optimizer'), low-bit optimizer state (allow 'low_bit_optimizer': it changes "
+        f"the math), sharding across GPUs (FSDP, not planned by memfit yet); or a smaller batch."
     )
 
 

@@ -16,7 +16,7 @@ from scipy.optimize import Bounds, LinearConstraint, milp
 
 from memfit.plan.blocks import BlockStats
 
-__all__ = ["Policy", "block_policies"]
+__all__ = ["Policy", "block_policies", "offloaded_policy"]
 
 # Operators that produce no data of their own (views, casts of views) or are not worth keeping.
 _NEVER_SAVE = {
@@ -42,7 +42,8 @@ class Policy:
     """How one block is checkpointed.
 
     Attributes:
-        kind: "none", "pointwise", "selective" or "full".
+        kind: "none", "pointwise", "selective", "full" or "offloaded" (full, with the
+            checkpoint boundaries in host memory: ``OffloadActivations``).
         save: operator kinds whose outputs are kept (selective only).
         kept_bytes: predicted bytes the block keeps from forward to backward (besides inputs).
         recompute_s: predicted time to recompute in backward.
@@ -60,6 +61,7 @@ class Policy:
     submodules: tuple[str, ...] = ()
     gated: tuple[str, ...] = ()
     lean_autocast: bool = False
+    offloaded_bytes: int = 0  # per block, to host memory and back each step
 
 
 def _knapsack(values: np.ndarray, weights: np.ndarray, cap: float) -> np.ndarray:
@@ -104,3 +106,14 @@ def block_policies(
         recompute = float(stats.forward_s - values[chosen].sum()) + dispatch
         policies.append(Policy("selective", save, min(kept, stats.saved_bytes), recompute))
     return policies
+
+
+def offloaded_policy(stats: BlockStats, pcie_bytes_s: float) -> Policy:
+    """Full checkpointing with the block's boundary (what full checkpointing keeps) in host
+    memory: nothing kept on the GPU between forward and backward, and the forward stalls when
+    the boundary takes longer to copy out than the block takes to run."""
+    copy_s = stats.kept_full_bytes / pcie_bytes_s
+    stall_s = max(0.0, copy_s - stats.forward_s)
+    return Policy(
+        "offloaded", (), 0, stats.forward_s + stall_s, offloaded_bytes=stats.kept_full_bytes
+    )

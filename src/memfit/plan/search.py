@@ -23,14 +23,13 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from torch import nn
 
 from memfit.cost import load_calibration
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
-from memfit.errors import InvalidInputError, MemfitError
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
+from memfit.errors import MemfitError
 from memfit.plan.baseline import (
     batch_size,
     checkpointable_blocks,
@@ -42,14 +41,25 @@ from memfit.plan.candidates import Candidate, screen
 from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.loss_check import chunkable_loss
+from memfit.plan.model_state import (
+    count_parameters,
+    host_note,
+    infeasible_with_state,
+    price_candidates,
+    short_of_host,
+    state_bytes_per_param,
+    state_levels,
+)
 from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
-from memfit.plan.policies import block_policies
-from memfit.plan.sharded import check_gpus, plan_sharded
+from memfit.plan.policies import block_policies, offloaded_policy
+from memfit.plan.settings import CHUNK_BYTES, PlanSettings, budget_bytes, budget_note
+from memfit.plan.sharded import plan_sharded
 from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
 from memfit.step.precision import Precision
 from memfit.structure.layers import batch_statistics, fusable_activations
+from memfit.technique_rules import allowed_with_options
 from memfit.techniques import (
     ChunkedLoss,
     FusedActivation,
@@ -57,9 +67,9 @@ from memfit.techniques import (
     model_fingerprint,
     parse_allow,
 )
-from memfit.trace.estimate import StepTrace, trace_step
+from memfit.trace.estimate import StepTrace, target_host, target_host_from, trace_step
 from memfit.trace.settings import StepSettings
-from memfit.units import parse_budget
+from memfit.units import format_bytes
 
 __all__ = ["plan", "PlanSettings"]
 
@@ -73,72 +83,6 @@ COMPILE_NOTE = (
     "fusions only (lean blocks and selective checkpointing do not keep their memory when "
     "compiled); the predicted time is the eager step's, a compiled one runs faster"
 )
-
-
-@dataclass(frozen=True)
-class PlanSettings:
-    """What the search may do and how hard it looks (``plan``'s arguments, checked).
-
-    Attributes:
-        budget: the reserved-memory budget in bytes.
-        allow: names of the techniques it may choose (``memfit.techniques.TABLE``).
-        blocks: module patterns that may be checkpointed; None: the repeated blocks.
-        head, chunks: the LM head and the number of slices of a chunked loss.
-        max_micro_batches: the most micro-batches a plan splits a batch into.
-        margin: fraction of the budget kept free for prediction error.
-        max_traces: candidates traced in full before giving up on the screening order.
-        compile: plan for a compiled model (``COMPILE_SAFE`` techniques, full checkpointing).
-        gpus: GPUs of the job; more than 1: the plan shards with FSDP2 (``plan.sharded``).
-    """
-
-    budget: int
-    allow: tuple[str, ...]
-    blocks: Sequence[str] | None = None
-    head: str = "lm_head"
-    chunks: int = 4
-    max_micro_batches: int = 8
-    margin: float = 0.02
-    max_traces: int = 6
-    compile: bool = False
-    gpus: int = 1
-
-    def __post_init__(self) -> None:
-        """Check the search's settings before any tracing."""
-        check_gpus(self.gpus)
-        for name, low in (("chunks", 2), ("max_micro_batches", 1), ("max_traces", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise InvalidInputError(
-                    f"{name}={value!r} must be a whole number of at least {low}, e.g. "
-                    f"{name}={max(low, 4)}"
-                )
-        if (
-            isinstance(self.margin, bool)
-            or not isinstance(self.margin, (int, float))
-            or not (0 <= self.margin < 0.5)
-        ):
-            raise InvalidInputError(
-                f"margin={self.margin!r} must be a fraction of the budget in [0, 0.5), e.g. "
-                f"margin=0.02 (2% kept free for prediction error)"
-            )
-        if not isinstance(self.head, str) or not self.head:
-            raise InvalidInputError(
-                f"head={self.head!r} must be the name of the LM head module, e.g. 'lm_head'"
-            )
-        if self.blocks is not None and (
-            isinstance(self.blocks, str)
-            or not isinstance(self.blocks, (list, tuple))
-            or not all(isinstance(b, str) and b for b in self.blocks)
-        ):
-            raise InvalidInputError(
-                f"blocks={self.blocks!r} must be a list of module patterns, e.g. "
-                f"blocks=['layers.*'] (--blocks layers.0,layers.1 on the command line)"
-            )
-
-    @property
-    def target(self) -> int:
-        """The predicted reserved peak a plan may reach."""
-        return int(self.budget * (1 - self.margin))
 
 
 def plan(
@@ -161,14 +105,20 @@ def plan(
     batch_size: int | None = None,
     seq_len: int | None = None,
     compile: bool = False,
+    host_memory: str | int | None = None,
+    host: HostSpec | None = None,
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
     gpus: int = 1,
     progress: Callable[[str], None] | None = None,
 ) -> Plan:
     """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
 
     Args:
-        model, batch, optimizer, precision, loss_fn, forward, batch_size, seq_len: as for
-            ``memfit.estimate``.
+        model, batch, optimizer, precision, loss_fn, forward, batch_size, seq_len,
+            clip_grad_norm, accumulate: as for ``memfit.estimate``; techniques that cannot
+            run with the step's clipping, accumulation or fp16 loss scaling
+            (``OptimizerInBackward``) are left out of the default ``allow``, with a note.
         budget: reserved-memory budget: ``"16GiB"``, bytes, or a fraction of the device.
         device: the target GPU (``memfit devices``).
         blocks: module names (fnmatch patterns) that may be checkpointed, a list or one
@@ -185,6 +135,9 @@ def plan(
             checkpointing of blocks, micro-batching, the chunked loss, the fused GELU and
             optimizer step); the eager prediction then bounds the compiled step's memory
             (measured below it on an H200), and its time is the eager step's.
+        host_memory: the target host's RAM (``"128GiB"``) for plans that offload to it;
+            default this machine's.
+        host: the target host in full (``memfit.devices.HostSpec``); overrides ``host_memory``.
         gpus: the job's GPUs; more than 1 plans FSDP2 sharding (``memfit.plan.sharded``),
             with the budget, memory and step time per rank and ``batch`` each rank's batch.
 
@@ -192,13 +145,15 @@ def plan(
         The chosen Plan, with its prediction and the frontier of alternatives.
 
     Raises:
-        InvalidInputError: for a malformed budget, or one larger than the device.
+        InvalidInputError: for a malformed budget, or one larger than the device; ``allow``
+            names a technique that cannot run with ``clip_grad_norm``/``accumulate``/fp16.
         BudgetInfeasibleError: when no combination fits; says how much is missing.
 
     Known limitations:
-        * Offloading and low-bit optimizer state are not planned yet; the error for an
-          infeasible budget names them as what would close the gap. Sharding is planned only
-          when ``gpus`` is more than 1.
+        * Sharding is planned only when ``gpus`` is more than 1.
+        * When weights, gradients and optimizer state leave too little room, the first level
+          of ``model_state``'s ladder that fits is taken, not the fastest of all levels; plans
+          that offload the optimizer use no micro-batching and no lean blocks.
         * Checkpointing is planned for the first k blocks with one policy for all of them.
     """
     spec = get_device(device)
@@ -210,10 +165,19 @@ def plan(
         device=spec,
         batch_size=batch_size,
         seq_len=seq_len,
+        host=host or target_host_from(host_memory, spec),
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
     )
-    allowed = parse_allow(allow)
+    allowed, left_out = allowed_with_options(
+        parse_allow(allow),
+        named=allow is not None,
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
+        grad_scaler=Precision.parse(precision).grad_scaler,
+    )
     settings = PlanSettings(
-        budget=_budget_bytes(budget, spec),
+        budget=budget_bytes(budget, spec),
         allow=tuple(a for a in allowed if a in COMPILE_SAFE) if compile else allowed,
         compile=compile,
         blocks=[b.strip() for b in blocks.split(",")] if isinstance(blocks, str) else blocks,
@@ -224,7 +188,12 @@ def plan(
         max_traces=max_traces,
         gpus=gpus,
     )
-    return _Search(model, batch, step, settings, progress).run()
+    search = _Search(model, batch, step, settings, progress)
+    note = budget_note(budget, spec)
+    if note is not None:
+        search.notes.append(note)
+    search.notes.extend(left_out)
+    return search.run()
 
 
 class _Search:
@@ -245,8 +214,27 @@ class _Search:
         self.first_label = ""
         self.notes: list[str] = [COMPILE_NOTE] if settings.compile else []  # for the user
         self.chunked: ChunkedLoss | None = None
+        self.chunked_checked = False  # the step's loss checked once, for every base traced
+        self.traced_points: list[Any] = []
+        self.host = target_host(step, get_device(step.device))
 
     def run(self) -> Plan:
+        started = time.perf_counter()
+        self.report("counting parameters")
+        trained, offloadable, frozen = count_parameters(
+            self.model, self.batch, self.step.batch_size, self.step.seq_len
+        )
+        per_param = state_bytes_per_param(self.step.optimizer)
+        self.state_bytes = int(per_param * trained + 4 * frozen)
+        self.levels = state_levels(
+            self.allow, str(self.step.precision), self.step.optimizer, trained, offloadable
+        )
+        self.fingerprint = ""
+        self.baseline_s = 0.0
+        self.unmodified_peak = 0
+        one_gpu = self.settings.gpus == 1  # sharding divides the model state instead
+        if one_gpu and self.levels and self.state_bytes > self.settings.target:  # never fits
+            return self.with_model_state(started, [])
         self.report("tracing the unmodified step")
         self.base = self.trace()
         self.fingerprint = model_fingerprint(self.base.model.module)
@@ -268,6 +256,18 @@ class _Search:
         if fused is not None:
             return fused
         self.leave_out_inexact_micro_batching()
+        chosen = self.plan_activations()
+        if chosen is not None:
+            self.report(f"planned in {time.perf_counter() - started:.1f} s")
+            return chosen
+        if self.levels:
+            return self.with_model_state(started, self.traced_points)
+        raise infeasible_error(
+            self.settings.budget, self.settings.target, self.base, self.traced_points
+        )
+
+    def plan_activations(self) -> Plan | None:
+        """The fastest activation plan on top of ``self.first`` that fits, if any."""
         candidates = self.screen()
         self.report("tracing the most promising plans")
         chosen, verified = trace_fastest_fitting(
@@ -278,14 +278,62 @@ class _Search:
             self.chunked,
             self.settings.max_traces,
         )
-        frontier = plan_frontier(candidates, verified, chosen, self.first_label)
-        self.report(f"planned in {time.perf_counter() - started:.1f} s")
+        self.traced_points = verified.traced
         if chosen is None:
-            raise infeasible_error(
-                self.settings.budget, self.settings.target, self.base, verified.traced
-            )
+            return None
+        frontier = plan_frontier(candidates, verified, chosen, self.first_label)
         techniques, traced = chosen
         return self.make(techniques, traced, frontier)
+
+    def with_model_state(self, started: float, traced: list[Any]) -> Plan:
+        """Climb the model-state ladder: the first level whose plan fits GPU and host."""
+        tried: list[tuple[str, str]] = []
+        first, allow, label = self.first, self.allow, self.first_label
+        for level in self.levels:
+            if level.state_bytes > self.settings.target:
+                tried.append((level.label, f"its model state alone takes at least "
+                              f"{format_bytes(level.state_bytes)}"))  # fmt: skip
+                continue
+            kept = tuple(t for t in first if not level.replaces(t))
+            self.first = kept + level.techniques
+            self.first_label = " + ".join(filter(None, (label, level.label)))
+            self.allow = tuple(a for a in allow if a not in level.excludes)
+            self.report(f"tracing with {level.label}")
+            try:
+                self.base = self.trace()
+            except MemfitError as error:  # e.g. torchao missing for low-bit state
+                tried.append((level.label, str(error)))
+                continue
+            self.fingerprint = self.fingerprint or model_fingerprint(self.base.model.module)
+            chosen = self.fitting_with_state(started, tried, level.label)
+            if chosen is not None:
+                return chosen
+        self.allow = allow
+        raise infeasible_with_state(
+            self.settings.budget, self.settings.target, self.state_bytes, tried
+        )
+
+    def fitting_with_state(
+        self, started: float, tried: list[tuple[str, str]], label: str
+    ) -> Plan | None:
+        """The plan on top of this level's traced base, if one fits GPU and host."""
+        short = short_of_host(self.base.profile.host_peak, self.host)
+        if short is not None:
+            tried.append((label, short))
+            return None
+        if self.fits(self.base):
+            peak, step_s = self.base.profile.peak_reserved, self.base.profile.step_time_s
+            point = FrontierPoint(self.first_label, peak, step_s or 0.0, chosen=True)
+            return self.make((), self.base, [point])
+        chosen = self.plan_activations()
+        held = chosen.profile.host_peak if chosen is not None and chosen.profile else 0
+        if chosen is not None and short_of_host(held, self.host) is None:
+            self.report(f"planned in {time.perf_counter() - started:.1f} s")
+            return chosen
+        best = min((t.profile.peak_reserved for _, t in self.traced_points), default=0)
+        tried.append((label, f"the most memory-saving plan traced needs "
+                      f"{format_bytes(best)} reserved"))  # fmt: skip
+        return None
 
     def trace(self, techniques: tuple[Any, ...] = ()) -> StepTrace:
         return trace_step(self.model, self.batch, self.step, plan=list(self.first + techniques))
@@ -299,16 +347,19 @@ class _Search:
         traced: StepTrace,
         frontier: Sequence[FrontierPoint] = (),
     ) -> Plan:
-        if self.first:  # the frontier's candidates all fuse: show the step as it is too
+        if self.first and self.unmodified_peak:  # the candidates all fuse: show the step too
             unmodified = FrontierPoint("unmodified", self.unmodified_peak, self.baseline_s)
             frontier = [unmodified, *frontier]
+        host = host_note(traced, get_device(self.step.device), self.host)
+        if host is not None:
+            self.notes.append(host)
         return Plan(
             techniques=self.first + techniques,
             budget=self.settings.budget,
             device=get_device(self.step.device).name,
             profile=traced.profile,
             step_time_s=traced.profile.step_time_s,
-            baseline_step_time_s=self.baseline_s,
+            baseline_step_time_s=self.baseline_s or None,
             frontier=tuple(frontier),
             model_fingerprint=self.fingerprint,
             notes=tuple(self.notes),
@@ -357,7 +408,8 @@ class _Search:
             self.notes.append(note)
         if loss is None:
             return None
-        return ChunkedLoss(chunks=self.settings.chunks, head=self.settings.head, **loss.settings())
+        chunks = self.chunks(self.base)
+        return ChunkedLoss(chunks=chunks, head=self.settings.head, **loss.settings())
 
     def leave_out_inexact_micro_batching(self) -> None:
         """Micro-batches normalise BatchNorm layers with their own statistics: not exact."""
@@ -371,6 +423,19 @@ class _Search:
                 f"hand-made plan with MicroBatch accepts that"
             )
 
+    def chunks(self, base: StepTrace) -> int:
+        """Slices of the chunked loss: at least ``settings.chunks``, doubled until one slice's
+        float32 logits take at most ``CHUNK_BYTES`` (the head's largest output, as traced)."""
+        head = self.settings.head
+        logits = max(
+            (a.size for a in base.trace.allocations.values() if a.module == head and not a.host),
+            default=0,
+        )
+        chunks = self.settings.chunks
+        while 4 * logits / 2 / chunks > CHUNK_BYTES and chunks < 1024:  # bf16 out, fp32 slice
+            chunks *= 2
+        return chunks
+
     def screen(self) -> list[Candidate]:
         """Every combination of policies, blocks, micro-batches and chunking, screened."""
         self.report("measuring what each block keeps")
@@ -378,7 +443,9 @@ class _Search:
         spec = get_device(self.step.device)
         per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
         block_names = checkpointable_blocks(base, settings.blocks) if per_block else []
-        self.chunked = self.chunked_loss()
+        if not self.chunked_checked:
+            self.chunked = self.chunked_loss()
+            self.chunked_checked = True
         baseline = screening_baseline(base, self.trace, block_names, allow, self.chunked)
         policies = [none_policy(base, block_names)]
         if block_names:
@@ -387,21 +454,25 @@ class _Search:
                 policies = block_policies(stats, load_calibration(spec).selective_op_s)
             if settings.compile:  # selective checkpointing and lean blocks: not under compile
                 policies = [p for p in policies if p.kind in ("none", "full")]
+            if "offload_activations" in allow and "checkpoint" in allow:
+                policies.append(offloaded_policy(stats, spec.pcie_bytes_s))
             mixed = Precision.parse(self.step.precision).autocast_dtype is not None
             kept = policies[0].kept_bytes
-            if not settings.compile:
+            # host-side plans: fewer traces, no lean blocks; compiled ones: no lean blocks
+            if not (settings.compile or base.record.offloaded_params):
                 policies += lean_policy(base, self.trace, block_names, kept, allow, mixed)
         batch_total = batch_size(base)
         limit = min(batch_total, settings.max_micro_batches)
         micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= limit]
         if "micro_batch" not in allow:
             micro = [1]
-        chunk_options = [1, settings.chunks] if baseline.chunked_saving > 0 else [1]
+        chunked = self.chunked
+        chunk_options = [1, chunked.chunks] if chunked and baseline.chunked_saving > 0 else [1]
         profile = base.profile
         self.static = int(
             baseline.static_bytes * profile.peak_reserved / max(1, profile.peak_allocated)
         )
-        return screen(
+        candidates = screen(
             baseline,
             policies,
             block_names,
@@ -409,6 +480,9 @@ class _Search:
             micro,
             chunk_options,
         )
+        candidates = price_candidates(candidates, base, spec, self.host)
+        held = base.profile.host_peak
+        return [c for c in candidates if short_of_host(held + c.offloaded_bytes, self.host) is None]
 
 
 def _saves_in_step(base: StepTrace, fused: StepTrace) -> bool:
@@ -428,7 +502,3 @@ def _may_fuse(optimizer: Any) -> bool:
         name = optimizer.lower()
         return name.startswith("adam") and "fused" not in name
     return callable(optimizer)  # a factory: the trace tells (use_fused refuses other types)
-
-
-def _budget_bytes(budget: Any, spec: DeviceSpec) -> int:
-    return parse_budget(budget, of=spec.memory_bytes, device=spec.name)

@@ -99,16 +99,17 @@ def trace_fastest_fitting(
     if best is not None:
         return (best[0].techniques(chunked), best[1]), verified
     # nothing fitted: fall back on the most memory-saving candidates, first without
-    # micro-batching (which keeps all gradients alive across micro-batches), then any
+    # micro-batching (which keeps all gradients alive across micro-batches), then any other
     single = [c for c in candidates if c.micro_batches == 1]
-    fallbacks = [max(single, key=_key)] if single else []
-    fallbacks.append(min(candidates, key=lambda c: (c.peak_reserved, [-x for x in _key(c)])))
-    for candidate in fallbacks:
-        if id(candidate) in tried:
-            continue
-        attempt(candidate)
+    if single and id(strongest := max(single, key=_key)) not in tried:
+        attempt(strongest)
         if best is not None:
             return (best[0].techniques(chunked), best[1]), verified
+    others = [c for c in candidates if id(c) not in tried]
+    if others:
+        attempt(min(others, key=lambda c: (c.peak_reserved, [-x for x in _key(c)])))
+    if best is not None:
+        return (best[0].techniques(chunked), best[1]), verified
     return None, verified
 
 
@@ -118,7 +119,9 @@ def _family(candidate: Candidate) -> tuple[bool, bool]:
 
 def _key(candidate: Candidate) -> tuple[int, ...]:
     """How much a candidate does to save memory: more blocks, stronger policy, chunked loss."""
-    strength = {"none": 0, "pointwise": 1, "selective": 2, "full": 3}[candidate.policy.kind]
+    strength = {"none": 0, "pointwise": 1, "selective": 2, "full": 3, "offloaded": 4}[
+        candidate.policy.kind
+    ]
     return (
         len(candidate.blocks),
         strength,

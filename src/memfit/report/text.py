@@ -101,9 +101,11 @@ def profile_text(profile: MemoryProfile, *, budget: int | None = None, top: int 
         f"peak reserved   {format_bytes(profile.peak_reserved)}",
         f"peak allocated  {format_bytes(profile.peak_allocated)} ({_where(profile)})",
         f"verdict         {v.text()}",
-        "",
-        _category_table(profile),
     ]
+    if profile.host_peak:
+        parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in profile.host_bytes.items())
+        lines.append(f"host memory     {format_bytes(profile.host_peak)} ({parts})")
+    lines += ["", _category_table(profile)]
     rows = fold_repeated(m for m in profile.modules if m.self_activation_bytes > 0)[:top]
     if rows:
         lines += [
@@ -159,6 +161,7 @@ def profile_summary(profile: MemoryProfile, *, budget: int | None = None) -> dic
         "verdict": verdict(profile, budget).to_dict(),
         "peak_reserved_bytes": profile.peak_reserved,
         "peak_allocated_bytes": profile.peak_allocated,
+        "peak_host_bytes": profile.host_peak,
         "profile": profile.to_dict(),
     }
 

@@ -16,7 +16,7 @@ import torch
 from memfit.errors import InvalidInputError
 from memfit.step.undo import UndoFn, run_in_reverse
 
-__all__ = ["ApplyContext", "LossFn", "BatchFn", "OptimizerChange", "set_once"]
+__all__ = ["ApplyContext", "LossFn", "BatchFn", "OptimizerChange", "HostBytesFn", "set_once"]
 
 LossFn = Callable[[Any, Any], torch.Tensor]
 """``(output, batch) -> scalar loss``; ``batch`` is the batch as given, labels included."""
@@ -27,6 +27,9 @@ BatchFn = Callable[[Any], Any]
 OptimizerChange = Callable[[torch.optim.Optimizer], UndoFn]
 """Changes an optimizer in place (validating first, changing nothing when it raises); returns
 the callable that changes it back."""
+
+HostBytesFn = Callable[[int], dict[str, int]]
+"""``micro_batches -> {part: bytes}``: the host memory a technique holds during the step."""
 
 
 @dataclass
@@ -53,9 +56,23 @@ class ApplyContext:
             forward under ``memfit.step.lean_saving.lean_saving``.
         recompute_products: set by ``FusedGatedMLP``: forward under ``lean_saving`` (at
             least for its gated products).
+        optimizer_in_backward: set by ``OptimizerInBackward``: each parameter is updated in
+            backward, so the step's own update does nothing and the step refuses clipping,
+            accumulation and loss scaling.
+        low_bit: set by ``LowBitOptimizer``: its ``(kind, block_size)``, read when the
+            optimizer is changed.
+        pure_bf16: set by ``PureBF16``: the step runs in the ``"bf16"`` precision.
+        stochastic_round: set by ``PureBF16(stochastic_round=True)``: the optimizer rounds
+            its updates to bf16 stochastically (through torchao).
         optimizer_changes: what techniques do to the optimizer (``FusedOptimizer`` switches it
             to its fused kernel), run by ``change_optimizer`` once the optimizer exists: by
             ``memfit.apply`` on the user's, by the tracer on the one it builds.
+        step_precision: the precision the step will run in, when the caller knows it before
+            applying (appliers that depend on it check it: ``OffloadOptimizer``'s dtype).
+        host_optimizer: set by ``OffloadOptimizer`` once the optimizer is changed: the
+            ``HostOptimizer`` the step tells which backward ends a batch.
+        host_memory: what techniques hold in host memory, one callable each (the tracer
+            reports their sum).
         agreement: set by ``memfit.apply`` for a sharded plan in a distributed job: how the
             ranks agree that applying succeeded (``memfit.apply.sharding.Agreement``).
     """
@@ -66,8 +83,23 @@ class ApplyContext:
     precision: str | None = None
     lean_autocast: bool = False
     recompute_products: bool = False
+    optimizer_in_backward: bool = False
+    low_bit: tuple[str, int | None] | None = None
+    pure_bf16: bool = False
+    stochastic_round: bool = False
     optimizer_changes: list[OptimizerChange] = field(default_factory=list)
+    step_precision: str | None = None
+    host_optimizer: Any = None
+    host_memory: list[HostBytesFn] = field(default_factory=list)
     agreement: Any = None
+
+    def host_bytes(self, micro_batches: int = 1) -> dict[str, int]:
+        """Host memory the applied techniques hold, by part."""
+        total: dict[str, int] = {}
+        for part in self.host_memory:
+            for name, size in part(micro_batches).items():
+                total[name] = total.get(name, 0) + size
+        return total
 
     def change_optimizer(self, optimizer: torch.optim.Optimizer | None) -> UndoFn:
         """Run ``optimizer_changes`` on ``optimizer``, all or none; returns their undo.

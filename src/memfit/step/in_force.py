@@ -20,6 +20,7 @@ from memfit.techniques import (
     MicroBatch,
     MixedPrecision,
     PlanLike,
+    PureBF16,
     Sharding,
     info,
     model_fingerprint,
@@ -38,6 +39,9 @@ class InForce:
 
     @property
     def precision(self) -> str | None:
+        """The plan's precision: ``"bf16"`` with ``PureBF16``, else its MixedPrecision's."""
+        if any(isinstance(t, PureBF16) for t in self.techniques):
+            return "bf16"
         found = [t.precision for t in self.techniques if isinstance(t, MixedPrecision)]
         return found[-1] if found else None
 
@@ -71,13 +75,18 @@ class InForce:
 
     @contextlib.contextmanager
     def applied_to(
-        self, module: nn.Module, fake_mode: Any = None, loss_fn: Any = None
+        self,
+        module: nn.Module,
+        fake_mode: Any = None,
+        precision: str | None = None,
+        loss_fn: Any = None,
     ) -> Iterator[ApplyContext]:
         """Apply the techniques to ``module`` (a fake model, for tracing); undo them on exit.
 
         Every technique's applier runs, as ``memfit.apply`` runs them: the ones that change
         the model under ``fake_mode``; the rest only fill the context, which starts with the
-        user's ``loss_fn`` (a technique that computes the loss must keep it).
+        user's ``loss_fn`` (a technique that computes the loss must keep it). ``precision`` is
+        the step's (``ApplyContext.step_precision``).
 
         Raises:
             InvalidInputError: when the plan was made for another model, or has a technique
@@ -90,7 +99,7 @@ class InForce:
                 f"cannot estimate {', '.join(repr(t) for t in unknown)}: not a technique memfit "
                 f"models; known: {', '.join(row.type.__name__ for row in TABLE)}"
             )
-        context = ApplyContext(loss_fn=loss_fn)
+        context = ApplyContext(step_precision=precision, loss_fn=loss_fn)
         if not self.techniques:
             yield context
             return

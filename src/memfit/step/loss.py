@@ -12,7 +12,14 @@ import torch
 from memfit.errors import UnsupportedModelError
 from memfit.step.overhead import note as note_overhead
 
-__all__ = ["default_loss", "compute_loss", "optimizer_update", "LossFn", "IGNORE_INDEX"]
+__all__ = [
+    "default_loss",
+    "compute_loss",
+    "optimizer_update",
+    "clip_gradients",
+    "LossFn",
+    "IGNORE_INDEX",
+]
 
 IGNORE_INDEX = -100  # the label cross-entropy skips (PyTorch's and Hugging Face's default)
 
@@ -69,11 +76,24 @@ def compute_loss(loss_fn: LossFn | None, output: Any, batch: Any) -> torch.Tenso
 
 
 def optimizer_update(
-    optimizer: torch.optim.Optimizer, scaler: Any, grad_scale: torch.Tensor | None
+    optimizer: torch.optim.Optimizer,
+    scaler: Any,
+    grad_scale: torch.Tensor | None,
+    *,
+    clip_grad_norm: float | None = None,
 ) -> None:
-    """``optimizer.step()``, through a GradScaler (real) or its op-by-op emulation (fake)."""
+    """``optimizer.step()``, through a GradScaler (real) or its op-by-op emulation (fake).
+
+    Args:
+        clip_grad_norm: first scale the gradients of the optimizer's parameters so that their
+            global L2 norm is at most this (``torch.nn.utils.clip_grad_norm_``), after
+            unscaling them when a loss scale is in force, as PyTorch's AMP recipe does.
+    """
     note_overhead("optimizer_step")  # the step-time model prices torch.optim's Python
     if scaler is not None:
+        if clip_grad_norm is not None:
+            scaler.unscale_(optimizer)
+            clip_gradients(optimizer, clip_grad_norm)
         scaler.step(optimizer)
         scaler.update()
         return
@@ -81,8 +101,22 @@ def optimizer_update(
         grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
         found_inf = torch.zeros((), device=grad_scale.device)
         torch._amp_foreach_non_finite_check_and_unscale_(grads, found_inf, grad_scale.reciprocal())
+        if clip_grad_norm is not None:
+            clip_gradients(optimizer, clip_grad_norm)
         optimizer.step()
         growth_tracker = torch.zeros((), dtype=torch.int32, device=grad_scale.device)
         torch._amp_update_scale_(grad_scale, growth_tracker, found_inf, 2.0, 0.5, 2000)
         return
+    if clip_grad_norm is not None:
+        clip_gradients(optimizer, clip_grad_norm)
     optimizer.step()
+
+
+def clip_gradients(optimizer: torch.optim.Optimizer, max_norm: float) -> torch.Tensor:
+    """Clip the gradients of ``optimizer``'s parameters to a global L2 norm of ``max_norm``.
+
+    Returns:
+        The norm before clipping, as ``torch.nn.utils.clip_grad_norm_`` returns it.
+    """
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    return torch.nn.utils.clip_grad_norm_(params, max_norm)

@@ -30,6 +30,7 @@ from torch import nn
 from memfit.errors import InvalidInputError, MemfitError, UnsupportedModelError
 from memfit.step.context import ApplyContext
 from memfit.step.undo import UndoFn, record, run_in_reverse
+from memfit.technique_rules import check_combination
 from memfit.techniques import TABLE, info
 
 __all__ = ["Applier", "register_applier", "apply_techniques", "known_techniques"]
@@ -92,11 +93,13 @@ def apply_techniques(
             ``context.change_optimizer`` once it has one (the tracer).
 
     Raises:
-        InvalidInputError: a technique has no applier (the message lists those that do).
+        InvalidInputError: a technique has no applier (the message lists those that do), or
+            two techniques exclude each other (the table's ``excludes``).
         MemfitError: an applier failed; the message names the technique, the cause and the
             fix. The techniques applied before it are undone, and ``context`` is restored.
     """
     techniques = list(techniques)
+    check_combination(techniques)
     for technique in techniques:
         _load_applier(type(technique))
     unknown = [t for t in techniques if type(t) not in _APPLIERS]
@@ -116,12 +119,14 @@ def apply_techniques(
                     message = f"{technique!r}: {error}; nothing was applied"
                     raise _same_kind(error, message) from error
     done: list[UndoFn] = []
-    for technique in techniques + ([_OptimizerChanges()] if optimizer is not None else []):
+    steps: list[Any] = techniques + [_OptimizerChanges()]
+    for technique in steps:
         try:
-            if isinstance(technique, _OptimizerChanges):
-                done.append(context.change_optimizer(optimizer))
-            else:
+            if not isinstance(technique, _OptimizerChanges):
                 done.append(_APPLIERS[type(technique)](model, technique, context))
+            elif optimizer is not None and context.optimizer_changes:
+                # only real changes are recorded: an empty plan leaves nothing to undo
+                done.append(context.change_optimizer(optimizer))
         except Exception as error:
             _rollback(done, technique, error)
             if isinstance(error, MemfitError):

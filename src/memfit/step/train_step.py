@@ -28,6 +28,8 @@ from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_updat
 from memfit.step.overhead import note as note_overhead
 from memfit.step.precision import Precision
 from memfit.step.undo import applied, undo_all
+from memfit.technique_rules import check_combination, check_step_options
+from memfit.techniques import MicroBatch, OptimizerInBackward
 
 __all__ = ["TrainStep"]
 
@@ -61,6 +63,15 @@ class TrainStep:
             copy twice (``LeanAutocast``).
         recompute_products: keep the factors of ``FusedGatedMLP``'s products, not the
             products.
+        host_optimizer: the ``HostOptimizer`` of ``OffloadOptimizer``, told which backward
+            ends the batch (its update runs then).
+        clip_grad_norm: before each update, scale the gradients so that their global L2 norm
+            is at most this (``torch.nn.utils.clip_grad_norm_``; after unscaling under fp16).
+        accumulate: the optimizer steps after every ``accumulate`` calls of ``step(batch)``,
+            each batch's loss scaled by ``1 / accumulate`` (gradient accumulation across
+            batches: the update is the mean over them, as with ``micro_batches``).
+        optimizer_in_backward: the optimizer updates each parameter in backward
+            (``OptimizerInBackward``): the step's own update is then skipped.
 
     Attributes:
         autocast: a zero-argument factory of the autocast context (replaceable: memfit's tracer
@@ -83,18 +94,37 @@ class TrainStep:
         forward_batch: Callable[[Any], Any] | None = None,
         lean_autocast: bool = False,
         recompute_products: bool = False,
+        host_optimizer: Any = None,
+        clip_grad_norm: float | None = None,
+        accumulate: int = 1,
+        optimizer_in_backward: bool = False,
     ) -> None:
         if micro_batches < 1:
             raise InvalidInputError(f"micro_batches={micro_batches} must be at least 1")
+        precision = Precision.parse(precision)
+        in_force: list[Any] = [OptimizerInBackward()] if optimizer_in_backward else []
+        in_force += [MicroBatch(micro_batches)] if micro_batches > 1 else []
+        check_combination(in_force)
+        check_step_options(
+            in_force,
+            clip_grad_norm=clip_grad_norm,
+            accumulate=accumulate,
+            grad_scaler=precision.grad_scaler,
+        )
         self.model = model
         self.optimizer = optimizer
         self.loss_fn = loss_fn
         self.forward = forward
-        self.precision = Precision.parse(precision)
+        self.precision = precision
         self.micro_batches = micro_batches
+        self.clip_grad_norm = clip_grad_norm
+        self.batches_per_update = accumulate
+        self.optimizer_in_backward = optimizer_in_backward
+        self._pending = 0  # batches whose gradients wait for the update
         self.forward_batch = forward_batch
         self.lean_autocast = lean_autocast
         self.recompute_products = recompute_products
+        self.host_optimizer = host_optimizer
         self._checked_label_shares = False
         self._hf_token_mean: bool | None = None  # the model's loss is HF's causal-LM loss
         self.mark: Mark = _no_mark
@@ -127,6 +157,7 @@ class TrainStep:
             loss = compute_loss(self.loss_fn, output, batch)
             del output
         self.mark("backward")
+        loss_scale /= self.batches_per_update
         scaled = loss * loss_scale if loss_scale != 1.0 else loss
         if self.grad_scaler is not None:
             self.grad_scaler.scale(scaled).backward()
@@ -148,9 +179,20 @@ class TrainStep:
         if self.optimizer is None:
             return
         self.mark("optimizer0")
-        optimizer_update(self.optimizer, self.grad_scaler, self.grad_scale)
+        self.update()
         self.mark("zero_grad")
         self.optimizer.zero_grad(set_to_none=True)
+        if self.host_optimizer is not None:
+            self.host_optimizer.check()
+
+    def update(self) -> None:
+        """The optimizer's update from the gradients (clipped first, if asked); nothing when
+        the optimizer ran in backward."""
+        if self.optimizer is None or self.optimizer_in_backward:
+            return
+        optimizer_update(
+            self.optimizer, self.grad_scaler, self.grad_scale, clip_grad_norm=self.clip_grad_norm
+        )
 
     # --- the whole step -------------------------------------------------------------------
     def undo(self) -> None:
@@ -170,15 +212,22 @@ class TrainStep:
         return self.step(batch)
 
     def step(self, batch: Any) -> torch.Tensor:
-        """Run one training step on ``batch``; returns its loss (detached)."""
+        """Run one training step on ``batch``; returns its loss (detached).
+
+        With ``accumulate=n``, the optimizer steps on every n-th call only.
+        """
         loss = self.accumulate(batch)
-        self.optimizer_step()
+        self._pending += 1
+        if self._pending >= self.batches_per_update:
+            self._pending = 0
+            self.optimizer_step()
         self.mark("end")
         return loss
 
     def accumulate(self, batch: Any) -> torch.Tensor:
         """Forward and backward of ``batch`` in ``micro_batches`` slices; the mean loss."""
         if self.micro_batches == 1:
+            self._ends_batch(True)
             return self.forward_backward(batch)
         total = batch_size_of(batch)
         if self.micro_batches > total:
@@ -191,16 +240,25 @@ class TrainStep:
         normalised = self._normalised_by_batch(batch, parts)
         if normalised is not None:  # each part's loss divided by the batch's labelled tokens
             with normalised as ready:
-                return torch.stack([self.forward_backward(part) for part in ready]).sum()
+                losses = []
+                for i, part in enumerate(ready):
+                    self._ends_batch(i == len(ready) - 1)
+                    losses.append(self.forward_backward(part))
+                return torch.stack(losses).sum()
         if not self._checked_label_shares:  # once: the count needs a device synchronisation
             self._checked_label_shares = True
             warn_if_label_shares_differ(parts, sizes)
         loss: torch.Tensor | None = None
-        for part, size in zip(parts, sizes, strict=True):
+        for i, (part, size) in enumerate(zip(parts, sizes, strict=True)):
+            self._ends_batch(i == len(parts) - 1)
             part_loss = self.forward_backward(part, loss_scale=size / total) * (size / total)
             loss = part_loss if loss is None else loss + part_loss
         assert loss is not None
         return loss
+
+    def _ends_batch(self, last: bool) -> None:
+        if self.host_optimizer is not None:
+            self.host_optimizer.final_micro_batch = last
 
     def _normalised_by_batch(
         self, batch: Any, parts: list[Any]

@@ -23,28 +23,33 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 from memfit.collectives import BUS_EFFICIENCY, communication_time, offload_s
 from memfit.cost import load_calibration
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device, host_spec
 from memfit.errors import InvalidInputError
+from memfit.offload_cost import calibrated_host, offloaded_step_time
 from memfit.profile import MemoryProfile
 from memfit.step.batch import describe_batch
 from memfit.step.in_force import InForce, techniques_in_force
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
-from memfit.step.undo import applied
+from memfit.step.undo import applied, run_in_reverse
 from memfit.structure.blocks import block_patterns, find_blocks
 from memfit.structure.token_inputs import check_token_inputs
+from memfit.technique_rules import check_combination, check_step_options
 from memfit.techniques import Sharding
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
-from memfit.trace.fakeify import FakeModel, prepare_batch, prepare_model
+from memfit.trace.fake_hazards import fake_hazards_neutralised, scripted_functions_in_python
+from memfit.trace.fakeify import FakeModel, evaluating, prepare_batch, prepare_model
 from memfit.trace.inputs import SpecBatch, resolve
-from memfit.trace.optimizers import make_optimizer, optimizer_label
-from memfit.trace.recorder import MemoryRecorder, Trace, live_until
+from memfit.trace.optimizers import make_optimizer, optimizer_label, watch_gradients
+from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding, live_until
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
+from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
+from memfit.units import format_bytes
 
 __all__ = ["estimate", "trace_step", "with_gpus", "StepTrace", "StepSettings"]
 
@@ -77,10 +82,16 @@ def estimate(
     seq_len: int | None = None,
     stack: CudaStack = DEFAULT_STACK,
     allocator: AllocatorSettings = DEFAULT_SETTINGS,
+    mode: str = "train",
+    timeout_s: float | None = DEFAULT_TIMEOUT_S,
+    host_memory: str | int | None = None,
+    host: HostSpec | None = None,
+    clip_grad_norm: float | None = None,
+    accumulate: int = 1,
     gpus: int | None = None,
     progress: Progress | None = None,
 ) -> MemoryProfile:
-    """Predict the GPU memory of one steady-state training step, without a GPU.
+    """Predict the GPU memory of one steady-state training (or inference) step, without a GPU.
 
     Args:
         model: an ``nn.Module`` (left untouched), a zero-argument builder (called on fake
@@ -99,22 +110,37 @@ def estimate(
         plan: a ``memfit.Plan`` (or a sequence of techniques) to predict with it in force.
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
+        mode: ``"train"``, or ``"inference"``: the model in ``eval()``, one forward under
+            ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same), the output
+            released after it; no loss, no backward, no optimizer (``optimizer`` is ignored).
+        timeout_s: give up with an UnsupportedModelError naming where the model was after
+            this many seconds of building and tracing (a model that loops on tensor values,
+            which fake tensors do not have); None for no limit.
+        host_memory: the target host's RAM (``"128GiB"``), for plans that offload; default
+            this machine's.
+        host: the target host in full (``memfit.devices.HostSpec``: memory, cores, CPU Adam
+            rate); overrides ``host_memory``.
+        clip_grad_norm: the step clips gradients to this global norm before each update.
+        accumulate: the step accumulates the gradients of this many batches per update (the
+            gradients of earlier batches are alive through the later ones' forward).
         gpus: predict one rank of a job of ``gpus`` GPUs sharded with FSDP2: the plan's
             ``Sharding`` for that many GPUs, or, when the plan has none, one ``fully_shard``
             unit per repeated block; ``batch`` is each rank's batch. None: as the plan says.
         progress: called with a short message at each stage (the CLI shows it).
 
     Returns:
-        The predicted MemoryProfile (``source="estimate"``), with a predicted step time.
+        The predicted MemoryProfile (``source="estimate"``), with a predicted step time (per
+        batch: with ``accumulate=n``, one n-th of the update) and, for plans that offload, the
+        host memory they hold (``host_bytes``, ``host_peak``).
 
     Raises:
         MemfitError: for unknown names, malformed inputs, a builder that raises, a batch that
-            does not fit the model, a loss that is not a scalar.
+            does not fit the model, a loss that is not a scalar, a trace that stalls.
 
     Known limitations:
         * cuDNN convolution workspaces are not modelled: cuDNN picks algorithms by heuristics
-          that need the GPU (about 4% of reserved memory on ResNet-50 in bf16, see
-          bench/results).
+          that need the GPU (4-17% of reserved memory on the validation zoo's CNNs, 6% of
+          allocated on ResNet-50 bf16 inference; bench/results/validation_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, named in the profile's warnings.
         * Distributed training other than FSDP2 sharding (``Sharding``) is not modelled;
@@ -130,10 +156,28 @@ def estimate(
         allocator=allocator,
         batch_size=batch_size,
         seq_len=seq_len,
+        mode=mode,
+        timeout_s=timeout_s,
+        host=host or target_host_from(host_memory, device),
+        clip_grad_norm=clip_grad_norm,
+        accumulate=accumulate,
     )
     if gpus is not None:
+        if settings.inference:
+            raise InvalidInputError(
+                f"gpus={gpus} shards a training step with FSDP2; mode='inference' predicts one "
+                f"GPU's forward: leave gpus out"
+            )
         plan = with_gpus(plan, gpus, model)
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
+
+
+def target_host_from(host_memory: str | int | None, device: str | DeviceSpec) -> HostSpec | None:
+    """The HostSpec for ``host_memory`` on ``device`` (None when not given)."""
+    if host_memory is None:
+        return None
+    spec = get_device(device)
+    return host_spec(host_memory, local=spec.name == "cuda" or _is_local(spec))
 
 
 def with_gpus(plan: Any, gpus: int, model: Any) -> list[Any]:
@@ -186,7 +230,19 @@ def trace_step(
     report = progress or (lambda message: None)
     spec = get_device(settings.device)
     techniques = techniques_in_force(plan)
+    if settings.inference and techniques.label:
+        raise InvalidInputError(
+            f"a plan ({techniques.label}) was given with mode='inference'; plans are for "
+            f"training steps: estimate inference without one"
+        )
     precision = Precision.parse(techniques.precision or settings.precision)
+    check_combination(techniques.techniques)
+    check_step_options(
+        techniques.techniques,
+        clip_grad_norm=settings.clip_grad_norm,
+        accumulate=settings.accumulate,
+        grad_scaler=precision.grad_scaler,
+    )
     name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
     if isinstance(model, nn.Module) and applied(model) and techniques.techniques:
         raise InvalidInputError(
@@ -203,15 +259,40 @@ def trace_step(
         # sharded: each rank builds the model on the CPU or the meta device and fully_shard
         # moves its shards to the GPU; one GPU: the model is built on the GPU
         building = recorder if sharded is None else None
-        fake_model, example = _build(model, batch, fake_mode, building, precision)
+        with Watchdog(
+            settings.timeout_s,
+            "building the model",
+            recorder.recent_ops,
+            request_stop=recorder.request_stop,
+        ):
+            fake_model, example, rebuilt = _build(
+                model,
+                batch,
+                fake_mode,
+                building,
+                precision,
+                lambda: new_recorder(spec, settings.stack),
+            )
+        recorder = rebuilt or recorder  # a builder that read values: a fresh recorder
         # a batch given as tensors shows its ids; a made one (zoo, spec) its shapes and bounds
         check_token_inputs(fake_model.module, example if callable(batch) else batch, declared)
-        report("tracing forward, backward and optimizer step")
+        report(
+            "tracing forward"
+            if settings.inference
+            else "tracing forward, backward and optimizer step"
+        )
         if sharded is not None:
             fake_model = sharded.own_copy(fake_model)
-        record = _trace(
-            fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
-        )
+        with Watchdog(
+            settings.timeout_s,
+            "tracing the step",
+            recorder.recent_ops,
+            recorder.current_module,
+            recorder.request_stop,
+        ):
+            record = _trace(
+                fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
+            )
     report("simulating the CUDA caching allocator")
     header = dict(
         source="estimate",
@@ -219,14 +300,21 @@ def trace_step(
         device=spec.name,
         device_memory=spec.memory_bytes,
         precision=precision.name,
-        optimizer=optimizer_label(settings.optimizer),
+        optimizer=None if settings.inference else optimizer_label(settings.optimizer),
         batch=describe_batch(example),
     )
     host_bytes = 0
     if sharded is not None and techniques.sharding is not None and techniques.sharding.offload:
         record.trace, host_bytes = sharded.host_resident(record.trace)
     profile = _profile(record, fake_model, settings, spec, header)
-    profile = dataclasses.replace(profile, plan=techniques.label, step_time_s=record.step_time_s())
+    label = "inference (eval, no_grad)" if settings.inference else techniques.label
+    profile = dataclasses.replace(
+        profile,
+        plan=label,
+        step_time_s=_step_time(record, spec, settings, techniques.micro_batches),
+        host_bytes=dict(record.host_bytes),
+        warnings=profile.warnings + _host_warnings(record.host_bytes, settings),
+    )
     if sharded is not None:
         profile = _with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
     report(f"done in {time.perf_counter() - started:.1f} s")
@@ -278,18 +366,31 @@ def _build(
     fake_mode: FakeTensorMode,
     recorder: MemoryRecorder | None,
     precision: Precision,
-) -> tuple[FakeModel, Any]:
-    """The model and the example batch on fake tensors; ``recorder``: records the building."""
-    # A builder builds on the device, as `with torch.device("cuda"): model = build()` does:
-    # its temporaries (weights replaced when tying, say) leave cached blocks behind.
-    building: Any = contextlib.nullcontext()
-    if recorder is not None and not isinstance(model, nn.Module):
-        building = recorder
-    with building:
-        fake_model = prepare_model(model, fake_mode, param_dtype=precision.param_dtype)
+    fresh_recorder: Callable[[], MemoryRecorder],
+) -> tuple[FakeModel, Any, MemoryRecorder | None]:
+    """The model and the example batch on fake tensors, and the recorder of the build.
+
+    A builder builds on the device, as ``with torch.device("cuda"): model = build()`` does:
+    its temporaries (weights replaced when tying, say) leave cached blocks behind, so
+    ``recorder`` records it (None: unrecorded, as a sharded rank builds on the CPU). A builder
+    that reads a tensor value is built again with real values
+    (``prepare_model(real_values=True)``), unrecorded, and the step gets a fresh recorder.
+    """
+    dtype = precision.param_dtype
+    with fake_hazards_neutralised():
+        if isinstance(model, nn.Module) or recorder is None:
+            fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
+        else:
+            try:
+                with recorder, recorder.reading_no_values():
+                    fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
+            except ValueReadWhileBuilding:
+                recorder.close()
+                recorder = fresh_recorder()
+                fake_model = prepare_model(model, fake_mode, param_dtype=dtype, real_values=True)
     with fake_mode, torch.device("cpu"):
         example = batch() if callable(batch) else batch
-    return fake_model, prepare_batch(example, fake_mode)
+    return fake_model, prepare_batch(example, fake_mode), recorder
 
 
 def _trace(
@@ -305,20 +406,34 @@ def _trace(
     """One step with the plan's techniques applied to the fake model, recorded; ``sharded``:
     the FSDP2 bookkeeping of a sharded plan (``memfit.trace.sharding.ShardedTracing``)."""
     spec = get_device(settings.device)
-    applied = techniques.applied_to(fake_model.module, fake_mode, settings.loss_fn)
-    with fake_model.swapped(), applied as context:
+    undos: list[Callable[[], None]] = []  # what changed the fake optimizer and parameters
+    applied = techniques.applied_to(
+        fake_model.module, fake_mode, precision.name, loss_fn=settings.loss_fn
+    )
+    with (
+        fake_model.swapped(),
+        fake_hazards_neutralised(),
+        scripted_functions_in_python(fake_model.module),
+        evaluating(fake_model.module) if settings.inference else contextlib.nullcontext(),
+        applied as context,
+    ):
         if sharded is not None:  # fully_shard replaced the parameters by DTensors
             fake_model.params = dict(fake_model.module.named_parameters())
             fake_model.buffers = dict(fake_model.module.named_buffers())
 
         def make_step() -> TrainStep:
-            params = fake_model.trainable()
-            if sharded is not None:
-                params = sharded.local_params(params)
-            optimizer = make_optimizer(settings.optimizer, params)
-            context.change_optimizer(optimizer)  # the fake optimizer: nothing to undo
-            if sharded is not None and optimizer is not None:
-                sharded.attach(optimizer)
+            optimizer = None
+            if not settings.inference:
+                params = fake_model.trainable()
+                if sharded is not None:
+                    params = sharded.local_params(params)
+                optimizer = make_optimizer(settings.optimizer, params)
+                if context.optimizer_in_backward and optimizer is not None:
+                    # before the update's hooks: each gradient is counted as one, then freed
+                    undos.append(watch_gradients(fake_model.params, recorder))
+                undos.append(context.change_optimizer(optimizer))
+                if sharded is not None and optimizer is not None:
+                    sharded.attach(optimizer)
             return TrainStep(
                 fake_model,
                 optimizer,
@@ -330,19 +445,33 @@ def _trace(
                 forward_batch=context.forward_batch,
                 lean_autocast=techniques.lean_autocast,
                 recompute_products=context.recompute_products,
+                host_optimizer=context.host_optimizer,
+                clip_grad_norm=settings.clip_grad_norm,
+                accumulate=settings.accumulate,
+                optimizer_in_backward=context.optimizer_in_backward,
             )
 
-        with sharded.hooks() if sharded is not None else contextlib.nullcontext():
-            return traced_step(
-                fake_mode=fake_mode,
-                fake_model=fake_model,
-                batch=example,
-                make_step=make_step,
-                device=spec,
-                stack=settings.stack,
-                calibration=load_calibration(spec),
-                recorder=recorder,
-            )
+        try:
+            with sharded.hooks() if sharded is not None else contextlib.nullcontext():
+                record = traced_step(
+                    fake_mode=fake_mode,
+                    fake_model=fake_model,
+                    batch=example,
+                    make_step=make_step,
+                    device=spec,
+                    stack=settings.stack,
+                    calibration=load_calibration(spec),
+                    recorder=recorder,
+                    inference=settings.inference,
+                )
+            record.host_bytes = context.host_bytes(techniques.micro_batches)
+            if context.host_optimizer is not None:
+                record.offloaded_params = context.host_optimizer.offloaded_params()
+                record.first_share = context.host_optimizer.first_share()
+            return record
+        finally:
+            with fake_mode:
+                run_in_reverse(undos)
 
 
 def _profile(
@@ -355,7 +484,9 @@ def _profile(
     """The recorded step replayed through the allocator, as a MemoryProfile."""
     result = replay(record.trace, record.marks, settings.allocator)
     live_after_forward = live_until(record.trace.events, record.marks.get("backward", 0))
-    grads = record.grad_bytes or trainable_param_bytes(fake_model.params)
+    grads: dict[str, int] = {}
+    if not settings.inference:
+        grads = record.grad_bytes or trainable_param_bytes(fake_model.params)
     return assemble_profile(
         trace=record.trace,
         replay=result,
@@ -365,6 +496,52 @@ def _profile(
         warnings=tuple(
             _device_warnings(spec, Precision.parse(header["precision"])) + record.warnings
         ),
+    )
+
+
+def target_host(settings: StepSettings, spec: DeviceSpec) -> HostSpec:
+    """The host the step runs on: the settings', else this machine's when the GPU is local,
+    else a reference host with this machine's memory; with ``memfit calibrate``'s Adam rate
+    when it is this machine."""
+    host = settings.host or host_spec(local=spec.name == "cuda" or _is_local(spec))
+    return calibrated_host(host)
+
+
+def _is_local(spec: DeviceSpec) -> bool:
+    return torch.cuda.is_available() and spec.display_name == torch.cuda.get_device_name()
+
+
+def _step_time(record: StepRecord, spec: DeviceSpec, settings: StepSettings, micro: int) -> float:
+    """The traced GPU time, or with offloading the time of the busiest of GPU, host and PCIe."""
+    gpu_s = record.step_time_s()
+    activations = record.host_bytes.get("offloaded activations", 0)
+    if not (record.offloaded_params or activations):
+        return gpu_s
+    return offloaded_step_time(
+        gpu_s=gpu_s,
+        forward_s=record.stage_s("forward"),
+        backward_s=record.stage_s("backward"),
+        offloaded_params=record.offloaded_params,
+        first_share=record.first_share,
+        activation_bytes=activations,
+        micro_batches=micro,
+        device=spec,
+        host=target_host(settings, spec),
+    ).step_s
+
+
+def _host_warnings(host_bytes: dict[str, int], settings: StepSettings) -> tuple[str, ...]:
+    held = sum(host_bytes.values())
+    if not held:
+        return ()
+    host = settings.host or host_spec()
+    need = held + host.process_bytes
+    if need <= host.memory_bytes:
+        return ()
+    return (
+        f"the plan holds {format_bytes(held)} in host memory (+{format_bytes(host.process_bytes)} "
+        f"for the process): {format_bytes(need)}, more than the host's "
+        f"{format_bytes(host.memory_bytes)}",
     )
 
 

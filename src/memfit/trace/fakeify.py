@@ -1,7 +1,11 @@
 """The model and batch on fake CPU tensors: real shapes and dtypes, no memory.
 
 A builder (zero-argument callable) is called under ``FakeTensorMode``, so even a 70B-parameter
-model is built without allocating its weights. An existing ``nn.Module`` is mirrored by fake
+model is built without allocating its weights. A builder that reads tensor values to decide its
+shapes (torchvision's RegNet computes its widths with ``torch.arange(...).tolist()``) cannot be
+built that way, since fake tensors have no values: it is built again with real tensors, each
+parameter made fake as it is registered (``real_values=True``), so that such computations see
+real numbers while no weight is ever filled. An existing ``nn.Module`` is mirrored by fake
 tensors: for the duration of the trace (``FakeModel.swapped``, forward, backward and checkpoint
 recomputation alike) its parameters and buffers are replaced by the fakes, and put back after,
 whatever happens.
@@ -10,19 +14,24 @@ whatever happens.
 from __future__ import annotations
 
 import contextlib
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
-from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+from torch._subclasses.fake_tensor import (
+    DataDependentOutputException,
+    FakeTensor,
+    FakeTensorMode,
+)
 from torch.nn.utils.stateless import _reparametrize_module
 from torch.utils._pytree import tree_map
 
 from memfit.errors import UnsupportedModelError
 
-__all__ = ["FakeModel", "prepare_model", "prepare_batch"]
+__all__ = ["FakeModel", "prepare_model", "prepare_batch", "evaluating"]
 
 
 @dataclass
@@ -74,18 +83,45 @@ def _fake_like(
     return fake
 
 
+@contextlib.contextmanager
+def _parameters_made_fake(fake_mode: FakeTensorMode) -> Iterator[None]:
+    """Every parameter a module registers becomes a fake tensor of its shape (other tensors
+    stay real): ``Module.__setattr__`` registers parameters through ``register_parameter``."""
+    register = nn.Module.register_parameter
+    allowed = fake_mode.allow_non_fake_inputs
+
+    def register_fake(self: nn.Module, name: str, param: nn.Parameter | None) -> None:
+        if param is not None and not isinstance(param, FakeTensor):
+            fake = _fake_like(param.detach(), fake_mode)
+            param = nn.Parameter(fake, requires_grad=param.requires_grad)
+        register(self, name, param)
+
+    nn.Module.register_parameter = register_fake  # type: ignore[method-assign]
+    fake_mode.allow_non_fake_inputs = True  # real tensors meet fake parameters while building
+    try:
+        yield
+    finally:
+        nn.Module.register_parameter = register  # type: ignore[method-assign]
+        fake_mode.allow_non_fake_inputs = allowed
+
+
 def prepare_model(
     model: nn.Module | Callable[[], nn.Module],
     fake_mode: FakeTensorMode,
     *,
     param_dtype: torch.dtype | None = None,
+    real_values: bool = False,
 ) -> FakeModel:
     """Build (under fake mode) or mirror the model with fake CPU tensors.
 
     Args:
         model: an ``nn.Module`` or a zero-argument builder returning one.
         fake_mode: the fake mode of the trace.
-        param_dtype: cast floating parameters and buffers to this dtype (pure bf16 training).
+        param_dtype: cast floating parameters and buffers to this dtype (pure bf16 training):
+            a built model is cast with ``module.to(param_dtype)`` where it was built (its
+            float32 weights freed, as on the GPU); a given module is mirrored in that dtype.
+        real_values: call the builder on real tensors, making each parameter fake as it is
+            registered (for builders that read tensor values).
 
     Raises:
         UnsupportedModelError: when the builder raises or returns something else.
@@ -98,9 +134,22 @@ def prepare_model(
                 f"the module, or a function that builds it"
             )
         name = getattr(model, "__name__", repr(model))
+        building = _parameters_made_fake(fake_mode) if real_values else fake_mode
         try:
-            with fake_mode, torch.device("cpu"):
+            with building, torch.device("cpu"), warnings.catch_warnings():
+                # deepcopy of a fake parameter asks for its data pointer (nn.TransformerEncoder
+                # clones its layer): torch warns; nothing is wrong with the user's model
+                warnings.filterwarnings("ignore", "Accessing the data pointer of FakeTensor")
                 module = model()
+                if param_dtype is not None and isinstance(module, nn.Module):
+                    # as a pure-bf16 run casts the built model: the float32 weights are freed
+                    module = module.to(param_dtype)
+        except DataDependentOutputException as error:
+            raise UnsupportedModelError(
+                f"the builder {name}() reads the value of a tensor that becomes a parameter "
+                f"({error}); memfit builds models with fake parameters, which have no values. "
+                f"Pass the built nn.Module instead of its builder"
+            ) from error
         except Exception as error:  # the user's code: report it, whatever it raised
             raise UnsupportedModelError(
                 f"the builder {name}() raised {type(error).__name__}: {error}. memfit calls "
@@ -127,7 +176,32 @@ def prepare_model(
         fake = _fake_like(buffer, fake_mode, param_dtype)
         swap = swap or fake is not buffer
         buffers[name] = fake
+    if swap and module is not model:
+        # a model memfit built holds fakes of another fake mode (deepcopy under fake mode
+        # gives its copies a mode of their own: nn.TransformerEncoder's cloned layers): the
+        # model is ours, so it takes the new fakes for good and the old ones are freed, as on
+        # the GPU, where the built model's weights exist once
+        params = _install(module, params, buffers)
+        swap = False
     return FakeModel(module, params, buffers, swap)
+
+
+def _install(
+    module: nn.Module, params: dict[str, torch.Tensor], buffers: dict[str, torch.Tensor]
+) -> dict[str, torch.Tensor]:
+    """Put the fakes into ``module`` (tied parameters stay tied); the installed parameters."""
+    replacement: dict[int, torch.Tensor] = {}
+    for name, param in module.named_parameters():
+        fake = params[name]
+        replacement[id(param)] = nn.Parameter(fake, requires_grad=fake.requires_grad)
+    for name, buffer in module.named_buffers():
+        replacement[id(buffer)] = buffers[name]
+    for owner in module.modules():
+        for table in (owner._parameters, owner._buffers):
+            for name, tensor in list(table.items()):
+                if tensor is not None and id(tensor) in replacement:
+                    table[name] = replacement[id(tensor)]  # type: ignore[assignment]
+    return dict(module.named_parameters())
 
 
 def prepare_batch(batch: Any, fake_mode: FakeTensorMode) -> Any:
@@ -136,3 +210,15 @@ def prepare_batch(batch: Any, fake_mode: FakeTensorMode) -> Any:
         lambda value: _fake_like(value, fake_mode) if isinstance(value, torch.Tensor) else value,
         batch,
     )
+
+
+@contextlib.contextmanager
+def evaluating(module: nn.Module) -> Iterator[None]:
+    """The module and its children in ``eval()`` inside the context; their modes put back."""
+    modes = [(m, m.training) for m in module.modules()]
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, training in modes:
+            m.training = training

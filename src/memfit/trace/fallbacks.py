@@ -8,7 +8,10 @@ Fake tensors have shapes but no values, so three kinds of operators fail on them
 * reading a value (``.item()``): memfit assumes 1 (or True), which lets typical guards pass;
 * operators with no fake/meta implementation (custom CUDA kernels): memfit assumes one output per
   tensor return, shaped and typed like the first tensor input (the common elementwise case).
-  Register a real shape rule with ``torch.library.register_fake`` for exact numbers.
+  Register a real shape rule with ``torch.library.register_fake`` for exact numbers;
+* operators whose meta kernel is stricter than their CUDA kernel: ``_grouped_mm`` (mixture-of-
+  experts layers) rejects float32 on fake tensors, where CUDA runs a per-group loop into one
+  output; memfit allocates that output, exactly (no warning: nothing is assumed).
 
 Each assumption is reported once per operator in the profile's warnings; memory is never dropped.
 """
@@ -25,7 +28,7 @@ from torch._subclasses.fake_tensor import (
 )
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["FALLBACK_ERRORS", "fallback"]
+__all__ = ["FALLBACK_ERRORS", "fallback", "stricter_than_cuda"]
 
 FALLBACK_ERRORS = (
     DataDependentOutputException,
@@ -80,6 +83,40 @@ def _upper_bound(func: Any, args: tuple, kwargs: dict) -> Any:
         inverse = torch.empty(source.shape, dtype=torch.long)
         counts = torch.empty(source.numel(), dtype=torch.long)
         return (values, inverse) if packet is aten._unique else (values, inverse, counts)
+    return None
+
+
+def _grouped_mm_output(
+    mat_a: torch.Tensor,
+    mat_b: torch.Tensor,
+    offs: torch.Tensor | None = None,
+    bias: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
+) -> torch.Tensor:
+    """The output CUDA's ``_grouped_mm`` allocates before its fallback loop fills it
+    (``create_grouped_gemm_output_tensor``, aten/src/ATen/native/GroupedMMUtils.h): rows
+    padded to 16 bytes."""
+    a_2d, b_2d = mat_a.dim() == 2, mat_b.dim() == 2
+    if a_2d and b_2d:
+        assert offs is not None
+        size = [offs.size(0), mat_a.size(0), mat_b.size(1)]
+    elif a_2d:
+        size = [mat_a.size(0), mat_b.size(-1)]
+    elif b_2d:
+        size = [mat_a.size(1), mat_b.size(1)]
+    else:
+        size = [mat_a.size(0), mat_a.size(1), mat_b.size(-1)]
+    dtype = out_dtype or mat_a.dtype
+    alignment = max(1, 16 // dtype.itemsize)
+    padded = -(-size[-1] // alignment) * alignment
+    stride = [size[1] * padded, padded, 1] if len(size) == 3 else [padded, 1]
+    return torch.empty_strided(size, stride, dtype=dtype, device=mat_a.device)
+
+
+def stricter_than_cuda(func: Any, args: tuple, kwargs: dict) -> Any | None:
+    """The result of an operator whose meta kernel would refuse what CUDA runs, else None."""
+    if str(func) == "aten._grouped_mm.default" and args[0].dtype in (torch.float32, torch.float16):
+        return _grouped_mm_output(*args, **kwargs)
     return None
 
 

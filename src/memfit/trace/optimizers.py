@@ -11,19 +11,25 @@ from __future__ import annotations
 
 import contextlib
 import importlib
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from memfit.errors import InvalidInputError
+from memfit.profile import Category
+from memfit.trace.recorder import MemoryRecorder
 
 __all__ = [
     "OPTIMIZERS",
     "make_optimizer",
-    "check_optimizer",
     "cuda_optimizer_defaults",
     "optimizer_label",
+    "watch_gradients",
+    "state_tensors",
+    "host_tensors",
+    "check_optimizer",
 ]
 
 OptimizerFactory = Callable[[Sequence[torch.Tensor]], torch.optim.Optimizer]
@@ -152,3 +158,68 @@ def cuda_optimizer_defaults() -> Iterator[None]:
     finally:
         for module, original in patched:
             module._default_to_fused_or_foreach = original  # type: ignore[attr-defined]
+
+
+def watch_gradients(
+    params: Mapping[str, torch.Tensor], recorder: MemoryRecorder
+) -> Callable[[], None]:
+    """Count each parameter's gradient as a gradient as soon as autograd accumulates it.
+
+    The plain step's gradients are all alive at the optimizer step, where the tracer marks
+    them; an optimizer that runs in backward frees each one inside backward, so it must be
+    marked there: hooks registered before the update's own run first. Returns what removes
+    them.
+    """
+
+    def mark(param: torch.Tensor) -> None:
+        recorder.recategorize([param.grad], Category.GRAD)
+
+    handles = [
+        param.register_post_accumulate_grad_hook(mark)
+        for param in params.values()
+        if param.requires_grad
+    ]
+
+    def remove() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return remove
+
+
+def state_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The tensors holding ``optimizer``'s state, the inner tensors of tensor subclasses (a
+    torchao quantized moment is its codes, scales and code map) in their place."""
+    found: list[torch.Tensor] = []
+    pending = [
+        t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
+    ]
+    while pending:
+        tensor = pending.pop()
+        if is_traceable_wrapper_subclass(tensor):
+            names, _ = tensor.__tensor_flatten__()
+            pending.extend(getattr(tensor, name) for name in names)
+        else:
+            found.append(tensor)
+    return found
+
+
+def host_tensors(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
+    """The optimizer's tensors that live in host memory for CUDA parameters.
+
+    Adam, AdamW and others keep each ``state["step"]`` in a CPU tensor unless ``fused`` or
+    ``capturable`` is set (``_init_group`` in ``torch/optim/adam.py``); so do torchao's
+    low-bit optimizers, which also keep each group's learning rate as a CPU tensor
+    (``_AdamBase.add_param_group`` in ``torchao/optim/adam.py``).
+    """
+    found = []
+    for group in optimizer.param_groups:
+        if group.get("fused") or group.get("capturable"):
+            continue
+        if isinstance(group.get("lr"), torch.Tensor):
+            found.append(group["lr"])
+        for param in group["params"]:
+            step = optimizer.state.get(param, {}).get("step")
+            if isinstance(step, torch.Tensor):
+                found.append(step)
+    return found

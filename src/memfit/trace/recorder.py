@@ -20,8 +20,10 @@ Known limitations:
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import weakref
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,9 +33,19 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
 from memfit.profile import Category, Phase
-from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback
+from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback, stricter_than_cuda
+from memfit.trace.shadow_values import ShadowValues
+from memfit.trace.watchdog import TraceStalled
 
-__all__ = ["Allocation", "MemoryRecorder", "WorkspaceRule", "Trace", "live_until", "local_tensor"]
+__all__ = [
+    "Allocation",
+    "MemoryRecorder",
+    "WorkspaceRule",
+    "Trace",
+    "live_until",
+    "local_tensor",
+    "ValueReadWhileBuilding",
+]
 
 # A rule sees each call of its operator after it ran and records the memory the kernel uses
 # beyond its outputs (a cuBLAS/cuDNN workspace, a flash-attention accumulator) through
@@ -74,6 +86,13 @@ class Trace:
     phases: list[Phase] = field(default_factory=list)  # phase of each event
 
 
+class ValueReadWhileBuilding(BaseException):  # noqa: N818 - a signal to the builder, caught
+    """Raised when a model's builder reads a tensor value with ``values_assumed`` False.
+
+    A ``BaseException``, so that the builder's own ``except Exception`` clauses let it through.
+    """
+
+
 class MemoryRecorder(TorchDispatchMode):
     """Records allocations and frees of tensor storages while active.
 
@@ -111,6 +130,13 @@ class MemoryRecorder(TorchDispatchMode):
         self._next_key = 1
         self._tracker: ModuleTracker | None = None
         self.root_name = ""
+        self.recent_ops: collections.deque[str] = collections.deque(maxlen=256)
+        # on fake tensors: real values of small tensors computed from constants, for reads
+        self.shadows = ShadowValues() if device_type is None else None
+        self._stop = False  # set by the watchdog: raise TraceStalled at the next operator
+        # False while a builder runs: a value it reads shapes the model (RegNet's widths),
+        # so assuming one would build another model; ValueReadWhileBuilding is raised instead
+        self.values_assumed = True
         self.stream_of: Callable[[], int] | None = None
         self.on_new: Callable[[Allocation, torch.Tensor], None] | None = None
         self.shards_only = False  # on_op sees DTensors' local shards (what the kernels touch)
@@ -131,6 +157,19 @@ class MemoryRecorder(TorchDispatchMode):
         innermost = max(parents, key=lambda name: (name.count("."), name))
         _, _, fqn = innermost.partition(".")
         return fqn
+
+    def request_stop(self) -> None:
+        """Raise ``TraceStalled`` at the next value read (the watchdog's deadline passed)."""
+        self._stop = True
+
+    @contextlib.contextmanager
+    def reading_no_values(self) -> Iterator[None]:
+        """Inside, a read of a tensor value raises ``ValueReadWhileBuilding``."""
+        assumed, self.values_assumed = self.values_assumed, False
+        try:
+            yield
+        finally:
+            self.values_assumed = assumed
 
     # --- bookkeeping ----------------------------------------------------------------------
     def _emit(self, key: int) -> None:
@@ -222,6 +261,8 @@ class MemoryRecorder(TorchDispatchMode):
         tensor = local_tensor(tensor)
         if self.device_type is not None and tensor.device.type != self.device_type:
             return
+        if tensor.device.type == "meta":  # shapes only, on any machine: no memory
+            return
         storage = tensor.untyped_storage()
         sid = storage._cdata
         if sid in self._live:
@@ -265,16 +306,34 @@ class MemoryRecorder(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        if self._stop and func is torch.ops.aten._local_scalar_dense.default:
+            # at a value read, where loops on values turn; raising inside other operators
+            # (autograd's among them) can abort the process
+            self._stop = False
+            raise TraceStalled()
+        if self.shadows is not None and func is torch.ops.aten._local_scalar_dense.default:
+            known = self.shadows.scalar(args[0])
+            if known is not None:
+                return known
+        substitute = (
+            None if self.device_type is not None else stricter_than_cuda(func, args, kwargs)
+        )
         try:
-            out = func(*args, **kwargs)
+            out = func(*args, **kwargs) if substitute is None else substitute
         except FALLBACK_ERRORS as error:
             if self.device_type is not None:
                 raise  # measuring real tensors: nothing to assume
+            if not self.values_assumed and func is torch.ops.aten._local_scalar_dense.default:
+                raise ValueReadWhileBuilding(str(func)) from error
             out, warning = fallback(func, args, kwargs, error)
             if warning not in self.warnings:
                 self.warnings.append(warning)
+        outputs = tree_flatten(out)[0]
+        if self.shadows is not None:
+            self.shadows.follow(func, args, kwargs, outputs)
         name = func.__name__.removesuffix(".default")
-        for value in tree_flatten(out)[0]:
+        self.recent_ops.append(name)
+        for value in outputs:
             if isinstance(value, torch.Tensor):
                 self._see(value, name)
         rule = self.workspace_rules.get(func.overloadpacket)

@@ -24,7 +24,7 @@ from memfit.cost import Calibration, op_time, overlapped_seconds
 from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.profile import Category, Phase
-from memfit.step.loss import optimizer_update
+from memfit.step.batch import call_model
 from memfit.step.overhead import take as take_overhead
 from memfit.trace.cuda.autocast import cuda_autocast_policy
 from memfit.trace.cuda.composites import cuda_composites
@@ -32,8 +32,9 @@ from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.cuda.workspaces import cuda_workspace_rules
 from memfit.trace.fakeify import FakeModel
 from memfit.trace.hf_masks import gpu_mask_branches
+from memfit.trace.low_bit import torchao_stand_in
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
-from memfit.trace.optimizers import cuda_optimizer_defaults
+from memfit.trace.optimizers import cuda_optimizer_defaults, host_tensors, state_tensors
 from memfit.trace.recorder import MemoryRecorder, Trace, local_tensor
 
 __all__ = ["TracedOp", "StepRecord", "traced_step", "new_recorder"]
@@ -76,37 +77,38 @@ class StepRecord:
     ops: list[TracedOp] = field(default_factory=list)
     grad_bytes: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
+    host_bytes: dict[str, int] = field(default_factory=dict)  # techniques' host memory
+    offloaded_params: int = 0  # parameters OffloadOptimizer's host updates
+    first_share: float = 0.0  # their share the next forward needs first
+
+    passes: int = 1  # forward-backward passes traced (two when batches accumulate)
+    batches_per_update: int = 1
+
+    def stage_s(self, stage: str) -> float:
+        """Predicted GPU time of one stage (``"forward"``, ``"backward"``), all micro-batches."""
+        return sum(op.seconds for op in self.ops if op.stage == stage) / self.passes
 
     def step_time_s(self) -> float:
-        """Forward, backward and one steady optimizer step, CPU and GPU overlapped."""
+        """Per batch: forward, backward and a steady optimizer step's share (one update every
+        ``batches_per_update`` batches), CPU and GPU overlapped: each operator of the traced
+        passes counts ``1 / passes``, the rest ``1 / batches_per_update``."""
         first_opt_only = "optimizer1" in self.marks
+        ops = [op for op in self.ops if not (first_opt_only and op.stage == "optimizer0")]
+        if self.passes == 1 and self.batches_per_update == 1:
+            return overlapped_seconds((op.host_s, op.seconds, op.synchronises) for op in ops)
+        shares = [
+            1 / self.passes if op.stage in _PHASE_OF_MARK else 1 / self.batches_per_update
+            for op in ops
+        ]
         return overlapped_seconds(
-            (op.host_s, op.seconds, op.synchronises)
-            for op in self.ops
-            if not (first_opt_only and op.stage == "optimizer0")
+            (op.host_s * share, op.seconds * share, op.synchronises)
+            for op, share in zip(ops, shares, strict=True)
         )
 
 
 def new_recorder(device: DeviceSpec, stack: CudaStack) -> MemoryRecorder:
     """A recorder with the device's kernel workspaces."""
     return MemoryRecorder(cuda_workspace_rules(device, stack))
-
-
-def _host_step_counters(optimizer: torch.optim.Optimizer) -> list[torch.Tensor]:
-    """``state["step"]`` tensors that torch.optim keeps on the CPU for CUDA parameters.
-
-    Adam, AdamW and others keep the step count in a CPU tensor unless ``fused`` or
-    ``capturable`` is set (``_init_group`` in ``torch/optim/adam.py``).
-    """
-    counters = []
-    for group in optimizer.param_groups:
-        if group.get("fused") or group.get("capturable"):
-            continue
-        for param in group["params"]:
-            step = optimizer.state.get(param, {}).get("step")
-            if isinstance(step, torch.Tensor):
-                counters.append(step)
-    return counters
 
 
 def traced_step(
@@ -119,12 +121,15 @@ def traced_step(
     stack: CudaStack,
     calibration: Calibration,
     recorder: MemoryRecorder | None = None,
+    inference: bool = False,
 ) -> StepRecord:
     """Trace one training step; ``make_step()`` builds the TrainStep inside the fake mode.
 
     Args:
         recorder: a recorder that already holds what happened before the step (building the
             model on the device), or None for a fresh one.
+        inference: trace one forward under ``torch.no_grad()`` instead (the model is already
+            in ``eval()``), the output released after it.
 
     Raises:
         UnsupportedModelError: when the model fails on fake tensors (with its error).
@@ -138,10 +143,17 @@ def traced_step(
             take_overhead()  # nothing noted before the step belongs to it
             _track_existing(recorder, tracker, fake_model, batch)
             step = make_step()
+            # techniques may replace parameters' data (OffloadOptimizer's working copies; the
+            # float32 weights it frees before the step, with the cache emptied, never count)
+            host = getattr(step, "host_optimizer", None)
+            if host is not None:
+                recorder.forget(host.released())
+            recorder.recategorize(fake_model.params.values(), Category.PARAM)
             book.optimizer = step.optimizer
             step.mark = book.mark
             policy = _emulate_cuda_precision(step)
-            _run_step(step, batch, book.mark, policy)
+            run = _run_forward if inference else _run_twice_stepping
+            _run_step(run, step, batch, book.mark, policy, book.record)
         recorder.close()
     book.record.warnings = recorder.warnings
     return book.record
@@ -209,11 +221,8 @@ class _Bookkeeping:
 
     def _settle_optimizer(self, optimizer: torch.optim.Optimizer) -> None:
         """At zero_grad: optimizer state recategorised, host step counters out, grad sizes kept."""
-        self.recorder.forget(_host_step_counters(optimizer))
-        state = [
-            t for s in optimizer.state.values() for t in s.values() if isinstance(t, torch.Tensor)
-        ]
-        self.recorder.recategorize(state, Category.OPTIMIZER)
+        self.recorder.forget(host_tensors(optimizer))
+        self.recorder.recategorize(state_tensors(optimizer), Category.OPTIMIZER)
         grads = {n: p.grad for n, p in self.fake_model.params.items() if p.grad is not None}
         self.record.grad_bytes.update(
             {n: local_tensor(g).numel() * g.element_size() for n, g in grads.items()}
@@ -231,6 +240,7 @@ def _on_the_target(
         cuda_composites(device, stack),
         gpu_mask_branches(batch),
         cuda_optimizer_defaults(),
+        torchao_stand_in(),
     ):
         yield tracker
 
@@ -262,15 +272,17 @@ def _emulate_cuda_precision(step: Any) -> contextlib.AbstractContextManager[None
 
 
 def _run_step(
+    run: Callable[[Any, Any, Callable[[str], None], StepRecord], None],
     step: Any,
     batch: Any,
     mark: Callable[[str], None],
     policy: contextlib.AbstractContextManager[None],
+    record: StepRecord,
 ) -> None:
-    """The step under CUDA's cast policy; the model's own errors as UnsupportedModelError."""
+    """``run`` under CUDA's cast policy; the model's own errors as UnsupportedModelError."""
     try:
         with policy:
-            _run_twice_stepping(step, batch, mark)
+            run(step, batch, mark, record)
     except MemfitError:
         raise
     except Exception as error:  # the user's model: report it, whatever it raised
@@ -279,14 +291,37 @@ def _run_step(
         ) from error
 
 
-def _run_twice_stepping(step: Any, batch: Any, mark: Callable[[str], None]) -> None:
-    """Forward and backward, then the optimizer's first step and a steady second one."""
+def _run_forward(step: Any, batch: Any, mark: Callable[[str], None], record: StepRecord) -> None:
+    """One forward as inference runs it: no graph, the output dropped after autocast exits."""
+    mark("forward")
+    with torch.no_grad(), step.autocast():
+        inputs = step.forward_batch(batch) if step.forward_batch else batch
+        if step.forward is not None:
+            output = step.forward(step.model, inputs)
+        else:
+            output = call_model(step.model, inputs)
+    del output
+    mark("end")
+
+
+def _run_twice_stepping(
+    step: Any, batch: Any, mark: Callable[[str], None], record: StepRecord
+) -> None:
+    """Forward and backward, then the optimizer's first step and a steady second one.
+
+    A step that accumulates several batches per update runs a second forward and backward
+    first: from the second batch on, the earlier batches' gradients are alive throughout.
+    """
     step.accumulate(batch)
+    record.batches_per_update = step.batches_per_update
+    if step.batches_per_update > 1:
+        step.accumulate(batch)
+        record.passes = 2
     if step.optimizer is not None:
         mark("optimizer0")
-        optimizer_update(step.optimizer, None, step.grad_scale)
+        step.update()
         mark("optimizer1")
-        optimizer_update(step.optimizer, None, step.grad_scale)
+        step.update()
         mark("zero_grad")
         step.optimizer.zero_grad(set_to_none=True)
     mark("end")

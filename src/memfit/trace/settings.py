@@ -13,15 +13,18 @@ from typing import Any
 
 import torch
 
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, get_device
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
 from memfit.errors import InvalidInputError
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.optimizers import check_optimizer
+from memfit.trace.watchdog import DEFAULT_TIMEOUT_S
 
-__all__ = ["StepSettings"]
+__all__ = ["StepSettings", "MODES"]
+
+MODES = ("train", "inference")
 
 
 @dataclass(frozen=True)
@@ -40,6 +43,17 @@ class StepSettings:
         stack: the target's software (cuDNN version...), which decides some kernels.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
         batch_size, seq_len: the size of a zoo model's default batch.
+        mode: ``"train"`` (forward, backward, optimizer) or ``"inference"`` (the model in
+            ``eval()``, forward only under ``torch.no_grad()``; ``torch.inference_mode()``
+            allocates the same).
+        timeout_s: stop tracing with an UnsupportedModelError after this many seconds (a
+            model looping on tensor values); None for no limit.
+        host: the machine around the GPU (memory, cores, CPU Adam rate), for plans that
+            offload; None: this machine when the GPU is local, else a reference host.
+        clip_grad_norm: the step clips the gradients to this global L2 norm before each
+            update (None: no clipping).
+        accumulate: the step accumulates the gradients of this many batches before each
+            update (1: an update after every batch).
     """
 
     loss_fn: LossFn | None = None
@@ -51,9 +65,30 @@ class StepSettings:
     allocator: AllocatorSettings = DEFAULT_SETTINGS
     batch_size: int | None = None
     seq_len: int | None = None
+    mode: str = "train"
+    timeout_s: float | None = DEFAULT_TIMEOUT_S
+    host: HostSpec | None = None
+    clip_grad_norm: float | None = None
+    accumulate: int = 1
+
+    @property
+    def inference(self) -> bool:
+        return self.mode == "inference"
 
     def __post_init__(self) -> None:
         """Check every setting before any work (a tracer run takes seconds)."""
+        if self.mode not in MODES:
+            raise InvalidInputError(
+                f"mode={self.mode!r} is not a mode; allowed: {', '.join(map(repr, MODES))} "
+                f"(inference: eval() and torch.no_grad(), forward only)"
+            )
+        timeout = self.timeout_s
+        if timeout is not None and (
+            isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or timeout <= 0
+        ):
+            raise InvalidInputError(
+                f"timeout_s={timeout!r} must be a positive number of seconds, or None"
+            )
         check_optimizer(self.optimizer)
         Precision.parse(self.precision)
         get_device(self.device)

@@ -67,6 +67,7 @@ class HFModel:
 
 
 _LLAMA_1B = llama.LlamaConfig()
+_LLAMA_3B = llama.LLAMA_3B
 _BERT = bert.BertConfig()
 
 HF_MODELS = (
@@ -107,6 +108,27 @@ HF_MODELS = (
         shapes=_LLAMA_1B,
         num_params=llama.num_params(_LLAMA_1B),
         batch_size=4,
+        seq_len=2048,
+    ),
+    HFModel(
+        "hf-llama-3b",
+        "LlamaForCausalLM at Llama-3.2-3B's shape: 28 layers, width 3072, 8 KV heads, tied head",
+        family="causal-lm",
+        build=_build(
+            "llama",
+            hidden_size=_LLAMA_3B.dim,
+            intermediate_size=_LLAMA_3B.hidden_dim,
+            num_hidden_layers=_LLAMA_3B.n_layers,
+            num_attention_heads=_LLAMA_3B.n_heads,
+            num_key_value_heads=_LLAMA_3B.n_kv_heads,
+            vocab_size=_LLAMA_3B.vocab_size,
+            max_position_embeddings=_LLAMA_3B.max_seq_len,
+            rope_theta=_LLAMA_3B.rope_theta,
+            tie_word_embeddings=True,
+        ),
+        shapes=_LLAMA_3B,
+        num_params=llama.num_params(_LLAMA_3B),
+        batch_size=8,
         seq_len=2048,
     ),
     HFModel(

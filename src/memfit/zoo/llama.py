@@ -2,8 +2,9 @@
 
 Layout as in Meta's reference code and Hugging Face's ``LlamaForCausalLM``: no biases, no
 dropout, separate q/k/v projections (grouped-query when ``n_kv_heads < n_heads``), rotary
-embeddings on q and k, ``down(silu(gate(x)) * up(x))`` MLP, a final RMSNorm and an untied LM head.
-The default config is a 1B-class model (TinyLlama-like widths with 16 layers and 16 KV heads).
+embeddings on q and k, ``down(silu(gate(x)) * up(x))`` MLP, a final RMSNorm and an LM head, untied
+unless ``tie_embeddings`` (Llama 3.2 ties it). The default config is a 1B-class model
+(TinyLlama-like widths with 16 layers and 16 KV heads); ``LLAMA_3B`` is Llama-3.2-3B's shape.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ __all__ = [
     "RMSNorm",
     "rms_norm_reference",
     "num_params",
+    "LLAMA_3B",
     "LLAMA_8B",
     "LLAMA_70B",
 ]
@@ -46,10 +48,25 @@ class LlamaConfig:
     """Inner width of the SwiGLU MLP."""
     norm_eps: float = 1e-5
     rope_theta: float = 10000.0
+    tie_embeddings: bool = False
+    """The LM head multiplies by the embedding matrix (one parameter)."""
 
     def __post_init__(self) -> None:
         check_heads(self, self.dim, self.n_heads, self.n_kv_heads)
 
+
+LLAMA_3B = LlamaConfig(
+    vocab_size=128256,
+    max_seq_len=4096,
+    dim=3072,
+    n_layers=28,
+    n_heads=24,
+    n_kv_heads=8,
+    hidden_dim=8192,
+    rope_theta=500000.0,
+    tie_embeddings=True,
+)
+"""Llama-3.2-3B's shape (Meta's config.json; 4096 positions instead of its 131072 with scaling)."""
 
 LLAMA_8B = LlamaConfig(
     vocab_size=128256,
@@ -78,16 +95,17 @@ LLAMA_70B = LlamaConfig(
 
 
 def num_params(config: LlamaConfig) -> int:
-    """Parameters (embeddings and LM head are separate matrices).
+    """Parameters (tied embedding and LM head counted once).
 
     Per layer (d = dim, h = hidden_dim, kv = n_kv_heads * head_dim): q and output ``2 * d * d``,
     k and v ``2 * d * kv``, MLP ``3 * d * h``, two RMSNorm weights ``2d``; plus embedding and LM
-    head ``2 * V * d`` and the final norm ``d``.
+    head ``2 * V * d`` (``V * d`` when tied) and the final norm ``d``.
     """
     d, h = config.dim, config.hidden_dim
     kv = config.n_kv_heads * (d // config.n_heads)
     per_layer = 2 * d * d + 2 * d * kv + 3 * d * h + 2 * d
-    return 2 * config.vocab_size * d + config.n_layers * per_layer + d
+    tables = 1 if config.tie_embeddings else 2
+    return tables * config.vocab_size * d + config.n_layers * per_layer + d
 
 
 def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -158,6 +176,8 @@ class Llama(nn.Module):
         self.layers = nn.ModuleList(LlamaBlock(config) for _ in range(config.n_layers))
         self.norm = RMSNorm(config.dim, config.norm_eps)
         self.lm_head = nn.Linear(config.dim, config.vocab_size, bias=False)
+        if config.tie_embeddings:
+            self.lm_head.weight = self.embed.weight
         init_normal_(self, std=0.02)
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None) -> ZooOutput:

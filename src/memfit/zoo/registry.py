@@ -101,6 +101,7 @@ def _vision(
 
 def _entries() -> dict[str, ZooEntry]:
     small, medium, llama_1b = gpt2.GPT2_SMALL, gpt2.GPT2_MEDIUM, llama.LlamaConfig()
+    llama_3b = llama.LLAMA_3B
     bert_base, resnet50, vit_b16 = bert.BertConfig(), resnet.ResNetConfig(), vit.ViTConfig()
     entries = [
         _lm(
@@ -131,6 +132,17 @@ def _entries() -> dict[str, ZooEntry]:
             config=llama_1b,
             num_params=llama.num_params(llama_1b),
             batch_size=4,
+            seq_len=2048,
+        ),
+        _lm(
+            "llama-3b",
+            "Llama-3.2-3B's shape: 28 layers, width 3072, 24 heads (8 KV), MLP 8192, vocabulary "
+            "128256, tied head (Hugging Face's: hf-llama-3b)",
+            family="causal-lm",
+            build=lambda: llama.Llama(llama_3b),
+            config=llama_3b,
+            num_params=llama.num_params(llama_3b),
+            batch_size=8,
             seq_len=2048,
         ),
         _lm(

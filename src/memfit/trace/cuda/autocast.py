@@ -177,11 +177,41 @@ def cuda_autocast_policy(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
                     name, _make_kernel(op, policy, dtype, cache), "AutocastCPU", with_keyset=True
                 )
             torch.clear_autocast_cache = clear_both
-            yield
+            with _cuda_autocast_state_reported():
+                yield
         finally:
             torch.clear_autocast_cache = original_clear
             cache.copies.clear()
             library._destroy()
+
+
+@contextlib.contextmanager
+def _cuda_autocast_state_reported() -> Iterator[None]:
+    """``torch.is_autocast_enabled()`` and ``torch.get_autocast_dtype("cuda")`` report the
+    emulated CUDA autocast (CPU autocast's state), as the GPU run sees its own: modules decide
+    by them (``nn.TransformerEncoderLayer`` and ``nn.MultiheadAttention`` leave their inference
+    fast path under autocast; Hugging Face models read the autocast dtype)."""
+    enabled, dtype, gpu_dtype = (
+        torch.is_autocast_enabled,
+        torch.get_autocast_dtype,
+        torch.get_autocast_gpu_dtype,
+    )
+
+    def is_enabled(device_type: str = "cuda") -> bool:
+        return enabled("cpu" if device_type == "cuda" else device_type)
+
+    def autocast_dtype(device_type: str) -> torch.dtype:
+        return dtype("cpu" if device_type == "cuda" else device_type)
+
+    torch.is_autocast_enabled = is_enabled  # type: ignore[assignment]
+    torch.get_autocast_dtype = autocast_dtype  # type: ignore[assignment]
+    torch.get_autocast_gpu_dtype = lambda: dtype("cpu")  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        torch.is_autocast_enabled = enabled  # type: ignore[assignment]
+        torch.get_autocast_dtype = dtype  # type: ignore[assignment]
+        torch.get_autocast_gpu_dtype = gpu_dtype  # type: ignore[assignment]
 
 
 @contextlib.contextmanager

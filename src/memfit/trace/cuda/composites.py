@@ -3,12 +3,13 @@
 Some ATen composites look at the device: ``dropout`` runs the fused ``native_dropout`` on CUDA
 (saving a 1-byte mask) but multiplies by a float noise tensor on the CPU (saving a mask as large
 as the input); ``rms_norm`` calls ``_fused_rms_norm`` on CUDA (saving one float per row) but
-decomposes on the CPU (upcasting and saving several full-size tensors); and
-``scaled_dot_product_attention`` picks a fused kernel on CUDA. While ``cuda_composites`` is
-active, CPU tensors take the CUDA branch: kernels registered at the AutogradCPU key (through
-``torch.library``, removed on exit) call the same ATen operators the CUDA branch calls, so
-autograd records what the GPU would save. (In-place ``dropout_`` takes the unfused path on both
-devices and needs nothing.)
+decomposes on the CPU (upcasting and saving several full-size tensors);
+``scaled_dot_product_attention`` picks a fused kernel on CUDA; nn.Transformer's fused inference
+operators allocate a layer's intermediate tensors inside one kernel (``fast_path``). While
+``cuda_composites`` is active, CPU tensors take the CUDA branch: kernels registered at the
+AutogradCPU key (through ``torch.library``, removed on exit) call the same ATen operators the
+CUDA branch calls, so autograd records what the GPU would save. (In-place ``dropout_`` takes the
+unfused path on both devices and needs nothing.)
 
 Known limitations:
     * Only the composites above are redirected; ``tests/trace/test_cuda_composites.py`` compares
@@ -28,6 +29,8 @@ import torch
 import torch.nn.functional as F
 
 from memfit.devices import DeviceSpec
+from memfit.errors import UnsupportedModelError
+from memfit.trace.cuda.fast_path import make_encoder_layer_fwd, make_native_mha
 from memfit.trace.cuda.sdpa import SdpaBackend, SdpaCall, choose_backend
 from memfit.trace.cuda.stack import CudaStack
 
@@ -89,6 +92,16 @@ def _pad_mask_for_efficient(mask: torch.Tensor, query: torch.Tensor, key: torch.
     return mask.expand(query.shape[0], query.shape[1], query.shape[2], key.shape[2])
 
 
+_CUDNN_BIAS_GRAD = (
+    "scaled_dot_product_attention gets an attention bias that requires grad (shape {shape}: a "
+    "learned position bias, as T5's), and on this GPU it runs cuDNN attention, whose autograd "
+    'formula in this torch gives the bias no gradient: the step raises ("not differentiable '
+    "with respect to argument 'attn_bias'\"). Disable cuDNN attention, "
+    "torch.backends.cuda.enable_cudnn_sdp(False) (memfit follows it), or load the model with "
+    "attn_implementation='eager'"
+)
+
+
 def _make_sdpa(device: DeviceSpec, stack: CudaStack, chosen: list[SdpaBackend]) -> Any:
     def sdpa(
         keyset: Any,
@@ -107,6 +120,8 @@ def _make_sdpa(device: DeviceSpec, stack: CudaStack, chosen: list[SdpaBackend]) 
         chosen.append(backend)
         mask = _boolean_mask_to_additive(attn_mask, query.dtype)
         if backend is SdpaBackend.CUDNN:
+            if mask is not None and mask.requires_grad and torch.is_grad_enabled():
+                raise UnsupportedModelError(_CUDNN_BIAS_GRAD.format(shape=tuple(mask.shape)))
             return aten._scaled_dot_product_cudnn_attention.default(
                 query,
                 key,
@@ -162,6 +177,13 @@ def cuda_composites(device: DeviceSpec, stack: CudaStack) -> Iterator[list[SdpaB
                 "AutogradCPU",
                 with_keyset=True,
             )
+            # nn.Transformer's inference fast path: one operator each, a layer's worth of
+            # intermediate tensors inside (memfit.trace.cuda.fast_path)
+            for name, make in (
+                ("_transformer_encoder_layer_fwd", make_encoder_layer_fwd),
+                ("_native_multi_head_attention", make_native_mha),
+            ):
+                library.impl(name, make(device, stack), "AutogradCPU", with_keyset=True)
             yield chosen
         finally:
             library._destroy()

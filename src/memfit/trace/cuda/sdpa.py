@@ -22,7 +22,7 @@ import torch
 from memfit.devices import DeviceSpec
 from memfit.trace.cuda.stack import CudaStack
 
-__all__ = ["SdpaBackend", "SdpaCall", "choose_backend"]
+__all__ = ["SdpaBackend", "SdpaCall", "choose_backend", "enabled_backends"]
 
 
 class SdpaBackend(str, Enum):
@@ -82,7 +82,10 @@ class SdpaCall:
         )
 
 
-def _dense_ok(call: SdpaCall, *, ignore_singleton_last_dim: bool) -> bool:
+def _dense_ok(call: SdpaCall, *, ignore_singleton_last_dim: bool, supports_gqa: bool) -> bool:
+    # check_batch_size_and_num_heads_dense<supports_gqa>: fewer key/value heads than query
+    # heads (grouped-query attention) only where the kernel supports it: flash and cuDNN do,
+    # the memory-efficient kernel does not (its GQA calls go to the math kernel)
     if len(call.q_shape) != 4 or len(call.k_shape) != 4 or len(call.v_shape) != 4:
         return False
     if min(call.q_shape[2], call.k_shape[2]) == 0:
@@ -90,7 +93,8 @@ def _dense_ok(call: SdpaCall, *, ignore_singleton_last_dim: bool) -> bool:
     if call.q_shape[0] != call.k_shape[0] or call.k_shape[0] != call.v_shape[0]:
         return False
     q_heads, k_heads, v_heads = call.q_shape[1], call.k_shape[1], call.v_shape[1]
-    if k_heads != v_heads or (q_heads != k_heads and (not call.enable_gqa or q_heads % k_heads)):
+    grouped = call.enable_gqa and supports_gqa
+    if k_heads != v_heads or (q_heads != k_heads and (not grouped or q_heads % k_heads)):
         return False
     singleton = (call.q_shape[-1], call.k_shape[-1], call.v_shape[-1])
     for stride, size in zip(call.last_dim_strides, singleton, strict=True):
@@ -115,7 +119,7 @@ def _cudnn_ok(call: SdpaCall, device: DeviceSpec, stack: CudaStack) -> bool:
         and call.dtype in _HALF
         and dropout_ok
         and not (call.dropout_p > 0 and 91100 < stack.cudnn_version < 91400)
-        and _dense_ok(call, ignore_singleton_last_dim=True)
+        and _dense_ok(call, ignore_singleton_last_dim=True, supports_gqa=True)
         and max(call.q_shape[0], call.q_shape[1]) <= 65535
         and d_qk <= head_limit
         and d_v <= head_limit
@@ -138,7 +142,7 @@ def _flash_ok(call: SdpaCall, device: DeviceSpec) -> bool:
         and call.q_shape[-1] == call.k_shape[-1] == call.v_shape[-1]
         and head <= 256
         and not (call.is_causal and call.q_shape[2] != call.k_shape[2])
-        and _dense_ok(call, ignore_singleton_last_dim=True)
+        and _dense_ok(call, ignore_singleton_last_dim=True, supports_gqa=True)
     )
 
 
@@ -164,17 +168,34 @@ def _efficient_ok(call: SdpaCall, device: DeviceSpec) -> bool:
         and call.q_shape[-1] % alignment == 0
         and call.v_shape[-1] % alignment == 0
         and offsets_aligned
-        and _dense_ok(call, ignore_singleton_last_dim=False)
+        and _dense_ok(call, ignore_singleton_last_dim=False, supports_gqa=False)
         and call.dtype in dtypes
     )
 
 
+def enabled_backends() -> set[SdpaBackend]:
+    """The kernels the user left enabled (``torch.backends.cuda.enable_*_sdp``, ``sdpa_kernel``):
+    PyTorch's ``check_runtime_disabled_*`` filters read the same global flags."""
+    flags = {
+        SdpaBackend.CUDNN: torch.backends.cuda.cudnn_sdp_enabled,
+        SdpaBackend.FLASH: torch.backends.cuda.flash_sdp_enabled,
+        SdpaBackend.EFFICIENT: torch.backends.cuda.mem_efficient_sdp_enabled,
+        SdpaBackend.MATH: torch.backends.cuda.math_sdp_enabled,
+    }
+    return {backend for backend, enabled in flags.items() if enabled()}
+
+
 def choose_backend(call: SdpaCall, device: DeviceSpec, stack: CudaStack) -> SdpaBackend:
-    """The kernel ``F.scaled_dot_product_attention`` runs for ``call`` on ``device``."""
+    """The kernel ``F.scaled_dot_product_attention`` runs for ``call`` on ``device``.
+
+    Kernels the user disabled are skipped; with every kernel disabled (an error on the GPU) the
+    math kernel is assumed.
+    """
     order = [SdpaBackend.FLASH, SdpaBackend.EFFICIENT, SdpaBackend.MATH, SdpaBackend.CUDNN]
     if stack.cudnn_sdpa_preferred and stack.cudnn_version > 91500 and device.sm[0] in (9, 10):
         order = [SdpaBackend.CUDNN, SdpaBackend.FLASH, SdpaBackend.EFFICIENT, SdpaBackend.MATH]
-    for backend in order:
+    enabled = enabled_backends()
+    for backend in (b for b in order if b in enabled):
         if backend is SdpaBackend.CUDNN and _cudnn_ok(call, device, stack):
             return backend
         if backend is SdpaBackend.FLASH and _flash_ok(call, device):
