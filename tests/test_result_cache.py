@@ -67,3 +67,18 @@ def test_a_cached_plan_is_written_to_out_too(cache, capsys, tmp_path):
     assert main([*args, "--out", str(out)]) == 0
     assert capsys.readouterr().out == label
     assert json.loads(out.read_text())["label"] == label.strip()
+
+
+def test_a_plan_for_compile_is_not_answered_by_a_cached_eager_plan(cache, capsys, monkeypatch):
+    args = ["plan", "gpt2", "--batch-size", "1", "--seq-len", "32", "--budget", "16GiB", "-q"]
+    assert main(args) == 0
+    capsys.readouterr()
+    import memfit.plan.search as search_module
+
+    def refuse(*a, **k):
+        raise AssertionError("planned again")
+
+    monkeypatch.setattr(search_module, "plan", refuse)
+    assert main(args) == 0  # the same question: from the cache
+    with pytest.raises(AssertionError, match="planned again"):
+        main([*args, "--compile"])

@@ -303,6 +303,7 @@ def plan_command(
     question = {**options, "fmt": fmt, "quiet": quiet, "budget": budget, "blocks": blocks}
     question["allow"] = allow
     question["gpus"] = gpus
+    question["compile"] = for_compile
     key = None if no_cache else result_cache.cache_key("plan", question)
     if _answer_from_cache(key, show=fmt == "table" and not quiet, out_path=out_path):
         return
