@@ -63,7 +63,7 @@ def test_the_exported_techniques_are_the_rows_of_the_table() -> None:
         exported = {
             name
             for name in package.__all__
-            if getattr(getattr(package, name), "__module__", None) == "memfit.techniques"
+            if getattr(getattr(package, name), "__module__", None) == "memfit.technique_settings"
             and isinstance(getattr(package, name), type)
         }
         assert exported == TECHNIQUES, package.__name__
