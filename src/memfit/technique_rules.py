@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 from memfit.errors import InvalidInputError
-from memfit.techniques import by_name, info
+from memfit.techniques import MixedPrecision, by_name, info
 
 __all__ = [
     "check_combination",
@@ -23,12 +23,15 @@ __all__ = [
 
 
 def check_combination(techniques: Iterable[Any]) -> None:
-    """Raise when two techniques that exclude each other (the rows' ``excludes``) meet.
+    """Raise when two techniques that exclude each other (the rows' ``excludes``) meet, or
+    when ``MixedPrecision("bf16")`` asks for pure bf16 without ``PureBF16``.
 
     Raises:
         InvalidInputError: naming both and what each does, and the fix.
     """
+    techniques = list(techniques)
     present = {row.name: row for row in (info(t) for t in techniques) if row is not None}
+    _check_pure_bf16_by_name(techniques, present)
     for row in present.values():
         for other in row.excludes:
             if other in present:
@@ -36,6 +39,24 @@ def check_combination(techniques: Iterable[Any]) -> None:
                     f"{row.name} ({row.summary}) cannot be combined with {other} "
                     f"({present[other].summary}); keep one of them"
                 )
+
+
+def _check_pure_bf16_by_name(techniques: list[Any], present: dict[str, Any]) -> None:
+    """``MixedPrecision("bf16")`` alone would run fp32 weights without autocast: casting them is
+    ``PureBF16``'s, a technique that changes the math and runs only when named."""
+    for technique in techniques:
+        if not isinstance(technique, MixedPrecision) or "pure_bf16" in present:
+            continue
+        precision = technique.precision
+        if isinstance(precision, str) and precision.lower().replace("_", "-") == "bf16":
+            raise InvalidInputError(
+                f"MixedPrecision({precision!r}) is pure bf16: the weights, gradients and "
+                f"optimizer state cast to bfloat16, which changes the math. That is the "
+                f"PureBF16 technique, used only when named: put PureBF16() in the techniques "
+                f"(memfit.plan: allow=[..., 'pure_bf16']; the command line: --allow "
+                f"...,pure_bf16), or use MixedPrecision('bf16-mixed') for autocast over the "
+                f"float32 weights"
+            )
 
 
 _CONFLICT_FIXES = {

@@ -76,7 +76,11 @@ class MicroBatch:
 
 @dataclass(frozen=True)
 class MixedPrecision:
-    """Run the step in ``precision`` (``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"``)."""
+    """Run the step in ``precision`` (``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"``).
+
+    ``"bf16"`` (pure) is accepted only with ``PureBF16`` in the same plan: casting the weights
+    changes the math, and only that technique, named, does it.
+    """
 
     precision: str
 

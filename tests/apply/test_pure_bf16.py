@@ -174,3 +174,60 @@ def test_it_changes_the_math_so_it_is_planned_only_when_allowed() -> None:
     row = info(PureBF16)
     assert row.exactness is Exactness.CHANGES_MATH
     assert "pure_bf16" not in default_allow()
+
+
+@pytest.mark.parametrize(
+    ("plan", "options"),
+    [
+        ([MixedPrecision("bf16")], {}),
+        ([MixedPrecision("BF16")], {}),
+        ([], {"precision": "bf16"}),
+        (memfit.Plan(techniques=(), profile=None), {"precision": "bf16"}),
+    ],
+)
+def test_pure_bf16_by_precision_alone_is_refused_before_anything_changes(plan, options) -> None:
+    """Pure bf16 casts the weights, which is PureBF16's, allowed only by name: a precision
+    alone must not run the float32 weights without autocast while the estimate said bf16."""
+    model = _model()
+    weights = copy.deepcopy(model.state_dict())
+    optimizer = torch.optim.AdamW(model.parameters())
+    with pytest.raises(InvalidInputError, match="PureBF16") as raised:
+        memfit.apply(plan, model, optimizer, loss_fn=_loss, **options)
+    assert "pure_bf16" in str(raised.value)
+    assert not applied(model)
+    assert all(
+        torch.equal(weights[k], v) and v.dtype is torch.float32
+        for k, v in model.state_dict().items()
+    )
+
+
+def test_the_estimate_refuses_mixed_precision_bf16_as_apply_does() -> None:
+    with pytest.raises(InvalidInputError, match="PureBF16"):
+        memfit.estimate(_model(), _batch(), plan=[MixedPrecision("bf16")], loss_fn=_loss)
+
+
+def test_pure_bf16_precision_runs_on_weights_the_user_cast() -> None:
+    """A model the user cast to bf16 runs in "bf16" as given: nothing is cast by memfit."""
+    model = _model().bfloat16()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step = memfit.apply([], model, optimizer, loss_fn=_loss, precision="bf16", device_type="cpu")
+    step(_batch().bfloat16())
+    reference = _model().bfloat16()
+    reference_opt = torch.optim.AdamW(reference.parameters(), lr=1e-2)
+    _loss(reference(_batch().bfloat16()), None).backward()
+    reference_opt.step()
+    for a, b in zip(reference.parameters(), model.parameters(), strict=True):
+        assert a.dtype is torch.bfloat16 and torch.equal(a, b)
+
+
+def test_mixed_precision_bf16_with_pure_bf16_named_casts_the_weights() -> None:
+    model = _model()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    step = memfit.apply([MixedPrecision("bf16"), PureBF16()], model, optimizer, loss_fn=_loss)
+    assert step.precision.name == "bf16"
+    assert {p.dtype for p in model.parameters()} == {torch.bfloat16}
+
+
+def test_train_step_refuses_pure_bf16_over_float32_weights() -> None:
+    with pytest.raises(InvalidInputError, match=r"'0.weight', torch.float32"):
+        memfit.TrainStep(_model(), None, loss_fn=_loss, precision="bf16")

@@ -16,7 +16,7 @@ from torch import nn
 from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
 from memfit.step.in_force import check_fingerprint, techniques_in_force
-from memfit.step.precision import Precision
+from memfit.step.precision import Precision, check_weights_for
 from memfit.step.registry import apply_techniques, known_techniques, register_applier
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied, undo_all
@@ -110,6 +110,8 @@ def apply(
                 f"precision={precision!r}: the plan keeps the weights in bf16 (PureBF16), "
                 f"which runs without autocast; pass precision='bf16' or none"
             )
+        if not any(isinstance(t, PureBF16) for t in in_force.techniques):
+            check_weights_for(model, Precision.parse(planned or "fp32"))
         check_step_options(
             in_force.techniques,
             clip_grad_norm=clip_grad_norm,

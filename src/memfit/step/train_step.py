@@ -26,7 +26,7 @@ from memfit.step.causal_lm_loss import hf_causal_lm_loss
 from memfit.step.lean_saving import lean_saving, warn_if_compiled
 from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update
 from memfit.step.overhead import note as note_overhead
-from memfit.step.precision import Precision
+from memfit.step.precision import Precision, check_weights_for
 from memfit.step.undo import applied, undo_all
 from memfit.technique_rules import check_combination, check_step_options
 from memfit.techniques import MicroBatch, OptimizerInBackward
@@ -102,6 +102,7 @@ class TrainStep:
         if micro_batches < 1:
             raise InvalidInputError(f"micro_batches={micro_batches} must be at least 1")
         precision = Precision.parse(precision)
+        check_weights_for(model, precision)
         in_force: list[Any] = [OptimizerInBackward()] if optimizer_in_backward else []
         in_force += [MicroBatch(micro_batches)] if micro_batches > 1 else []
         check_combination(in_force)
