@@ -10,6 +10,7 @@ runs: the updates must be bit-identical. (float32 masters by design: no float64 
 from __future__ import annotations
 
 import copy
+import time
 
 import pytest
 import torch
@@ -312,3 +313,42 @@ def test_the_guard_refuses_a_step_with_the_optimizer_on_the_host() -> None:
     with pytest.raises(InvalidInputError, match="OOMGuard cannot guard"):
         memfit.OOMGuard(step)
     memfit.apply.undo_all(model)
+
+
+def _slow_host_step(monkeypatch) -> None:
+    """The host's update takes 50 ms a weight: the step returns long before the last one."""
+    import memfit.step.host_optimizer as host_optimizer
+
+    slow = host_optimizer.host_adam_step
+
+    def slowed(*args, **kwargs):
+        time.sleep(0.05)
+        return slow(*args, **kwargs)
+
+    monkeypatch.setattr(host_optimizer, "host_adam_step", slowed)
+
+
+@pytest.mark.slow  # the host step is slowed to 50 ms a weight
+@pytest.mark.parametrize("read", ["model", "module", "optimizer_then_model", "synchronize"])
+def test_reads_right_after_the_step_see_the_updated_weights(monkeypatch, read) -> None:
+    """A checkpoint saved (or weights read) as soon as ``step`` returns holds the update,
+    though the host worker was still running it when the step returned."""
+    _slow_host_step(monkeypatch)
+    reference, offloaded = _llama(), _llama()
+    batches = _batches(1)
+    _run(reference, _optimizer(torch.optim.AdamW, reference), None, batches, "fp32")
+    optimizer = _optimizer(torch.optim.AdamW, offloaded)
+    step, _ = _run(offloaded, optimizer, [OffloadOptimizer(dtype="float32")], batches, "fp32")
+    if read == "model":
+        got = offloaded.state_dict()
+    elif read == "module":
+        got = {f"layers.1.{k}": v for k, v in offloaded.layers[1].state_dict().items()}
+    elif read == "optimizer_then_model":
+        optimizer.state_dict()
+        got = {n: p.detach().clone() for n, p in offloaded.named_parameters()}
+    else:
+        step.synchronize()
+        got = {n: p.detach().clone() for n, p in offloaded.named_parameters()}
+    expected = reference.state_dict()
+    assert got and all(torch.equal(expected[name], value) for name, value in got.items())
+    step.undo()

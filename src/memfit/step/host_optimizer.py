@@ -92,12 +92,17 @@ class HostOptimizer:
 
     Known limitations:
         An offloaded weight must be used only inside the forward of the modules that own it
-        (a use elsewhere would read weights still being updated; detected, it raises). While
-        attached, ``model.state_dict()`` holds the working copies; the float32 masters are in
-        ``master_state_dict()``. No gradient clipping by global norm (the update starts
-        before backward ends), no fp16 loss scaling, no amsgrad; one CUDA device. Backward
-        waits on the CPU while more than ``_GRADS_IN_FLIGHT`` (8) gradient copies are queued
-        (each holds its gradient's GPU memory until it runs).
+        (a use elsewhere would read weights still being updated; detected, it raises). The
+        step returns while the worker still updates the last weights: a forward, a
+        ``state_dict()`` (of the model, a module owning an offloaded weight, or the optimizer),
+        ``master_state_dict()`` and undo wait for it; reading a weight's tensor directly
+        (``param.detach()``, ``torch.save(model)``) needs ``synchronize()`` first
+        (``TrainStep.synchronize()``). While attached, ``model.state_dict()`` holds the working
+        copies; the float32 masters are in ``master_state_dict()``. No gradient clipping by
+        global norm (the update starts before backward ends), no fp16 loss scaling, no
+        amsgrad; one CUDA device. Backward waits on the CPU while more than
+        ``_GRADS_IN_FLIGHT`` (8) gradient copies are queued (each holds its gradient's GPU
+        memory until it runs).
     """
 
     def __init__(
@@ -250,6 +255,9 @@ class HostOptimizer:
             self._pinned.pin(tensor)
 
     def _install_waits(self) -> None:
+        """Forwards wait for their modules' updates; ``state_dict()`` of a module that owns an
+        offloaded weight, or of the optimizer, waits for every update (a checkpoint saved
+        right after the step would otherwise hold weights the worker is still writing)."""
         model = self._model()
         assert model is not None
         for module in model.modules():
@@ -257,6 +265,12 @@ class HostOptimizer:
             if owned:
                 hook = functools.partial(self._wait_for, owned)
                 self._handles.append(module.register_forward_pre_hook(lambda m, a, h=hook: h()))
+                self._handles.append(
+                    module.register_state_dict_pre_hook(lambda m, p, k: self.synchronize())
+                )
+        self._handles.append(
+            self.optimizer.register_state_dict_pre_hook(lambda o: self.synchronize())
+        )
 
     # --- the step ------------------------------------------------------------------------
     def check(self) -> None:

@@ -195,6 +195,17 @@ class TrainStep:
             self.optimizer, self.grad_scaler, self.grad_scale, clip_grad_norm=self.clip_grad_norm
         )
 
+    def synchronize(self) -> None:
+        """Wait until the last step's updates are all in the weights.
+
+        ``OffloadOptimizer``'s host worker may still be updating the last weights when
+        ``step`` returns; a forward, ``state_dict()`` and undo wait for it themselves, so this
+        is needed only before reading the weights' tensors directly. Nothing to wait for
+        otherwise.
+        """
+        if self.host_optimizer is not None:
+            self.host_optimizer.synchronize()
+
     # --- the whole step -------------------------------------------------------------------
     def undo(self) -> None:
         """Put the model (and optimizer) back exactly as before ``memfit.apply`` made this step
