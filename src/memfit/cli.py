@@ -22,6 +22,7 @@ import click
 from memfit import result_cache
 from memfit.devices import DEFAULT_DEVICE
 from memfit.errors import MemfitError
+from memfit.import_notices import torchao_enum_notices_muted
 from memfit.techniques import TABLE, Exactness, default_allow
 
 __all__ = ["main"]
@@ -526,9 +527,12 @@ def _calibrate_host(dry_run: bool, fmt: str) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for a user error, with its message on stderr)."""
     try:
-        cli.main(
-            args=list(argv) if argv is not None else None, prog_name="memfit", standalone_mode=False
-        )
+        with torchao_enum_notices_muted():  # a user's model file may import transformers
+            cli.main(
+                args=list(argv) if argv is not None else None,
+                prog_name="memfit",
+                standalone_mode=False,
+            )
     except MemfitError as error:
         click.echo(f"error: {error}", err=True)
         return 2

@@ -34,6 +34,7 @@ from torch import nn
 from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from memfit.errors import InvalidInputError, MemfitError
+from memfit.import_notices import torchao_enum_notices_muted
 from memfit.step.context import ApplyContext
 from memfit.step.registry import register_applier
 from memfit.step.undo import UndoFn
@@ -74,7 +75,8 @@ def torchao_optim(feature: str) -> types.ModuleType:
         MemfitError: torchao is not installed; names the command that installs it.
     """
     try:  # optional: only low-bit and stochastically rounded plans need it
-        return importlib.import_module("torchao.optim")
+        with torchao_enum_notices_muted():
+            return importlib.import_module("torchao.optim")
     except ImportError as error:
         raise MemfitError(
             f"{feature} steps through torchao's optimizers, and torchao is not installed "

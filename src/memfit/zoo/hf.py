@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from memfit.import_notices import torchao_enum_notices_muted
 from memfit.zoo import bert, gpt2, llama
 
 __all__ = ["available", "HF_MODELS", "HFModel"]
@@ -32,14 +33,19 @@ def available() -> bool:
 
 def _build(kind: str, **config: Any) -> Callable[[], nn.Module]:
     def build() -> nn.Module:
-        import transformers  # optional and slow to import: only when a model is built
+        with torchao_enum_notices_muted():  # transformers' models import torchao
+            import transformers  # optional and slow to import: only when a model is built
 
-        config_class, model_class = {
-            "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel),
-            "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM),
-            "bert": (transformers.BertConfig, transformers.BertForMaskedLM),
-        }[kind]
+            config_class, model_class, loss_type = {
+                "gpt2": (transformers.GPT2Config, transformers.GPT2LMHeadModel, "ForCausalLM"),
+                "llama": (transformers.LlamaConfig, transformers.LlamaForCausalLM, None),
+                "bert": (transformers.BertConfig, transformers.BertForMaskedLM, None),
+            }[kind]
         model: nn.Module = model_class(config_class(attn_implementation="sdpa", **config))
+        if loss_type is not None:
+            # the loss transformers falls back to for this class's name, named so that it says
+            # nothing about an unrecognized loss_type
+            setattr(model, "loss_type", loss_type)  # noqa: B010 (nn.Module types its attributes)
         return model
 
     build.__name__ = f"hf_{kind}"
