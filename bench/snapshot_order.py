@@ -6,7 +6,8 @@ AdamW, SGD with momentum, three steps each), then classifies each twice: from it
 (``memfit.snapshot.profile.categorize``) and from allocation order alone after removing every
 frame (``memfit.snapshot.order``). Writes ``DIR/snapshot_order.json``: per run, the share of
 events whose phase agrees, the share of allocations whose category agrees, the bytes at the peak
-by category both ways, and the snapshot sizes.
+by category both ways, and the snapshot sizes; and each run's snapshot without its stacks,
+``DIR/<run>_nostacks.pickle.gz`` (a fixture for ``memfit.snapshot.order``).
 
 python bench/snapshot_order.py --out DIR      # on the GPU machine (about a minute)
 python bench/snapshot_order.py --smoke --out DIR
@@ -16,6 +17,7 @@ python bench/snapshot_order.py --smoke --out DIR
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import pickle
 import sys
@@ -145,7 +147,11 @@ def main() -> int:
             return 2
         results["gpu"] = torch.cuda.get_device_name()
         for name, (build, optimizer, batch) in runs().items():
-            results[name] = compare(record(build, optimizer, batch))
+            snapshot = record(build, optimizer, batch)
+            results[name] = compare(snapshot)
+            # the run without its stacks, for a test fixture of order-based classification
+            stripped = pickle.dumps(without_stacks(snapshot))
+            (args.out / f"{name}_nostacks.pickle.gz").write_bytes(gzip.compress(stripped))
             print(name, json.dumps(results[name]), flush=True)
     (args.out / "snapshot_order.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results, indent=2))

@@ -5,8 +5,11 @@ addresses and order but no Python frames, so ``frames.py`` cannot tell forward f
 A training loop still leaves its shape in the order of allocations and frees:
 
 1. **Weights** are made first and live to the end: the allocations alive at the dump that were
-   made before anything the recording saw allocated was freed, and that a gradient of the same
-   size matches (a workspace made early, a buffer or a frozen weight has none: other).
+   made before the first step's forward, and that a gradient of the same size matches (a
+   workspace made early, a buffer or a frozen weight has none: other). The forward starts at
+   the first allocation freed once backward has made a gradient (an activation it saved); a
+   model may free temporaries while it is built (rotary embeddings' ``inv_freq``) before making
+   its last weights (an untied LM head).
 2. **Gradients** have the sizes of weights and are freed together when ``zero_grad()`` sets them
    to None: a burst of frees of weight-sized blocks, as many as half the weights or more, ends a
    step. They were made during that step's backward.
@@ -72,6 +75,18 @@ def infer_from_order(trace: DeviceTrace) -> DeviceTrace | None:
     # makes one on the first matrix product), a buffer or a frozen weight
     grad_sizes = {allocations[k].size for burst in bursts for k in burst}
     weights = {k for k in weights if allocations[k].size in grad_sizes}
+    later = _made_after_the_first_free(allocations, bursts, grad_sizes, first_free, n)
+    if later:  # counted now, their gradients are found in every burst
+        weights |= later
+        weight_sizes = Counter(allocations[k].size for k in weights)
+        bursts = _grad_bursts(allocations, weight_sizes, first_free, n, len(weights))
+    # no more weights of a size than the first step has gradients of it: a kept block of a
+    # weight's size made with the model (the batch, a mask) is not one; the latest go
+    grads_by_size = Counter(allocations[k].size for k in bursts[0])
+    for size, count in weight_sizes.items():
+        if count > grads_by_size[size]:
+            same = sorted((allocations[k].start, k) for k in weights if allocations[k].size == size)
+            weights -= {k for _, k in same[grads_by_size[size] :]}
     setup_end = max(allocations[k].start for k in weights) + 1
     steps = _steps(allocations, bursts, setup_end)
     phases = np.full(n, _code(Phase.SETUP), dtype=np.int8)
@@ -97,6 +112,31 @@ def infer_from_order(trace: DeviceTrace) -> DeviceTrace | None:
         phases=tuple(by_code[c] for c in phases),
         warnings=trace.warnings + (ORDER_WARNING,),
     )
+
+
+def _made_after_the_first_free(
+    allocations: tuple[Allocation, ...],
+    bursts: list[set[int]],
+    grad_sizes: set[int],
+    first_free: int,
+    n: int,
+) -> set[int]:
+    """Weights made after the model's construction freed its first temporary: a model that
+    computes a buffer from temporaries in ``__init__`` (rotary embeddings' ``inv_freq``) before
+    making its last modules (Hugging Face LLaMA's untied ``lm_head``). Construction ends where
+    the first step's forward starts: at the first allocation that lives until backward (an
+    activation freed once the first gradient exists). Kept blocks of a gradient's size made
+    before it are weights."""
+    first_grad = min(allocations[k].start for k in bursts[0])
+    forward_start = min(
+        (a.start for a in allocations if a.start >= first_free and first_grad <= a.end < n),
+        default=first_free,
+    )
+    return {
+        k
+        for k, a in enumerate(allocations)
+        if first_free <= a.start < forward_start and a.end >= n and a.size in grad_sizes
+    }
 
 
 def _code(phase: Phase) -> int:
@@ -152,19 +192,40 @@ def _grad_bursts(
         else:
             groups.append([(end, k)])
     wanted = max(2, num_weights // 2)
+    kept = sorted(
+        (a.start, a.end) for a in allocations if a.start >= first_free and a.size in weight_sizes
+    )
     bursts = []
     for group in groups:
         if len(group) < wanted:
             continue
         by_start = sorted((allocations[k].start, k) for _, k in group)
+        state = _first_state(kept, by_start[0][0], max(end for end, _ in group))
         left = Counter(weight_sizes)
         grads = set()
-        for _, k in by_start:
+        for start, k in by_start:
+            if start > state:  # an optimizer's temporary: made after its state, in step()
+                break
             if left[allocations[k].size] > 0:
                 left[allocations[k].size] -= 1
                 grads.add(k)
         bursts.append(grads)
     return bursts
+
+
+def _first_state(kept: list[tuple[int, int]], first_grad: int, burst_end: int) -> int:
+    """When the step's optimizer made its first state (a weight-sized block made after the
+    first gradient and kept past ``zero_grad``); ``burst_end`` when it made none.
+
+    Gradients are made before it. Without this, a size with more blocks kept from the start
+    than gradients (a buffer or workspace of a weight's size) would take a foreach optimizer's
+    weight-sized temporary of the first step as a gradient, and the state made before that
+    temporary would fall in backward (other, not optimizer state).
+    """
+    for start, end in kept:
+        if first_grad < start < burst_end and end > burst_end:
+            return start
+    return burst_end
 
 
 @dataclasses.dataclass(frozen=True)
