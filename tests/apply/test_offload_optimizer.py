@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 import memfit
+import memfit.step.host_updates as host_updates
 from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied
@@ -317,15 +318,13 @@ def test_the_guard_refuses_a_step_with_the_optimizer_on_the_host() -> None:
 
 def _slow_host_step(monkeypatch) -> None:
     """The host's update takes 50 ms a weight: the step returns long before the last one."""
-    import memfit.step.host_optimizer as host_optimizer
-
-    slow = host_optimizer.host_adam_step
+    slow = host_updates.host_adam_step
 
     def slowed(*args, **kwargs):
         time.sleep(0.05)
         return slow(*args, **kwargs)
 
-    monkeypatch.setattr(host_optimizer, "host_adam_step", slowed)
+    monkeypatch.setattr(host_updates, "host_adam_step", slowed)
 
 
 @pytest.mark.slow  # the host step is slowed to 50 ms a weight

@@ -25,52 +25,32 @@ as before: an offloaded parameter's ``.grad`` is always None when it steps, so i
 from __future__ import annotations
 
 import functools
-import threading
-import time
 import warnings
 import weakref
 from collections import deque
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
-from memfit.errors import InvalidInputError, UnsupportedModelError
-from memfit.step.host_adam import AdamHyper, HostParam, accumulate_on_host, host_adam_step
+from memfit.errors import InvalidInputError
+from memfit.step.host_adam import HostParam
 from memfit.step.host_params import (
     check_host_optimizer,
     default_threads,
     restore_state,
     take_state,
 )
+from memfit.step.host_updates import HostEntry, HostUpdates
 from memfit.step.host_worker import HostWorker
 from memfit.step.pinned import PinnedHost
 
 __all__ = ["HostOptimizer"]
 
-_GRADS_IN_FLIGHT = 8  # about one transformer layer's weights
 
-
-@dataclass(eq=False)
-class _Entry:
-    name: str
-    param: nn.Parameter
-    index: int  # forward order: the worker's priority
-    host: HostParam
-    group: dict[str, Any]
-    decoupled: bool
-    shape: torch.Size
-    ready: threading.Event = field(default_factory=threading.Event)  # new weights queued
-    consumed: threading.Event = field(default_factory=threading.Event)  # grad buffer read
-    device_ready: Any = None  # CUDA event: the new weights are on the GPU
-    waited: bool = True  # a forward waited for the last update
-    micro: int = 0  # micro-batches accumulated since the last update
-
-
-class HostOptimizer:
+class HostOptimizer(HostUpdates):
     """Run ``optimizer``'s update of ``params`` on the host, overlapped with backward.
 
     Args:
@@ -121,7 +101,7 @@ class HostOptimizer:
         self.threads = threads if threads is not None else default_threads()
         self.final_micro_batch = True
         self._params = list(params)
-        self._entries: dict[nn.Parameter, _Entry] = {}
+        self._entries: dict[nn.Parameter, HostEntry] = {}
         self._handles: list[Any] = []
         self._flat: dict[str, torch.Tensor] = {}
         self._saved_state: dict[nn.Parameter, dict[str, Any]] = {}
@@ -218,7 +198,7 @@ class HostOptimizer:
             decoupled = isinstance(self.optimizer, torch.optim.AdamW) or bool(
                 group.get("decoupled_weight_decay", False)
             )
-            entry = _Entry(name, param, index, host, group, decoupled, param.shape)
+            entry = HostEntry(name, param, index, host, group, decoupled, param.shape)
             entry.ready.set()
             entry.consumed.set()
             self._entries[param] = entry
@@ -271,132 +251,6 @@ class HostOptimizer:
         self._handles.append(
             self.optimizer.register_state_dict_pre_hook(lambda o: self.synchronize())
         )
-
-    # --- the step ------------------------------------------------------------------------
-    def check(self) -> None:
-        """Raise the error a host update raised, if any (the step calls it once per step)."""
-        if self._simulated:  # backward is over: its gradients' copies have run
-            self._in_flight.clear()
-        if self._worker is not None:
-            self._worker.check()
-
-    def _drop_grad(self, param: torch.Tensor) -> None:
-        """Simulated: the last ``_GRADS_IN_FLIGHT`` gradients stay (their copies may still be
-        queued), and the float32 copy of the last one."""
-        grad, param.grad = param.grad, None
-        if grad is not None:
-            self._in_flight.append(grad)
-            self._held = [] if grad.dtype == torch.float32 else [grad.float()]
-            if len(self._in_flight) > _GRADS_IN_FLIGHT:
-                self._in_flight.popleft()
-
-    def _wait_for(self, entries: list[_Entry]) -> None:
-        for entry in entries:
-            if not entry.ready.is_set():
-                started = time.perf_counter()
-                entry.ready.wait()
-                self.forward_wait_s += time.perf_counter() - started
-            if entry.device_ready is not None:
-                torch.cuda.current_stream().wait_event(entry.device_ready)
-                entry.device_ready = None
-            entry.waited = True
-        self.check()
-
-    def _on_grad(self, param: torch.Tensor) -> None:
-        entry = self._entries[param]  # type: ignore[index]
-        grad, param.grad = param.grad, None
-        if grad is None:
-            return
-        if not entry.waited:
-            raise UnsupportedModelError(
-                f"OffloadOptimizer: {entry.name} was used outside the forward of the modules "
-                f"that own it, so its update could not be waited for; plan without "
-                f"'offload_optimizer' for this model"
-            )
-        final = self.final_micro_batch
-        first = entry.micro == 0
-        entry.micro = 0 if final else entry.micro + 1
-        entry.consumed.wait()  # the worker has read the previous micro-batch's gradient
-        entry.consumed.clear()
-        computed = copied = None
-        if self._cuda:
-            computed = torch.cuda.Event()
-            computed.record()
-            with torch.cuda.stream(self._d2h):
-                self._d2h.wait_event(computed)
-                wide = grad.reshape(-1).float()  # on the side stream, freed in its order
-                entry.host.grad.copy_(wide, non_blocking=True)
-                copied = torch.cuda.Event(blocking=True)  # the worker sleeps, not spins, on it
-                copied.record(self._d2h)
-            grad.record_stream(self._d2h)
-            del wide
-            # a gradient freed with its copy still queued holds its memory until the copy
-            # runs, and autograd's thread runs ahead of the GPU: keep at most
-            # _GRADS_IN_FLIGHT such copies queued (the tracer holds as many)
-            self._in_flight.append(copied)
-            if len(self._in_flight) > _GRADS_IN_FLIGHT:
-                self._in_flight.popleft().synchronize()
-        else:
-            entry.host.grad.copy_(grad.reshape(-1))
-        del grad
-        hyper = AdamHyper.from_group(entry.group, entry.decoupled) if final else None
-        if final:
-            entry.ready.clear()
-            entry.waited = False
-        assert self._worker is not None
-        job = functools.partial(self._host_job, entry, copied, computed, hyper, first)
-        ready = copied.query if copied is not None else None  # on the host, not just queued
-        self._worker.submit(entry.index, job, ready)
-
-    def _host_job(
-        self, entry: _Entry, copied: Any, computed: Any, hyper: AdamHyper | None, first: bool
-    ) -> None:
-        try:
-            if copied is not None:
-                copied.synchronize()
-            if hyper is None:  # a micro-batch before the last: accumulate
-                accumulate_on_host(entry.host, first)
-                return
-            started = time.perf_counter()
-            host_adam_step(entry.host, hyper, accumulated=not first)
-            self.adam_s += time.perf_counter() - started
-            self._send_back(entry, computed)
-        finally:
-            entry.consumed.set()
-            if hyper is not None:
-                entry.ready.set()
-
-    def _send_back(self, entry: _Entry, computed: Any) -> None:
-        target = entry.param.data.view(-1)
-        if not self._cuda:
-            target.copy_(entry.host.master)  # rounds to the working dtype, as autocast does
-            return
-        with torch.cuda.stream(self._h2d):
-            self._h2d.wait_event(computed)  # backward is done with the old weights
-            if target.dtype == torch.float32:
-                target.copy_(entry.host.master, non_blocking=True)
-            else:
-                wide = torch.empty_like(entry.host.master, device=target.device)
-                wide.copy_(entry.host.master, non_blocking=True)
-                target.copy_(wide)  # rounded on the GPU, as autocast rounds
-                del wide
-            done = torch.cuda.Event()
-            done.record(self._h2d)
-        entry.device_ready = done
-
-    def busy_s(self) -> float:
-        """Seconds the worker has spent on host updates since ``attach``."""
-        return self._worker.busy_s if self._worker is not None else 0.0
-
-    def synchronize(self) -> None:
-        """Wait until every queued host update is done and its weights are on the device."""
-        self._held = []
-        self._in_flight.clear()
-        if self._worker is None:
-            return
-        self._worker.drain()
-        if self._cuda:
-            self._h2d.synchronize()
 
     # --- reading and undoing -------------------------------------------------------------
     def master_state_dict(self) -> dict[str, torch.Tensor]:

@@ -23,7 +23,7 @@ import dataclasses
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.recorder import Trace
 from memfit.trace.replay import replay
-from memfit.trace.sharding import ShardedSize
+from memfit.trace.sharded_sizes import ShardedSize
 
 __all__ = ["resized_trace", "sharded_bytes", "peaks_by_gpus"]
 

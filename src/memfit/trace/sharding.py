@@ -42,14 +42,19 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from torch import nn
 from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 
-from memfit.errors import InvalidInputError
 from memfit.profile import Category
 from memfit.trace.fakeify import FakeModel
 from memfit.trace.recorder import Allocation, MemoryRecorder, Trace, local_tensor
+from memfit.trace.sharded_sizes import (
+    ROLES,
+    ShardedSize,
+    element_size,
+    fake_process_group,
+    shard_size,
+)
 
 __all__ = [
     "ShardedSize",
@@ -57,66 +62,6 @@ __all__ = [
     "fake_process_group",
     "ROLES",
 ]
-
-ROLES = (
-    "sharded_param",
-    "unsharded_param",
-    "all_gather",
-    "reduce_scatter",
-    "sharded_grad",
-    "sharded_state",
-)
-"""What FSDP2's allocations hold, as ``FSDPMemTracker`` names them (``sharded_state``:
-optimizer state and temporaries on the shards)."""
-
-
-@dataclass(frozen=True)
-class ShardedSize:
-    """The size of an allocation made of shards, for any number of shards.
-
-    Attributes:
-        terms: ``(dim0, row)`` of each weight it holds a shard of: its first dimension and the
-            elements of one index of it (FSDP2 shards dimension 0, padded to a multiple of N).
-        element_size: bytes per element.
-        padded: the whole padded weights (all N shards: the all-gather output, the
-            reduce-scatter input), not one shard.
-    """
-
-    terms: tuple[tuple[int, int], ...]
-    element_size: int
-    padded: bool = False
-
-    def numel(self, shards: int) -> int:
-        """Elements for ``shards`` shards: rank 0's shard is ``ceil(dim0 / N)`` rows."""
-        rows = sum(-(-dim0 // shards) * row for dim0, row in self.terms)
-        return rows * (shards if self.padded else 1)
-
-    def bytes(self, shards: int) -> int:
-        return self.numel(shards) * self.element_size
-
-
-@contextlib.contextmanager
-def fake_process_group(world_size: int) -> Iterator[None]:
-    """A default process group of ``world_size`` fake ranks (this process is rank 0).
-
-    Raises:
-        InvalidInputError: a default process group exists already (inside a distributed job).
-    """
-    # private torch module: importing it registers the "fake" backend (torch >= 2.4)
-    from torch.testing._internal.distributed.fake_pg import FakeStore
-
-    if dist.is_initialized():
-        raise InvalidInputError(
-            "predicting a sharded step needs a process without a default process group (it "
-            "simulates the ranks with a fake one); run memfit.plan / memfit.estimate before "
-            "dist.init_process_group, or in another process, and load the plan with "
-            "memfit.Plan.from_json inside the job"
-        )
-    dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
-    try:
-        yield
-    finally:
-        dist.destroy_process_group()
 
 
 class _Streams:
@@ -248,7 +193,7 @@ class ShardedTracing:
             self._optimizer_allocation(allocation)
             return
         if made_by is not local_tensor(made_by):  # a DTensor: made of its local shard
-            size = _shard_size(made_by, allocation)
+            size = shard_size(made_by, allocation)
             if size is not None:
                 role = "sharded_param" if allocation.op == "parameter" else "sharded_state"
                 self._tag(allocation, size, role)
@@ -256,7 +201,7 @@ class ShardedTracing:
         scope = self._scope
         if scope is None:
             return
-        padded = ShardedSize(scope.terms, _element_size(allocation), padded=True)
+        padded = ShardedSize(scope.terms, element_size(allocation), padded=True)
         shard = ShardedSize(scope.terms, padded.element_size)
         numel = allocation.size // max(1, padded.element_size)
         if numel == padded.numel(scope.shards):
@@ -280,7 +225,7 @@ class ShardedTracing:
             self.ambiguous.add(allocation.key)
             return
         (term,) = terms
-        self._tag(allocation, ShardedSize((term,), _element_size(allocation)), "sharded_state")
+        self._tag(allocation, ShardedSize((term,), element_size(allocation)), "sharded_state")
 
     def _tag(self, allocation: Allocation, size: ShardedSize, role: str) -> None:
         self.sizes[allocation.key] = size
@@ -379,25 +324,3 @@ def refreshed(fake_model: FakeModel) -> FakeModel:
     fake_model.params = dict(fake_model.module.named_parameters())
     fake_model.buffers = dict(fake_model.module.named_buffers())
     return fake_model
-
-
-def _element_size(allocation: Allocation) -> int:
-    return getattr(torch, allocation.dtype).itemsize if allocation.dtype else 1
-
-
-def _shard_size(tensor: torch.Tensor, allocation: Allocation | None) -> ShardedSize | None:
-    """How a DTensor's local storage scales, when it is sharded on dimension 0."""
-    spec = getattr(tensor, "_spec", None)
-    if spec is None or tensor.dim() == 0:
-        return None
-    sharded = [(i, p.dim) for i, p in enumerate(spec.placements) if p.is_shard()]
-    if len(sharded) != 1 or sharded[0][1] != 0:
-        return None
-    local = local_tensor(tensor)
-    element = local.element_size() if allocation is None else _element_size(allocation)
-    row = int(tensor.numel()) // max(1, int(tensor.shape[0]))
-    size = ShardedSize(((int(tensor.shape[0]), row),), element)
-    storage = local.untyped_storage().nbytes()
-    if storage != size.bytes(spec.mesh.size(sharded[0][0])):
-        return None  # not a plain shard (a view into a larger buffer): leave it unscaled
-    return size

@@ -1,0 +1,7 @@
+"""``python -m memfit.cli``: the command line."""
+
+import sys
+
+from memfit.cli import main
+
+sys.exit(main())
