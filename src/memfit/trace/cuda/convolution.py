@@ -20,6 +20,9 @@ and fp32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default):
 * Image stems (fewer than 8 input channels): the same, but only for kernels of 7 and more in
   the forward (ResNet's 7x7, ViT's 16x16 patches; none for 3x3 stride-2 stems or 4x4 patches)
   and, in float32, of 4 and more in the backward.
+* A 1x1 filter needs no copy (its layout is the same in both); a strided 1x1 from fewer than
+  64 channels takes none (and none in its float32 backward), and in float32 one reading 56x56
+  or more only the input's copy (ResNet's first downsample, at batch 64 and 128).
 * NCHW 1x1, stride 1 ("pointwise", a matrix product per image): ``x + y`` when the output has
   at most 7x7 positions (16-bit: 14x14 when both channel counts are 384 or more), else none.
   Its weight gradient takes the smaller of ``x + dy`` and one float32 weight gradient per image
@@ -31,9 +34,10 @@ and fp32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default):
   positions), others a float32 copy of the input.
 
 Against every measured call (bench/results/conv_classes.md, ``bench/conv_evidence.py
---check``): within 10% (or 1 MiB) for 1,868 of 2,058 calls, 1,336 of 1,487 on the
-configurations the classes were not read from; per class the summed bytes of those held-out
-calls are 11% under (pointwise backward, stems backward) to 21% over (pointwise forward).
+--check``): within 10% (or 1 MiB) for 1,891 of 2,058 calls, 1,353 of 1,487 on the
+configurations the classes were not read from. Summed per class over those held-out calls:
+general forward -0.1%, general backward -8%, pointwise backward -11%, stems backward -11%,
+channels-last 1x1 backward -19% (ConvNeXt-nano), pointwise forward +21%.
 
 Known limitations:
     * Fitted on one stack (H200, cuDNN 9.19, torch 2.11): other chips and cuDNN versions rank
@@ -73,6 +77,8 @@ _RGB_CHANNELS = 8  # fewer input channels: an image stem, padded to 8 in 16-bit
 _STEM_FORWARD_KERNEL = 7  # stems with smaller kernels (3x3 stride 2, 4x4 patches) get none
 _STEM_BACKWARD_KERNEL = 4  # ... and in float32 backward, smaller than this
 _CL_DEPTHWISE_POSITIONS = 14 * 14
+_NARROW_CHANNELS = 64  # strided 1x1 convolutions from fewer channels take none (fp32 backward)
+_LARGE_SIDE = 56
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -110,7 +116,19 @@ def _transposes(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, groups: int) 
     c_in, c_out = x.shape[1] // groups, y.shape[1] // groups
     in_scale = _padded(c_in, groups, size) / c_in
     out_scale = _padded(c_out, groups, size) / c_out if groups > 1 else 1.0
-    return int(_nbytes(x) * in_scale + _nbytes(y) * out_scale + _nbytes(w) * in_scale * out_scale)
+    # a 1x1 filter is laid out the same in both layouts: no copy of the weight
+    weight = 0 if all(k == 1 for k in w.shape[2:]) else _nbytes(w) * in_scale * out_scale
+    return int(_nbytes(x) * in_scale + _nbytes(y) * out_scale + weight)
+
+
+def _strided_pointwise_forward(x: torch.Tensor, y: torch.Tensor) -> int | None:
+    """A 1x1 with a stride: none from fewer than 64 channels; in float32 from 56x56 or more
+    only the input's copy (ResNet's first downsample, at batch 64 and 128)."""
+    if x.shape[1] < _NARROW_CHANNELS:
+        return 0
+    if x.element_size() == _F32 and min(x.shape[2:]) >= _LARGE_SIDE:
+        return _nbytes(x)
+    return None
 
 
 def _pointwise_transposes(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> bool:
@@ -170,6 +188,10 @@ def conv_forward_workspace(
         return _nbytes(x) + _nbytes(y) if _pointwise_transposes(x, w, y) else 0
     if kind == "stem" and max(w.shape[2:]) < _STEM_FORWARD_KERNEL:
         return 0
+    if groups == 1 and all(k == 1 for k in w.shape[2:]):
+        strided = _strided_pointwise_forward(x, y)
+        if strided is not None:
+            return strided
     return _transposes(x, y, w, groups)
 
 
@@ -214,6 +236,9 @@ def _backward_bytes(
         split = x.shape[0] * x.shape[1] * w.shape[0] * _F32
         return (both if _pointwise_transposes(x, w, dy) else 0), min(split, both)
     if kind == "stem" and x.element_size() == _F32 and max(w.shape[2:]) < _STEM_BACKWARD_KERNEL:
+        return 0, 0
+    pointwise = groups == 1 and all(k == 1 for k in w.shape[2:])
+    if pointwise and x.element_size() == _F32 and x.shape[1] < _NARROW_CHANNELS:
         return 0, 0
     both = _transposes(x, dy, w, groups)
     return both, both
