@@ -105,12 +105,15 @@ def _events(snapshot: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def _allocations(events: list[dict[str, Any]], live_before: int) -> list[dict[str, Any]]:
-    """Allocations in order: size, live bytes when made, whether freed within the pass."""
+    """Allocations in order: size, live bytes when made, whether freed within the pass; and
+    the segments cudaMalloc'd (or released) among them, as ``{"segment": action, "size"}``."""
     open_by_addr: dict[int, dict[str, Any]] = {}
     result = []
     live = live_before
     for event in events:
-        if event["action"] == "alloc":
+        if event["action"].startswith("segment"):
+            result.append({"segment": event["action"], "size": event["size"]})
+        elif event["action"] == "alloc":
             entry = {"size": event["size"], "live_before": live, "freed": False}
             open_by_addr[event["addr"]] = entry
             result.append(entry)

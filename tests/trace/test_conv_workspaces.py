@@ -172,3 +172,33 @@ def test_backward_makes_the_data_workspace_before_the_weight_gradient():
     ]
     transposes = 2 * 8 * 64 * 28 * 28 * 2 + 64 * 64 * 9 * 2  # dx + dy + w, bf16
     assert [made[1].size, made[3].size] == [transposes, transposes]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (64, 64, 56, 3, 1, 1),  # general: 3x3
+        (256, 512, 56, 1, 2, 1),  # strided 1x1
+        (2048, 512, 7, 1, 1, 1),  # pointwise at 7x7
+        (168, 168, 28, 3, 1, 7),  # grouped, 24 channels per group
+        (144, 144, 56, 3, 2, 144),  # depthwise
+    ],
+)
+def test_forward_workspace_matches_the_gpu(shape) -> None:
+    # the scratch a real forward convolution reaches (peak - after), bf16, batch 32
+    c_in, c_out, side, kernel, stride, groups = shape
+    x = torch.randn(32, c_in, side, side, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(c_out, c_in // groups, kernel, kernel, device="cuda", dtype=torch.bfloat16)
+
+    def conv() -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, w, stride=stride, padding=kernel // 2, groups=groups)
+
+    conv()  # cuDNN picks and caches its plan
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    y = conv()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
+    predicted = conv_forward_workspace(x, w, y, [stride] * 2, [kernel // 2] * 2, groups)
+    assert abs(measured - predicted) <= max(0.1 * measured, MiB)
