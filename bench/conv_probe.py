@@ -1,22 +1,26 @@
 """What cuDNN allocates inside a convolution: every allocation and free of the caching allocator
 during one conv forward, and during its backward (data and weight), across shapes and dtypes.
 
-    python bench/conv_probe.py --out DIR            # on the GPU machine (about 2-3 minutes)
+    python bench/conv_probe.py --out DIR            # on the GPU machine (under 4 minutes)
     python bench/conv_probe.py --smoke --out DIR    # the same code paths on a CPU, tiny grid
 
-For each case (kernel, stride, groups, channels, spatial size, batch, dtype, channels_last,
-cudnn.benchmark and allow_tf32 as PyTorch defaults them unless the case says otherwise) it runs
-the forward, the backward (both gradients, then each alone) twice, recording both calls with
-``torch.cuda.memory._record_memory_history`` (the first call of a shape picks and caches the
-cuDNN plan), and writes, per pass, the allocations in order (size, whether freed inside the
-pass, and the live bytes when made), the allocated bytes before / after / at peak, reserved
-before / after, and the outputs' bytes; the first call's under ``first``. A case that fails (out of
-memory, unsupported) is recorded with its error and the run goes on.
+For each case (kernel, stride, groups, channels, spatial size, batch, dtype, channels_last;
+cudnn.benchmark off and allow_tf32 on, PyTorch's defaults, unless the case says otherwise) it
+runs the forward and the backward (both gradients, then each alone), each twice, recording both
+calls with ``torch.cuda.memory._record_memory_history`` (the first call of a shape picks and
+caches the cuDNN plan): per pass the allocations in order (size, live bytes when made, whether
+freed inside the pass) and the segments cudaMalloc'd among them, the allocated bytes before /
+after / at peak, reserved before / after, the outputs' bytes; the first call's under ``first``.
+A case that fails (out of memory, unsupported) is recorded with its error and the run goes on;
+no new case starts after ``--budget-s``.
 
-Writes DIR/conv_probe.json: {"versions": ..., "cases": [...]}. memfit's conv workspace model
-(``memfit.trace.cuda.convolution``) is fitted on what the validation zoo kept (peaks only); this
-probe measures the sizes themselves and the backward's two workspaces separately, which that
-data cannot tell apart.
+Writes DIR/conv_probe.json ({"versions", "cases", "step_snapshots", "seconds"}) and
+DIR/<case>_steps_snapshot.pickle: four training steps of the validation zoo's ResNet-50
+bf16-mixed and ResNeXt-50 fp32 recorded from an empty allocator, to replay memfit's allocator
+simulation on the real event order (their reserved peaks stay 3-9% under with the workspaces
+modelled, bench/results/conv_compare.md). memfit's workspace classes
+(``memfit.trace.cuda.convolution``) were read from the zoo's per-operator peaks, which cannot
+tell the backward's two workspaces apart nor show the blocks' order; this measures both.
 """
 
 from __future__ import annotations
@@ -24,12 +28,23 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import pickle
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+
+from validation import _train, all_cases  # noqa: E402
+
+# whole training steps recorded from an empty allocator, for replaying memfit's allocator
+# simulation on the real event order (the zoo's reserved gaps on these)
+STEP_CASES = ("tv-resnet50-bf16-mixed", "tv-resnext50-grouped-fp32-sgd")
 
 MiB = 1 << 20
 
@@ -250,6 +265,32 @@ def run_case(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return row
 
 
+def snapshot_steps(out: Path, cuda: bool, smoke: bool) -> list[str]:
+    """Four training steps of each of ``STEP_CASES`` from an empty allocator, recorded (no
+    stacks): DIR/<case>_steps_snapshot.pickle, as bench/diag_snapshot.py does for GPT-2."""
+    written = []
+    for case in [c for c in all_cases() if c.name in STEP_CASES]:
+        builder, spec = case.built(smoke)
+        if not cuda:
+            _train(case, builder, spec, "cpu", warmup=1, steps=0)
+            continue
+        torch.cuda.empty_cache()
+        torch.cuda.memory._record_memory_history(context=None, max_entries=1_000_000)
+        _train(case, builder, spec, "cuda", warmup=4, steps=0)
+        torch.cuda.synchronize()
+        snapshot = torch.cuda.memory._snapshot()
+        torch.cuda.memory._record_memory_history(enabled=None)
+        snapshot["memfit_peaks"] = {
+            "allocated": torch.cuda.max_memory_allocated(),
+            "reserved": torch.cuda.max_memory_reserved(),
+        }
+        path = out / f"{case.name}_steps_snapshot.pickle"
+        path.write_bytes(pickle.dumps(snapshot))
+        written.append(path.name)
+        torch.cuda.empty_cache()
+    return written
+
+
 def versions() -> dict[str, Any]:
     cuda = torch.cuda.is_available()
     return {
@@ -265,7 +306,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", required=True, help="directory for conv_probe.json")
     parser.add_argument("--smoke", action="store_true", help="tiny grid on the CPU")
-    parser.add_argument("--budget-s", type=float, default=210, help="stop starting new cases")
+    parser.add_argument("--budget-s", type=float, default=180, help="stop starting new cases")
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")
@@ -285,6 +326,7 @@ def main() -> None:
             torch.cuda.empty_cache()
         result["cases"].append(row)
         (out / "conv_probe.json").write_text(json.dumps(result, indent=0))
+    result["step_snapshots"] = snapshot_steps(out, cuda, args.smoke)
     result["seconds"] = round(time.perf_counter() - started, 1)
     (out / "conv_probe.json").write_text(json.dumps(result, indent=0))
     errors = sum("error" in row for row in result["cases"])
