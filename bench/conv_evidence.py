@@ -256,7 +256,8 @@ def main() -> None:
             rows.append({"name": case.name, "precision": case.precision, "index": index, **call})
         ws = [c["scratch"] for c in calls if c["scratch"]]
         print(f"{case.name:42s} {len(calls):4d} calls, {len(ws):4d} with scratch", flush=True)
-    Path(args.out).write_text(json.dumps({"rows": rows}, indent=0))
+    lines = ",\n".join(json.dumps(row) for row in rows)  # one call a line
+    Path(args.out).write_text(f'{{"rows": [\n{lines}\n]}}\n')
 
 
 if __name__ == "__main__":
