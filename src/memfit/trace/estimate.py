@@ -138,9 +138,10 @@ def estimate(
             does not fit the model, a loss that is not a scalar, a trace that stalls.
 
     Known limitations:
-        * cuDNN convolution workspaces are not modelled: cuDNN picks algorithms by heuristics
-          that need the GPU (4-17% of reserved memory on the validation zoo's CNNs, 6% of
-          allocated on ResNet-50 bf16 inference; bench/results/validation_compare.md).
+        * cuDNN convolution workspaces are modelled by class of call, read from one stack
+          (H200, cuDNN 9.19; ``memfit.trace.cuda.convolution``): allocated within 0.6% on the
+          validation zoo's CNNs, but reserved still 3-14% low on some in training
+          (bench/results/conv_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, named in the profile's warnings.
         * Distributed training other than FSDP2 sharding (``Sharding``) is not modelled;

@@ -17,9 +17,9 @@
   validation_traces_h200.jsonl.gz).
 
 Each rule was checked against per-operator measurements on an H200 (``memfit.measure``'s op
-probe; bench/results/accuracy_h200.json). cuDNN convolution workspaces are not modelled: cuDNN
-picks algorithms by heuristics memfit cannot run without the GPU (see the README's accuracy
-table for what that costs on ResNet-50).
+probe; bench/results/accuracy_h200.json), except cuDNN convolution workspaces: classes of
+calls read from the validation zoo's per-operator measurements (``memfit.trace.cuda.convolution``,
+on sm80 and newer).
 """
 
 from __future__ import annotations
@@ -31,6 +31,11 @@ import torch
 from memfit.devices import DeviceSpec
 from memfit.profile import Category, Phase
 from memfit.trace.cuda.attention import ATTENTION_SCRATCH
+from memfit.trace.cuda.convolution import (
+    CONV_FORWARD_OPS,
+    conv_backward_workspaces,
+    conv_forward_workspace,
+)
 from memfit.trace.cuda.reductions import reduction_scratch
 from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.recorder import MemoryRecorder, WorkspaceRule
@@ -49,6 +54,18 @@ _BLAS_OPS = (
     aten._addmm_activation,
 )
 _REDUCTIONS = (aten.sum, aten.mean)
+
+
+def _take_last_allocation(recorder: MemoryRecorder, tensor: Any) -> int | None:
+    """Remove the newest event when it allocated ``tensor`` (to re-emit it later); its key."""
+    events, allocations = recorder.trace.events, recorder.trace.allocations
+    if not isinstance(tensor, torch.Tensor) or not events or events[-1] <= 0:
+        return None
+    newest = allocations[events[-1]]
+    if newest.shape != tuple(tensor.shape) or newest.op != "convolution_backward":
+        return None
+    recorder.trace.phases.pop()
+    return events.pop()
 
 
 def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, WorkspaceRule]:
@@ -94,7 +111,38 @@ def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, Work
             rows = scores.numel() // max(scores.shape[dim], 1)
             recorder.hidden([scores.numel(), rows], "_safe_softmax (masks)")
 
+    def conv_forward(
+        recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any
+    ) -> None:
+        if func.overloadpacket is aten.convolution:
+            stride, padding, transposed, groups = args[3], args[4], args[6], args[8]
+        else:  # conv2d(input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1)
+            stride = args[3] if len(args) > 3 else kwargs.get("stride", 1)
+            padding = args[4] if len(args) > 4 else kwargs.get("padding", 0)
+            groups = args[6] if len(args) > 6 else kwargs.get("groups", 1)
+            transposed = False
+        nbytes = conv_forward_workspace(args[0], args[1], out, stride, padding, groups, transposed)
+        recorder.hidden([nbytes], "convolution (cuDNN workspace)")
+
+    def conv_backward(
+        recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any
+    ) -> None:
+        dy, x, w = args[:3]
+        stride, padding, transposed, groups, mask = args[4], args[5], args[7], args[9], args[10]
+        data, weight = conv_backward_workspaces(dy, x, w, stride, padding, groups, mask, transposed)
+        # cuDNN makes the input gradient, its workspace, then the weight gradient and its own:
+        # the weight gradient (allocated last by the recorder) moves after the data workspace
+        grad_weight = _take_last_allocation(recorder, out[1]) if data else None
+        recorder.hidden([data], "convolution_backward (cuDNN data workspace)")
+        if grad_weight is not None:
+            recorder.trace.events.append(grad_weight)
+            recorder.trace.phases.append(recorder.phase)
+        recorder.hidden([weight], "convolution_backward (cuDNN weight workspace)")
+
     rules: dict[Any, WorkspaceRule] = {op: cublas for op in _BLAS_OPS}
+    if device.sm >= (8, 0):  # the tensor-core engines the classes were measured on
+        rules.update({op: conv_forward for op in CONV_FORWARD_OPS})
+        rules[aten.convolution_backward] = conv_backward
     if hasattr(aten, "_safe_softmax"):
         rules[aten._safe_softmax] = safe_softmax
     rules.update({op: reduction for op in _REDUCTIONS})

@@ -1,0 +1,244 @@
+"""cuDNN convolution workspaces: what a conv allocates beyond its outputs, by class of call.
+
+PyTorch runs a CUDA convolution through cuDNN's v8/v9 API: with ``cudnn.benchmark`` off (its
+default) cuDNN's heuristics rank the engines, PyTorch takes the first whose workspace it can
+allocate, allocates that workspace from the caching allocator and frees it when the call
+returns (``run_single_conv`` / ``try_plans`` in ``aten/src/ATen/native/cudnn/Conv_v8.cpp``). So
+the workspace is a transient block made after the outputs and freed before the next operator.
+
+Its size depends on the engine cuDNN picks, which memfit cannot run on a laptop. These classes
+were read from the per-operator scratch the validation zoo measured on an H200 (torch 2.11,
+cuDNN 9.19; bench/results/validation_traces_h200.jsonl.gz joined to the convolutions' shapes by
+bench/conv_evidence.py, bench/results/conv_evidence.json), on tensor-core dtypes (fp16, bf16,
+and fp32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default):
+
+* NCHW input, not depthwise, not a plain 1x1 convolution ("general"): the engines work in
+  NHWC, so cuDNN transposes the input, the output and the weight through its workspace:
+  ``x + y + w`` bytes, in the forward and in each of the backward's two passes (``dx``, ``dy``).
+  Channels are padded: a 16-bit input with fewer than 8 to 8, and grouped convolutions'
+  channels per group, in and out, to the next power of two (RegNet's groups of 24: 1.33x).
+* Image stems (fewer than 8 input channels): the same, but only for kernels of 7 and more in
+  the forward (ResNet's 7x7, ViT's 16x16 patches; none for 3x3 stride-2 stems or 4x4 patches)
+  and, in float32, of 4 and more in the backward.
+* A 1x1 filter needs no copy (its layout is the same in both); a strided 1x1 from fewer than
+  64 channels takes none (and none in its float32 backward), and in float32 one reading 56x56
+  or more only the input's copy (ResNet's first downsample, at batch 64 and 128).
+* NCHW 1x1, stride 1 ("pointwise", a matrix product per image): ``x + y`` when the output has
+  at most 7x7 positions (16-bit: 14x14 when both channel counts are 384 or more), else none.
+  Its weight gradient takes the smaller of ``x + dy`` and one float32 weight gradient per image
+  (``N * C_in * C_out * 4``: split over the batch, then summed).
+* Depthwise NCHW (MobileNet, EfficientNet): none.
+* Channels-last input (ConvNeXt's depthwise convolutions see the channels-last tensor its
+  ``permute`` back leaves): none in the forward; in the backward, a depthwise convolution's
+  weight gradient takes ``x + dy`` in float32 (four times that in float32 above 14x14
+  positions), others a float32 copy of the input.
+
+Against every measured call (bench/results/conv_classes.md, ``bench/conv_evidence.py
+--check``): within 10% (or 1 MiB) for 1,891 of 2,058 calls, 1,353 of 1,487 on the
+configurations the classes were not read from. Summed per class over those held-out calls:
+general forward -0.1%, general backward -8%, pointwise backward -11%, stems backward -11%,
+channels-last 1x1 backward -19% (ConvNeXt-nano), pointwise forward +21%.
+
+Known limitations:
+    * Fitted on one stack (H200, cuDNN 9.19, torch 2.11): other chips and cuDNN versions rank
+      engines differently. Chips before sm80 (no bf16 / TF32 tensor cores) get no workspace.
+    * cuDNN's heuristics are not a formula: single calls differ from these classes by up to
+      2x either way (float32 stems, channels-last 1x1 convolutions, a 1x1 at 28x28 in RegNet),
+      and ``torch.backends.cudnn.benchmark = True`` (measured engine choice) is not modelled.
+    * Reserved memory: the workspaces' sizes match, yet the allocator's reserved peak of some
+      CNNs in training stays 3-10% under the measured one (bench/results/conv_compare.md):
+      how the real run's blocks are placed (the plan choice on a shape's first call included)
+      is not known; bench/conv_probe.py records it.
+    * fp32 without TF32, 1-D and 3-D convolutions and transposed convolutions get no workspace
+      (not measured; bench/conv_probe.py measures the first).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+__all__ = [
+    "conv_forward_workspace",
+    "conv_backward_workspaces",
+    "conv_class",
+    "CONV_FORWARD_OPS",
+]
+
+aten = torch.ops.aten
+CONV_FORWARD_OPS = (aten.convolution, aten.conv2d)
+_F32 = 4
+_SMALL_POSITIONS = 7 * 7  # 1x1 convolutions at or below this many output positions transpose
+_MID_POSITIONS = 14 * 14  # ... and 16-bit ones up to this many with this many channels:
+_WIDE_CHANNELS = 384
+_RGB_CHANNELS = 8  # fewer input channels: an image stem, padded to 8 in 16-bit
+_STEM_FORWARD_KERNEL = 7  # stems with smaller kernels (3x3 stride 2, 4x4 patches) get none
+_STEM_BACKWARD_KERNEL = 4  # ... and in float32 backward, smaller than this
+_CL_DEPTHWISE_POSITIONS = 14 * 14
+_NARROW_CHANNELS = 64  # strided 1x1 convolutions from fewer channels take none (fp32 backward)
+_LARGE_SIDE = 56
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
+
+
+def _uses_tensor_cores(x: torch.Tensor) -> bool:
+    if x.dtype in (torch.float16, torch.bfloat16):
+        return True
+    return x.dtype == torch.float32 and torch.backends.cudnn.allow_tf32
+
+
+def _channels_last(x: torch.Tensor, w: torch.Tensor) -> bool:
+    """PyTorch's ``cudnn_conv_suggest_memory_format``: channels-last if input or weight is."""
+    return any(
+        t.dim() == 4
+        and not t.is_contiguous()
+        and t.is_contiguous(memory_format=torch.channels_last)
+        for t in (x, w)
+    )
+
+
+def _padded(width: int, groups: int, element_size: int) -> int:
+    """Channels per group as the NHWC engines lay them out."""
+    if groups > 1 and width > 1:
+        return 1 << (width - 1).bit_length()
+    if element_size == 2 and width < _RGB_CHANNELS:
+        return _RGB_CHANNELS
+    return width
+
+
+def _transposes(x: torch.Tensor, y: torch.Tensor, w: torch.Tensor, groups: int) -> int:
+    """Bytes of the NHWC copies of input, output and weight, channels per group padded."""
+    size = x.element_size()
+    c_in, c_out = x.shape[1] // groups, y.shape[1] // groups
+    in_scale = _padded(c_in, groups, size) / c_in
+    out_scale = _padded(c_out, groups, size) / c_out if groups > 1 else 1.0
+    # a 1x1 filter is laid out the same in both layouts: no copy of the weight
+    weight = 0 if all(k == 1 for k in w.shape[2:]) else _nbytes(w) * in_scale * out_scale
+    return int(_nbytes(x) * in_scale + _nbytes(y) * out_scale + weight)
+
+
+def _strided_pointwise_forward(x: torch.Tensor, y: torch.Tensor) -> int | None:
+    """A 1x1 with a stride: none from fewer than 64 channels; in float32 from 56x56 or more
+    only the input's copy (ResNet's first downsample, at batch 64 and 128)."""
+    if x.shape[1] < _NARROW_CHANNELS:
+        return 0
+    if x.element_size() == _F32 and min(x.shape[2:]) >= _LARGE_SIDE:
+        return _nbytes(x)
+    return None
+
+
+def _pointwise_transposes(x: torch.Tensor, w: torch.Tensor, y: torch.Tensor) -> bool:
+    positions = math.prod(y.shape[2:])
+    if positions <= _SMALL_POSITIONS:
+        return True
+    wide = min(x.shape[1], w.shape[0]) >= _WIDE_CHANNELS
+    return x.element_size() == 2 and positions <= _MID_POSITIONS and wide
+
+
+def _classify(x: torch.Tensor, w: torch.Tensor, stride: Any, padding: Any, groups: int) -> str:
+    if groups > 1 and groups == x.shape[1]:
+        return "depthwise"
+    if groups == 1 and x.shape[1] < _RGB_CHANNELS:
+        return "stem"
+    if groups == 1 and all(k == 1 for k in w.shape[2:]):
+        strides = stride if isinstance(stride, list | tuple) else [stride]
+        pads = padding if isinstance(padding, list | tuple) else [padding]
+        if all(s == 1 for s in strides) and all(p == 0 for p in pads if isinstance(p, int)):
+            return "pointwise"
+    return "general"
+
+
+def conv_class(x: torch.Tensor, w: torch.Tensor, stride: Any, padding: Any, groups: int) -> str:
+    """The class of a call these rules tell apart: stem, pointwise, depthwise or general,
+    prefixed ``channels-last`` for a channels-last call."""
+    kind = _classify(x, w, stride, padding, groups)
+    return f"channels-last {kind}" if _channels_last(x, w) else kind
+
+
+def _modelled(x: Any, w: Any, transposed: bool) -> bool:
+    return (
+        isinstance(x, torch.Tensor)
+        and isinstance(w, torch.Tensor)
+        and x.dim() == 4
+        and not transposed
+        and _uses_tensor_cores(x)
+    )
+
+
+def conv_forward_workspace(
+    x: torch.Tensor,
+    w: torch.Tensor,
+    y: torch.Tensor,
+    stride: Any,
+    padding: Any,
+    groups: int,
+    transposed: bool = False,
+) -> int:
+    """Bytes of cuDNN's workspace for one forward convolution (0 when not modelled)."""
+    if not _modelled(x, w, transposed) or _channels_last(x, w):
+        return 0
+    kind = _classify(x, w, stride, padding, groups)
+    if kind == "depthwise":
+        return 0
+    if kind == "pointwise":
+        return _nbytes(x) + _nbytes(y) if _pointwise_transposes(x, w, y) else 0
+    if kind == "stem" and max(w.shape[2:]) < _STEM_FORWARD_KERNEL:
+        return 0
+    if groups == 1 and all(k == 1 for k in w.shape[2:]):
+        strided = _strided_pointwise_forward(x, y)
+        if strided is not None:
+            return strided
+    return _transposes(x, y, w, groups)
+
+
+def conv_backward_workspaces(
+    dy: torch.Tensor,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    stride: Any,
+    padding: Any,
+    groups: int,
+    output_mask: Any,
+    transposed: bool = False,
+) -> tuple[int, int]:
+    """Bytes of cuDNN's workspaces for one ``convolution_backward``: (data, weight).
+
+    cuDNN computes the input gradient, then the weight gradient, each with its own workspace
+    freed before the next step (``cudnn_convolution_backward``); a gradient that is not needed
+    (``output_mask``) gets none.
+    """
+    if not _modelled(x, w, transposed):
+        return 0, 0
+    kind = _classify(x, w, stride, padding, groups)
+    data, weight = _backward_bytes(kind, dy, x, w, groups)
+    mask = list(output_mask) + [True, True]
+    return (data if mask[0] else 0), (weight if mask[1] else 0)
+
+
+def _backward_bytes(
+    kind: str, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, groups: int
+) -> tuple[int, int]:
+    if _channels_last(x, w):
+        if kind == "depthwise":
+            f32 = (x.numel() + dy.numel()) * _F32
+            positions = math.prod(dy.shape[2:])
+            small = positions <= _CL_DEPTHWISE_POSITIONS or x.element_size() == 2
+            return 0, f32 if small else 4 * f32
+        return 0, x.numel() * _F32
+    if kind == "depthwise":
+        return 0, 0
+    if kind == "pointwise":
+        both = _nbytes(x) + _nbytes(dy)
+        split = x.shape[0] * x.shape[1] * w.shape[0] * _F32
+        return (both if _pointwise_transposes(x, w, dy) else 0), min(split, both)
+    if kind == "stem" and x.element_size() == _F32 and max(w.shape[2:]) < _STEM_BACKWARD_KERNEL:
+        return 0, 0
+    pointwise = groups == 1 and all(k == 1 for k in w.shape[2:])
+    if pointwise and x.element_size() == _F32 and x.shape[1] < _NARROW_CHANNELS:
+        return 0, 0
+    both = _transposes(x, dy, w, groups)
+    return both, both

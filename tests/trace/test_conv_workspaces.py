@@ -1,0 +1,204 @@
+"""cuDNN convolution workspaces: each class of call against what an H200 measured.
+
+The measured figures are the per-operator scratch of the validation zoo's H200 run (torch 2.11,
+cuDNN 9.19), joined to the calls' shapes in bench/results/conv_evidence.json.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import memfit
+from memfit.devices import get_device
+from memfit.profile import Phase
+from memfit.trace.allocator import round_size
+from memfit.trace.cuda.convolution import conv_backward_workspaces, conv_forward_workspace
+from memfit.trace.cuda.stack import DEFAULT_STACK
+from memfit.trace.session import new_recorder
+
+MiB = 1 << 20
+
+
+def meta(*shape: int, dtype: torch.dtype = torch.bfloat16, channels_last: bool = False):
+    tensor = torch.empty(shape, dtype=dtype, device="meta")
+    return tensor.contiguous(memory_format=torch.channels_last) if channels_last else tensor
+
+
+def forward(x, w, y, stride=1, padding=0, groups=1) -> float:
+    return conv_forward_workspace(x, w, y, [stride] * 2, [padding] * 2, groups) / MiB
+
+
+def backward(x, w, dy, stride=1, padding=0, groups=1) -> tuple[float, float]:
+    data, weight = conv_backward_workspaces(
+        dy, x, w, [stride] * 2, [padding] * 2, groups, [True, True, False]
+    )
+    return data / MiB, weight / MiB
+
+
+def test_nchw_convolution_transposes_input_output_and_weight():
+    # ResNet-50 bf16 inference, batch 256: the 3x3 conv of layer1 measured 196.07 MiB, the
+    # strided 1x1 downsample of layer2 588.00 MiB
+    x, w, y = meta(256, 64, 56, 56), meta(64, 64, 3, 3), meta(256, 64, 56, 56)
+    assert forward(x, w, y, padding=1) == pytest.approx(196.07, rel=0.005)
+    x, w, y = meta(256, 256, 56, 56), meta(512, 256, 1, 1), meta(256, 512, 28, 28)
+    assert forward(x, w, y, stride=2) == pytest.approx(588.00, rel=0.005)
+    # its backward (ResNet-50 bf16-mixed training, batch 64, layer4 3x3): 10.63 MiB
+    x, w = meta(64, 512, 7, 7), meta(512, 512, 3, 3)
+    data, weight = backward(x, w, meta(64, 512, 7, 7), padding=1)
+    assert max(data - 4.5, weight) == pytest.approx(10.63, rel=0.01)  # the scratch measured
+
+
+def test_image_stems_pad_channels_to_eight_in_16_bit_and_small_stems_take_none():
+    # ResNet-50 bf16 inference stem (7x7, 3 channels): 588.05 MiB measured
+    x, w, y = meta(256, 3, 224, 224), meta(64, 3, 7, 7), meta(256, 64, 112, 112)
+    assert forward(x, w, y, stride=2, padding=3) == pytest.approx(588.05, rel=0.005)
+    # EfficientNet-B0's 3x3 stride-2 stem: none measured in the forward
+    x, w, y = meta(128, 3, 224, 224), meta(32, 3, 3, 3), meta(128, 32, 112, 112)
+    assert forward(x, w, y, stride=2, padding=1) == 0
+
+
+def test_pointwise_convolutions_transpose_only_at_small_sizes():
+    # ResNet-50 bf16 inference: 1x1 at 56x56 measured none; at 7x7 61.25 MiB
+    x, w, y = meta(256, 64, 56, 56), meta(256, 64, 1, 1), meta(256, 256, 56, 56)
+    assert forward(x, w, y) == 0
+    x, w, y = meta(256, 2048, 7, 7), meta(512, 2048, 1, 1), meta(256, 512, 7, 7)
+    assert forward(x, w, y) == pytest.approx(61.25, rel=0.005)
+
+
+def test_pointwise_weight_gradient_splits_the_batch_into_float32_partials():
+    # ResNet-50 fp32 (batch 64) 1x1 256->64 at 56x56: 4.00 MiB; EfficientNet-B0 bf16 (batch
+    # 128) 1x1 112->672 at 14x14: 36.75 MiB; one float32 weight gradient per image
+    x, w = meta(64, 256, 56, 56, dtype=torch.float32), meta(64, 256, 1, 1, dtype=torch.float32)
+    assert backward(x, w, meta(64, 64, 56, 56, dtype=torch.float32)) == (0, pytest.approx(4.0))
+    x, w = meta(128, 112, 14, 14), meta(672, 112, 1, 1)
+    assert backward(x, w, meta(128, 672, 14, 14))[1] == pytest.approx(36.75, rel=0.005)
+
+
+def test_grouped_convolutions_pad_channels_per_group_to_a_power_of_two():
+    # RegNet-X-1.6GF bf16: groups of 24 channels, 3x3 at 28x28: 43.00 MiB measured (1.33x)
+    x, w, y = meta(64, 168, 28, 28), meta(168, 24, 3, 3), meta(64, 168, 28, 28)
+    assert forward(x, w, y, padding=1, groups=7) == pytest.approx(43.00, rel=0.01)
+    # ResNeXt-50 fp32: groups of 4 channels, none padded: 196.02 MiB
+    x, w, y = (
+        meta(64, 128, 56, 56, dtype=torch.float32),
+        meta(128, 4, 3, 3, dtype=torch.float32),
+        meta(64, 128, 56, 56, dtype=torch.float32),
+    )
+    assert forward(x, w, y, padding=1, groups=32) == pytest.approx(196.02, rel=0.005)
+
+
+def test_depthwise_nchw_takes_no_workspace():
+    # MobileNet-V3 / EfficientNet-B0: 91 of 94 depthwise calls measured none
+    x, w = meta(128, 144, 56, 56), meta(144, 1, 3, 3)
+    assert forward(x, w, meta(128, 144, 28, 28), stride=2, padding=1, groups=144) == 0
+    assert backward(x, w, meta(128, 144, 28, 28), stride=2, padding=1, groups=144) == (0, 0)
+
+
+def test_channels_last_depthwise_backward_takes_float32_copies():
+    # ConvNeXt-T fp32 (channels-last depthwise 7x7): none forward; backward 18.38 MiB at 7x7,
+    # 598.00 MiB at 56x56
+    f32 = torch.float32
+    x, w = meta(64, 768, 7, 7, dtype=f32, channels_last=True), meta(768, 1, 7, 7, dtype=f32)
+    assert forward(x, w, meta(64, 768, 7, 7, dtype=f32, channels_last=True), 1, 3, 768) == 0
+    dy = meta(64, 768, 7, 7, dtype=f32, channels_last=True)
+    assert backward(x, w, dy, 1, 3, 768)[1] == pytest.approx(18.38, rel=0.005)
+    x, w = meta(64, 96, 56, 56, dtype=f32, channels_last=True), meta(96, 1, 7, 7, dtype=f32)
+    dy = meta(64, 96, 56, 56, dtype=f32, channels_last=True)
+    assert backward(x, w, dy, 1, 3, 96)[1] == pytest.approx(598.0, rel=0.02)
+
+
+def test_float32_without_tf32_is_not_modelled(monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    f32 = torch.float32
+    x, w, y = (
+        meta(8, 64, 56, 56, dtype=f32),
+        meta(64, 64, 3, 3, dtype=f32),
+        meta(8, 64, 56, 56, dtype=f32),
+    )
+    assert forward(x, w, y, padding=1) == 0
+
+
+class Conv(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(64, 64, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x)
+
+
+def test_estimate_holds_the_workspace_beside_the_output():
+    # inference of one conv: weight, input, output and, inside the call, x + y + w
+    batch = 32
+    profile = memfit.estimate(
+        Conv(), f"bfloat16[{batch},64,56,56]", precision="bf16", device="h200", mode="inference"
+    )
+    x = y = batch * 64 * 56 * 56 * 2
+    w = 64 * 64 * 9 * 2
+    expected = round_size(w) + round_size(x) + round_size(y) + round_size(x + y + w)
+    assert profile.peak_allocated == expected
+
+
+def test_chips_before_sm80_get_no_convolution_workspace():
+    batch = 32
+    profile = memfit.estimate(
+        Conv(), f"float32[{batch},64,56,56]", precision="fp32", device="t4", mode="inference"
+    )
+    x = y = batch * 64 * 56 * 56 * 4
+    assert profile.peak_allocated == round_size(64 * 64 * 9 * 4) + round_size(x) + round_size(y)
+
+
+def test_backward_makes_the_data_workspace_before_the_weight_gradient():
+    # cudnn_convolution_backward: grad input, its workspace, then grad weight and its workspace
+    recorder = new_recorder(get_device("h200"), DEFAULT_STACK)
+    with FakeTensorMode():
+        x = torch.empty(8, 64, 28, 28, dtype=torch.bfloat16)
+        w = torch.empty(64, 64, 3, 3, dtype=torch.bfloat16)
+        dy = torch.empty(8, 64, 28, 28, dtype=torch.bfloat16)
+        with recorder:
+            recorder.phase = Phase.BACKWARD
+            torch.ops.aten.convolution_backward(
+                dy, x, w, None, [1, 1], [1, 1], [1, 1], False, [0, 0], 1, [True, True, False]
+            )
+    made = [recorder.trace.allocations[k] for k in recorder.trace.events if k > 0]
+    assert [(a.op, a.shape) for a in made] == [
+        ("convolution_backward", (8, 64, 28, 28)),
+        ("convolution_backward (cuDNN data workspace)", ()),
+        ("convolution_backward", (64, 64, 3, 3)),
+        ("convolution_backward (cuDNN weight workspace)", ()),
+    ]
+    transposes = 2 * 8 * 64 * 28 * 28 * 2 + 64 * 64 * 9 * 2  # dx + dy + w, bf16
+    assert [made[1].size, made[3].size] == [transposes, transposes]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize(
+    "shape",
+    [
+        (64, 64, 56, 3, 1, 1),  # general: 3x3
+        (256, 512, 56, 1, 2, 1),  # strided 1x1
+        (2048, 512, 7, 1, 1, 1),  # pointwise at 7x7
+        (168, 168, 28, 3, 1, 7),  # grouped, 24 channels per group
+        (144, 144, 56, 3, 2, 144),  # depthwise
+    ],
+)
+def test_forward_workspace_matches_the_gpu(shape) -> None:
+    # the scratch a real forward convolution reaches (peak - after), bf16, batch 32
+    c_in, c_out, side, kernel, stride, groups = shape
+    x = torch.randn(32, c_in, side, side, device="cuda", dtype=torch.bfloat16)
+    w = torch.randn(c_out, c_in // groups, kernel, kernel, device="cuda", dtype=torch.bfloat16)
+
+    def conv() -> torch.Tensor:
+        return torch.nn.functional.conv2d(x, w, stride=stride, padding=kernel // 2, groups=groups)
+
+    conv()  # cuDNN picks and caches its plan
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    y = conv()
+    torch.cuda.synchronize()
+    measured = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
+    predicted = conv_forward_workspace(x, w, y, [stride] * 2, [kernel // 2] * 2, groups)
+    assert abs(measured - predicted) <= max(0.1 * measured, MiB)
