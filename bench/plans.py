@@ -1,6 +1,6 @@
 """memfit's plans against what users do today, on eight models, measured side by side.
 
-python bench/plans.py --out DIR [--parts eager,ab,compile] [--models ...] [--smoke]
+python bench/plans.py --out DIR [--parts eager,ab,compile] [--models ...] [--plans-first] [--smoke]
   ->  DIR/plans.json (DIR/plans_<parts>.json for some parts), written after each measurement
 
 For bench/frontier.py's models (Hugging Face GPT-2, GPT-2 medium, a LLaMA-style 1B) and five
@@ -177,8 +177,10 @@ def measure(
         harness.clean()
 
 
-def eager(harness: Harness, names: list[str], record, planned) -> None:
+def eager(harness: Harness, names: list[str], record, planned, plans_first: bool) -> None:
     futures = planned.result()
+    if plans_first:  # no planning process competes with the measured steps' CPU time
+        concurrent.futures.wait([f for model in futures.values() for f in model])
     for name in names:
         anchors, failed = {}, {}
         for anchor, hf in (("unmodified", False), ("hf full checkpointing", True)):
@@ -310,6 +312,11 @@ def main() -> None:
         help="CPU processes that plan (default: leaves four cores to the measuring process)",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
+    parser.add_argument(
+        "--plans-first", action="store_true",
+        help="plan every budget before measuring anything: steps the CPU bounds measured "
+        "while planning processes ran varied by up to 30%% between identical configurations",
+    )  # fmt: skip
     args = parser.parse_args()
     parts, names = args.parts.split(","), args.models.split(",")
     device = "cpu" if args.smoke else "cuda"
@@ -329,7 +336,7 @@ def main() -> None:
         print(f"[{row['at_s']:6.1f} s] {key}: {brief}", flush=True)
 
     runs = {
-        "eager": lambda planned: eager(harness, names, record, planned["eager"]),
+        "eager": lambda planned: eager(harness, names, record, planned["eager"], args.plans_first),
         "ab": lambda planned: ab(harness, record, args.smoke, 2 if args.smoke else 15),
         "compile": lambda planned: compiled(harness, record, planned["compile"]),
     }

@@ -146,6 +146,11 @@ def overheads(configs: list[dict], c: Calibration, key: str) -> None:
         )
 
 
+def _short(config: dict) -> str:
+    """A configuration's short label (the frontier's: counts, not module names)."""
+    return config.get("short", config["plan"])
+
+
 def choices(configs: list[dict], key: str) -> list[dict]:
     """Per planned budget: among the configurations measured in that run for that model whose
     measured reserved peak fits it, the one predicted fastest against the one measured fastest."""
@@ -165,9 +170,11 @@ def choices(configs: list[dict], key: str) -> list[dict]:
         fastest = min(fitting, key=lambda o: o["measured"]["step_s"])
         picked = min(fitting, key=lambda o: o[f"{key}_s"])
         slower = picked["measured"]["step_s"] / fastest["measured"]["step_s"] - 1
+        if _short(picked) == _short(fastest):  # one configuration measured twice: one choice
+            slower = 0.0
         found.append({"run": config["run"], "model": config["model"], "budget": config["label"],
-                      "alternatives": len(fitting), "measured_fastest": fastest["plan"],
-                      "predicted_fastest": picked["plan"], "picked_vs_fastest": slower,
+                      "alternatives": len(fitting), "measured_fastest": _short(fastest),
+                      "predicted_fastest": _short(picked), "picked_vs_fastest": slower,
                       "within_5_percent": bool(slower <= 0.05), "set": config["set"]})  # fmt: skip
     return found
 
@@ -235,7 +242,7 @@ def markdown(configs: list[dict], picks: dict, found: dict, before: Calibration,
                          f"| not traced: {str(c['trace_error'])[:80]} | | |")  # fmt: skip
         elif "measured_overhead" in c:
             lines.append(
-                f"| {c['run']} | {c['model']} | {c['label']}: {c['plan'][:70]} | {c['set']} "
+                f"| {c['run']} | {c['model']} | {c['label']}: {_short(c)} | {c['set']} "
                 f"| {c['measured_overhead']:+.1%} | {c['before_overhead']:+.1%} "
                 f"({c['before_error_points']:+.0f}) | {c['after_overhead']:+.1%} "
                 f"({c['after_error_points']:+.0f}) |"
@@ -247,11 +254,29 @@ def markdown(configs: list[dict], picks: dict, found: dict, before: Calibration,
     for b, a in zip(picks["before"], picks["after"], strict=True):
         lines.append(
             f"| {b['run']} | {b['model']} | {b['budget']} | {b['alternatives']} "
-            f"| {b['measured_fastest'][:50]} | {b['predicted_fastest'][:50]} "
-            f"({b['picked_vs_fastest']:+.0%}) | {a['predicted_fastest'][:50]} "
+            f"| {b['measured_fastest']} | {b['predicted_fastest']} "
+            f"({b['picked_vs_fastest']:+.0%}) | {a['predicted_fastest']} "
             f"({a['picked_vs_fastest']:+.0%}) |"
         )
     return "\n".join(lines) + "\n"
+
+
+def repeated(configs: list[dict]) -> list[dict]:
+    """Configurations measured more than once in one run (the same techniques, or the
+    unmodified step as anchor and in the A/B rows): how far apart their step times were, the
+    measurements' own noise, against which ±5 points is judged."""
+    groups: dict[tuple, list[dict]] = {}
+    for c in configs:
+        key = (c["run"], c["model"], json.dumps(c.get("techniques")), c["plan"].split(" ")[0])
+        groups.setdefault(key, []).append(c)
+    found = []
+    for (run, model, _, _), same in groups.items():
+        if len(same) > 1:
+            steps = [c["measured"]["step_s"] for c in same]
+            found.append({"run": run, "model": model, "plan": _short(same[0]),
+                          "rows": [c["label"] for c in same], "step_s": steps,
+                          "spread": max(steps) / min(steps) - 1})  # fmt: skip
+    return found
 
 
 def replanned_markdown(rows: list[dict]) -> str:
@@ -266,10 +291,10 @@ def replanned_markdown(rows: list[dict]) -> str:
     def cell(x: dict) -> str:
         measured = "not measured" if not x["measured_s"] else f"{1e3 * x['measured_s']:.1f} ms"
         vs = f", {x['vs_fastest']:+.0%} vs fastest" if "vs_fastest" in x else ""
-        return f"{x['plan'][:70]} ({measured}{vs})"
+        return f"{x['plan']} ({measured}{vs})"
 
     for r in rows:
-        fastest = f"{r['measured_fastest'][:50]} ({1e3 * r['measured_fastest_s']:.1f} ms)"
+        fastest = f"{r['measured_fastest']} ({1e3 * r['measured_fastest_s']:.1f} ms)"
         lines.append(f"| {r['model']} | {r['budget']} | {fastest} | {cell(r['before'])} "
                      f"| {cell(r['after']) if 'after' in r else ''} |")  # fmt: skip
     return "\n".join(lines) + "\n"
@@ -294,7 +319,7 @@ def replanned(configs: list[dict]) -> list[dict]:
         fitting = [c for c in measured if c["measured"].get("peak_reserved", 1 << 62) <= budget]
         fastest = min(fitting, key=lambda c: c["measured"]["step_s"], default=None)
         row: dict = {"model": name, "budget": label,
-                     "measured_fastest": fastest and fastest["plan"],
+                     "measured_fastest": fastest and _short(fastest),
                      "measured_fastest_s": fastest and fastest["measured"]["step_s"]}  # fmt: skip
         for which, plans in runs.items():
             new = plans.get(key, {})
@@ -348,10 +373,15 @@ def main() -> None:
         "configurations": rows,
         "choices": picks,
         "replanned": replanned(configs),
+        "repeated": repeated(configs),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "replan_compare.json").write_text(json.dumps(result, indent=1, default=str))
     text = markdown(configs, picks, found, before, after) + replanned_markdown(result["replanned"])
+    text += "\nThe same configuration measured twice in one run (the measurements' noise):\n\n"
+    text += "".join(f"- {r['run']}, {r['model']}, {r['plan']}: "
+                    f"{', '.join(f'{1e3 * x:.1f}' for x in r['step_s'])} ms "
+                    f"({r['spread']:.0%} apart)\n" for r in result["repeated"])  # fmt: skip
     (args.out / "replan_compare.md").write_text(text)
     print(json.dumps({"after": result["after"], "summary": found}, indent=1))
 

@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import memfit  # noqa: E402
 from memfit.cost import Calibration  # noqa: E402
 from plans import MODELS, _settings, spec_of  # noqa: E402
+from plans_table import _short_label  # noqa: E402
 from replan_compare import BEFORE  # noqa: E402
 from replan_trace import RESULTS, RUNS  # noqa: E402
 
@@ -69,7 +70,7 @@ def replan(name: str, label: str, run: dict) -> dict:
                 lambda: MODELS[name][0](False), spec_of(name, False),
                 budget=measured["budget"], **settings,
             )  # fmt: skip
-            row.update(plan=plan.label, techniques=plan.to_dict()["techniques"],
+            row.update(plan=_short_label(plan.to_dict()), techniques=plan.to_dict()["techniques"],
                        predicted_s=plan.step_time_s, predicted_overhead=plan.overhead,
                        notes=list(plan.notes))  # fmt: skip
         except memfit.MemfitError as error:

@@ -37,6 +37,7 @@ from memfit.cost import load_calibration  # noqa: E402
 from memfit.structure.blocks import find_blocks  # noqa: E402
 from memfit.trace.estimate import trace_step  # noqa: E402
 from plans import MODELS, _settings, spec_of  # noqa: E402
+from plans_table import _short_label  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 RUNS = ("plans_h200.json", "plans_h200_run2.json")
@@ -60,6 +61,7 @@ def measured_configurations(path: Path) -> list[dict]:
                                         {"step_s": row["median_chunked_s"]}))  # fmt: skip
         elif "compiled" not in label and "measured" in row and "plan" in row:
             config = _configuration(name, label, row["plan"]["label"], row["measured"])
+            config["short"] = _short_label(row["plan"])
             config.update(techniques=row["plan"]["techniques"], budget=row["budget"])
             config["predicted_then_s"] = row.get("predicted_s")
             config["predicted_unmodified_then_s"] = row.get("predicted_unmodified_s")
