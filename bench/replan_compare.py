@@ -324,7 +324,8 @@ def replanned(configs: list[dict]) -> list[dict]:
         for which, plans in runs.items():
             new = plans.get(key, {})
             same = next((c for c in measured if _same(c, new.get("techniques"))), None)
-            row[which] = {"plan": new.get("plan") or new.get("error", "")[:120],
+            label = _short(same) if same else new.get("plan") or new.get("error", "")[:120]
+            row[which] = {"plan": label,
                           "predicted_overhead": new.get("predicted_overhead"),
                           "measured_s": same and same["measured"]["step_s"],
                           "fits": same is not None and same in fitting}  # fmt: skip
