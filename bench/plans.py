@@ -1,6 +1,6 @@
 """memfit's plans against what users do today, on eight models, measured side by side.
 
-python bench/plans.py --out DIR [--parts eager,ab,compile] [--models ...] [--smoke]
+python bench/plans.py --out DIR [--parts eager,ab,compile] [--models ...] [--plans-first] [--smoke]
   ->  DIR/plans.json (DIR/plans_<parts>.json for some parts), written after each measurement
 
 For bench/frontier.py's models (Hugging Face GPT-2, GPT-2 medium, a LLaMA-style 1B) and five
@@ -177,14 +177,18 @@ def measure(
         harness.clean()
 
 
-def eager(harness: Harness, names: list[str], record, planned) -> None:
+def eager(harness: Harness, names: list[str], record, planned, plans_first: bool) -> None:
     futures = planned.result()
+    if plans_first:  # no planning process competes with the measured steps' CPU time
+        concurrent.futures.wait([f for model in futures.values() for f in model])
     for name in names:
-        anchors = {
-            "unmodified": measure(harness, name),
-            "hf full checkpointing": measure(harness, name, hf_checkpointing=True),
-        }
-        record(f"{name} | anchors", dict(anchors))
+        anchors, failed = {}, {}
+        for anchor, hf in (("unmodified", False), ("hf full checkpointing", True)):
+            try:
+                anchors[anchor] = measure(harness, name, hf_checkpointing=hf)
+            except Exception:  # recorded and shown: the other rows still measured
+                failed[anchor] = traceback.format_exc()[-2000:]
+        record(f"{name} | anchors", {**anchors, "failed": failed})
         for row in (f.result() for f in futures[name]):
             if "plan" in row:
                 techniques = memfit.Plan.from_dict(row["plan"]).techniques
@@ -192,18 +196,26 @@ def eager(harness: Harness, names: list[str], record, planned) -> None:
                     row["measured"] = measure(harness, name, techniques)
                 except Exception:
                     row["measure_error"] = traceback.format_exc()[-2000:]
-            row["summary"] = summarize(row, anchors)
+            row["summary"] = summarize(row, anchors, failed)
             record(f"{name} | {row['label']}", row)
 
 
-def summarize(row: dict, anchors: dict) -> dict:
-    """Against the budget and the alternatives measured that fit it."""
+def summarize(row: dict, anchors: dict, failed: dict | None = None) -> dict:
+    """Against the budget and the alternatives measured that fit it; the alternatives that
+    failed to run are named (``failed_alternatives``: the last line of their error), not
+    dropped: the plan's "fastest" is among those measured."""
     budget = row["budget"]
-    base = anchors.get("unmodified") or anchors["compiled"]
+    base = anchors.get("unmodified") or anchors.get("compiled")
     fitting = {k: a["step_s"] for k, a in anchors.items() if a["peak_reserved"] <= budget}
     found: dict = {"fitting_alternatives": fitting}
+    if failed:
+        found["failed_alternatives"] = {k: _last_line(v) for k, v in failed.items()}
     measured = row.get("measured")
     if measured is None:
+        if "measure_error" in row:
+            found["measure_error"] = _last_line(row["measure_error"])
+        return found
+    if base is None:
         return found
     found["violation"] = measured["peak_reserved"] > budget
     found["measured_overhead"] = measured["step_s"] / base["step_s"] - 1
@@ -218,6 +230,11 @@ def summarize(row: dict, anchors: dict) -> dict:
         found["fastest_fitting"] = fastest
         found["plan_vs_fastest"] = measured["step_s"] / options[fastest] - 1
     return found
+
+
+def _last_line(error: str) -> str:
+    lines = [line for line in error.strip().splitlines() if line.strip()]
+    return lines[-1][:300] if lines else error[:300]
 
 
 def ab(harness: Harness, record, tiny: bool, pairs: int) -> None:
@@ -266,12 +283,15 @@ def compiled(harness: Harness, record, planned) -> None:
                     row["measure_error"] = traceback.format_exc()[-2000:]
             record(f"{name} | compiled plan {row['label']}", row)
     for name, plan_rows in rows.items():
-        anchors = {"compiled": measure(harness, name, compile_budget=1.0)}
-        record(f"{name} | compile anchors", dict(anchors))
-        anchors["compiled, activation budget 0.5"] = measure(harness, name, compile_budget=0.5)
-        record(f"{name} | compile anchors", dict(anchors))
+        anchors, failed = {}, {}
+        for anchor, budget in (("compiled", 1.0), ("compiled, activation budget 0.5", 0.5)):
+            try:
+                anchors[anchor] = measure(harness, name, compile_budget=budget)
+            except Exception:  # recorded and shown: the other rows still measured
+                failed[anchor] = traceback.format_exc()[-2000:]
+            record(f"{name} | compile anchors", {**anchors, "failed": failed})
         for row in plan_rows:
-            row["summary"] = summarize(row, anchors)
+            row["summary"] = summarize(row, anchors, failed)
             record(f"{name} | compiled plan {row['label']}", row)
 
 
@@ -292,6 +312,11 @@ def main() -> None:
         help="CPU processes that plan (default: leaves four cores to the measuring process)",
     )  # fmt: skip
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
+    parser.add_argument(
+        "--plans-first", action="store_true",
+        help="plan every budget before measuring anything: steps the CPU bounds measured "
+        "while planning processes ran varied by up to 30%% between identical configurations",
+    )  # fmt: skip
     args = parser.parse_args()
     parts, names = args.parts.split(","), args.models.split(",")
     device = "cpu" if args.smoke else "cuda"
@@ -311,7 +336,7 @@ def main() -> None:
         print(f"[{row['at_s']:6.1f} s] {key}: {brief}", flush=True)
 
     runs = {
-        "eager": lambda planned: eager(harness, names, record, planned["eager"]),
+        "eager": lambda planned: eager(harness, names, record, planned["eager"], args.plans_first),
         "ab": lambda planned: ab(harness, record, args.smoke, 2 if args.smoke else 15),
         "compile": lambda planned: compiled(harness, record, planned["compile"]),
     }

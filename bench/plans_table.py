@@ -43,10 +43,17 @@ def plan_rows(rows: dict) -> list[str]:
         name, label = key.split(" | ", 1)
         if label in ("anchors", "compile anchors"):
             base = row.get("unmodified") or row.get("compiled")
+            for anchor, error in row.get("failed", {}).items():
+                reason = error.strip().splitlines()[-1][:80] if error.strip() else "?"
+                lines.append(f"| {name} | {anchor} | failed: {reason} | | | | |")
             for anchor, measured in row.items():
-                if not isinstance(measured, dict):
-                    continue  # the row's time stamp
-                overhead = measured["step_s"] / base["step_s"] - 1 if measured is not base else None
+                if not isinstance(measured, dict) or anchor == "failed":
+                    continue  # the row's time stamp, the failures (above)
+                overhead = (
+                    measured["step_s"] / base["step_s"] - 1
+                    if base is not None and measured is not base
+                    else None
+                )
                 lines.append(
                     f"| {name} | {anchor} | | {_gib(measured['peak_reserved'])} "
                     f"| {1e3 * measured['step_s']:.1f} ms | {_pct(overhead)} | |"
@@ -69,7 +76,8 @@ def _plan_line(name: str, row: dict, compiled: str) -> str:
     plan = _short_label(row["plan"]) if "plan" in row else "?"
     measured, summary = row.get("measured"), row.get("summary", {})
     if measured is None:
-        return f"| {name} | {budget} | {plan} | not measured | | | |"
+        why = summary.get("measure_error") or str(row.get("measure_error", "")).strip()[-80:]
+        return f"| {name} | {budget} | {plan} | not measured{': ' + why if why else ''} | | | |"
     over = "**over budget** " if summary.get("violation") else ""
     versus = summary.get("plan_vs_fastest")
     fastest = summary.get("fastest_fitting", "")

@@ -91,6 +91,7 @@ def calibration_from(
         host_optimizer_op_s=defaults.host_optimizer_op_s * launch,
         optimizer_step_s=defaults.optimizer_step_s * launch,
         selective_op_s=defaults.selective_op_s * launch,
+        recompute_op_s=defaults.recompute_op_s * launch,
         device=spec.name,
     )
 

@@ -37,15 +37,24 @@ def screening_baseline(
     blocks: list[str],
     allow: Sequence[str],
     chunked: ChunkedLoss | None,
+    drop: Callable[[str, str], None],
 ) -> Baseline:
-    """What screening needs; ``chunked``: the chunked loss to trace once (None: not offered)."""
+    """What screening needs; ``chunked``: the chunked loss to trace once (None: not offered).
+
+    A technique whose trace fails here is left out of the search and ``drop(what, reason)``
+    says so (micro-batching: ``Baseline.micro_batching`` False)."""
     baseline = Baseline(
         base.profile,
         base.record.step_time_s(),  # the traced step's: offloading is priced per candidate
         grad_bytes=sum(base.record.grad_bytes.values()),
     )
     if "micro_batch" in allow and batch_size(base) >= 2:
-        halves_trace = trace((MicroBatch(n=2),))
+        try:
+            halves_trace = trace((MicroBatch(n=2),))
+        except MemfitError as error:
+            drop("micro-batching", str(error))
+            return _with_chunked(dataclasses.replace(baseline, micro_batching=False), trace,
+                                 chunked, drop)  # fmt: skip
         halves = halves_trace.profile
         dynamic = base.profile.peak_allocated - baseline.static_bytes
         screened = dynamic / 2
@@ -56,15 +65,27 @@ def screening_baseline(
             micro_ratio=halves.peak_reserved / max(1, halves.peak_allocated),
             micro_extra_s=max(0.0, halves_trace.record.step_time_s() - baseline.step_s),
         )
+    return _with_chunked(baseline, trace, chunked, drop)
+
+
+def _with_chunked(
+    baseline: Baseline,
+    trace: Callable[..., StepTrace],
+    chunked: ChunkedLoss | None,
+    drop: Callable[[str, str], None],
+) -> Baseline:
+    """``baseline`` with what the chunked loss saves and costs, from its own trace."""
     if chunked is None:
         return baseline
     try:
         with_chunked = trace((chunked,))
-    except MemfitError:
-        return baseline  # no LM head or no labels: the technique does not apply
+    except MemfitError as error:  # e.g. no labels in the batch: the technique does not apply
+        drop("the chunked loss", str(error))
+        return baseline
+    base_peak = baseline.profile.peak_allocated
     return dataclasses.replace(
         baseline,
-        chunked_saving=base.profile.peak_allocated - with_chunked.profile.peak_allocated,
+        chunked_saving=base_peak - with_chunked.profile.peak_allocated,
         chunked_extra_s=with_chunked.record.step_time_s() - baseline.step_s,
     )
 

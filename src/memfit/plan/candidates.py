@@ -43,6 +43,7 @@ class Baseline:
     chunked_extra_s: float = 0.0
     micro_scale: float = 1.0  # traced / screened batch-dependent memory at two micro-batches
     micro_ratio: float | None = None  # reserved / allocated at two micro-batches
+    micro_batching: bool = True  # False: its trace failed, the technique is left out
 
     @property
     def static_bytes(self) -> int:

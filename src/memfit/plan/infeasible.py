@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from memfit.errors import BudgetInfeasibleError
 from memfit.plan.candidates import Candidate
 from memfit.profile import Category, Phase
@@ -12,8 +14,14 @@ __all__ = ["infeasible_error"]
 
 
 def infeasible_error(
-    limit: int, target: int, base: StepTrace, traced_points: list[tuple[Candidate, StepTrace]]
+    limit: int,
+    target: int,
+    base: StepTrace,
+    traced_points: list[tuple[Candidate, StepTrace]],
+    dropped: Sequence[str] = (),
 ) -> BudgetInfeasibleError:
+    """No plan fits: what is missing, what would close the gap, and what was left out (the
+    techniques and candidates that failed to trace, with their reasons)."""
     best = min((t.profile.peak_reserved for _, t in traced_points), default=0)
     cats = base.profile.by_category
     # gradients from the record: at a peak in forward, by_category holds none of them
@@ -27,6 +35,7 @@ def infeasible_error(
         f"{optimizer_hint(traced_points)}offloading optimizer state to the host (allow "
         f"'offload_optimizer'), low-bit optimizer state (allow 'low_bit_optimizer': it changes "
         f"the math), sharding across GPUs (FSDP, not planned by memfit yet); or a smaller batch."
+        + "".join(f" ({note})" for note in dropped)
     )
 
 

@@ -112,6 +112,7 @@ def lean_policy(
     saved: int,
     allow: Sequence[str],
     mixed: bool,
+    drop: Callable[[str, str], None],
 ) -> list[Policy]:
     """The lean policy of ``blocks`` (none if nothing applies), from one trace of all of them.
 
@@ -137,6 +138,7 @@ def lean_policy(
         techniques.append(Checkpoint(modules=tuple(f"{b}.{s}" for b in blocks for s in submodules)))
     try:
         traced = trace(tuple(techniques))
-    except MemfitError:
-        return []  # the blocks differ: some lack these submodules
+    except MemfitError as error:  # e.g. the blocks differ: some lack these submodules
+        drop("lean blocks", str(error))
+        return []
     return [pointwise_policy(base, traced, saved, submodules, len(blocks), gated, lean_autocast)]

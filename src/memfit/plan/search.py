@@ -38,6 +38,7 @@ from memfit.plan.baseline import (
 )
 from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Candidate, screen
+from memfit.plan.dropped import dropped_note
 from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.loss_check import chunkable_loss
@@ -213,6 +214,7 @@ class _Search:
         self.first: tuple[Any, ...] = ()  # in every plan: the fusions that save memory
         self.first_label = ""
         self.notes: list[str] = [COMPILE_NOTE] if settings.compile else []  # for the user
+        self.dropped: list[str] = []  # what failed to trace and was left out, and why
         self.chunked: ChunkedLoss | None = None
         self.chunked_checked = False  # the step's loss checked once, for every base traced
         self.traced_points: list[Any] = []
@@ -263,7 +265,7 @@ class _Search:
         if self.levels:
             return self.with_model_state(started, self.traced_points)
         raise infeasible_error(
-            self.settings.budget, self.settings.target, self.base, self.traced_points
+            self.settings.budget, self.settings.target, self.base, self.traced_points, self.dropped
         )
 
     def plan_activations(self) -> Plan | None:
@@ -279,6 +281,8 @@ class _Search:
             self.settings.max_traces,
         )
         self.traced_points = verified.traced
+        for label, reason in verified.dropped:
+            self.drop(label, reason)
         if chosen is None:
             return None
         frontier = plan_frontier(candidates, verified, chosen, self.first_label)
@@ -335,6 +339,13 @@ class _Search:
                       f"{format_bytes(best)} reserved"))  # fmt: skip
         return None
 
+    def drop(self, what: str, reason: str) -> None:
+        """Leave ``what`` out of the search, saying why in the plan's notes."""
+        note = dropped_note(what, reason)
+        if note not in self.dropped:
+            self.dropped.append(note)
+            self.notes.append(note)
+
     def trace(self, techniques: tuple[Any, ...] = ()) -> StepTrace:
         return trace_step(self.model, self.batch, self.step, plan=list(self.first + techniques))
 
@@ -379,7 +390,8 @@ class _Search:
             self.report(f"tracing with the {name.removeprefix('fused ')} fused")
             try:
                 fused = self.trace((fusion,))
-            except MemfitError:  # e.g. an optimizer without a fused kernel
+            except MemfitError as error:  # e.g. an optimizer without a fused kernel
+                self.drop(name, str(error))
                 continue
             if isinstance(fusion, FusedOptimizer) and not _saves_in_step(self.base, fused):
                 continue  # the user's optimizer is changed only where that saves memory
@@ -446,7 +458,7 @@ class _Search:
         if not self.chunked_checked:
             self.chunked = self.chunked_loss()
             self.chunked_checked = True
-        baseline = screening_baseline(base, self.trace, block_names, allow, self.chunked)
+        baseline = screening_baseline(base, self.trace, block_names, allow, self.chunked, self.drop)
         policies = [none_policy(base, block_names)]
         if block_names:
             stats = block_stats(base, block_names)[0]
@@ -460,11 +472,13 @@ class _Search:
             kept = policies[0].kept_bytes
             # host-side plans: fewer traces, no lean blocks; compiled ones: no lean blocks
             if not (settings.compile or base.record.offloaded_params):
-                policies += lean_policy(base, self.trace, block_names, kept, allow, mixed)
+                policies += lean_policy(
+                    base, self.trace, block_names, kept, allow, mixed, self.drop
+                )
         batch_total = batch_size(base)
         limit = min(batch_total, settings.max_micro_batches)
         micro = [n for n in (1, 2, 4, 8, 16, 32) if n <= limit]
-        if "micro_batch" not in allow:
+        if "micro_batch" not in allow or not baseline.micro_batching:
             micro = [1]
         chunked = self.chunked
         chunk_options = [1, chunked.chunks] if chunked and baseline.chunked_saving > 0 else [1]

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from memfit.errors import MemfitError
 from memfit.plan.candidates import Candidate
 from memfit.techniques import ChunkedLoss
 from memfit.trace.estimate import StepTrace
@@ -22,7 +23,8 @@ Tracer = Callable[..., StepTrace]  # techniques -> the step traced with them in 
 
 
 class Verified:
-    """What tracing learnt: the traces, and screening's memory corrected per family.
+    """What tracing learnt: the traces, the candidates that failed to trace (``dropped``:
+    label and why), and screening's memory corrected per family.
 
     Screening errs differently with and without micro-batching and the chunked loss (each
     changes what the allocator can reuse), so each of these four families has its own
@@ -34,6 +36,7 @@ class Verified:
     def __init__(self, static: int) -> None:
         self.static = static
         self.traced: list[tuple[Candidate, StepTrace]] = []
+        self.dropped: list[tuple[str, str]] = []
         self.scales: dict[tuple[bool, bool], float] = {}
 
     def peak(self, candidate: Candidate) -> float:
@@ -65,7 +68,8 @@ def trace_fastest_fitting(
     memory and time by screening (its frontier would show them dominating the chosen plan)
     are traced too, up to three more: a plan is never chosen over one its own frontier shows
     to be smaller and faster (``plan_frontier`` leaves out the few such estimates the
-    traces did not reach).
+    traces did not reach). A candidate whose trace fails (its techniques refuse this model) is
+    left out and recorded in ``Verified.dropped`` with the reason; the search goes on.
     """
     verified = Verified(static)
     tried: set[int] = set()
@@ -77,7 +81,11 @@ def trace_fastest_fitting(
     def attempt(candidate: Candidate) -> None:
         nonlocal best
         tried.add(id(candidate))
-        traced = trace(candidate.techniques(chunked))
+        try:
+            traced = trace(candidate.techniques(chunked))
+        except MemfitError as error:
+            verified.dropped.append((candidate.label(), str(error)))
+            return
         verified.learn(candidate, traced)
         fits = traced.profile.peak_reserved <= target
         if fits and (traced.profile.step_time_s or candidate.step_s) < best_s():

@@ -193,7 +193,7 @@ class _Bookkeeping:
                 cost.flops,
                 cost.bytes,
                 cost.rate,
-                cost.host_s + self._noted(),
+                cost.host_s + self._noted() + self._recomputing(recompute, cost.kind),
                 cost.kind,
                 cost.synchronises,
                 recompute,
@@ -202,6 +202,10 @@ class _Bookkeeping:
                 cost.tensors,
             )
         )
+
+    def _recomputing(self, recompute: bool, kind: str) -> float:
+        """What recomputing an operator adds on the host (``Calibration.recompute_op_s``)."""
+        return self.calibration.recompute_op_s if recompute and kind != "none" else 0.0
 
     def _noted(self) -> float:
         """Host time techniques noted for the operator just run (``memfit.step.overhead``)."""
