@@ -52,6 +52,10 @@ __all__ = [
 # recorder.hidden() or recorder.persistent(): rule(recorder, func, args, kwargs, out).
 WorkspaceRule = Callable[["MemoryRecorder", Any, tuple, dict, Any], None]
 
+# ``tensor.device`` of a tensor subclass dispatches this query through every mode: about two
+# thirds of the calls a trace sees (the autograd engine asks it for each gradient)
+_DEVICE_QUERY = torch.ops.prim.device.default
+
 _CATEGORY_OF_PHASE = {
     Phase.SETUP: Category.OTHER,
     Phase.FORWARD: Category.ACTIVATION,
@@ -306,6 +310,8 @@ class MemoryRecorder(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        if func is _DEVICE_QUERY:  # a fake tensor's .device, asked by autograd: no operator
+            return func(*args, **kwargs)
         if self._stop and func is torch.ops.aten._local_scalar_dense.default:
             # at a value read, where loops on values turn; raising inside other operators
             # (autograd's among them) can abort the process
@@ -328,7 +334,7 @@ class MemoryRecorder(TorchDispatchMode):
             out, warning = fallback(func, args, kwargs, error)
             if warning not in self.warnings:
                 self.warnings.append(warning)
-        outputs = tree_flatten(out)[0]
+        outputs = [out] if isinstance(out, torch.Tensor) else tree_flatten(out)[0]
         if self.shadows is not None:
             self.shadows.follow(func, args, kwargs, outputs)
         name = func.__name__.removesuffix(".default")
