@@ -24,8 +24,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten
 from torch.utils.flop_counter import flop_registry
+
+from memfit.tensor_leaves import tensors_in
 
 __all__ = ["OpWork", "CLASSES", "op_work", "classify"]
 
@@ -189,8 +190,8 @@ def op_work(func: Any, args: tuple, kwargs: dict, out: Any) -> OpWork:
     if _launches_nothing(func, args, kwargs, out):
         return OpWork(name, "none", kernels=0)
     kind = classify(func)
-    inputs = _tensors((args, kwargs))
-    outputs = _tensors(out)
+    inputs = tensors_in((args, kwargs))
+    outputs = tensors_in(out)
     dtype = inputs[0].dtype if inputs else (outputs[0].dtype if outputs else torch.float32)
     if kind == "none":
         return OpWork(name, "none", dtype=dtype, kernels=0)
@@ -255,12 +256,8 @@ def _written_in_place(func: Any, args: tuple) -> int:
     for argument, value in zip(func._schema.arguments, args, strict=False):
         alias = argument.alias_info
         if alias is not None and alias.is_write:
-            total += sum(_size(t) for t in _tensors(value))  # a tensor or a list of them
+            total += sum(_size(t) for t in tensors_in(value))  # a tensor or a list of them
     return total
-
-
-def _tensors(tree: Any) -> list[torch.Tensor]:
-    return [t for t in tree_flatten(tree)[0] if isinstance(t, torch.Tensor)]
 
 
 def _size(tensor: torch.Tensor) -> int:
@@ -285,8 +282,8 @@ def _launches_nothing(func: Any, args: tuple, kwargs: dict, out: Any) -> bool:
         return True
     if func._schema.is_mutable:
         return False
-    outputs = _tensors(out)
+    outputs = tensors_in(out)
     if not outputs:
         return func.overloadpacket is not torch.ops.aten._local_scalar_dense
-    inputs = {t.untyped_storage()._cdata for t in _tensors((args, kwargs))}
+    inputs = {t.untyped_storage()._cdata for t in tensors_in((args, kwargs))}
     return all(t.untyped_storage()._cdata in inputs for t in outputs)

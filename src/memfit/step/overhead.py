@@ -32,6 +32,8 @@ def note(kind: str) -> None:
 
 def take() -> Counter[str]:
     """What was noted since the last call, and reset it."""
-    counts = getattr(_pending, "counts", None) or Counter()
+    counts = getattr(_pending, "counts", None)
+    if not counts:  # the common case, after every operator: nothing noted, nothing to reset
+        return Counter()
     _pending.counts = Counter()
     return counts

@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from torch._subclasses import fake_tensor
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
@@ -51,6 +52,13 @@ __all__ = [
 # beyond its outputs (a cuBLAS/cuDNN workspace, a flash-attention accumulator) through
 # recorder.hidden() or recorder.persistent(): rule(recorder, func, args, kwargs, out).
 WorkspaceRule = Callable[["MemoryRecorder", Any, tuple, dict, Any], None]
+
+# ``tensor.device`` of a tensor subclass dispatches this query through every mode: about two
+# thirds of the calls a trace sees (the autograd engine asks it for each gradient)
+_DEVICE_QUERY = torch.ops.prim.device.default
+# how FakeTensorMode answers it (from the fake tensor itself, before any dispatching); asked
+# directly when FakeTensorMode is the only mode below the recorder. None: a torch without it.
+_FAKE_DEVICE = getattr(fake_tensor, "_DISPATCH_META_HANDLERS", {}).get(_DEVICE_QUERY)
 
 _CATEGORY_OF_PHASE = {
     Phase.SETUP: Category.OTHER,
@@ -306,6 +314,10 @@ class MemoryRecorder(TorchDispatchMode):
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
     ) -> Any:
         kwargs = kwargs or {}
+        if func is _DEVICE_QUERY:  # a fake tensor's .device, asked by autograd: no operator
+            if _FAKE_DEVICE is not None and _fake_mode_alone_below() and _is_fake(args[0]):
+                return _FAKE_DEVICE(args)
+            return func(*args, **kwargs)
         if self._stop and func is torch.ops.aten._local_scalar_dense.default:
             # at a value read, where loops on values turn; raising inside other operators
             # (autograd's among them) can abort the process
@@ -328,7 +340,7 @@ class MemoryRecorder(TorchDispatchMode):
             out, warning = fallback(func, args, kwargs, error)
             if warning not in self.warnings:
                 self.warnings.append(warning)
-        outputs = tree_flatten(out)[0]
+        outputs = [out] if isinstance(out, torch.Tensor) else tree_flatten(out)[0]
         if self.shadows is not None:
             self.shadows.follow(func, args, kwargs, outputs)
         name = func.__name__.removesuffix(".default")
@@ -345,6 +357,18 @@ class MemoryRecorder(TorchDispatchMode):
             else:
                 self.on_op(func, args, kwargs, out)
         return out
+
+
+def _fake_mode_alone_below() -> bool:
+    """Inside a mode's dispatch: whether the one mode left on the stack is a FakeTensorMode."""
+    return (
+        torch._C._len_torch_dispatch_stack() == 1
+        and torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
+    )
+
+
+def _is_fake(value: Any) -> bool:
+    return isinstance(value, fake_tensor.FakeTensor)
 
 
 def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
