@@ -20,6 +20,7 @@ from memfit.cli.group import cli
 from memfit.cli.listings import devices, zoo
 from memfit.cli.trace_commands import estimate, plan_command
 from memfit.errors import MemfitError
+from memfit.gc_threshold import fewer_collections
 from memfit.import_notices import torchao_enum_notices_muted
 
 __all__ = ["main"]
@@ -31,7 +32,8 @@ for _command in (estimate, plan_command, devices, zoo, calibrate):
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code (2 for a user error, with its message on stderr)."""
     try:
-        with torchao_enum_notices_muted():  # a user's model file may import transformers
+        # the process is the command's: fewer collections from the imports on
+        with fewer_collections(), torchao_enum_notices_muted():  # a model may import transformers
             cli.main(
                 args=list(argv) if argv is not None else None,
                 prog_name="memfit",

@@ -25,6 +25,7 @@ from memfit.collectives import BUS_EFFICIENCY, communication_time, offload_s
 from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device, host_spec
 from memfit.errors import InvalidInputError
+from memfit.gc_threshold import fewer_collections
 from memfit.offload_cost import calibrated_host, offloaded_step_time
 from memfit.profile import MemoryProfile
 from memfit.step.batch import describe_batch
@@ -212,6 +213,7 @@ def _replicas(sharding: Sharding, gpus: int) -> int:
     return gpus // sharding.shards
 
 
+@fewer_collections()
 def trace_step(
     model: nn.Module | Callable[[], nn.Module] | str,
     batch: Any = None,
