@@ -48,6 +48,7 @@ from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding,
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
+from memfit.trace.versions import software_versions, version_warnings
 from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 from memfit.units import format_bytes
 
@@ -108,7 +109,10 @@ def estimate(
         precision: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or ``"bf16"`` (pure).
         device: a name from ``memfit devices`` or ``"cuda"`` for the local GPU.
         plan: a ``memfit.Plan`` (or a sequence of techniques) to predict with it in force.
-        stack: the target's software (cuDNN version...), which decides some kernels.
+        stack: the target's software (torch release, cuDNN), which decides some kernels:
+            ``memfit.stack_for("2.13")``; default torch 2.11 + cuDNN 9.19, where the device
+            model was measured. The profile records it (``target_stack``) and what traced it
+            (``versions``), and warns when this machine's torch release differs from it.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
         mode: ``"train"``, or ``"inference"``: the model in ``eval()``, one forward under
             ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same), the output
@@ -308,12 +312,19 @@ def trace_step(
         record.trace, host_bytes = sharded.host_resident(record.trace)
     profile = _profile(record, fake_model, settings, spec, header)
     label = "inference (eval, no_grad)" if settings.inference else techniques.label
+    versions = software_versions(fake_model.module)
     profile = dataclasses.replace(
         profile,
         plan=label,
         step_time_s=_step_time(record, spec, settings, techniques.micro_batches),
         host_bytes=dict(record.host_bytes),
-        warnings=profile.warnings + _host_warnings(record.host_bytes, settings),
+        versions=versions,
+        target_stack=settings.stack.to_dict(),
+        warnings=(
+            *version_warnings(versions, settings.stack),
+            *profile.warnings,
+            *_host_warnings(record.host_bytes, settings),
+        ),
     )
     if sharded is not None:
         profile = _with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
