@@ -48,6 +48,7 @@ from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding,
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
+from memfit.trace.triton_kernels import triton_launches_skipped
 from memfit.trace.versions import software_versions, version_warnings
 from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 from memfit.units import format_bytes
@@ -146,7 +147,9 @@ def estimate(
           that need the GPU (4-17% of reserved memory on the validation zoo's CNNs, 6% of
           allocated on ResNet-50 bf16 inference; bench/results/validation_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
-          value, named in the profile's warnings.
+          value, operators with no fake implementation an output shaped like their input, and
+          Triton kernels are not run (their outputs are allocated by torch): each is named in
+          the profile's warnings with the bytes assumed.
         * Distributed training other than FSDP2 sharding (``Sharding``) is not modelled;
           sharded steps are traced as one rank (``memfit.trace.sharding``).
     """
@@ -426,6 +429,7 @@ def _trace(
         fake_hazards_neutralised(),
         scripted_functions_in_python(fake_model.module),
         evaluating(fake_model.module) if settings.inference else contextlib.nullcontext(),
+        triton_launches_skipped() as skipped,
         applied as context,
     ):
         if sharded is not None:  # fully_shard replaced the parameters by DTensors
@@ -475,6 +479,7 @@ def _trace(
                     recorder=recorder,
                     inference=settings.inference,
                 )
+            record.warnings = [*record.warnings, *skipped.messages()]
             record.host_bytes = context.host_bytes(techniques.micro_batches)
             if context.host_optimizer is not None:
                 record.offloaded_params = context.host_optimizer.offloaded_params()

@@ -30,7 +30,7 @@ class CudaStack:
         cudnn_sdpa_max_head_dim: largest head dimension cuDNN attention takes on sm90/sm100
             (128 on other chips).
         cudnn_sdpa_dropout_sixteenths: whether cuDNN attention needs a dropout probability
-            that is a multiple of 1/16 (newer PyTorch checks it; torch 2.11 does not).
+            that is a multiple of 1/16 (torch 2.12 and later check it; 2.11 does not).
         cublas_workspace_bytes: cuBLAS workspace per (thread handle, stream) for sm90; other
             chips use ``cublas_workspace_bytes_pre_sm90``.
         cublaslt_workspace_bytes: the separate cuBLASLt workspace per (thread handle, stream)
@@ -84,7 +84,13 @@ class TorchRules:
 TORCH_RULES: dict[str, TorchRules] = {
     "2.6": TorchRules(90100, False, False),
     "2.7": TorchRules(90501, False, False),
+    "2.8": TorchRules(91002, False, False),
+    "2.9": TorchRules(91002, True, False),  # preferred only with cuDNN > 9.15: not its own
+    "2.10": TorchRules(91002, True, False),
     "2.11": TorchRules(91900, True, False),
+    "2.12": TorchRules(92000, True, True),
+    "2.13": TorchRules(92000, True, True),
+    "2.14": TorchRules(92400, True, True),
 }
 
 
