@@ -187,6 +187,9 @@ def main() -> None:
     parser.add_argument("--out", default="bench/results/torch_matrix.json")
     parser.add_argument("--tests", nargs="+", default=["tests/trace"])
     parser.add_argument("--smoke", action="store_true", help="two tests, one small prediction")
+    parser.add_argument(
+        "--keep", action="store_true", help="keep the releases already in --out; add these"
+    )
     parser.add_argument("--predict", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.predict:
@@ -199,6 +202,8 @@ def main() -> None:
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs: dict = {}
+    if args.keep and out.exists():  # the releases run before, other than those given now
+        runs = json.loads(out.read_text())["runs"]
     for item in args.torch:
         release, _, source = item.partition("=")
         python = _make_venv(release, source or "pypi", venvs)
@@ -208,13 +213,14 @@ def main() -> None:
             "predictions": _predict(python, cases),
         }
         print(f"  tests {runs[release]['tests']['counts']}", flush=True)
+        reference = next(iter(runs))
         report = {
             "what": "tests/trace and zoo predictions under each torch release",
             "python": sys.version.split()[0],
             "same_as_reference": {n: _installed(n) for n in SAME_AS_HERE},
-            "reference": args.torch[0].partition("=")[0],
+            "reference": reference,
             "runs": runs,
-            "predictions_vs_reference": _compare(runs, args.torch[0].partition("=")[0]),
+            "predictions_vs_reference": _compare(runs, reference),
         }
         out.write_text(json.dumps(report, indent=1) + "\n")  # after each release: partial results
     print(f"wrote {out}")

@@ -10,6 +10,7 @@ import torch
 import memfit
 from memfit.devices import get_device
 from memfit.errors import InvalidInputError
+from memfit.measure.run import _stack_warnings
 from memfit.profile import MemoryProfile
 from memfit.report.compare import diff_profiles, diff_text, version_differences
 from memfit.report.text import profile_text
@@ -112,3 +113,10 @@ def test_comparing_profiles_names_the_libraries_whose_release_differs():
     newer = dataclasses.replace(measured, target_stack={"torch": "2.13", "cudnn": "9.19"})
     assert any("torch 2.11 (A) against 2.13 (B)" in x for x in version_differences(base, newer))
     assert line in diff_text(diff_profiles(with_hf, measured, ("estimate", "measured")))
+
+
+def test_a_measurement_on_another_stack_says_how_to_predict_for_it():
+    assert _stack_warnings({"torch": "2.11", "cudnn": "9.19.0"}) == ()
+    (note,) = _stack_warnings({"torch": "2.13", "cudnn": "9.20.0"})
+    assert "measured with torch 2.13 + cuDNN 9.20.0" in note
+    assert "--torch-version 2.13 --cudnn-version 9.20" in note
