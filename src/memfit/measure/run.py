@@ -310,7 +310,10 @@ def _profile(
         warnings=(),
     )
     versions = software_versions(gpu.module) | gpu_versions()
-    ran = {"torch": minor_version(versions["torch"]), "cudnn": versions.get("cudnn", "")}
+    ran = {
+        "torch": minor_version(versions["torch"]),
+        "cudnn": minor_version(versions.get("cudnn", "")),
+    }
     by_category = dict(profile.by_category)
     # what no tensor accounts for (library workspaces, allocator rounding) is "other"
     by_category[Category.OTHER] += peaks.allocated - sum(by_category.values())
@@ -330,12 +333,12 @@ def _stack_warnings(ran: dict[str, str]) -> tuple[str, ...]:
     """A note when this GPU's torch or cuDNN is not the stack memfit's device model was
     measured on: predictions for this machine should name its stack."""
     modelled = DEFAULT_STACK.to_dict()
-    if minor_version(ran["cudnn"]) == modelled["cudnn"] and ran["torch"] == modelled["torch"]:
+    if ran == modelled:
         return ()
     return (
         f"measured with torch {ran['torch']} + cuDNN {ran['cudnn'] or 'none'}; memfit's device "
         f"model was measured on {DEFAULT_STACK.describe()}: predict for this machine with "
-        f"--torch-version {ran['torch']} --cudnn-version {minor_version(ran['cudnn']) or '?'}",
+        f"--torch-version {ran['torch']} --cudnn-version {ran['cudnn'] or '?'}",
     )
 
 

@@ -44,9 +44,10 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch._subclasses.fake_tensor import FakeTensorMode
 from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 
-from memfit.errors import InvalidInputError
+from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.profile import Category
 from memfit.trace.fakeify import FakeModel
 from memfit.trace.recorder import Allocation, MemoryRecorder, Trace, local_tensor
@@ -114,9 +115,28 @@ def fake_process_group(world_size: int) -> Iterator[None]:
         )
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
     try:
+        _check_fake_collectives(world_size)
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _check_fake_collectives(world_size: int) -> None:
+    """FSDP2's two collectives on fake tensors, or an error naming this torch (torch 2.6's fake
+    process group takes no fake tensors: "Object of type 'FakeTensor' is not an instance of
+    'sequence'")."""
+    try:
+        with FakeTensorMode():
+            shard = torch.empty(4)
+            dist.all_gather_into_tensor(torch.empty(4 * world_size), shard)
+            dist.reduce_scatter_tensor(shard, torch.empty(4 * world_size))
+    except (TypeError, RuntimeError) as error:
+        raise UnsupportedModelError(
+            f"predicting a sharded step runs FSDP2 on a fake process group, and torch "
+            f"{torch.__version__}'s fails on fake tensors ({type(error).__name__}: {error}); "
+            f"predict sharded steps with a newer torch (2.11, 2.13 and 2.14 do it); one-GPU "
+            f"estimates work on this one"
+        ) from None
 
 
 class _Streams:
@@ -310,7 +330,6 @@ class ShardedTracing:
         patches = [
             (_fsdp_param, "alloc_storage", self._resizing(_fsdp_param.alloc_storage)),
             (_fsdp_param, "free_storage", self._resizing(_fsdp_param.free_storage)),
-            (_fsdp_param_group, "alloc_storage", self._resizing(_fsdp_param_group.alloc_storage)),
             (
                 _fsdp_param_group,
                 "foreach_all_gather",
@@ -332,6 +351,9 @@ class ShardedTracing:
                 self._per_param(_fsdp_param.FSDPParam.alloc_all_gather_outputs),
             ),
         ]
+        if hasattr(_fsdp_param_group, "alloc_storage"):  # 2.13 imports it there, 2.6 does not
+            resize = self._resizing(_fsdp_param_group.alloc_storage)
+            patches.append((_fsdp_param_group, "alloc_storage", resize))
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         try:
             for owner, name, replacement in patches:
