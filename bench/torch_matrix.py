@@ -7,12 +7,15 @@ torchvision change), then in each runs the tracer's tests (``tests/trace``, not 
 and predicts a handful of zoo models, and writes what passed and what was predicted, with each
 prediction's difference from the reference release (the first given)::
 
-    python bench/torch_matrix.py --torch 2.14.1=current 2.6.0 2.13.0 \\
+    python bench/torch_matrix.py --torch 2.14.1=current 2.6.0 2.13.0 2.11.0 \\
         --venvs ~/.cache/memfit-torch-matrix --out bench/results/torch_matrix.json
+    python bench/torch_matrix.py --summary --out bench/results/torch_matrix.json
 
 ``RELEASE=current`` uses the running interpreter; ``RELEASE=path/to/torch.whl`` installs that
-wheel. A CUDA wheel from PyPI pulls its nvidia-* libraries (3-4 GB per release); a CPU wheel
-does not. ``--smoke`` runs two tests and one small prediction per release.
+wheel. A release from PyPI is its CUDA build, with its nvidia-* libraries (3-4 GB per release,
+which ``import torch`` needs even without a GPU); tests that need a GPU are left out. ``--keep``
+adds releases to an existing ``--out``. ``--smoke`` runs two tests and one small prediction per
+release.
 """
 
 from __future__ import annotations
@@ -180,6 +183,36 @@ def _compare(runs: dict, reference: str) -> dict:
     return table
 
 
+def summary(report: dict) -> str:
+    """The results as a Markdown table: tests, and the largest prediction difference."""
+    reference = report["reference"]
+    rows = [
+        f"| torch | tests passed / failed / skipped | predictions equal to {reference}'s "
+        f"(allocated, reserved) | largest difference: allocated, reserved |",
+        "|---|---|---|---|",
+    ]
+    for release, run in report["runs"].items():
+        counts = run["tests"]["counts"]
+        diffs = [row.get(release) for row in report["predictions_vs_reference"].values()]
+        numeric = [d for d in diffs if isinstance(d, dict)]
+        same = [
+            sum(d[f"{what}_vs_{reference}"] == 0 for d in numeric)
+            for what in ("allocated", "reserved")
+        ]
+        worst = [
+            max((abs(d[f"{what}_vs_{reference}"]) for d in numeric), default=0.0)
+            for what in ("allocated", "reserved")
+        ]
+        failed = len(diffs) - len(numeric)
+        rows.append(
+            f"| {run['predictions'].get('torch', release)} | {counts['passed']} / "
+            f"{counts['failed']} / {counts['skipped']} | {same[0]} and {same[1]} of "
+            f"{len(diffs)}{f' ({failed} failed)' if failed else ''} | {worst[0]:.2%}, "
+            f"{worst[1]:.2%} |"
+        )
+    return "\n".join(rows)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--torch", nargs="+", default=["2.14.1=current", "2.6.0"])
@@ -191,7 +224,11 @@ def main() -> None:
         "--keep", action="store_true", help="keep the releases already in --out; add these"
     )
     parser.add_argument("--predict", help=argparse.SUPPRESS)
+    parser.add_argument("--summary", action="store_true", help="print --out as a Markdown table")
     args = parser.parse_args()
+    if args.summary:
+        print(summary(json.loads(Path(args.out).read_text())))
+        return
     if args.predict:
         print(json.dumps(predict_here(json.loads(args.predict))))
         return
