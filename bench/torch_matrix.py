@@ -7,7 +7,7 @@ torchvision change), then in each runs the tracer's tests (``tests/trace``, not 
 and predicts a handful of zoo models, and writes what passed and what was predicted, with each
 prediction's difference from the reference release (the first given)::
 
-    python bench/torch_matrix.py --torch 2.14.1=current 2.6.0 2.13.0 2.11.0 \\
+    python bench/torch_matrix.py --torch 2.14.1=current 2.6.0 2.13.0 2.11.0 2.9.1 \\
         --venvs ~/.cache/memfit-torch-matrix --out bench/results/torch_matrix.json
     python bench/torch_matrix.py --summary --out bench/results/torch_matrix.json
 

@@ -122,9 +122,8 @@ def fake_process_group(world_size: int) -> Iterator[None]:
 
 
 def _check_fake_collectives(world_size: int) -> None:
-    """FSDP2's two collectives on fake tensors, or an error naming this torch (torch 2.6's fake
-    process group takes no fake tensors: "Object of type 'FakeTensor' is not an instance of
-    'sequence'")."""
+    """FSDP2's two collectives on fake tensors, or an error naming this torch (the fake process
+    groups of torch 2.6 and 2.9 take no fake tensors)."""
     try:
         with FakeTensorMode():
             shard = torch.empty(4)

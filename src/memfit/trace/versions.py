@@ -68,7 +68,7 @@ def version_warnings(traced: Mapping[str, str], stack: CudaStack) -> list[str]:
         f"traced with torch {here}, while the target is torch {stack.torch_version} "
         f"({stack.describe()}): torch {here}'s own code decided which tensors autograd saves, "
         f"autocast's casts and the optimizers' and modules' buffers, which can differ between "
-        f"releases (on memfit's nine-model check, torch 2.11, 2.13 and 2.14 traced the same, "
+        f"releases (on memfit's nine-model check, torch 2.9 to 2.14 traced the same, "
         f"2.6 up to 0.5% apart: bench/results/torch_matrix.json); if the GPU runs torch "
         f"{here}, say so (--torch-version {here}, stack=stack_for('{here}')), else trace with "
         f"the GPU's torch"
