@@ -131,3 +131,38 @@ def test_quiet_on_every_command(capsys):
     assert out.startswith("FITS") and len(out.splitlines()) == 1  # the verdict line only
     assert main(["calibrate", "--quiet"]) == 2  # no GPU here: the error still speaks
     assert "torch sees none" in capsys.readouterr().err
+
+
+SELECTING_MODEL = """
+import torch
+from torch import nn
+
+class Selects(nn.Linear):
+    def forward(self, x):
+        y = super().forward(x)
+        return y[y > 0].sum()  # its size depends on values
+
+def build_model():
+    return Selects(32, 32)
+"""
+
+
+def test_estimate_prints_what_it_assumed_and_the_software(tmp_path, capsys):
+    path = tmp_path / "selects.py"
+    path.write_text(SELECTING_MODEL)
+    code = main(
+        ["estimate", f"{path}:build_model", "--input", "float32[16,32]", "--precision", "fp32"]
+        + ["--torch-version", "2.6", "--no-cache"]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    # every element of y (16 x 32 float32) assumed selected, named with its bytes
+    assert "warning: aten.index.Tensor: its output size depends on tensor values" in out
+    assert "(1 call, 2.00 KiB of results assumed)" in out
+    assert "software        traced with torch" in out and "target torch 2.6 + cuDNN 9.1" in out
+
+
+def test_an_unknown_torch_release_is_a_usage_error(capsys):
+    assert main(["estimate", "gpt2", "--torch-version", "2.5", "--no-cache"]) == 2
+    err = capsys.readouterr().err
+    assert "torch version '2.5'" in err and "2.6" in err

@@ -34,6 +34,8 @@ _EXPORTS = {
     "Phase": "memfit.profile",
     "DeviceSpec": "memfit.devices",
     "get_device": "memfit.devices",
+    "CudaStack": "memfit.trace.cuda.stack",
+    "stack_for": "memfit.trace.cuda.stack",
     "MemfitError": "memfit.errors",
     "parse_bytes": "memfit.units",
     "format_bytes": "memfit.units",

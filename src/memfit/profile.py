@@ -109,6 +109,12 @@ class MemoryProfile:
             weights, optimizer state, gradient staging, offloaded activations); empty when
             nothing is offloaded. Parts held all step long and the activations offloaded by
             the end of forward add up: their sum is the step's host peak (``host_peak``).
+        versions: the software that made the profile: memfit, Python, torch, and the model
+            libraries the model came from (transformers, timm, peft, torchvision); measured
+            profiles add the CUDA runtime and cuDNN they ran with.
+        target_stack: the target's software the figures describe: for an estimate, the torch
+            release and cuDNN whose kernel choices the device model follows; for a measurement,
+            what ran.
     """
 
     source: str
@@ -132,6 +138,8 @@ class MemoryProfile:
     step_time_s: float | None = None
     warnings: tuple[str, ...] = ()
     host_bytes: Mapping[str, int] = field(default_factory=dict)
+    versions: Mapping[str, str] = field(default_factory=dict)
+    target_stack: Mapping[str, str] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     @property
@@ -293,10 +301,17 @@ def _read_profile(f: Fields) -> MemoryProfile:
         step_time_s=f.get("step_time_s", "seconds", None, optional=True),
         warnings=tuple(f.items("warnings", "str")),
         host_bytes={str(k): Fields(host, "profile host_bytes", _FIX).get(k, "bytes") for k in host},
+        versions=_strings(f, "versions"),
+        target_stack=_strings(f, "target_stack"),
         schema_version=f.get("schema_version", "int"),
     )
     rest = {k: v for k, v in f.data.items() if k not in read}  # fields added since: as written
     return MemoryProfile(**read, **rest)
+
+
+def _strings(f: Fields, key: str) -> dict[str, str]:
+    table = f.get(key, "object", {})
+    return {str(k): Fields(table, f"profile {key}", _FIX).get(k, "str") for k in table}
 
 
 def _to_plain(value: Any) -> Any:

@@ -21,6 +21,12 @@ def test_measure_matches_estimate_on_a_small_model(precision):
     assert abs(predicted.peak_reserved / measured.peak_reserved - 1) < 0.10
     names = {m.fqn for m in measured.modules}
     assert names == {m.fqn for m in predicted.modules}
+    # the real stack it ran on, against the one the estimate modelled
+    assert measured.versions["torch"] == torch.__version__
+    assert measured.versions["cudnn"].startswith(measured.target_stack["cudnn"])
+    cudnn = torch.backends.cudnn.version()
+    assert measured.target_stack["cudnn"] == f"{cudnn // 10000}.{cudnn // 100 % 100}"
+    assert predicted.target_stack == {"torch": "2.11", "cudnn": "9.19"}
 
 
 @pytest.mark.gpu

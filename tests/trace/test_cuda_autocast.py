@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from memfit.trace.cuda.autocast import cuda_autocast, unknown_ops
 from memfit.trace.cuda.autocast_policy import CUDA_AUTOCAST_POLICY, registered_cuda_autocast_ops
 
-cuda_build = pytest.mark.skipif(torch.version.cuda is None, reason="needs a CUDA build of torch")
+cuda_build = pytest.mark.usefixtures("fake_cuda_oracle")  # tests/conftest.py
 
 
 @contextlib.contextmanager

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 from torch import nn
 
@@ -28,6 +29,12 @@ def test_data_dependent_operators_are_bounded_and_reported():
     assert "aten._local_scalar_dense" in text and "assumed True" in text
     assert "aten._unique2" in text
     assert profile.peak_allocated > 0
+    # each with its calls and the bytes it made up: every element of y (512 float32) selected;
+    # unique's values, inverse and counts for 512 elements (float32, int64, int64)
+    assert "upper bound on its memory (1 call, 2.00 KiB of results assumed)" in text
+    assert "branch. (1 call, no memory assumed)" in text
+    unique = next(w for w in profile.warnings if w.startswith("aten._unique2"))
+    assert unique.endswith(f"(1 call, {(512 * (4 + 8 + 8)) // 1024}.00 KiB of results assumed)")
 
 
 def test_custom_cuda_operator_without_a_fake_implementation():
@@ -51,3 +58,57 @@ def test_custom_cuda_operator_without_a_fake_implementation():
     warning = next(w for w in profile.warnings if "memfit_test.double" in w)
     assert "shaped like its first input (32, 16)" in warning
     assert "register_fake" in warning
+    assert warning.endswith("(1 call, 2.00 KiB of results assumed)")  # 32 x 16 float32
+
+
+def _model_calling(function: type[torch.autograd.Function]) -> nn.Module:
+    class CallsFunction(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return function.apply(self.linear(x)).mean()
+
+    return CallsFunction()
+
+
+def test_a_triton_kernel_in_an_autograd_function_is_skipped_counted_and_named():
+    triton = pytest.importorskip("triton")
+    language = pytest.importorskip("triton.language")
+
+    @triton.jit
+    def double_kernel(x_ptr, y_ptr, n, BLOCK: language.constexpr):
+        i = language.program_id(0) * BLOCK + language.arange(0, BLOCK)
+        language.store(y_ptr + i, language.load(x_ptr + i, mask=i < n) * 2, mask=i < n)
+
+    class Doubled(torch.autograd.Function):
+        @staticmethod
+        def forward(ctx, x):
+            y = torch.empty_like(x)
+            double_kernel[(triton.cdiv(x.numel(), 256),)](x, y, x.numel(), BLOCK=256)
+            return y
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2
+
+    class Allocates(torch.autograd.Function):  # the same memory, no kernel
+        @staticmethod
+        def forward(ctx, x):
+            return torch.empty_like(x)
+
+        @staticmethod
+        def backward(ctx, grad):
+            return grad * 2
+
+    profile = memfit.estimate(_model_calling(Doubled), "float32[32,16]", precision="fp32")
+    without = memfit.estimate(_model_calling(Allocates), "float32[32,16]", precision="fp32")
+    (warning,) = [w for w in profile.warnings if "Triton kernel" in w]
+    # given x and y: 2 x 32 x 16 float32
+    assert "double_kernel: 1 launch not run" in warning and "(4.00 KiB in all)" in warning
+    assert "allocates nothing itself (0 bytes)" in warning
+    assert (profile.peak_allocated, profile.peak_reserved) == (
+        without.peak_allocated,
+        without.peak_reserved,
+    )

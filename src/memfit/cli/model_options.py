@@ -33,8 +33,11 @@ def model_option_values(
     accumulate, passed on as given.
     """
     from memfit.loading import is_file_reference, load_callable
+    from memfit.trace.cuda.stack import stack_for
 
+    versions = options.pop("torch_version"), options.pop("cudnn_version")
     values: dict[str, Any] = {"model": model, "batch": input_spec, **options}
+    values["stack"] = stack_for(*versions)
     if is_file_reference(model):
         values["model"] = load_callable(model, what="model builder")
         if input_spec is None:
@@ -99,6 +102,12 @@ def model_options(function: Any) -> Any:
             click.option(
                 "--device", default=DEFAULT_DEVICE, show_default=True, help="See `memfit devices`."
             ),
+            click.option(
+                "--torch-version",
+                help="The GPU machine's torch release, e.g. 2.13: memfit models its kernel "
+                "rules (default 2.11, where the device model was measured).",
+            ),
+            click.option("--cudnn-version", help="The GPU machine's cuDNN, e.g. 9.19."),
             click.option(
                 "--host-memory",
                 help="The target host's RAM, e.g. 128GiB, for plans that offload to it "

@@ -27,12 +27,14 @@ from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
+from memfit.trace.cuda.stack import DEFAULT_STACK, minor_version
 from memfit.trace.inputs import resolve
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import make_optimizer, optimizer_label
 from memfit.trace.recorder import MemoryRecorder, Trace, live_until
 from memfit.trace.replay import replay
 from memfit.trace.settings import StepSettings
+from memfit.trace.versions import gpu_versions, software_versions
 
 __all__ = ["measure", "measure_step", "MeasuredStep"]
 
@@ -307,6 +309,11 @@ def _profile(
         outside_pytorch={"cuda_context_and_libraries": peaks.outside_pytorch},
         warnings=(),
     )
+    versions = software_versions(gpu.module) | gpu_versions()
+    ran = {
+        "torch": minor_version(versions["torch"]),
+        "cudnn": minor_version(versions.get("cudnn", "")),
+    }
     by_category = dict(profile.by_category)
     # what no tensor accounts for (library workspaces, allocator rounding) is "other"
     by_category[Category.OTHER] += peaks.allocated - sum(by_category.values())
@@ -316,6 +323,22 @@ def _profile(
         peak_reserved=peaks.reserved,
         by_category=by_category,
         timeline=_timeline(recorded.readings),
+        versions=versions,
+        target_stack=ran,
+        warnings=_stack_warnings(ran),
+    )
+
+
+def _stack_warnings(ran: dict[str, str]) -> tuple[str, ...]:
+    """A note when this GPU's torch or cuDNN is not the stack memfit's device model was
+    measured on: predictions for this machine should name its stack."""
+    modelled = DEFAULT_STACK.to_dict()
+    if ran == modelled:
+        return ()
+    return (
+        f"measured with torch {ran['torch']} + cuDNN {ran['cudnn'] or 'none'}; memfit's device "
+        f"model was measured on {DEFAULT_STACK.describe()}: predict for this machine with "
+        f"--torch-version {ran['torch']} --cudnn-version {ran['cudnn'] or '?'}",
     )
 
 

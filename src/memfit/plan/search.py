@@ -68,6 +68,7 @@ from memfit.techniques import (
     model_fingerprint,
     parse_allow,
 )
+from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.estimate import StepTrace, target_host, target_host_from, trace_step
 from memfit.trace.settings import StepSettings
 from memfit.units import format_bytes
@@ -111,6 +112,7 @@ def plan(
     clip_grad_norm: float | None = None,
     accumulate: int = 1,
     gpus: int = 1,
+    stack: CudaStack = DEFAULT_STACK,
     progress: Callable[[str], None] | None = None,
 ) -> Plan:
     """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
@@ -139,6 +141,8 @@ def plan(
         host_memory: the target host's RAM (``"128GiB"``) for plans that offload to it;
             default this machine's.
         host: the target host in full (``memfit.devices.HostSpec``); overrides ``host_memory``.
+        stack: the target's torch release and cuDNN (``memfit.stack_for``), as for
+            ``memfit.estimate``.
         gpus: the job's GPUs; more than 1 plans FSDP2 sharding (``memfit.plan.sharded``),
             with the budget, memory and step time per rank and ``batch`` each rank's batch.
 
@@ -169,6 +173,7 @@ def plan(
         host=host or target_host_from(host_memory, spec),
         clip_grad_norm=clip_grad_norm,
         accumulate=accumulate,
+        stack=stack,
     )
     allowed, left_out = allowed_with_options(
         parse_allow(allow),

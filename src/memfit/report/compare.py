@@ -17,7 +17,14 @@ from memfit.profile import Category, MemoryProfile, ModuleMemory
 from memfit.report.tables import format_table
 from memfit.units import format_bytes
 
-__all__ = ["ModuleDelta", "ProfileDiff", "diff_profiles", "diff_text", "load_comparable"]
+__all__ = [
+    "ModuleDelta",
+    "ProfileDiff",
+    "diff_profiles",
+    "diff_text",
+    "load_comparable",
+    "version_differences",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +128,32 @@ def _delta(x: int, y: int) -> tuple[str, str]:
     return f"{sign}{format_bytes(change)}" if change else "0", pct
 
 
+def _software(profile: MemoryProfile) -> dict[str, str]:
+    """What ran (or was modelled) for the step: the target's torch and cuDNN stand in for
+    this machine's in an estimate, whose model libraries ran here."""
+    found = {k: v for k, v in profile.versions.items() if k not in ("memfit", "python")}
+    found["torch"] = profile.target_stack.get("torch", found.get("torch", ""))
+    found["cudnn"] = profile.target_stack.get("cudnn", found.get("cudnn", ""))
+    return {k: v for k, v in found.items() if v}
+
+
+def _release(version: str) -> str:
+    return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def version_differences(a: MemoryProfile, b: MemoryProfile) -> list[str]:
+    """A line per library whose release differs between A and B (torch, cuDNN, transformers,
+    ...): a change there can change memory by itself (transformers 5.25 against 5.17: T5-small
+    in fp32 29% apart on an H200)."""
+    sa, sb = _software(a), _software(b)
+    return [
+        f"versions differ: {name} {sa[name]} (A) against {sb[name]} (B): part of the difference "
+        f"can be that"
+        for name in sa
+        if name in sb and _release(sa[name]) != _release(sb[name])
+    ]
+
+
 def diff_text(diff: ProfileDiff, *, top: int = 15) -> str:
     """The comparison as aligned tables: peaks first, then categories, then what grew most."""
     a, b = diff.a, diff.b
@@ -146,6 +179,7 @@ def diff_text(diff: ProfileDiff, *, top: int = 15) -> str:
     out = [
         f"A: {name_a}  ({a.model} on {a.device})",
         f"B: {name_b}  ({b.model} on {b.device})",
+        *version_differences(a, b),
         "",
         format_table(headers, rows),
     ]

@@ -105,6 +105,8 @@ def profile_text(profile: MemoryProfile, *, budget: int | None = None, top: int 
     if profile.host_peak:
         parts = ", ".join(f"{k} {format_bytes(v)}" for k, v in profile.host_bytes.items())
         lines.append(f"host memory     {format_bytes(profile.host_peak)} ({parts})")
+    if profile.versions:
+        lines.append(f"software        {software_line(profile)}")
     lines += ["", _category_table(profile)]
     rows = fold_repeated(m for m in profile.modules if m.self_activation_bytes > 0)[:top]
     if rows:
@@ -128,6 +130,18 @@ def profile_text(profile: MemoryProfile, *, budget: int | None = None, top: int 
         ]
     lines += [f"warning: {w}" for w in profile.warnings]
     return "\n".join(lines)
+
+
+def software_line(profile: MemoryProfile) -> str:
+    """``traced with torch 2.14.1, transformers 5.25.0 (memfit 0.1.0); target torch 2.11 +
+    cuDNN 9.19``: what made the profile and the stack its figures describe."""
+    made = [f"{k} {v}" for k, v in profile.versions.items() if k not in ("memfit", "python")]
+    verb = "traced with" if profile.source == "estimate" else "ran with"
+    line = f"{verb} {', '.join(made)} (memfit {profile.versions.get('memfit', '?')})"
+    target = profile.target_stack
+    if profile.source == "estimate" and target:
+        line += f"; target torch {target.get('torch', '?')} + cuDNN {target.get('cudnn', '?')}"
+    return line
 
 
 def _modules_note(profile: MemoryProfile) -> str:

@@ -49,6 +49,8 @@ from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding,
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
+from memfit.trace.triton_kernels import triton_launches_skipped
+from memfit.trace.versions import software_versions, version_warnings
 from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 from memfit.units import format_bytes
 
@@ -109,7 +111,10 @@ def estimate(
         precision: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or ``"bf16"`` (pure).
         device: a name from ``memfit devices`` or ``"cuda"`` for the local GPU.
         plan: a ``memfit.Plan`` (or a sequence of techniques) to predict with it in force.
-        stack: the target's software (cuDNN version...), which decides some kernels.
+        stack: the target's software (torch release, cuDNN), which decides some kernels:
+            ``memfit.stack_for("2.13")``; default torch 2.11 + cuDNN 9.19, where the device
+            model was measured. The profile records it (``target_stack``) and what traced it
+            (``versions``), and warns when this machine's torch release differs from it.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
         mode: ``"train"``, or ``"inference"``: the model in ``eval()``, one forward under
             ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same), the output
@@ -144,7 +149,9 @@ def estimate(
           validation zoo's CNNs, but reserved still 3-14% low on some in training
           (bench/results/conv_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
-          value, named in the profile's warnings.
+          value, operators with no fake implementation an output shaped like their input, and
+          Triton kernels are not run (their outputs are allocated by torch): each is named in
+          the profile's warnings with the bytes assumed.
         * Distributed training other than FSDP2 sharding (``Sharding``) is not modelled;
           sharded steps are traced as one rank (``memfit.trace.sharding``).
     """
@@ -311,12 +318,19 @@ def trace_step(
         record.trace, host_bytes = sharded.host_resident(record.trace)
     profile = _profile(record, fake_model, settings, spec, header)
     label = "inference (eval, no_grad)" if settings.inference else techniques.label
+    versions = software_versions(fake_model.module)
     profile = dataclasses.replace(
         profile,
         plan=label,
         step_time_s=_step_time(record, spec, settings, techniques.micro_batches),
         host_bytes=dict(record.host_bytes),
-        warnings=profile.warnings + _host_warnings(record.host_bytes, settings),
+        versions=versions,
+        target_stack=settings.stack.to_dict(),
+        warnings=(
+            *version_warnings(versions, settings.stack),
+            *profile.warnings,
+            *_host_warnings(record.host_bytes, settings),
+        ),
     )
     if sharded is not None:
         profile = _with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
@@ -418,6 +432,7 @@ def _trace(
         fake_hazards_neutralised(),
         scripted_functions_in_python(fake_model.module),
         evaluating(fake_model.module) if settings.inference else contextlib.nullcontext(),
+        triton_launches_skipped() as skipped,
         applied as context,
     ):
         if sharded is not None:  # fully_shard replaced the parameters by DTensors
@@ -467,6 +482,7 @@ def _trace(
                     recorder=recorder,
                     inference=settings.inference,
                 )
+            record.warnings = [*record.warnings, *skipped.messages()]
             record.host_bytes = context.host_bytes(techniques.micro_batches)
             if context.host_optimizer is not None:
                 record.offloaded_params = context.host_optimizer.offloaded_params()

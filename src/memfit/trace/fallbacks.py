@@ -13,7 +13,8 @@ Fake tensors have shapes but no values, so three kinds of operators fail on them
   experts layers) rejects float32 on fake tensors, where CUDA runs a per-group loop into one
   output; memfit allocates that output, exactly (no warning: nothing is assumed).
 
-Each assumption is reported once per operator in the profile's warnings; memory is never dropped.
+Each assumption is reported once per operator (and shape assumed) in the profile's warnings, with
+its calls and the bytes of the results memfit made up; memory is never dropped.
 """
 
 from __future__ import annotations
@@ -28,7 +29,9 @@ from torch._subclasses.fake_tensor import (
 )
 from torch.utils._pytree import tree_flatten
 
-__all__ = ["FALLBACK_ERRORS", "fallback", "stricter_than_cuda"]
+from memfit.units import format_bytes
+
+__all__ = ["FALLBACK_ERRORS", "Assumptions", "fallback", "stricter_than_cuda"]
 
 FALLBACK_ERRORS = (
     DataDependentOutputException,
@@ -37,6 +40,30 @@ FALLBACK_ERRORS = (
     RuntimeError,  # custom ops without a fake impl say so in a RuntimeError (checked below)
     NotImplementedError,
 )
+
+
+class Assumptions:
+    """What was assumed for operators fake tensors cannot run: per warning, its calls and the
+    bytes of the results made up for them."""
+
+    def __init__(self) -> None:
+        self.seen: dict[str, list[int]] = {}
+
+    def add(self, warning: str, result: Any) -> None:
+        entry = self.seen.setdefault(warning, [0, 0])
+        entry[0] += 1
+        entry[1] += sum(
+            t.numel() * t.element_size()
+            for t in tree_flatten(result)[0]
+            if isinstance(t, torch.Tensor)
+        )
+
+    def messages(self) -> list[str]:
+        return [
+            f"{warning} ({calls} call{'s' if calls > 1 else ''}, "
+            + (f"{format_bytes(made)} of results assumed)" if made else "no memory assumed)")
+            for warning, (calls, made) in self.seen.items()
+        ]
 
 
 def _missing_fake_impl(error: Exception) -> bool:

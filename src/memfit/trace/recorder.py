@@ -34,7 +34,7 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
 from memfit.profile import Category, Phase
-from memfit.trace.fallbacks import FALLBACK_ERRORS, fallback, stricter_than_cuda
+from memfit.trace.fallbacks import FALLBACK_ERRORS, Assumptions, fallback, stricter_than_cuda
 from memfit.trace.shadow_values import ShadowValues
 from memfit.trace.watchdog import TraceStalled
 
@@ -128,7 +128,7 @@ class MemoryRecorder(TorchDispatchMode):
         super().__init__()
         self.device_type = device_type
         self._closed = False
-        self.warnings: list[str] = []  # assumptions made for operators fake tensors cannot run
+        self.assumed = Assumptions()  # for operators fake tensors cannot run
         self.trace = Trace()
         self.phase = Phase.SETUP
         self.workspace_rules = workspace_rules or {}
@@ -309,6 +309,11 @@ class MemoryRecorder(TorchDispatchMode):
 
         return free
 
+    @property
+    def warnings(self) -> list[str]:
+        """The assumptions made for operators fake tensors cannot run, with their bytes."""
+        return self.assumed.messages()
+
     # --- dispatch -------------------------------------------------------------------------
     def __torch_dispatch__(
         self, func: Any, types: Any, args: tuple = (), kwargs: Any = None
@@ -338,8 +343,7 @@ class MemoryRecorder(TorchDispatchMode):
             if not self.values_assumed and func is torch.ops.aten._local_scalar_dense.default:
                 raise ValueReadWhileBuilding(str(func)) from error
             out, warning = fallback(func, args, kwargs, error)
-            if warning not in self.warnings:
-                self.warnings.append(warning)
+            self.assumed.add(warning, out)
         outputs = [out] if isinstance(out, torch.Tensor) else tree_flatten(out)[0]
         if self.shadows is not None:
             self.shadows.follow(func, args, kwargs, outputs)

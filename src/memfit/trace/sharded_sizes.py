@@ -14,8 +14,9 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch._subclasses.fake_tensor import FakeTensorMode
 
-from memfit.errors import InvalidInputError
+from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.trace.recorder import Allocation, local_tensor
 
 __all__ = ["ROLES", "ShardedSize", "fake_process_group", "shard_size", "element_size"]
@@ -76,9 +77,27 @@ def fake_process_group(world_size: int) -> Iterator[None]:
         )
     dist.init_process_group("fake", store=FakeStore(), rank=0, world_size=world_size)
     try:
+        _check_fake_collectives(world_size)
         yield
     finally:
         dist.destroy_process_group()
+
+
+def _check_fake_collectives(world_size: int) -> None:
+    """FSDP2's two collectives on fake tensors, or an error naming this torch (the fake process
+    groups of torch 2.6 and 2.9 take no fake tensors)."""
+    try:
+        with FakeTensorMode():
+            shard = torch.empty(4)
+            dist.all_gather_into_tensor(torch.empty(4 * world_size), shard)
+            dist.reduce_scatter_tensor(shard, torch.empty(4 * world_size))
+    except (TypeError, RuntimeError) as error:
+        raise UnsupportedModelError(
+            f"predicting a sharded step runs FSDP2 on a fake process group, and torch "
+            f"{torch.__version__}'s fails on fake tensors ({type(error).__name__}: {error}); "
+            f"predict sharded steps with a newer torch (2.11, 2.13 and 2.14 do it); one-GPU "
+            f"estimates work on this one"
+        ) from None
 
 
 def element_size(allocation: Allocation) -> int:

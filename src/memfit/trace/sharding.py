@@ -255,7 +255,6 @@ class ShardedTracing:
         patches = [
             (_fsdp_param, "alloc_storage", self._resizing(_fsdp_param.alloc_storage)),
             (_fsdp_param, "free_storage", self._resizing(_fsdp_param.free_storage)),
-            (_fsdp_param_group, "alloc_storage", self._resizing(_fsdp_param_group.alloc_storage)),
             (
                 _fsdp_param_group,
                 "foreach_all_gather",
@@ -277,6 +276,9 @@ class ShardedTracing:
                 self._per_param(_fsdp_param.FSDPParam.alloc_all_gather_outputs),
             ),
         ]
+        if hasattr(_fsdp_param_group, "alloc_storage"):  # 2.13 imports it there, 2.6 does not
+            resize = self._resizing(_fsdp_param_group.alloc_storage)
+            patches.append((_fsdp_param_group, "alloc_storage", resize))
         saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
         try:
             for owner, name, replacement in patches:
