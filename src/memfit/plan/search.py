@@ -69,8 +69,9 @@ from memfit.techniques import (
     parse_allow,
 )
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
-from memfit.trace.estimate import StepTrace, target_host, target_host_from, trace_step
+from memfit.trace.estimate import StepTrace, trace_step
 from memfit.trace.settings import StepSettings
+from memfit.trace.step_time import target_host, target_host_from
 from memfit.units import format_bytes
 
 __all__ = ["plan", "PlanSettings"]

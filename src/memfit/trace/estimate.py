@@ -13,7 +13,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,12 +21,10 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from memfit.collectives import BUS_EFFICIENCY, communication_time, offload_s
 from memfit.cost import load_calibration
-from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device, host_spec
+from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
 from memfit.errors import InvalidInputError
 from memfit.gc_threshold import fewer_collections
-from memfit.offload_cost import calibrated_host, offloaded_step_time
 from memfit.profile import MemoryProfile
 from memfit.step.batch import describe_batch
 from memfit.step.in_force import InForce, techniques_in_force
@@ -34,25 +32,24 @@ from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import applied, run_in_reverse
-from memfit.structure.blocks import block_patterns, find_blocks
 from memfit.structure.token_inputs import check_token_inputs
 from memfit.technique_rules import check_combination, check_step_options
-from memfit.techniques import Sharding
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.fake_hazards import fake_hazards_neutralised, scripted_functions_in_python
 from memfit.trace.fakeify import FakeModel, evaluating, prepare_batch, prepare_model
+from memfit.trace.gpus import sharded_ranks, with_gpus
 from memfit.trace.inputs import SpecBatch, resolve
 from memfit.trace.optimizers import make_optimizer, optimizer_label, watch_gradients
 from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding, live_until
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings
+from memfit.trace.step_time import host_warnings, step_time, target_host_from, with_communication
 from memfit.trace.triton_kernels import triton_launches_skipped
 from memfit.trace.versions import software_versions, version_warnings
 from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
-from memfit.units import format_bytes
 
 __all__ = ["estimate", "trace_step", "with_gpus", "StepTrace", "StepSettings"]
 
@@ -181,45 +178,6 @@ def estimate(
     return trace_step(model, batch, settings, plan=plan, progress=progress).profile
 
 
-def target_host_from(host_memory: str | int | None, device: str | DeviceSpec) -> HostSpec | None:
-    """The HostSpec for ``host_memory`` on ``device`` (None when not given)."""
-    if host_memory is None:
-        return None
-    spec = get_device(device)
-    return host_spec(host_memory, local=spec.name == "cuda" or _is_local(spec))
-
-
-def with_gpus(plan: Any, gpus: int, model: Any) -> list[Any]:
-    """The plan's techniques, sharded over ``gpus`` GPUs (module docstring of ``estimate``)."""
-    if isinstance(gpus, bool) or not isinstance(gpus, int) or gpus < 1:
-        raise InvalidInputError(f"gpus={gpus!r} must be a whole number of GPUs, e.g. gpus=8")
-    in_force = techniques_in_force(plan)
-    others = [t for t in in_force.techniques if not isinstance(t, Sharding)]
-    if gpus == 1:
-        return others
-    found = in_force.sharding
-    if found is not None:
-        return [*others, dataclasses.replace(found, gpus=gpus, replicate=_replicas(found, gpus))]
-    module = resolve(model, None)[1] if isinstance(model, str) else model
-    if not isinstance(module, nn.Module):
-        with torch.device("meta"):  # only its structure: no memory
-            module = module()
-    units = block_patterns(module, find_blocks(module))
-    return [*others, Sharding(gpus=gpus, units=units)]
-
-
-def _replicas(sharding: Sharding, gpus: int) -> int:
-    """HSDP keeps its shard group's size; the number of groups follows ``gpus``."""
-    if sharding.replicate <= 1:
-        return 1
-    if gpus % sharding.shards:
-        raise InvalidInputError(
-            f"the plan's HSDP shards over groups of {sharding.shards} GPUs, which do not divide "
-            f"gpus={gpus}; use a multiple of {sharding.shards}, or make a plan for {gpus} GPUs"
-        )
-    return gpus // sharding.shards
-
-
 @fewer_collections()
 def trace_step(
     model: nn.Module | Callable[[], nn.Module] | str,
@@ -265,7 +223,7 @@ def trace_step(
     report(f"building {name} on fake tensors")
     recorder = new_recorder(spec, settings.stack)
     declared = batch.bounds() if isinstance(batch, SpecBatch) else None
-    with _ranks(techniques, recorder) as sharded:
+    with sharded_ranks(techniques, recorder) as sharded:
         # sharded: each rank builds the model on the CPU or the meta device and fully_shard
         # moves its shards to the GPU; one GPU: the model is built on the GPU
         building = recorder if sharded is None else None
@@ -322,59 +280,20 @@ def trace_step(
     profile = dataclasses.replace(
         profile,
         plan=label,
-        step_time_s=_step_time(record, spec, settings, techniques.micro_batches),
+        step_time_s=step_time(record, spec, settings, techniques.micro_batches),
         host_bytes=dict(record.host_bytes),
         versions=versions,
         target_stack=settings.stack.to_dict(),
         warnings=(
             *version_warnings(versions, settings.stack),
             *profile.warnings,
-            *_host_warnings(record.host_bytes, settings),
+            *host_warnings(record.host_bytes, settings),
         ),
     )
     if sharded is not None:
-        profile = _with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
+        profile = with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
     report(f"done in {time.perf_counter() - started:.1f} s")
     return StepTrace(profile, record.trace, record.marks, fake_model, record, sharded)
-
-
-@contextlib.contextmanager
-def _ranks(techniques: InForce, recorder: MemoryRecorder) -> Iterator[Any]:
-    """For a sharded plan, its ranks as a fake process group and FSDP2's bookkeeping."""
-    if techniques.sharding is None:
-        yield None
-        return
-    # not at the top: FSDP2's modules take 0.8 s to import, which one-GPU traces never need
-    from memfit.trace.sharding import ShardedTracing, fake_process_group
-
-    sharding = techniques.sharding
-    with fake_process_group(sharding.gpus):
-        yield ShardedTracing(recorder, sharding.shards)
-
-
-def _with_communication(
-    profile: MemoryProfile, sharded: Any, sharding: Any, spec: DeviceSpec, host_bytes: int
-) -> MemoryProfile:
-    """The step time with the collectives FSDP2 ran, and a note saying what it assumes;
-    ``host_bytes``: what CPU offload keeps in host memory (copied and stepped there)."""
-    compute = (profile.step_time_s or 0.0) + offload_s(host_bytes)
-    shards = sharding.shards
-    collectives = sharded.collective_bytes(shards)
-    comm = communication_time(collectives, compute, spec, shards, sharding.replicate)
-    note = (
-        f"per rank of {sharding.gpus}: {len(sharded.collectives)} all-gathers/reduce-scatters "
-        f"take {comm.total_s * 1e3:.1f} ms, {comm.exposed_s * 1e3:.1f} ms of it not overlapped "
-        f"with computation (link rates from datasheets, {BUS_EFFICIENCY:.0%} of them assumed: "
-        f"not measured)"
-    )
-    if host_bytes:
-        note += (
-            f"; CPU offload keeps {host_bytes / 2**30:.2f} GiB in host memory, not counted above "
-            f"(its copies and the host optimizer step priced at assumed PCIe and host-memory rates)"
-        )
-    return dataclasses.replace(
-        profile, step_time_s=compute + comm.exposed_s, warnings=(*profile.warnings, note)
-    )
 
 
 def _build(
@@ -515,52 +434,6 @@ def _profile(
         warnings=tuple(
             _device_warnings(spec, Precision.parse(header["precision"])) + record.warnings
         ),
-    )
-
-
-def target_host(settings: StepSettings, spec: DeviceSpec) -> HostSpec:
-    """The host the step runs on: the settings', else this machine's when the GPU is local,
-    else a reference host with this machine's memory; with ``memfit calibrate``'s Adam rate
-    when it is this machine."""
-    host = settings.host or host_spec(local=spec.name == "cuda" or _is_local(spec))
-    return calibrated_host(host)
-
-
-def _is_local(spec: DeviceSpec) -> bool:
-    return torch.cuda.is_available() and spec.display_name == torch.cuda.get_device_name()
-
-
-def _step_time(record: StepRecord, spec: DeviceSpec, settings: StepSettings, micro: int) -> float:
-    """The traced GPU time, or with offloading the time of the busiest of GPU, host and PCIe."""
-    gpu_s = record.step_time_s()
-    activations = record.host_bytes.get("offloaded activations", 0)
-    if not (record.offloaded_params or activations):
-        return gpu_s
-    return offloaded_step_time(
-        gpu_s=gpu_s,
-        forward_s=record.stage_s("forward"),
-        backward_s=record.stage_s("backward"),
-        offloaded_params=record.offloaded_params,
-        first_share=record.first_share,
-        activation_bytes=activations,
-        micro_batches=micro,
-        device=spec,
-        host=target_host(settings, spec),
-    ).step_s
-
-
-def _host_warnings(host_bytes: dict[str, int], settings: StepSettings) -> tuple[str, ...]:
-    held = sum(host_bytes.values())
-    if not held:
-        return ()
-    host = settings.host or host_spec()
-    need = held + host.process_bytes
-    if need <= host.memory_bytes:
-        return ()
-    return (
-        f"the plan holds {format_bytes(held)} in host memory (+{format_bytes(host.process_bytes)} "
-        f"for the process): {format_bytes(need)}, more than the host's "
-        f"{format_bytes(host.memory_bytes)}",
     )
 
 
