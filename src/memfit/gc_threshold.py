@@ -4,7 +4,7 @@ A trace allocates hundreds of thousands of short-lived Python objects (fake tens
 metadata, dispatch cache keys); at CPython's default threshold (700 allocations) the collector
 runs thousands of times in one trace and walks torch's long-lived objects on each older-generation
 pass. Measured on a 2-core CPU (torch 2.14.1), ``memfit estimate llama-1b``: 5.25-5.39 s at the
-default, 4.73-5.17 s with a first-generation threshold of 50,000 (median of three, whole command).
+default, 4.73-5.17 s with a first-generation threshold of 50,000 (three runs each, whole command).
 Nothing is kept alive by it: cyclic garbage is still collected, only in fewer, larger passes.
 """
 
