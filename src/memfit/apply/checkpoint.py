@@ -17,7 +17,6 @@ import difflib
 import functools
 import types
 import warnings
-import weakref
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -30,7 +29,8 @@ from torch.utils.checkpoint import (
     create_selective_checkpoint_contexts,
 )
 
-from memfit.errors import InvalidInputError, MemfitError
+from memfit.apply.forward_patch import replace_forward
+from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
 from memfit.step.overhead import note as note_overhead
 from memfit.step.registry import register_applier
@@ -155,33 +155,18 @@ def _checkpointed_forward(options: _Options, module: nn.Module, *args: Any, **kw
 
 
 def _wrap(module: nn.Module, context_fn: ContextFn | None) -> UndoFn:
-    had_forward = "forward" in module.__dict__
     options = _Options(
         previous=module.__dict__.get("forward"),
         context_fn=context_fn,
         preserve_batchnorm=any(_tracks_stats(m) for m in module.modules()),
     )
     # A bound method: copy.deepcopy rebinds it to the copy (see Known limitations).
-    bound = functools.partial(_checkpointed_forward, options)
-    bound.__name__ = bound.__qualname__ = "forward"  # type: ignore[attr-defined]  # torch.compile
-    module.forward = types.MethodType(bound, module)  # type: ignore[method-assign]
-    ref = weakref.ref(module)
-
-    def undo() -> None:
-        target = ref()
-        if target is None:
-            return
-        if _options_of(target.__dict__.get("forward")) is not options:
-            raise MemfitError(
-                f"the forward of a {type(target).__name__} was replaced after memfit "
-                f"checkpointed it; memfit left it alone"
-            )
-        if had_forward:
-            target.forward = options.previous  # type: ignore[method-assign]
-        else:
-            target.__dict__.pop("forward", None)
-
-    return undo
+    return replace_forward(
+        module,
+        functools.partial(_checkpointed_forward, options),
+        f"the forward of a {type(module).__name__} was replaced after memfit checkpointed it; "
+        f"memfit left it alone",
+    )
 
 
 def _hf_checkpointing(model: nn.Module) -> bool:

@@ -18,13 +18,13 @@ Qwen2; memfit's zoo ``SwiGLU``), with a SiLU or tanh/exact GELU activation.
 from __future__ import annotations
 
 import functools
-import types
 from typing import Any
 
 import torch
 from torch import nn
 
-from memfit.errors import InvalidInputError, MemfitError
+from memfit.apply.forward_patch import replace_forward
+from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
 from memfit.step.lean_saving import recomputable
 from memfit.step.registry import register_applier
@@ -126,17 +126,9 @@ def apply_fused_gated_mlp(
 def _install(name: str, module: nn.Module) -> UndoFn:
     activation = gated_activation(module)
     assert activation is not None  # checked by _qualifies
-    bound = functools.partial(_fused_forward, activation)
-    bound.__name__ = bound.__qualname__ = "forward"  # type: ignore[attr-defined]  # torch.compile
-    forward = types.MethodType(bound, module)
-    module.forward = forward  # type: ignore[method-assign]
-
-    def undo() -> None:
-        if module.__dict__.get("forward") is not forward:
-            raise MemfitError(
-                f"FusedGatedMLP: the forward of {name!r} was replaced after memfit fused it; "
-                f"undo the later change first"
-            )
-        del module.__dict__["forward"]
-
-    return undo
+    return replace_forward(
+        module,
+        functools.partial(_fused_forward, activation),
+        f"FusedGatedMLP: the forward of {name!r} was replaced after memfit fused it; undo the "
+        f"later change first",
+    )

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import functools
 import types
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
-from memfit.errors import InvalidInputError, MemfitError, UnsupportedModelError
+from memfit.apply.forward_patch import replace_forward
+from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.step.context import ApplyContext
 from memfit.step.host_activations import ActivationOffloader
 from memfit.step.registry import register_applier
@@ -112,27 +112,12 @@ def _offloaded_forward(
 
 
 def _wrap(module: nn.Module, name: str, offloader: ActivationOffloader, index: int) -> UndoFn:
-    had_forward = "forward" in module.__dict__
     previous: Any = module.__dict__.get("forward")
     bound = functools.partial(_offloaded_forward, offloader, index, name, previous)
-    bound.__name__ = bound.__qualname__ = "forward"  # type: ignore[attr-defined]
     bound.offloader = offloader  # type: ignore[attr-defined]
-    module.forward = types.MethodType(bound, module)  # type: ignore[method-assign]
-    ref = weakref.ref(module)
-
-    def undo() -> None:
-        target = ref()
-        if target is None:
-            return
-        current = target.__dict__.get("forward")
-        if getattr(getattr(current, "__func__", None), "offloader", None) is not offloader:
-            raise MemfitError(
-                f"the forward of {name!r} was replaced after memfit offloaded its activations; "
-                f"memfit left it alone"
-            )
-        if had_forward:
-            target.forward = previous  # type: ignore[method-assign]
-        else:
-            target.__dict__.pop("forward", None)
-
-    return undo
+    return replace_forward(
+        module,
+        bound,
+        f"the forward of {name!r} was replaced after memfit offloaded its activations; "
+        f"memfit left it alone",
+    )
