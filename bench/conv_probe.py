@@ -31,6 +31,7 @@ import json
 import pickle
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -201,53 +202,30 @@ def run_case(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
     y = forward()[0]
     dy = torch.randn_like(y)
 
-    def backward() -> list[Any]:
-        grads = aten.convolution_backward(
-            dy,
-            x,
-            w,
-            None,
-            [args["stride"]] * 2,
-            [pad] * 2,
-            [1, 1],
-            False,
-            [0, 0],
-            args["groups"],
-            [True, True, False],
-        )
-        return [g for g in grads if g is not None]
+    def backward_pass(mask: list[bool]) -> Callable[[], list[Any]]:
+        """convolution_backward for the gradients ``mask`` asks for: (input, weight, bias)."""
 
-    def backward_weight() -> list[Any]:
-        grads = aten.convolution_backward(
-            dy,
-            x,
-            w,
-            None,
-            [args["stride"]] * 2,
-            [pad] * 2,
-            [1, 1],
-            False,
-            [0, 0],
-            args["groups"],
-            [False, True, False],
-        )
-        return [g for g in grads if g is not None]
+        def run() -> list[Any]:
+            grads = aten.convolution_backward(
+                dy,
+                x,
+                w,
+                None,
+                [args["stride"]] * 2,
+                [pad] * 2,
+                [1, 1],
+                False,
+                [0, 0],
+                args["groups"],
+                mask,
+            )
+            return [g for g in grads if g is not None]
 
-    def backward_data() -> list[Any]:
-        grads = aten.convolution_backward(
-            dy,
-            x,
-            w,
-            None,
-            [args["stride"]] * 2,
-            [pad] * 2,
-            [1, 1],
-            False,
-            [0, 0],
-            args["groups"],
-            [True, False, False],
-        )
-        return [g for g in grads if g is not None]
+        return run
+
+    backward = backward_pass([True, True, False])
+    backward_weight = backward_pass([False, True, False])
+    backward_data = backward_pass([True, False, False])
 
     row = dict(case)
     row.update(
