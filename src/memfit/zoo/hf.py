@@ -72,6 +72,19 @@ class HFModel:
         self.batch_size, self.seq_len = batch_size, seq_len
 
 
+def _llama_sizes(config: llama.LlamaConfig) -> dict[str, int]:
+    """transformers' LlamaConfig arguments for the sizes of memfit's ``config``."""
+    return dict(
+        hidden_size=config.dim,
+        intermediate_size=config.hidden_dim,
+        num_hidden_layers=config.n_layers,
+        num_attention_heads=config.n_heads,
+        num_key_value_heads=config.n_kv_heads,
+        vocab_size=config.vocab_size,
+        max_position_embeddings=config.max_seq_len,
+    )
+
+
 _LLAMA_1B = llama.LlamaConfig()
 _LLAMA_3B = llama.LLAMA_3B
 _BERT = bert.BertConfig()
@@ -101,16 +114,7 @@ HF_MODELS = (
         "hf-llama-1b",
         "LlamaForCausalLM at llama-1b's sizes: 16 layers, width 2048, untied head",
         family="causal-lm",
-        build=_build(
-            "llama",
-            hidden_size=_LLAMA_1B.dim,
-            intermediate_size=_LLAMA_1B.hidden_dim,
-            num_hidden_layers=_LLAMA_1B.n_layers,
-            num_attention_heads=_LLAMA_1B.n_heads,
-            num_key_value_heads=_LLAMA_1B.n_kv_heads,
-            vocab_size=_LLAMA_1B.vocab_size,
-            max_position_embeddings=_LLAMA_1B.max_seq_len,
-        ),
+        build=_build("llama", **_llama_sizes(_LLAMA_1B)),
         shapes=_LLAMA_1B,
         num_params=llama.num_params(_LLAMA_1B),
         batch_size=4,
@@ -122,13 +126,7 @@ HF_MODELS = (
         family="causal-lm",
         build=_build(
             "llama",
-            hidden_size=_LLAMA_3B.dim,
-            intermediate_size=_LLAMA_3B.hidden_dim,
-            num_hidden_layers=_LLAMA_3B.n_layers,
-            num_attention_heads=_LLAMA_3B.n_heads,
-            num_key_value_heads=_LLAMA_3B.n_kv_heads,
-            vocab_size=_LLAMA_3B.vocab_size,
-            max_position_embeddings=_LLAMA_3B.max_seq_len,
+            **_llama_sizes(_LLAMA_3B),
             rope_theta=_LLAMA_3B.rope_theta,
             tie_word_embeddings=True,
         ),
