@@ -4,7 +4,7 @@ alone leave too little of the budget.
 A ladder of levels, from the one expected to cost least time to the one that saves most memory,
 each a tuple of technique names from the table; the planner takes the first level the user
 allows whose model state can fit, traces the step with it, and plans activations on top
-(``search.py``). Levels whose techniques are not in the table (another version of memfit) are
+(``search_phases.py``). Levels whose techniques are not in the table (another version of memfit) are
 skipped. Exact levels come first; those that change the math (low-bit state, pure bf16) are
 tried only when ``allow`` names them.
 

@@ -50,7 +50,7 @@ def sharding_options(units: tuple[str, ...], gpus: int, per_node: int) -> list[S
 
 
 def plan_sharded(search: Any) -> Plan:
-    """The plan for ``search.settings.gpus`` GPUs (``search``: the planner's ``_Search``, its
+    """The plan for ``search.settings.gpus`` GPUs (``search``: the planner's ``Search``, its
     unmodified one-GPU step traced)."""
     gpus = search.settings.gpus
     module = search.base.model.module
