@@ -243,11 +243,12 @@ def run_case(case: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return row
 
 
-def snapshot_steps(out: Path, cuda: bool, smoke: bool) -> list[str]:
-    """Four training steps of each of ``STEP_CASES`` from an empty allocator, recorded (no
-    stacks): DIR/<case>_steps_snapshot.pickle, as bench/diag_snapshot.py does for GPT-2."""
+def snapshot_steps(out: Path, cuda: bool, smoke: bool, names: tuple[str, ...]) -> list[str]:
+    """Four training steps of each of the zoo's configurations ``names`` from an empty
+    allocator, recorded (no stacks): DIR/<case>_steps_snapshot.pickle, as
+    bench/diag_snapshot.py does for GPT-2."""
     written = []
-    for case in [c for c in all_cases() if c.name in STEP_CASES]:
+    for case in [c for c in all_cases() if c.name in names]:
         builder, spec = case.built(smoke)
         if not cuda:
             _train(case, builder, spec, "cpu", warmup=1, steps=0)
@@ -285,6 +286,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="directory for conv_probe.json")
     parser.add_argument("--smoke", action="store_true", help="tiny grid on the CPU")
     parser.add_argument("--budget-s", type=float, default=180, help="stop starting new cases")
+    parser.add_argument(
+        "--step-cases",
+        default=",".join(STEP_CASES),
+        help="validation-zoo configurations whose training steps are recorded (comma-separated)",
+    )
     args = parser.parse_args()
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")
@@ -304,7 +310,9 @@ def main() -> None:
             torch.cuda.empty_cache()
         result["cases"].append(row)
         (out / "conv_probe.json").write_text(json.dumps(result, indent=0))
-    result["step_snapshots"] = snapshot_steps(out, cuda, args.smoke)
+    result["step_snapshots"] = snapshot_steps(
+        out, cuda, args.smoke, tuple(args.step_cases.split(","))
+    )
     result["seconds"] = round(time.perf_counter() - started, 1)
     (out / "conv_probe.json").write_text(json.dumps(result, indent=0))
     errors = sum("error" in row for row in result["cases"])

@@ -335,6 +335,13 @@ def main() -> None:
     )
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument(
+        "--snapshot",
+        action="store_true",
+        help="plans part: record every allocation of each measured plan (no stacks) from "
+        "before its model is built to its last timed step, written to "
+        "DIR/northstar_b<batch>_snapshot.pickle (to replay memfit's allocator simulation)",
+    )
     args = parser.parse_args()
     started_at = time.perf_counter()
     args.left_s = lambda: (
@@ -356,6 +363,7 @@ def main() -> None:
         args.seq = 64
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
+    args.out_dir = out
     result: dict = {
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
         "torch": torch.__version__,

@@ -158,6 +158,8 @@ def _measure_plan(
     _fresh(cuda)
     ns.cap(cuda, args.cap)
     torch.manual_seed(0)
+    if cuda and args.snapshot:  # from an empty allocator, to replay memfit's simulation on it
+        torch.cuda.memory._record_memory_history(max_entries=5_000_000, context=None)
     with torch.device(device):
         model = hf_llama_3b(size)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
@@ -211,6 +213,11 @@ def _measure_plan(
             result["peak_reserved"] = torch.cuda.max_memory_reserved()
             result["peak_allocated"] = torch.cuda.max_memory_allocated()
             result["alloc_retries"] = torch.cuda.memory_stats().get("num_alloc_retries", 0)
+        if cuda and args.snapshot:  # every event since the model was built, no stacks
+            path = args.out_dir / f"northstar_b{bs}_snapshot.pickle"
+            torch.cuda.memory._dump_snapshot(str(path))
+            torch.cuda.memory._record_memory_history(enabled=None)
+            result["snapshot"] = path.name
         return result
     finally:
         engine = step.host_optimizer

@@ -34,6 +34,35 @@ def test_safe_softmax_holds_its_masks_beside_its_output():
     )
 
 
+class LearnedScores(nn.Module):
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.scores = nn.Parameter(torch.zeros(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.scores, -1).sum() + x.sum()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_softmax_backward_holds_grad_times_output_beside_its_result(precision):
+    # CUDA's softmax backward computes grad * output into a temporary of the gradient's size
+    # first, freed when the kernel returns
+    shape = (4, 8, 128, 128)
+    numel = 4 * 8 * 128 * 128
+    itemsize = 4 if precision == "fp32" else 2
+    profile = memfit.estimate(
+        LearnedScores(shape),
+        f"{'float32' if precision == 'fp32' else 'bfloat16'}[1]",
+        precision=precision,
+        device="h200",
+        loss_fn=lambda out, batch: out,
+        optimizer="sgd",
+    )
+    scratch = [t for t in profile.alive_at_peak if "grad x output" in t.op]
+    assert profile.peak_op.startswith("_softmax_backward_data"), profile.peak_op
+    assert [t.num_bytes for t in scratch] == [round_size(numel * itemsize)]
+
+
 class LearnedBias(nn.Module):
     """Attention with a learned bias added to the scores (T5's relative position bias)."""
 

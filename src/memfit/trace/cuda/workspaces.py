@@ -15,6 +15,12 @@
   ``-inf`` scores (one byte per element) and the fully-masked rows (one byte per row), freed on
   return (measured on an H200: 256.1 MiB beside a 1 GiB float32 output, bench/results/
   validation_traces_h200.jsonl.gz).
+* ``_softmax_backward_data``: the kernel first multiplies the gradient by the softmax's output
+  into a temporary of the gradient's size (``Tensor tmp = grad * output`` in
+  ``softmax_backward_cuda_out``, ``aten/src/ATen/native/cuda/SoftMax.cu``), freed on return;
+  measured on an H200 as 1 GiB beside a 1 GiB float32 input gradient (a Mistral-shaped model's
+  math attention: the step's peak) and equal to the output on DeBERTa-v2 and Swin
+  (bench/results/validation_traces_h200.jsonl.gz, bench/results/peak_holders_h200.json).
 
 Each rule was checked against per-operator measurements on an H200 (``memfit.measure``'s op
 probe; bench/results/accuracy_h200.json), except cuDNN convolution workspaces: classes of
@@ -111,6 +117,15 @@ def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, Work
             rows = scores.numel() // max(scores.shape[dim], 1)
             recorder.hidden([scores.numel(), rows], "_safe_softmax (masks)")
 
+    def softmax_backward(
+        recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any
+    ) -> None:
+        grad, output = args[0], args[1]
+        if isinstance(grad, torch.Tensor) and isinstance(output, torch.Tensor):
+            dtype = torch.promote_types(grad.dtype, output.dtype)
+            numel = torch.broadcast_shapes(grad.shape, output.shape).numel()
+            recorder.hidden([numel * dtype.itemsize], "_softmax_backward_data (grad x output)")
+
     def conv_forward(
         recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any
     ) -> None:
@@ -145,6 +160,7 @@ def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, Work
         rules[aten.convolution_backward] = conv_backward
     if hasattr(aten, "_safe_softmax"):
         rules[aten._safe_softmax] = safe_softmax
+    rules[aten._softmax_backward_data] = softmax_backward
     rules.update({op: reduction for op in _REDUCTIONS})
     rules.update({op: attention for op in ATTENTION_SCRATCH})
     return rules
