@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+import memfit
 import memfit.zoo as zoo
 from memfit.structure.blocks import find_blocks
 from tests.helpers import Block, Net, hf_gpt2, hf_llama
@@ -59,6 +60,12 @@ def test_torchvision():
         resnet, vit = torchvision.models.resnet18(), torchvision.models.vit_b_16()
     assert find_blocks(resnet) == [f"layer{s}.{b}" for s in range(1, 5) for b in range(2)]
     assert find_blocks(vit) == [f"encoder.layers.encoder_layer_{i}" for i in range(12)]
+    with torch.device("meta"):
+        convnext = torchvision.models.convnext_tiny()
+    stages = {1: 3, 3: 3, 5: 9, 7: 3}  # CNBlocks inside the stage containers, not the stages
+    assert find_blocks(convnext) == [
+        f"features.{s}.{b}" for s, n in stages.items() for b in range(n)
+    ]
 
 
 class Mixer(nn.Module):
@@ -96,6 +103,39 @@ def test_blocks_inside_a_wrapper_and_without_containers():
             self.first, self.head, self.second = Block(8), nn.Linear(8, 2), Block(8)
 
     assert find_blocks(TwoBlocks()) == ["first", "second"]
+
+
+def _mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Linear(8, 32), nn.GELU(), nn.Linear(32, 8))
+
+
+def test_flat_containers_in_a_container_are_blocks():
+    model = nn.Sequential(
+        nn.Linear(4, 8), nn.ModuleList([_mlp() for _ in range(3)]), nn.Linear(8, 2)
+    )
+    assert find_blocks(model) == ["1.0", "1.1", "1.2"]
+    # the same container type with other layers is another kind of block: the larger wins
+    small = [nn.Sequential(nn.Linear(8, 8), nn.ReLU()) for _ in range(2)]
+    mixed = nn.ModuleList([_mlp(), small[0], _mlp(), small[1]])
+    assert find_blocks(mixed) == ["0", "2"]
+    # a flat container at the top is the model, not a block; a container of blocks is a stage
+    assert find_blocks(_mlp()) == []
+    stages = nn.Sequential(nn.Sequential(_mlp(), _mlp()), nn.Sequential(_mlp(), _mlp(), _mlp()))
+    assert find_blocks(stages) == ["0.0", "0.1", "1.0", "1.1", "1.2"]
+
+
+def test_a_model_without_blocks_is_planned_with_a_note():
+    model = nn.Sequential(nn.Linear(1024, 4096), nn.GELU(), nn.Linear(4096, 1024))
+    unmodified = memfit.estimate(model, "float32[4096,1024]", device="h200", precision="fp32")
+    plan = memfit.plan(
+        model,
+        "float32[4096,1024]",
+        budget=int(unmodified.peak_reserved * 0.9),
+        device="h200",
+        precision="fp32",
+        allow=["checkpoint", "micro_batch"],
+    )
+    assert any("no repeated blocks found in this Sequential" in note for note in plan.notes)
 
 
 def test_nothing_repeated():

@@ -314,6 +314,12 @@ class Search:
         spec = get_device(self.step.device)
         per_block = {"checkpoint", "fused_gated_mlp", "lean_autocast"} & set(allow)
         block_names = checkpointable_blocks(base, settings.blocks) if per_block else []
+        if per_block and not block_names:
+            self.drop(
+                "checkpointing and lean blocks",
+                f"no repeated blocks found in this {type(base.model.module).__name__}; name the "
+                f"modules to checkpoint with blocks=[...] (memfit plan --blocks PATTERNS)",
+            )
         if not self.chunked_checked:
             self.chunked = self.chunked_loss()
             self.chunked_checked = True

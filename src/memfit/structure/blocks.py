@@ -4,9 +4,12 @@ The rule, applied to the module tree:
 
 1. Candidates are the children of containers (``nn.ModuleList``, ``nn.Sequential``,
    ``nn.ModuleDict``) that are neither containers themselves nor leaves (a module without
-   children is one operation: checkpointing it alone saves nothing). Without any container,
-   the children of every module are considered instead.
-2. A class is repeated when at least two candidates are of that class. Candidates nested
+   children is one operation: checkpointing it alone saves nothing), and the flat containers
+   among them: a container of two or more leaves (``nn.Sequential(nn.Linear, nn.GELU,
+   nn.Linear)`` as a block of an ``nn.ModuleList``). Without any container, the children of
+   every module are considered instead.
+2. A class is repeated when at least two candidates are of that class (for a flat container:
+   of its type with the same types of layers, in order). Candidates nested
    inside a repeated-class candidate are dropped (a block's own sub-layers are not blocks),
    and this is repeated until nothing changes.
 3. The blocks are the candidates of the repeated class with the most parameters in total, plus
@@ -30,6 +33,8 @@ __all__ = ["find_blocks", "block_patterns", "CONTAINERS"]
 
 CONTAINERS = (nn.ModuleList, nn.Sequential, nn.ModuleDict)
 """Module types that only hold other modules."""
+
+_Kind = type | tuple[type, tuple[type, ...]]  # a module's class; a container's with its layers
 
 _SIBLING_MIN_SIZE = 0.25
 """Other layer types in the same stack count when this large relative to the main block."""
@@ -57,12 +62,12 @@ def find_blocks(model: nn.Module) -> list[str]:
     chosen = _outermost_repeated(candidates)
     if not chosen:
         return []
-    by_class: dict[type, list[str]] = defaultdict(list)
+    by_class: dict[_Kind, list[str]] = defaultdict(list)
     for name in chosen:
-        by_class[type(candidates[name])].append(name)
+        by_class[_kind(candidates[name])].append(name)
     size = {name: _num_params(candidates[name]) for name in chosen}
 
-    def total(cls: type) -> int:
+    def total(cls: _Kind) -> int:
         return sum(size[n] for n in by_class[cls])
 
     main = max(by_class, key=lambda cls: (total(cls), len(by_class[cls])))
@@ -86,7 +91,9 @@ def _candidates(
         if only_containers and not isinstance(parent, CONTAINERS):
             continue
         for child_name, child in parent.named_children():
-            if isinstance(child, CONTAINERS) or not any(True for _ in child.children()):
+            leaf = not any(True for _ in child.children())
+            flat = _flat(child) and isinstance(parent, CONTAINERS)
+            if leaf or (isinstance(child, CONTAINERS) and not flat):
                 continue
             if id(child) in seen:  # the same module reachable twice: one block
                 continue
@@ -97,14 +104,27 @@ def _candidates(
     return found
 
 
+def _flat(container: nn.Module) -> bool:
+    """A container of two or more leaves (a block when it sits in a container itself)."""
+    children = list(container.children())
+    return len(children) >= 2 and not any(True for child in children for _ in child.children())
+
+
+def _kind(module: nn.Module) -> _Kind:
+    """What makes two candidates the same block: the class, and a container's layers."""
+    if isinstance(module, CONTAINERS):
+        return (type(module), tuple(type(child) for child in module.children()))
+    return type(module)
+
+
 def _outermost_repeated(candidates: dict[str, nn.Module]) -> list[str]:
     """Candidates of repeated classes that are not inside another such candidate."""
     alive = list(candidates)
     while True:
-        counts: dict[type, int] = defaultdict(int)
+        counts: dict[_Kind, int] = defaultdict(int)
         for name in alive:
-            counts[type(candidates[name])] += 1
-        repeated = [n for n in alive if counts[type(candidates[n])] >= 2]
+            counts[_kind(candidates[name])] += 1
+        repeated = [n for n in alive if counts[_kind(candidates[n])] >= 2]
         outer = [n for n in repeated if not any(n.startswith(f"{o}.") for o in repeated)]
         if outer == alive:
             return outer
