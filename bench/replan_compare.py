@@ -4,17 +4,19 @@ re-fit of the step-time model's host terms: re-predictions on this CPU, not meas
 python bench/replan_compare.py [--cache C] [--out DIR]     ->  DIR/replan_compare.json and .md
 
 Reads bench/replan_trace.py's cache (every configuration measured on the H200, traced here)
-and the measurements (bench/results/plans_h200.json, plans_h200_run2.json). Fits, on run 1's
-configurations of the models the step-time model was calibrated on (GPT-2, LLaMA-1B,
-BERT-base, ResNet-50: the *training set*), the constants of what eager PyTorch's host side
-does per step, micro-batch, operator, recomputed operator and checkpointed region
-(``FITTED``), by least squares on the log of predicted over measured step time and host time
-(``fit``); everything
-else (the held-out models of run 1: the Qwen2- and Mistral-shaped LLMs, nn.TransformerEncoder,
-GPT-2 medium; and all of run 2) is the *held-out set*. For each configuration: the overhead
-over its run's unmodified step, measured and predicted with the constants before and after.
-Then, per budget, the configurations measured for that model in that run whose measured
-reserved peak fits it: is the one the model predicts fastest the one measured fastest
+and the measurements (bench/results/plans_h200.json, plans_h200_run2.json,
+plans_h200_run3.json). Fits, on run 1's configurations of the models the step-time model was
+calibrated on (GPT-2, LLaMA-1B, BERT-base, ResNet-50: the *training set*), the constants of
+what eager PyTorch's host side does per step, micro-batch, operator, recomputed operator and
+checkpointed region (``FITTED``), by least squares on the log of predicted over measured step
+time and host time (``fit``); everything else (the held-out models of run 1: the Qwen2- and
+Mistral-shaped LLMs, nn.TransformerEncoder, GPT-2 medium; and all of runs 2 and 3) is the
+*held-out set*. Run 3's plans with boundaries to host are priced by their operators alone (the
+offload's PCIe time is not re-priced: the tracer found the GPU the busiest of GPU, host and
+PCIe for all of them: ``repricing_check``). For each configuration: the overhead over its
+run's unmodified step, measured and predicted with the constants before and after. Then, per
+budget, the configurations measured for that model in that run whose measured reserved peak
+fits it: is the one the model predicts fastest the one measured fastest
 (within 5%)? That is the choice the planner makes among them.
 """
 
@@ -38,6 +40,7 @@ from replan_trace import RESULTS, RUNS, measured_configurations, trace_key  # no
 
 TRAIN_MODELS = ("hf-gpt2", "hf-llama-1b", "hf-bert-base", "tv-resnet50")
 TRAIN_RUN = RUNS[0]
+RUN_NAMES = dict(zip(RUNS, ("run 1", "run 2", "run 3"), strict=True))
 # the constants the fit may change: where checkpointing's and each forward-backward call's
 # Python falls in the step. The per-operator host constants and the device side were fitted
 # per ATen operator and per step on bench/costs.py's 48 configurations (bench/fit_costs.py)
@@ -82,7 +85,7 @@ def load(cache: Path) -> list[dict]:
                 config["repricing_error"] = predict(config["trace"], priced) / traced["step_s"] - 1
             ab = config["label"].startswith("A/B")
             if run != TRAIN_RUN:
-                config["set"] = "held out: run 2"
+                config["set"] = f"held out: {RUN_NAMES[run]}"
             elif config["model"] in TRAIN_MODELS and not ab:
                 config["set"] = "train"
             else:
@@ -179,8 +182,8 @@ def choices(configs: list[dict], key: str) -> list[dict]:
     return found
 
 
-SETS = ("train", "held out: run 1's other models and A/B rows", "held out: run 2", "held out",
-        "all")  # fmt: skip
+SETS = ("train", "held out: run 1's other models and A/B rows", "held out: run 2",
+        "held out: run 3", "held out", "all")  # fmt: skip
 
 
 def _in(row: dict, which: str) -> bool:
@@ -210,7 +213,8 @@ def markdown(configs: list[dict], picks: dict, found: dict, before: Calibration,
         "# Re-predicted overheads of the plans measured on the H200 (bench/replan_compare.py)",
         "",
         "These are predictions made on a CPU for the configurations bench/plans.py measured on "
-        "one H200 (runs plans_h200.json and plans_h200_run2.json); the measured columns are "
+        "one H200 (runs plans_h200.json, plans_h200_run2.json and plans_h200_run3.json); the "
+        "measured columns are "
         "those runs' figures, nothing was measured anew. *before*: the step-time constants "
         "as they were; *after*: the host constants re-fitted on the training set (run 1, "
         "GPT-2, LLaMA-1B, BERT-base, ResNet-50). Overheads are over the same run's unmodified "

@@ -40,7 +40,7 @@ from plans import MODELS, _settings, spec_of  # noqa: E402
 from plans_table import _short_label  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = ("plans_h200.json", "plans_h200_run2.json")
+RUNS = ("plans_h200.json", "plans_h200_run2.json", "plans_h200_run3.json")
 
 
 def measured_configurations(path: Path) -> list[dict]:

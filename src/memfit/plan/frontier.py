@@ -12,13 +12,14 @@ from typing import TYPE_CHECKING, Any
 
 from memfit.errors import InvalidInputError
 from memfit.json_fields import Fields
+from memfit.units import format_bytes
 
 if TYPE_CHECKING:
     from memfit.plan.candidates import Candidate
     from memfit.plan.verify import Verified
     from memfit.trace.estimate import StepTrace
 
-__all__ = ["FrontierPoint", "pareto", "check_points", "plan_frontier"]
+__all__ = ["FrontierPoint", "pareto", "check_points", "plan_frontier", "margin_note"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,3 +128,33 @@ def plan_frontier(
             )
         )
     return front
+
+
+def margin_note(
+    frontier: Sequence[FrontierPoint], chosen_s: float, budget: int, target: int
+) -> str | None:
+    """A note when a traced plan fits the budget but not the safety margin below it, and is
+    more than 5% faster than the chosen one (a model whose blocks all checkpointed sit just at
+    the budget: the next plan that fits the margin micro-batches, often much slower).
+
+    The margin stays: the reserved peak is a prediction. The note says what it costs and how
+    to take the faster plan at the user's own risk (``margin=0``).
+    """
+    faster = [
+        p
+        for p in frontier
+        if p.label.endswith("(traced)")
+        and target < p.peak_reserved <= budget
+        and p.step_time_s < 0.95 * chosen_s
+    ]
+    if not faster:
+        return None
+    best = min(faster, key=lambda p: p.step_time_s)
+    return (
+        f"{best.label.removesuffix(' (traced)')} is predicted at "
+        f"{format_bytes(best.peak_reserved)}, "
+        f"inside the safety margin below the budget ({format_bytes(budget - target)}); this "
+        f"plan is {chosen_s / best.step_time_s - 1:.0%} slower "
+        f"({chosen_s * 1e3:.1f} against {best.step_time_s * 1e3:.1f} ms a step, predicted); "
+        f"memfit.plan(..., margin=0) takes it, at the risk the margin is kept against"
+    )

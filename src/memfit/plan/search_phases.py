@@ -21,7 +21,7 @@ from memfit.plan.baseline import (
 from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Candidate, screen
 from memfit.plan.dropped import dropped_note
-from memfit.plan.frontier import FrontierPoint, plan_frontier
+from memfit.plan.frontier import FrontierPoint, margin_note, plan_frontier
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.loss_check import chunkable_loss
 from memfit.plan.model_state import (
@@ -223,6 +223,12 @@ class Search:
         host = host_note(traced, get_device(self.step.device), self.host)
         if host is not None:
             self.notes.append(host)
+        chosen_s = traced.profile.step_time_s
+        margin = chosen_s and margin_note(
+            frontier, chosen_s, self.settings.budget, self.settings.target
+        )
+        if margin:
+            self.notes.append(margin)
         return Plan(
             techniques=self.first + techniques,
             budget=self.settings.budget,
