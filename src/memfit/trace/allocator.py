@@ -14,8 +14,9 @@ It replays a sequence of allocations and frees and reports what ``memory_allocat
   in several places), so addresses matter: ``cudaMalloc`` hands out virtual addresses from the
   top of its range down, each new segment below the ones before (301 of 382 new segments of a
   recorded 3B training run on an H200, driver of CUDA 13; the rest reuse a freed range), and the
-  simulation places new segments the same way: among equal sizes the newest segment wins. A block is split when the remainder is at least 512 B (small pool) or
-  more than 1 MiB (large pool) and the block is not oversize (``max_split_size_mb``).
+  simulation places new segments the same way: among equal sizes the newest segment wins.
+* A block is split when the remainder is at least 512 B (small pool) or more than 1 MiB (large
+  pool) and the block is not oversize (``max_split_size_mb``).
 * Freed blocks merge with free neighbours of the same segment; segments are kept (cached) until
   an allocation fails, when unsplit cached segments are released and the allocation retried.
 * With ``expandable_segments`` each (pool, stream) has one segment that grows by mapping pages
