@@ -27,7 +27,7 @@ MiB = 1 << 20
 
 
 def test_the_recordings_are_there() -> None:
-    assert len(RUNS) == 8, RUNS
+    assert len(RUNS) >= 8, RUNS  # bench/reserved_snapshots.py adds more
 
 
 @pytest.mark.parametrize("name", RUNS)
