@@ -57,10 +57,10 @@ Known limitations:
     * cuDNN's heuristics are not a formula: single calls differ from these classes by up to
       2x either way (float32 stems, channels-last 1x1 convolutions, a 1x1 at 28x28 in RegNet),
       and ``torch.backends.cudnn.benchmark = True`` (measured engine choice) is not modelled.
-    * Reserved memory: the workspaces' sizes match, yet the allocator's reserved peak of some
-      CNNs in training stays 3-10% under the measured one (bench/results/conv_compare.md):
-      how the real run's blocks are placed (the plan choice on a shape's first call included)
-      is not known; bench/conv_probe.py records it.
+    * Split-K partial sums are a rule of thumb over cuDNN's heuristics (64-channel 3x3s keep
+      14 copies, not 16; some 16-bit calls 2-7 instead of 13; pointwise weight gradients at
+      14x14 also keep some, not modelled); reserved of MobileNet-V3 fp16 stays 4.6% low and of
+      ConvNeXt-nano 5.4% high (bench/results/validation_compare.md).
     * fp32 without TF32, 1-D and 3-D convolutions and transposed convolutions get no workspace
       (not measured; bench/conv_probe.py measures the first).
 """
