@@ -38,8 +38,10 @@ than the cached block it would have reused takes a new segment), measured to the
 H200 by bench/conv_probe.py (bench/results/conv_probe_h200.json, 280 calls in isolation, and
 seven zoo training steps in bench/results/snapshots):
 
-* Every workspace carries a tail beyond the copies: 16 or 147 bytes in every call whose size
-  these classes predict (185 of 185), so it never fits an activation-sized block; 16 is added.
+* Every workspace carries a tail beyond the copies: 16 or 147 bytes in 108 of the 110 forward
+  and input-gradient calls whose copies these classes size (the other two, 16-bit stems' input
+  gradients, 199 KiB), so it never fits an activation-sized block; 16 is added. The weight
+  gradient split per image (pointwise) was measured without one.
 * A weight gradient of the "general" class also keeps split-K partial sums: ``s`` float32 copies
   of the weight, about 8 MiB in all. TensorFloat-32: ``s = min(16, 8 MiB // weight)`` once
   ``N*H*W`` of the output reaches 4096 (ResNet's 3x3s: 14 copies, 2.0-7.9 MiB); 16-bit: up to
