@@ -20,6 +20,7 @@ from memfit.trace.cuda.stack import DEFAULT_STACK
 from memfit.trace.session import new_recorder
 
 MiB = 1 << 20
+TAIL = 16  # bytes beyond the copies, in every workspace (16 or 147 measured)
 
 
 def meta(*shape: int, dtype: torch.dtype = torch.bfloat16, channels_last: bool = False):
@@ -72,7 +73,7 @@ def test_pointwise_weight_gradient_splits_the_batch_into_float32_partials():
     # ResNet-50 fp32 (batch 64) 1x1 256->64 at 56x56: 4.00 MiB; EfficientNet-B0 bf16 (batch
     # 128) 1x1 112->672 at 14x14: 36.75 MiB; one float32 weight gradient per image
     x, w = meta(64, 256, 56, 56, dtype=torch.float32), meta(64, 256, 1, 1, dtype=torch.float32)
-    assert backward(x, w, meta(64, 64, 56, 56, dtype=torch.float32)) == (0, pytest.approx(4.0))
+    assert backward(x, w, meta(64, 64, 56, 56, dtype=torch.float32)) == (0, 4.0)
     x, w = meta(128, 112, 14, 14), meta(672, 112, 1, 1)
     assert backward(x, w, meta(128, 672, 14, 14))[1] == pytest.approx(36.75, rel=0.005)
 
@@ -138,7 +139,7 @@ def test_estimate_holds_the_workspace_beside_the_output():
     )
     x = y = batch * 64 * 56 * 56 * 2
     w = 64 * 64 * 9 * 2
-    expected = round_size(w) + round_size(x) + round_size(y) + round_size(x + y + w)
+    expected = round_size(w) + round_size(x) + round_size(y) + round_size(x + y + w + TAIL)
     assert profile.peak_allocated == expected
 
 
@@ -171,7 +172,45 @@ def test_backward_makes_the_data_workspace_before_the_weight_gradient():
         ("convolution_backward (cuDNN weight workspace)", ()),
     ]
     transposes = 2 * 8 * 64 * 28 * 28 * 2 + 64 * 64 * 9 * 2  # dx + dy + w, bf16
-    assert [made[1].size, made[3].size] == [transposes, transposes]
+    # 6,272 output positions: too few for bf16 split-K partial sums
+    assert [made[1].size, made[3].size] == [transposes + TAIL, transposes + TAIL]
+
+
+def test_workspaces_never_fit_a_block_the_size_of_their_copies():
+    # ResNet-50 fp32 (batch 64), the strided 1x1 of layer2.0 and the 3x3s of layer1, measured in
+    # a training step on the H200 (bench/results/snapshots): forward 205,521,408 B once rounded
+    # to 512 (the input's 196 MiB block, freed by then, cannot hold it), backward data likewise
+    x = meta(64, 64, 56, 56, dtype=torch.float32)
+    w = meta(64, 64, 3, 3, dtype=torch.float32)
+    assert round_size(conv_forward_workspace(x, w, x, [1, 1], [1, 1], 1)) == round_size(102908051)
+    data, _ = conv_backward_workspaces(x, x, w, [1, 1], [1, 1], 1, [True, False, False])
+    assert round_size(data) == round_size(102908051)
+
+
+@pytest.mark.parametrize(
+    "dtype, batch, c_in, c_out, side, kernel, stride, measured",
+    [
+        # bench/results/conv_probe_h200.json, the weight gradient alone (H200, cuDNN 9.19)
+        (torch.float32, 32, 64, 64, 56, 3, 1, 53592743),  # 14 partial copies
+        (torch.float32, 32, 128, 128, 56, 3, 2, 73073319),  # 14
+        (torch.float32, 128, 256, 512, 56, 1, 2, 624951951),  # 16
+        (torch.float32, 128, 256, 256, 14, 3, 1, 60818015),  # 3 (8 MiB // 2.25 MiB)
+        (torch.bfloat16, 128, 64, 64, 56, 3, 1, 104751783),  # 13
+        (torch.bfloat16, 32, 128, 128, 56, 3, 2, 34767239),  # 4
+        (torch.bfloat16, 32, 256, 256, 14, 3, 1, 7602192),  # none: 6,272 positions
+    ],
+)
+def test_weight_gradient_keeps_split_k_partial_sums(
+    dtype, batch, c_in, c_out, side, kernel, stride, measured
+):
+    x = meta(batch, c_in, side, side, dtype=dtype)
+    w = meta(c_out, c_in, kernel, kernel, dtype=dtype)
+    out = side // stride
+    dy = meta(batch, c_out, out, out, dtype=dtype)
+    _, weight = conv_backward_workspaces(
+        dy, x, w, [stride] * 2, [kernel // 2] * 2, 1, [False, True, False]
+    )
+    assert weight == pytest.approx(measured, rel=0.02)
 
 
 @pytest.mark.gpu

@@ -21,12 +21,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
 from memfit.snapshot.packing import Interval, pack
 from memfit.snapshot.trace import DeviceTrace
 from memfit.trace.allocator import AllocatorSettings, CachingAllocatorSim
 from memfit.units import format_bytes
 
-__all__ = ["Fragmentation", "SettingPrediction", "analyze", "CANDIDATE_SETTINGS"]
+__all__ = [
+    "Fragmentation",
+    "SettingPrediction",
+    "analyze",
+    "simulated_reserved",
+    "CANDIDATE_SETTINGS",
+]
 
 # (label as PYTORCH_CUDA_ALLOC_CONF, keyword arguments of AllocatorSettings)
 CANDIDATE_SETTINGS: tuple[tuple[str, dict[str, Any]], ...] = (
@@ -125,6 +133,13 @@ def analyze(
     return dataclasses.replace(base, simulated_reserved=as_run, predictions=tuple(predictions))
 
 
+def simulated_reserved(trace: DeviceTrace) -> int:
+    """The reserved peak of ``trace`` replayed through the simulator with its recorded settings."""
+    return _simulate(
+        trace, AllocatorSettings(**_recorded_settings(trace.settings)), CachingAllocatorSim
+    )
+
+
 def _recorded_settings(settings: Mapping[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"expandable_segments": bool(settings.get("expandable_segments", False))}
     split = int(settings.get("max_split_size", -1) or -1)
@@ -142,16 +157,26 @@ def _label(settings: Mapping[str, Any]) -> str:
 
 
 def _simulate(trace: DeviceTrace, settings: Any, sim_class: Any) -> int:
-    """Replay every allocation in event order through the simulator; its reserved peak."""
+    """Replay every allocation in event order through the simulator; its reserved peak.
+
+    Where the recording shows segments given back (``torch.cuda.empty_cache()``, or the
+    allocator freeing its cache to retry a failed ``cudaMalloc``), the simulator empties its
+    cache at the same point, once per run of such events.
+    """
     sim = sim_class(settings)
-    events: list[tuple[int, int, int]] = []  # (time, 0 free / 1 alloc, allocation number)
+    events: list[tuple[int, int, int]] = []  # (time, 0 release / 1 free / 2 alloc, number)
     for k, a in enumerate(trace.allocations):
-        events.append((a.start, 1, k))
+        events.append((a.start, 2, k))
         if a.end < trace.num_events:
-            events.append((a.end, 0, k))
+            events.append((a.end, 1, k))
+    drop = np.diff(trace.reserved, prepend=trace.reserved[:1]) < 0  # a segment given back
+    first_of_run = drop & ~np.concatenate(([False], drop[:-1]))
+    events += [(int(i), 0, 0) for i in np.flatnonzero(first_of_run)]
     events.sort()
-    for _, is_alloc, k in events:
-        if is_alloc:
+    for _, kind, k in events:
+        if kind == 0:
+            sim.empty_cache()
+        elif kind == 2:
             a = trace.allocations[k]
             sim.malloc(k, a.size, a.stream)
         else:

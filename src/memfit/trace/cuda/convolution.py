@@ -33,6 +33,20 @@ and fp32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default):
   weight gradient takes ``x + dy`` in float32 (four times that in float32 above 14x14
   positions), others a float32 copy of the input.
 
+Two details decide reserved memory rather than allocated (a transient that is one block bigger
+than the cached block it would have reused takes a new segment), measured to the byte on the
+H200 by bench/conv_probe.py (bench/results/conv_probe_h200.json, 280 calls in isolation, and
+seven zoo training steps in bench/results/snapshots):
+
+* Every workspace carries a tail beyond the copies: 16 or 147 bytes in 108 of the 110 forward
+  and input-gradient calls whose copies these classes size (the other two, 16-bit stems' input
+  gradients, 199 KiB), so it never fits an activation-sized block; 16 is added. The weight
+  gradient split per image (pointwise) was measured without one.
+* A weight gradient of the "general" class also keeps split-K partial sums: ``s`` float32 copies
+  of the weight, about 8 MiB in all. TensorFloat-32: ``s = min(16, 8 MiB // weight)`` once
+  ``N*H*W`` of the output reaches 4096 (ResNet's 3x3s: 14 copies, 2.0-7.9 MiB); 16-bit: up to
+  13 copies from 65536 positions, up to 4 from 16384, none below.
+
 Against every measured call (bench/results/conv_classes.md, ``bench/conv_evidence.py
 --check``): within 10% (or 1 MiB) for 1,891 of 2,058 calls, 1,353 of 1,487 on the
 configurations the classes were not read from. Summed per class over those held-out calls:
@@ -45,10 +59,10 @@ Known limitations:
     * cuDNN's heuristics are not a formula: single calls differ from these classes by up to
       2x either way (float32 stems, channels-last 1x1 convolutions, a 1x1 at 28x28 in RegNet),
       and ``torch.backends.cudnn.benchmark = True`` (measured engine choice) is not modelled.
-    * Reserved memory: the workspaces' sizes match, yet the allocator's reserved peak of some
-      CNNs in training stays 3-10% under the measured one (bench/results/conv_compare.md):
-      how the real run's blocks are placed (the plan choice on a shape's first call included)
-      is not known; bench/conv_probe.py records it.
+    * Split-K partial sums are a rule of thumb over cuDNN's heuristics (64-channel 3x3s keep
+      14 copies, not 16; some 16-bit calls 2-7 instead of 13; pointwise weight gradients at
+      14x14 also keep some, not modelled); reserved of MobileNet-V3 fp16 stays 4.6% low and of
+      ConvNeXt-nano 5.4% high (bench/results/validation_compare.md).
     * fp32 without TF32, 1-D and 3-D convolutions and transposed convolutions get no workspace
       (not measured; bench/conv_probe.py measures the first).
 """
@@ -79,6 +93,10 @@ _STEM_BACKWARD_KERNEL = 4  # ... and in float32 backward, smaller than this
 _CL_DEPTHWISE_POSITIONS = 14 * 14
 _NARROW_CHANNELS = 64  # strided 1x1 convolutions from fewer channels take none (fp32 backward)
 _LARGE_SIDE = 56
+_TAIL = 16  # bytes every cuDNN workspace has beyond its copies (16 or 147 measured)
+_SPLIT_K_BYTES = 8 << 20  # the weight gradient's float32 partial sums come to about this
+# (minimum output positions N*H*W, most partial copies) per element size, largest first
+_SPLIT_K = {4: ((4096, 16),), 2: ((65536, 13), (16384, 4))}
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -181,6 +199,13 @@ def conv_forward_workspace(
     """Bytes of cuDNN's workspace for one forward convolution (0 when not modelled)."""
     if not _modelled(x, w, transposed) or _channels_last(x, w):
         return 0
+    nbytes = _forward_bytes(x, w, y, stride, padding, groups)
+    return nbytes + _TAIL if nbytes else 0
+
+
+def _forward_bytes(
+    x: torch.Tensor, w: torch.Tensor, y: torch.Tensor, stride: Any, padding: Any, groups: int
+) -> int:
     kind = _classify(x, w, stride, padding, groups)
     if kind == "depthwise":
         return 0
@@ -219,6 +244,16 @@ def conv_backward_workspaces(
     return (data if mask[0] else 0), (weight if mask[1] else 0)
 
 
+def _split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
+    """Float32 partial sums of a weight gradient split over the output positions."""
+    positions = dy.shape[0] * math.prod(dy.shape[2:])
+    weight = w.numel() * _F32
+    for least, most in _SPLIT_K.get(dy.element_size(), ()):
+        if positions >= least:
+            return min(most, _SPLIT_K_BYTES // weight) * weight
+    return 0
+
+
 def _backward_bytes(
     kind: str, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, groups: int
 ) -> tuple[int, int]:
@@ -232,13 +267,14 @@ def _backward_bytes(
     if kind == "depthwise":
         return 0, 0
     if kind == "pointwise":
-        both = _nbytes(x) + _nbytes(dy)
-        split = x.shape[0] * x.shape[1] * w.shape[0] * _F32
+        both = _nbytes(x) + _nbytes(dy) + _TAIL
+        split = x.shape[0] * x.shape[1] * w.shape[0] * _F32  # measured without a tail
         return (both if _pointwise_transposes(x, w, dy) else 0), min(split, both)
     if kind == "stem" and x.element_size() == _F32 and max(w.shape[2:]) < _STEM_BACKWARD_KERNEL:
         return 0, 0
     pointwise = groups == 1 and all(k == 1 for k in w.shape[2:])
     if pointwise and x.element_size() == _F32 and x.shape[1] < _NARROW_CHANNELS:
         return 0, 0
-    both = _transposes(x, dy, w, groups)
-    return both, both
+    both = _transposes(x, dy, w, groups) + _TAIL
+    split_k = _split_k_bytes(dy, w) if kind == "general" else 0
+    return both, both + split_k
