@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -23,6 +24,7 @@ from memfit.errors import DeviceError, InvalidInputError
 from memfit.measure.op_probe import OpCost, OpProbe
 from memfit.profile import Category, MemoryProfile, Phase, TimelineEvent
 from memfit.step.batch import describe_batch
+from memfit.step.kept_state import KeptState
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
@@ -119,8 +121,19 @@ def measure_step(
 ) -> MeasuredStep:
     """Run warm-up steps, then measure steady-state steps on the local GPU (with the trace).
 
+    The steps train the module you pass, since the memory measured is that of your module (a
+    copy would add its own weights to what is measured): it is moved to the GPU, cast for
+    ``precision="bf16"``, and stepped by an optimizer of its own. Afterwards, whether the
+    measurement returned or failed (an error, an out-of-memory error, KeyboardInterrupt), the
+    module is put back exactly as it was (``memfit.step.kept_state``): the same parameter and
+    buffer objects with their values, dtypes, devices, ``requires_grad`` and gradients, its
+    train/eval modes, and the random-number generators; an optimizer of yours that holds its
+    parameters stays valid and was never stepped. Weights that were already on the GPU are kept
+    in host memory meanwhile (their size); weights elsewhere cost nothing to keep.
+
     Args:
-        model: an ``nn.Module`` (moved to the GPU), a builder (built on the GPU) or a zoo name.
+        model: an ``nn.Module`` (run on the GPU, then put back), a builder (built on the GPU)
+            or a zoo name.
         batch: as for ``memfit.estimate``; tensors are copied to the GPU once.
         loss_fn, forward, optimizer, precision, batch_size, seq_len: as for
             ``memfit.estimate``.
@@ -139,6 +152,8 @@ def measure_step(
         * Other processes on the same GPU inflate ``outside_pytorch``.
         * The first call in a process includes one-time library workspaces, as a real first
           run does; ``memfit.estimate`` predicts exactly that.
+        * Tensors your process already holds on the GPU (another model, your optimizer's
+          state) count in the measured peaks.
     """
     _check_can_measure(warmup, steps)
     settings = StepSettings(
@@ -152,8 +167,33 @@ def measure_step(
     )
     precision = Precision.parse(settings.precision)
     name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
+    device = _run_device()
+    kept = KeptState(model if isinstance(model, nn.Module) else None, moved_to=device)
+    try:
+        return _measured(
+            name, model, batch, settings, precision, _Schedule(warmup, steps, snapshot), op_probe
+        )
+    except torch.OutOfMemoryError as error:
+        # the failed step's tensors, held by the traceback's frames, freed before the model
+        # is put back (which may need device memory); the frames' lines stay in the traceback
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        kept.restore()
+
+
+def _measured(
+    name: str,
+    model: nn.Module | Callable[[], nn.Module],
+    batch: Any,
+    settings: StepSettings,
+    precision: Precision,
+    schedule: _Schedule,
+    op_probe: bool,
+) -> MeasuredStep:
+    """The measurement itself (changes the model; ``measure_step`` puts it back)."""
     gpu = _build(model, batch, settings, precision)
-    recorded, peaks = _run(gpu, _Schedule(warmup, steps, snapshot))
+    recorded, peaks = _run(gpu, schedule)
     profile = _profile(name, gpu, recorded, peaks, settings, precision)
     op_costs = _probe_ops(gpu) if op_probe else []
     return MeasuredStep(profile, recorded.trace, recorded.marks, recorded.readings, op_costs)
@@ -175,6 +215,11 @@ def _check_can_measure(warmup: int, steps: int) -> None:
         raise InvalidInputError(f"warmup={warmup} and steps={steps} must both be at least 1")
 
 
+def _run_device() -> torch.device:
+    """The device the step is measured on: the current GPU."""
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def _build(
     model: nn.Module | Callable[[], nn.Module],
     batch: Any,
@@ -182,7 +227,7 @@ def _build(
     precision: Precision,
 ) -> _GpuStep:
     """The model and the batch on the GPU, with their optimizer and TrainStep."""
-    cuda = torch.device("cuda")
+    cuda = _run_device()
     # blocks cached by earlier work in this process would count in this step's reserved peak
     gc.collect()
     torch.cuda.empty_cache()
