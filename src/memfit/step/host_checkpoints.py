@@ -7,7 +7,7 @@ checkpoint calls see and write the real state (``HostOptimizer``'s half that han
 ``memfit.step.host_optimizer``):
 
 - ``model.state_dict()`` (or a submodule's) gives each offloaded weight's float32 master (a
-  view of the host's memory), not its working copy: the plain run's checkpoint.
+  copy in host memory), not its working copy: the plain run's checkpoint.
 - ``model.load_state_dict(...)`` writes each offloaded weight's value into its master as well
   as into the working copy (rounded there as the host step rounds), so the next update starts
   from the loaded weights, not from the masters of before.
@@ -141,7 +141,9 @@ def _save_masters(
     for local, entry in owned:
         key = prefix + local
         if key in state_dict:
-            state_dict[key] = entry.host.master.view(entry.shape)
+            # a copy: views of one flat buffer share a storage, which savers such as
+            # safetensors take for tied weights (4 bytes per weight of host memory meanwhile)
+            state_dict[key] = entry.host.master.view(entry.shape).clone()
 
 
 def _load_masters(
