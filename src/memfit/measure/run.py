@@ -22,14 +22,15 @@ from torch.utils._pytree import tree_flatten, tree_map
 from memfit.devices import get_device, local_device
 from memfit.errors import DeviceError, InvalidInputError
 from memfit.measure.op_probe import OpCost, OpProbe
-from memfit.profile import Category, MemoryProfile, Phase, TimelineEvent
+from memfit.measure.readings import Reading, stack_warnings, timeline
+from memfit.profile import Category, MemoryProfile, Phase
 from memfit.step.batch import describe_batch
 from memfit.step.kept_state import KeptState
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
-from memfit.trace.cuda.stack import DEFAULT_STACK, minor_version
+from memfit.trace.cuda.stack import minor_version
 from memfit.trace.inputs import resolve
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import make_optimizer, optimizer_label
@@ -39,8 +40,6 @@ from memfit.trace.settings import StepSettings
 from memfit.trace.versions import gpu_versions, software_versions
 
 __all__ = ["measure", "measure_step", "MeasuredStep"]
-
-Reading = tuple[Phase, int, int, str, int]  # phase, allocated, reserved, operator, trace index
 
 
 @dataclass
@@ -367,23 +366,10 @@ def _profile(
         peak_allocated=peaks.allocated,
         peak_reserved=peaks.reserved,
         by_category=by_category,
-        timeline=_timeline(recorded.readings),
+        timeline=timeline(recorded.readings),
         versions=versions,
         target_stack=ran,
-        warnings=_stack_warnings(ran),
-    )
-
-
-def _stack_warnings(ran: dict[str, str]) -> tuple[str, ...]:
-    """A note when this GPU's torch or cuDNN is not the stack memfit's device model was
-    measured on: predictions for this machine should name its stack."""
-    modelled = DEFAULT_STACK.to_dict()
-    if ran == modelled:
-        return ()
-    return (
-        f"measured with torch {ran['torch']} + cuDNN {ran['cudnn'] or 'none'}; memfit's device "
-        f"model was measured on {DEFAULT_STACK.describe()}: predict for this machine with "
-        f"--torch-version {ran['torch']} --cudnn-version {ran['cudnn'] or '?'}",
+        warnings=stack_warnings(ran),
     )
 
 
@@ -394,24 +380,3 @@ def _probe_ops(gpu: _GpuStep) -> list[OpCost]:
     with probe:
         gpu.run(lambda stage: phase.__setitem__(0, stage))
     return probe.costs
-
-
-def _timeline(readings: list[Reading], limit: int = 2000) -> tuple:
-    """At most ``limit`` timeline points: the highest reading of each run of readings."""
-    if not readings:
-        return ()
-    bucket = max(1, -(-len(readings) // limit))
-    points = []
-    for start in range(0, len(readings), bucket):
-        best = max(range(start, min(len(readings), start + bucket)), key=lambda i: readings[i][1])
-        phase, allocated, reserved, op, _ = readings[best]
-        points.append(
-            TimelineEvent(
-                index=best,
-                phase=phase,
-                allocated=allocated,
-                reserved=reserved,
-                op=op.removesuffix(".default"),
-            )
-        )
-    return tuple(points)
