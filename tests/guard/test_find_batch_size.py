@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from memfit.errors import InvalidInputError
 from memfit.guard import OOMUnrecoverableError, find_batch_size
 from memfit.guard.predict import estimate_largest_batch
+from tests.kept import assert_same, fingerprint
 
 from .faults import Budget, make_model
 
@@ -66,6 +67,36 @@ def test_model_optimizer_modes_and_rng_are_restored_exactly() -> None:
         assert torch.equal(p.grad, g)
     assert not model.training and not model.l1.training
     assert torch.equal(torch.random.get_rng_state(), rng)
+
+
+@pytest.mark.parametrize("ending", ["error", "interrupted", "returns"])
+def test_a_step_that_casts_freezes_and_fails_changes_nothing(ending: str) -> None:
+    """Whatever the trials did (cast the weights, froze one, stepped, changed the learning
+    rate) and however they ended, the model and optimizer are exactly as before."""
+    _, model, opt, make_batch, step_fn = _setup(limit=4 * 20)
+    step_fn(make_batch(2))  # optimizer state, and gradients left behind
+    F.mse_loss(model(make_batch(2)["x"]), make_batch(2)["y"]).backward()
+    before = fingerprint(model, opt)
+    calls = []
+
+    def meddling_step(batch):
+        calls.append(len(calls))
+        step_fn(batch)
+        model.float()
+        model.l1.weight.requires_grad_(False)
+        opt.param_groups[0]["lr"] = 1.0
+        if len(calls) == 3 and ending != "returns":
+            raise RuntimeError("the user's step failed") if ending == "error" else KeyboardInterrupt
+        model.double()
+
+    failure = {"error": RuntimeError, "interrupted": KeyboardInterrupt}.get(ending)
+    if failure is None:
+        find_batch_size(model, make_batch, optimizer=opt, step_fn=meddling_step, start=2)
+    else:
+        with pytest.raises(failure):
+            find_batch_size(model, make_batch, optimizer=opt, step_fn=meddling_step, start=2)
+    assert len(calls) >= 3
+    assert_same(before, fingerprint(model, opt))
 
 
 def test_a_prediction_saves_trials_and_multiple_of_and_margin_apply() -> None:

@@ -41,3 +41,47 @@ def test_measure_without_a_gpu_says_so():
         pytest.skip("this machine has a GPU")
     with pytest.raises(DeviceError, match="memfit.estimate"):
         memfit.measure(tiny_gpt2, TINY_GPT2_INPUT)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("where", ["cpu", "cuda"])
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_measure_puts_the_model_back_where_and_as_it_was(where, precision):
+    from tests.helpers import token_batch
+    from tests.kept import assert_same, fingerprint
+
+    model = tiny_gpt2().to(where)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    batch = {k: v.to(where) for k, v in token_batch().items()}
+    model(**batch).loss.backward()
+    optimizer.step()
+    # buffers on the GPU are not held during a pure-bf16 cast (they would be measured)
+    same_buffers = not (where == "cuda" and precision == "bf16")
+    before = fingerprint(model, optimizer, buffer_identity=same_buffers)
+    measured = memfit.measure(model, batch, precision=precision, warmup=1, steps=1)
+    assert measured.peak_allocated > 0
+    assert_same(before, fingerprint(model, optimizer, buffer_identity=same_buffers))
+    if where == "cpu":
+        assert all(p.device.type == "cpu" for p in model.parameters())
+
+
+@pytest.mark.gpu
+def test_a_measure_that_runs_out_of_memory_puts_the_model_back():
+    from tests.helpers import token_batch
+    from tests.kept import assert_same, fingerprint
+
+    model = tiny_gpt2().cuda()
+    calls = []
+
+    def fail_on_the_third(module, args, kwargs):
+        calls.append(1)
+        if len(calls) == 3:  # after two real steps: the weights have been updated
+            torch.empty(1 << 50, device="cuda")  # a real CUDA out-of-memory error
+
+    model.register_forward_pre_hook(fail_on_the_third, with_kwargs=True)
+    batch = {k: v.cuda() for k, v in token_batch().items()}
+    before = fingerprint(model, buffer_identity=False)
+    with pytest.raises(torch.OutOfMemoryError):
+        memfit.measure(model, batch, precision="bf16", warmup=3, steps=1)
+    assert len(calls) == 3
+    assert_same(before, fingerprint(model, buffer_identity=False))

@@ -10,7 +10,7 @@ import torch
 import memfit
 from memfit.devices import get_device
 from memfit.errors import InvalidInputError
-from memfit.measure.run import _stack_warnings
+from memfit.measure.readings import stack_warnings
 from memfit.profile import MemoryProfile
 from memfit.report.compare import diff_profiles, diff_text, version_differences
 from memfit.report.text import profile_text
@@ -116,7 +116,7 @@ def test_comparing_profiles_names_the_libraries_whose_release_differs():
 
 
 def test_a_measurement_on_another_stack_says_how_to_predict_for_it():
-    assert _stack_warnings({"torch": "2.11", "cudnn": "9.19"}) == ()
-    (note,) = _stack_warnings({"torch": "2.13", "cudnn": "9.20"})
+    assert stack_warnings({"torch": "2.11", "cudnn": "9.19"}) == ()
+    (note,) = stack_warnings({"torch": "2.13", "cudnn": "9.20"})
     assert "measured with torch 2.13 + cuDNN 9.20;" in note
     assert "--torch-version 2.13 --cudnn-version 9.20" in note

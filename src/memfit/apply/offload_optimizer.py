@@ -90,9 +90,11 @@ def apply_offload_optimizer(
           or fp32 precision (not fp16 loss scaling).
         - No gradient clipping by global norm: updates start before backward ends.
         - An offloaded weight must be used only inside its own modules' forward (a use
-          elsewhere raises at the first step); while applied, ``model.state_dict()`` holds the
-          GPU's working copies, and the float32 masters are in
-          ``context.host_optimizer.master_state_dict()``.
+          elsewhere raises at the first step).
+        - While applied, ``model.state_dict()`` and ``optimizer.state_dict()`` hold the float32
+          masters and Adam's state from host memory (as host tensors, not on the GPU), and
+          ``load_state_dict`` of either writes into them; ``model.load_state_dict(...,
+          assign=True)`` is refused (undo, load, apply again).
         - Not for ``OOMGuard``: a retried slice would step the weights again.
 
     Raises:

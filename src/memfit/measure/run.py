@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,13 +22,15 @@ from torch.utils._pytree import tree_flatten, tree_map
 from memfit.devices import get_device, local_device
 from memfit.errors import DeviceError, InvalidInputError
 from memfit.measure.op_probe import OpCost, OpProbe
-from memfit.profile import Category, MemoryProfile, Phase, TimelineEvent
+from memfit.measure.readings import Reading, stack_warnings, timeline
+from memfit.profile import Category, MemoryProfile, Phase
 from memfit.step.batch import describe_batch
+from memfit.step.kept_state import KeptState
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
-from memfit.trace.cuda.stack import DEFAULT_STACK, minor_version
+from memfit.trace.cuda.stack import minor_version
 from memfit.trace.inputs import resolve
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import make_optimizer, optimizer_label
@@ -37,8 +40,6 @@ from memfit.trace.settings import StepSettings
 from memfit.trace.versions import gpu_versions, software_versions
 
 __all__ = ["measure", "measure_step", "MeasuredStep"]
-
-Reading = tuple[Phase, int, int, str, int]  # phase, allocated, reserved, operator, trace index
 
 
 @dataclass
@@ -119,8 +120,19 @@ def measure_step(
 ) -> MeasuredStep:
     """Run warm-up steps, then measure steady-state steps on the local GPU (with the trace).
 
+    The steps train the module you pass, since the memory measured is that of your module (a
+    copy would add its own weights to what is measured): it is moved to the GPU, cast for
+    ``precision="bf16"``, and stepped by an optimizer of its own. Afterwards, whether the
+    measurement returned or failed (an error, an out-of-memory error, KeyboardInterrupt), the
+    module is put back exactly as it was (``memfit.step.kept_state``): the same parameter and
+    buffer objects with their values, dtypes, devices, ``requires_grad`` and gradients, its
+    train/eval modes, and the random-number generators; an optimizer of yours that holds its
+    parameters stays valid and was never stepped. Weights that were already on the GPU are kept
+    in host memory meanwhile (their size); weights elsewhere cost nothing to keep.
+
     Args:
-        model: an ``nn.Module`` (moved to the GPU), a builder (built on the GPU) or a zoo name.
+        model: an ``nn.Module`` (run on the GPU, then put back), a builder (built on the GPU)
+            or a zoo name.
         batch: as for ``memfit.estimate``; tensors are copied to the GPU once.
         loss_fn, forward, optimizer, precision, batch_size, seq_len: as for
             ``memfit.estimate``.
@@ -139,6 +151,8 @@ def measure_step(
         * Other processes on the same GPU inflate ``outside_pytorch``.
         * The first call in a process includes one-time library workspaces, as a real first
           run does; ``memfit.estimate`` predicts exactly that.
+        * Tensors your process already holds on the GPU (another model, your optimizer's
+          state) count in the measured peaks.
     """
     _check_can_measure(warmup, steps)
     settings = StepSettings(
@@ -152,8 +166,33 @@ def measure_step(
     )
     precision = Precision.parse(settings.precision)
     name, model, batch = resolve(model, batch, settings.batch_size, settings.seq_len)
+    device = _run_device()
+    kept = KeptState(model if isinstance(model, nn.Module) else None, moved_to=device)
+    try:
+        return _measured(
+            name, model, batch, settings, precision, _Schedule(warmup, steps, snapshot), op_probe
+        )
+    except torch.OutOfMemoryError as error:
+        # the failed step's tensors, held by the traceback's frames, freed before the model
+        # is put back (which may need device memory); the frames' lines stay in the traceback
+        traceback.clear_frames(error.__traceback__)
+        raise
+    finally:
+        kept.restore()
+
+
+def _measured(
+    name: str,
+    model: nn.Module | Callable[[], nn.Module],
+    batch: Any,
+    settings: StepSettings,
+    precision: Precision,
+    schedule: _Schedule,
+    op_probe: bool,
+) -> MeasuredStep:
+    """The measurement itself (changes the model; ``measure_step`` puts it back)."""
     gpu = _build(model, batch, settings, precision)
-    recorded, peaks = _run(gpu, _Schedule(warmup, steps, snapshot))
+    recorded, peaks = _run(gpu, schedule)
     profile = _profile(name, gpu, recorded, peaks, settings, precision)
     op_costs = _probe_ops(gpu) if op_probe else []
     return MeasuredStep(profile, recorded.trace, recorded.marks, recorded.readings, op_costs)
@@ -175,6 +214,11 @@ def _check_can_measure(warmup: int, steps: int) -> None:
         raise InvalidInputError(f"warmup={warmup} and steps={steps} must both be at least 1")
 
 
+def _run_device() -> torch.device:
+    """The device the step is measured on: the current GPU."""
+    return torch.device("cuda", torch.cuda.current_device())
+
+
 def _build(
     model: nn.Module | Callable[[], nn.Module],
     batch: Any,
@@ -182,7 +226,7 @@ def _build(
     precision: Precision,
 ) -> _GpuStep:
     """The model and the batch on the GPU, with their optimizer and TrainStep."""
-    cuda = torch.device("cuda")
+    cuda = _run_device()
     # blocks cached by earlier work in this process would count in this step's reserved peak
     gc.collect()
     torch.cuda.empty_cache()
@@ -322,23 +366,10 @@ def _profile(
         peak_allocated=peaks.allocated,
         peak_reserved=peaks.reserved,
         by_category=by_category,
-        timeline=_timeline(recorded.readings),
+        timeline=timeline(recorded.readings),
         versions=versions,
         target_stack=ran,
-        warnings=_stack_warnings(ran),
-    )
-
-
-def _stack_warnings(ran: dict[str, str]) -> tuple[str, ...]:
-    """A note when this GPU's torch or cuDNN is not the stack memfit's device model was
-    measured on: predictions for this machine should name its stack."""
-    modelled = DEFAULT_STACK.to_dict()
-    if ran == modelled:
-        return ()
-    return (
-        f"measured with torch {ran['torch']} + cuDNN {ran['cudnn'] or 'none'}; memfit's device "
-        f"model was measured on {DEFAULT_STACK.describe()}: predict for this machine with "
-        f"--torch-version {ran['torch']} --cudnn-version {ran['cudnn'] or '?'}",
+        warnings=stack_warnings(ran),
     )
 
 
@@ -349,24 +380,3 @@ def _probe_ops(gpu: _GpuStep) -> list[OpCost]:
     with probe:
         gpu.run(lambda stage: phase.__setitem__(0, stage))
     return probe.costs
-
-
-def _timeline(readings: list[Reading], limit: int = 2000) -> tuple:
-    """At most ``limit`` timeline points: the highest reading of each run of readings."""
-    if not readings:
-        return ()
-    bucket = max(1, -(-len(readings) // limit))
-    points = []
-    for start in range(0, len(readings), bucket):
-        best = max(range(start, min(len(readings), start + bucket)), key=lambda i: readings[i][1])
-        phase, allocated, reserved, op, _ = readings[best]
-        points.append(
-            TimelineEvent(
-                index=best,
-                phase=phase,
-                allocated=allocated,
-                reserved=reserved,
-                op=op.removesuffix(".default"),
-            )
-        )
-    return tuple(points)

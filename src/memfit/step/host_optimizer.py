@@ -37,6 +37,7 @@ from torch._subclasses.fake_tensor import is_fake
 
 from memfit.errors import InvalidInputError
 from memfit.step.host_adam import HostParam
+from memfit.step.host_checkpoints import HostCheckpoints
 from memfit.step.host_params import (
     check_host_optimizer,
     default_threads,
@@ -50,7 +51,7 @@ from memfit.step.pinned import PinnedHost
 __all__ = ["HostOptimizer"]
 
 
-class HostOptimizer(HostUpdates):
+class HostOptimizer(HostUpdates, HostCheckpoints):
     """Run ``optimizer``'s update of ``params`` on the host, overlapped with backward.
 
     Args:
@@ -77,8 +78,11 @@ class HostOptimizer(HostUpdates):
         ``state_dict()`` (of the model, a module owning an offloaded weight, or the optimizer),
         ``master_state_dict()`` and undo wait for it; reading a weight's tensor directly
         (``param.detach()``, ``torch.save(model)``) needs ``synchronize()`` first
-        (``TrainStep.synchronize()``). While attached, ``model.state_dict()`` holds the working
-        copies; the float32 masters are in ``master_state_dict()``. No gradient clipping by
+        (``TrainStep.synchronize()``). While attached, checkpoints go through the host
+        (``memfit.step.host_checkpoints``): ``model.state_dict()`` and
+        ``optimizer.state_dict()`` hold the float32 masters and the host's Adam state (host
+        tensors), and their ``load_state_dict`` writes into them; ``load_state_dict(assign=True)``
+        on the model is refused. No gradient clipping by
         global norm (the update starts before backward ends), no fp16 loss scaling, no
         amsgrad; one CUDA device. Backward waits on the CPU while more than
         ``_GRADS_IN_FLIGHT`` (8) gradient copies are queued (each holds its gradient's GPU
@@ -251,6 +255,7 @@ class HostOptimizer(HostUpdates):
         self._handles.append(
             self.optimizer.register_state_dict_pre_hook(lambda o: self.synchronize())
         )
+        self._install_checkpoint_hooks(model)
 
     # --- reading and undoing -------------------------------------------------------------
     def master_state_dict(self) -> dict[str, torch.Tensor]:
