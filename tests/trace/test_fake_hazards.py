@@ -4,6 +4,7 @@ helpers, meta kernels stricter than CUDA's, and loops that never end (the watchd
 
 from __future__ import annotations
 
+import sys
 import time
 
 import pytest
@@ -185,6 +186,23 @@ def test_a_loop_on_tensor_values_is_stopped_with_a_message_naming_it():
     message = str(caught.value)
     assert "after 2 s" in message and "forward" in message and "timeout_s" in message
     assert "test_fake_hazards.py" in message
+
+
+def test_the_stall_is_placed_in_user_code_not_in_pythons_library():
+    # the deadline can fall inside a weakref callback the garbage collector runs
+    from memfit.trace import watchdog
+
+    namespace: dict = {"sys": sys}
+    callback = compile(
+        "def callback():\n    return sys._getframe()\n", watchdog._STDLIB + "weakref.py", "exec"
+    )
+    exec(callback, namespace)
+
+    def users_loop():
+        return namespace["callback"]()
+
+    place, _ = watchdog._where(users_loop())
+    assert place.startswith("users_loop (") and "test_fake_hazards.py" in place
 
 
 class BuildsForever(nn.Module):

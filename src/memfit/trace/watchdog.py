@@ -24,6 +24,7 @@ import collections
 import ctypes
 import os
 import sys
+import sysconfig
 import threading
 import time
 from collections.abc import Callable
@@ -39,10 +40,22 @@ __all__ = ["TraceStalled", "Watchdog", "DEFAULT_TIMEOUT_S"]
 DEFAULT_TIMEOUT_S = 60.0
 GRACE_S = 5.0  # after the deadline, before interrupting a loop that runs no operator
 _OWN_CODE = (os.sep + "torch" + os.sep, os.sep + "memfit" + os.sep, "contextlib.py")
+# Python's own library: the deadline may fall inside one of its frames (a weakref callback the
+# garbage collector runs), which is not where the user's code loops
+_STDLIB = sysconfig.get_paths()["stdlib"] + os.sep
 
 
 class TraceStalled(BaseException):  # noqa: N818 - delivered asynchronously, not an error
     """Raised inside the tracing thread when the deadline passes."""
+
+
+def _users(filename: str) -> bool:
+    """Whether code in ``filename`` is the user's (or a library's they use): not torch, memfit
+    or Python's own library."""
+    if any(part in filename for part in _OWN_CODE):
+        return False
+    installed = "site-packages" in filename or "dist-packages" in filename
+    return installed or not filename.startswith(_STDLIB)
 
 
 def _where(frame: FrameType | None) -> tuple[str, str]:
@@ -50,7 +63,7 @@ def _where(frame: FrameType | None) -> tuple[str, str]:
     place, building = "", ""
     while frame is not None:
         code = frame.f_code
-        if not place and not any(part in code.co_filename for part in _OWN_CODE):
+        if not place and _users(code.co_filename):
             place = f"{code.co_name} ({code.co_filename}:{frame.f_lineno})"
         owner = frame.f_locals.get("self")
         if not building and code.co_name == "__init__" and isinstance(owner, nn.Module):
