@@ -68,3 +68,24 @@ def test_sums_outside_backward_are_not_touched() -> None:
     ops = [a.op for a in recorder.trace.allocations.values()]
     assert ops.count("add.Tensor") == 2
     assert total.shape == plain.shape
+
+
+def _layouts(make: Any, real: bool) -> list[tuple[int, ...]]:
+    """A gradient that is the sum of a transposed one (arriving first) and a contiguous one:
+    the strides of the sum, seen by a hook on the tensor summed for."""
+    seen: list[tuple[int, ...]] = []
+    w = make(16, 8).requires_grad_()
+    h = w * 1
+    h.register_hook(lambda grad: seen.append(grad.stride()))
+    loss = (h * 3).sum() + (h.t() * 2).sum()
+    loss.backward()
+    return seen
+
+
+def test_a_sum_keeps_the_layout_the_engine_keeps() -> None:
+    """The engine sums into the first gradient when it is dense in any order of its
+    dimensions, so the sum keeps its layout, which decides whether later nodes copy it."""
+    engine = _layouts(torch.randn, real=True)
+    with FakeTensorMode(), torch.device("cpu"), MemoryRecorder():
+        traced = _layouts(torch.empty, real=False)
+    assert traced == engine

@@ -55,6 +55,8 @@ __all__ = [
 # recorder.hidden() or recorder.persistent(): rule(recorder, func, args, kwargs, out).
 WorkspaceRule = Callable[["MemoryRecorder", Any, tuple, dict, Any], None]
 
+_ADD_IN_PLACE = torch.ops.aten.add_.Tensor
+
 # ``tensor.device`` of a tensor subclass dispatches this query through every mode: about two
 # thirds of the calls a trace sees (the autograd engine asks it for each gradient)
 _DEVICE_QUERY = torch.ops.prim.device.default
@@ -359,8 +361,9 @@ class MemoryRecorder(TorchDispatchMode):
         substitute = None
         if self.device_type is None:  # on fake tensors: what the GPU would run
             substitute = stricter_than_cuda(func, args, kwargs)
-            if substitute is None:
-                substitute = sum_in_place(func, args, kwargs)
+            summed = sum_in_place(func, args, kwargs)
+            if summed is not None:  # the autograd engine's gradient sum, made in place
+                func, args, kwargs = _ADD_IN_PLACE, summed, {}
         try:
             out = func(*args, **kwargs) if substitute is None else substitute
         except FALLBACK_ERRORS as error:
