@@ -67,9 +67,9 @@ class HostOptimizer(HostUpdates, HostCheckpoints):
     whether this backward ends the step (set by ``TrainStep`` when it splits a batch).
 
     On fake tensors (memfit's tracer) it changes what the GPU holds in the same way (working
-    copies; each gradient and its float32 copy held until the next one is complete; one
-    float32 buffer of the largest parameter for the copies back) and allocates nothing on the
-    host: ``host_bytes()`` gives what it would hold there.
+    copies; the last gradients held until their copies run; the float32 buffers of the
+    copies each way in their side streams' pools: ``HostUpdates._drop_grad``) and allocates
+    nothing on the host: ``host_bytes()`` gives what it would hold there.
 
     Known limitations:
         An offloaded weight must be used only inside the forward of the modules that own it
@@ -116,7 +116,6 @@ class HostOptimizer(HostUpdates, HostCheckpoints):
         self._attached = False
         self._cuda = False
         self._simulated = any(is_fake(p) for _, p in self._params)
-        self._held: list[torch.Tensor] = []  # simulated: what the copies hold on the GPU
         self._in_flight: deque[Any] = deque()  # gradients' copies (events; simulated: grads)
         self._released: list[torch.Tensor] = []  # simulated: the float32 weights replaced
         group_of = {p: g for g in optimizer.param_groups for p in g["params"]}
@@ -168,9 +167,6 @@ class HostOptimizer(HostUpdates, HostCheckpoints):
                 self._handles.append(
                     param.register_post_accumulate_grad_hook(_weak(self._drop_grad))
                 )
-            if self.working_dtype != torch.float32:
-                largest = max(p.numel() for p in params)
-                self._scratch = torch.empty(largest, dtype=torch.float32)
             return
         self._cuda = params[0].device.type == "cuda"
         if self._cuda:
@@ -301,7 +297,6 @@ class HostOptimizer(HostUpdates, HostCheckpoints):
 
     def _stop(self) -> None:
         self._attached = False
-        self._held = []
         self._in_flight.clear()
         if self._worker is not None:
             self._worker.close()

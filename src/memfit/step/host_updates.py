@@ -53,26 +53,51 @@ class HostUpdates:
     _d2h: Any
     _h2d: Any
     _simulated: bool
-    _held: list[torch.Tensor]
     _in_flight: deque[Any]
+    _fake_streams: tuple[Any, Any] | None = None
 
     # --- the step ------------------------------------------------------------------------
     def check(self) -> None:
-        """Raise the error a host update raised, if any (the step calls it once per step)."""
+        """Raise the error a host update raised, if any (the step calls it after each
+        backward and after the update)."""
         if self._simulated:  # backward is over: its gradients' copies have run
             self._in_flight.clear()
         if self._worker is not None:
             self._worker.check()
 
     def _drop_grad(self, param: torch.Tensor) -> None:
-        """Simulated: the last ``_GRADS_IN_FLIGHT`` gradients stay (their copies may still be
-        queued), and the float32 copy of the last one."""
+        """Simulated (fake tensors): what ``_on_grad`` does to GPU memory.
+
+        The gradient is held until its copy has run: ``_on_grad`` keeps at most
+        ``_GRADS_IN_FLIGHT`` copies queued, and autograd's thread runs that far ahead (8
+        gradients pending at the allocated peak of the H200 recording of the 3B plan,
+        bench/results/snapshots/northstar_b16_one_step_stacks_h200.pickle.gz); those left when
+        backward ends are freed then (``check``). The float32 widening is made on the copy
+        stream, in its own pool, and freed at once (stream-ordered: the next copy reuses its
+        block); the float32 buffer of each update's weights coming back likewise on the other
+        side stream (that recording: 96 MiB reserved in each side pool, 28 layers' largest
+        weight in float32).
+        """
         grad, param.grad = param.grad, None
-        if grad is not None:
-            self._in_flight.append(grad)
-            self._held = [] if grad.dtype == torch.float32 else [grad.float()]
-            if len(self._in_flight) > _GRADS_IN_FLIGHT:
-                self._in_flight.popleft()
+        if grad is None:
+            return
+        to_host, to_device = self._side_streams()
+        with torch.cpu.stream(to_host):
+            wide = grad.reshape(-1).float()
+        del wide
+        if self.final_micro_batch and param.dtype != torch.float32:
+            with torch.cpu.stream(to_device):
+                back = torch.empty(param.numel(), dtype=torch.float32, device=param.device)
+            del back
+        self._in_flight.append(grad)
+        if len(self._in_flight) > _GRADS_IN_FLIGHT:
+            self._in_flight.popleft()
+
+    def _side_streams(self) -> tuple[Any, Any]:
+        """Simulated: the streams standing for the copies' CUDA streams (``CpuStreams``)."""
+        if self._fake_streams is None:
+            self._fake_streams = (torch.cpu.Stream(), torch.cpu.Stream())
+        return self._fake_streams
 
     def _wait_for(self, entries: list[HostEntry]) -> None:
         for entry in entries:
@@ -174,7 +199,6 @@ class HostUpdates:
 
     def synchronize(self) -> None:
         """Wait until every queued host update is done and its weights are on the device."""
-        self._held = []
         self._in_flight.clear()
         if self._worker is None:
             return

@@ -166,6 +166,8 @@ class TrainStep:
             (scaled * self.grad_scale).backward()
         else:
             scaled.backward()
+        if self.host_optimizer is not None:  # its gradients' copies are queued, not held
+            self.host_optimizer.check()
         return loss.detach()
 
     def _saving(self) -> contextlib.AbstractContextManager[Any]:

@@ -35,11 +35,13 @@ from torch.utils.module_tracker import ModuleTracker
 
 from memfit.profile import Category, Phase
 from memfit.trace.fallbacks import FALLBACK_ERRORS, Assumptions, fallback, stricter_than_cuda
+from memfit.trace.grad_sums import sum_in_place
 from memfit.trace.shadow_values import ShadowValues
 from memfit.trace.watchdog import TraceStalled
 
 __all__ = [
     "Allocation",
+    "CpuStreams",
     "MemoryRecorder",
     "WorkspaceRule",
     "Trace",
@@ -52,6 +54,8 @@ __all__ = [
 # beyond its outputs (a cuBLAS/cuDNN workspace, a flash-attention accumulator) through
 # recorder.hidden() or recorder.persistent(): rule(recorder, func, args, kwargs, out).
 WorkspaceRule = Callable[["MemoryRecorder", Any, tuple, dict, Any], None]
+
+_ADD_IN_PLACE = torch.ops.aten.add_.Tensor
 
 # ``tensor.device`` of a tensor subclass dispatches this query through every mode: about two
 # thirds of the calls a trace sees (the autograd engine asks it for each gradient)
@@ -99,6 +103,28 @@ class ValueReadWhileBuilding(BaseException):  # noqa: N818 - a signal to the bui
 
     A ``BaseException``, so that the builder's own ``except Exception`` clauses let it through.
     """
+
+
+class CpuStreams:
+    """Small integer ids of the ``torch.cpu.Stream`` current now (0: the default stream).
+
+    On the fake CPU device a ``torch.cpu.Stream`` stands for a CUDA stream: FSDP2 makes its
+    own current for its collectives, and a technique's simulation does for its side streams
+    (``memfit.step.host_updates``); the caching allocator keeps a pool per stream.
+    """
+
+    def __init__(self) -> None:
+        self._default = torch.cpu.current_stream()
+        self._ids: dict[int, int] = {id(self._default): 0}
+        self._keep: list[Any] = [self._default]  # ids of live objects stay unique
+
+    def __call__(self) -> int:
+        stream = torch.cpu.current_stream()
+        key = id(stream)
+        if key not in self._ids:
+            self._ids[key] = len(self._ids)
+            self._keep.append(stream)
+        return self._ids[key]
 
 
 class MemoryRecorder(TorchDispatchMode):
@@ -332,9 +358,12 @@ class MemoryRecorder(TorchDispatchMode):
             known = self.shadows.scalar(args[0])
             if known is not None:
                 return known
-        substitute = (
-            None if self.device_type is not None else stricter_than_cuda(func, args, kwargs)
-        )
+        substitute = None
+        if self.device_type is None:  # on fake tensors: what the GPU would run
+            substitute = stricter_than_cuda(func, args, kwargs)
+            summed = sum_in_place(func, args, kwargs)
+            if summed is not None:  # the autograd engine's gradient sum, made in place
+                func, args, kwargs = _ADD_IN_PLACE, summed, {}
         try:
             out = func(*args, **kwargs) if substitute is None else substitute
         except FALLBACK_ERRORS as error:

@@ -35,7 +35,7 @@ from memfit.trace.hf_masks import gpu_mask_branches
 from memfit.trace.low_bit import torchao_stand_in
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults, host_tensors, state_tensors
-from memfit.trace.recorder import MemoryRecorder, Trace, local_tensor
+from memfit.trace.recorder import CpuStreams, MemoryRecorder, Trace, local_tensor
 
 __all__ = ["TracedOp", "StepRecord", "traced_step", "new_recorder"]
 
@@ -107,8 +107,10 @@ class StepRecord:
 
 
 def new_recorder(device: DeviceSpec, stack: CudaStack) -> MemoryRecorder:
-    """A recorder with the device's kernel workspaces."""
-    return MemoryRecorder(cuda_workspace_rules(device, stack))
+    """A recorder with the device's kernel workspaces, noting the stream of each allocation."""
+    recorder = MemoryRecorder(cuda_workspace_rules(device, stack))
+    recorder.stream_of = CpuStreams()
+    return recorder
 
 
 def traced_step(

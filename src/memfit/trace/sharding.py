@@ -47,7 +47,7 @@ from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 
 from memfit.profile import Category
 from memfit.trace.fakeify import FakeModel
-from memfit.trace.recorder import Allocation, MemoryRecorder, Trace, local_tensor
+from memfit.trace.recorder import Allocation, CpuStreams, MemoryRecorder, Trace, local_tensor
 from memfit.trace.sharded_sizes import (
     ROLES,
     ShardedSize,
@@ -62,23 +62,6 @@ __all__ = [
     "fake_process_group",
     "ROLES",
 ]
-
-
-class _Streams:
-    """Small integer ids of the streams FSDP2 makes current (0: the default stream)."""
-
-    def __init__(self) -> None:
-        self._default = torch.cpu.current_stream()
-        self._ids: dict[int, int] = {id(self._default): 0}
-        self._keep: list[Any] = [self._default]  # ids of live objects stay unique
-
-    def __call__(self) -> int:
-        stream = torch.cpu.current_stream()
-        key = id(stream)
-        if key not in self._ids:
-            self._ids[key] = len(self._ids)
-            self._keep.append(stream)
-        return self._ids[key]
 
 
 @dataclass
@@ -117,7 +100,7 @@ class ShardedTracing:
         self._shard_terms: dict[tuple[int, ...], set[tuple[int, int]]] = {}  # local shape ->
         self.ambiguous: set[int] = set()  # allocations whose shard no shape tells apart
         self.collectives: list[tuple[str, ShardedSize]] = []  # in the order the step ran them
-        recorder.stream_of = _Streams()
+        recorder.stream_of = CpuStreams()
         recorder.on_new = self._on_new
         recorder.shards_only = True
 
