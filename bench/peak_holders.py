@@ -25,11 +25,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from memfit.step.precision import Precision  # noqa: E402
-from memfit.step.train_step import TrainStep  # noqa: E402
-from memfit.trace.inputs import make_inputs, parse_input_spec  # noqa: E402
-from memfit.trace.optimizers import make_optimizer  # noqa: E402
-from validation import clean, select, versions  # noqa: E402
+from validation import clean, select, train_step_of, versions  # noqa: E402
 from validation_case import Case  # noqa: E402
 
 MiB = 1 << 20
@@ -37,27 +33,10 @@ DEFAULT_ONLY = "mistral-gqa-fp32,llama-mqa-fp32,mistral-gqa-bf16-mixed"
 KEEP_FRAMES = 10
 
 
-def build_step(case: Case, tiny: bool, device: str) -> tuple[TrainStep, Any]:
+def build_step(case: Case, tiny: bool, device: str) -> tuple[Any, Any]:
     """The zoo's training step for ``case``, as bench/validation.py runs it without a recorder."""
     builder, spec = case.built(tiny)
-    precision = Precision.parse(case.precision)
-    with torch.device(device):
-        module = builder()
-    if precision.param_dtype is not None:
-        module = module.to(precision.param_dtype)
-    example = make_inputs(parse_input_spec(spec), device=device)
-    optimizer = make_optimizer(
-        case.optimizer_arg(), [p for p in module.parameters() if p.requires_grad]
-    )
-    step = TrainStep(
-        module,
-        optimizer,
-        loss_fn=case.loss_fn(),
-        forward=case.forward(),
-        precision=precision,
-        device_type=device,
-    )
-    return step, example
+    return train_step_of(case, builder, spec, device)
 
 
 def frames_of(event: dict) -> list[str]:

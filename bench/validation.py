@@ -204,8 +204,8 @@ def plain_train_peaks(case: Case, builder: Any, spec: str) -> dict:
     }
 
 
-def _train(case: Case, builder: Any, spec: str, device: str, warmup: int, steps: int) -> list:
-
+def train_step_of(case: Case, builder: Any, spec: str, device: str) -> tuple[TrainStep, Any]:
+    """The configuration's training step as the zoo runs it without a recorder, and its batch."""
     precision = Precision.parse(case.precision)
     with torch.device(device):
         module = builder()
@@ -223,6 +223,11 @@ def _train(case: Case, builder: Any, spec: str, device: str, warmup: int, steps:
         precision=precision,
         device_type=device,
     )
+    return step, example
+
+
+def _train(case: Case, builder: Any, spec: str, device: str, warmup: int, steps: int) -> list:
+    step, example = train_step_of(case, builder, spec, device)
     losses = [float(step.step(example)) for _ in range(warmup)]
     if steps:
         torch.cuda.synchronize()
