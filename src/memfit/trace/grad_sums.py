@@ -44,6 +44,9 @@ _dense = getattr(
 )
 
 _ADD = torch.ops.aten.add.Tensor
+# registered with CUDA's module in older releases (absent from their CPU-only builds, pytorch
+# issue 131881): without it the sums stay out of place, as traced before
+_USE_COUNT = getattr(torch._C, "_storage_Use_Count", None)
 # a storage referenced by one tensor, seen through the UntypedStorage made to ask
 _ONE_OWNER = 2
 
@@ -52,13 +55,13 @@ def _summable(tensor: torch.Tensor) -> bool:
     """What ``can_accumulate_inplace`` asks: dense (in any order of its dimensions: the sum
     keeps that layout, which decides the copies later nodes make), and nothing else holds its
     storage."""
-    if tensor.numel() == 0 or not _dense(tensor):
+    if _USE_COUNT is None or tensor.numel() == 0 or not _dense(tensor):
         return False
     storage = tensor.untyped_storage()
     # under a dispatch mode a backward formula's view (TBackward's ``grad.t()``) keeps its
     # base, which holds the storage too; without a mode the engine sees the view alone
     owners = _ONE_OWNER + (tensor._base is not None)
-    return bool(torch._C._storage_Use_Count(storage._cdata) == owners)
+    return bool(_USE_COUNT(storage._cdata) == owners)
 
 
 def sum_in_place(func: Any, args: tuple, kwargs: dict) -> tuple[torch.Tensor, torch.Tensor] | None:
