@@ -23,6 +23,7 @@ from memfit.plan.candidates import Candidate, screen
 from memfit.plan.dropped import dropped_note
 from memfit.plan.frontier import FrontierPoint, margin_note, plan_frontier
 from memfit.plan.infeasible import infeasible_error
+from memfit.plan.known_misses import recomputed_convolution_note
 from memfit.plan.loss_check import chunkable_loss
 from memfit.plan.model_state import (
     count_parameters,
@@ -229,6 +230,9 @@ class Search:
         )
         if margin:
             self.notes.append(margin)
+        convolutions = recomputed_convolution_note(self.first + techniques, traced)
+        if convolutions and convolutions not in self.notes:
+            self.notes.append(convolutions)
         return Plan(
             techniques=self.first + techniques,
             budget=self.settings.budget,

@@ -1,0 +1,53 @@
+"""Plans whose kind is known to miss its prediction say so (checkpointed convolutions)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+import memfit
+
+
+class ConvBlock(nn.Module):
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.BatchNorm2d(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + torch.relu(self.norm(self.conv(x)))
+
+
+class MlpBlock(nn.Module):
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.up, self.down = nn.Linear(width, 4 * width), nn.Linear(4 * width, width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.down(torch.relu(self.up(x)))
+
+
+def _plan(model: nn.Module, spec: str, fraction: float = 0.8) -> memfit.Plan:
+    unmodified = memfit.estimate(model, spec, device="h200", precision="fp32")
+    return memfit.plan(
+        model,
+        spec,
+        budget=int(unmodified.peak_reserved * fraction),
+        device="h200",
+        precision="fp32",
+        allow=["checkpoint"],
+    )
+
+
+def test_a_plan_recomputing_convolutions_says_its_prediction_runs_low():
+    model = nn.Sequential(*[ConvBlock(32) for _ in range(4)])
+    plan = _plan(model, "float32[16,32,64,64]")
+    assert "checkpoint" in plan.label
+    assert any("recomputes convolutions" in n and "margin=0.1" in n for n in plan.notes)
+
+
+def test_other_checkpointed_plans_do_not():
+    model = nn.Sequential(*[MlpBlock(256) for _ in range(8)])
+    plan = _plan(model, "float32[4096,256]", fraction=0.9)
+    assert "checkpoint" in plan.label
+    assert not any("convolutions" in n for n in plan.notes)
