@@ -97,6 +97,11 @@ _TAIL = 16  # bytes every cuDNN workspace has beyond its copies (16 or 147 measu
 _SPLIT_K_BYTES = 8 << 20  # the weight gradient's float32 partial sums come to about this
 # (minimum output positions N*H*W, most partial copies) per element size, largest first
 _SPLIT_K = {4: ((4096, 16),), 2: ((65536, 13), (16384, 4))}
+# a 16-bit pointwise weight gradient through the input's and output gradient's copies also
+# keeps float32 partial sums of the weight from this many output positions N*H*W (measured
+# with them at 12544 and 25088, without at 6272): this many copies per 16-bit dtype
+_POINTWISE_SPLIT_K_POSITIONS = 12544
+_POINTWISE_SPLIT_K = {torch.bfloat16: 2, torch.float16: 3}
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -254,6 +259,16 @@ def _split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
     return 0
 
 
+def _pointwise_split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
+    """Float32 partial sums of a 16-bit pointwise weight gradient made through the NHWC
+    copies, at more than 7x7 output positions (ResNet-50's layer3 1x1s at batch 64 and 128)."""
+    if math.prod(dy.shape[2:]) <= _SMALL_POSITIONS:
+        return 0
+    if dy.shape[0] * math.prod(dy.shape[2:]) < _POINTWISE_SPLIT_K_POSITIONS:
+        return 0
+    return _POINTWISE_SPLIT_K.get(dy.dtype, 0) * w.numel() * _F32
+
+
 def _backward_bytes(
     kind: str, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, groups: int
 ) -> tuple[int, int]:
@@ -269,7 +284,8 @@ def _backward_bytes(
     if kind == "pointwise":
         both = _nbytes(x) + _nbytes(dy) + _TAIL
         split = x.shape[0] * x.shape[1] * w.shape[0] * _F32  # measured without a tail
-        return (both if _pointwise_transposes(x, w, dy) else 0), min(split, both)
+        data = both if _pointwise_transposes(x, w, dy) else 0
+        return data, split if split < both else both + _pointwise_split_k_bytes(dy, w)
     if kind == "stem" and x.element_size() == _F32 and max(w.shape[2:]) < _STEM_BACKWARD_KERNEL:
         return 0, 0
     pointwise = groups == 1 and all(k == 1 for k in w.shape[2:])
