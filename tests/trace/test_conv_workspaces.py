@@ -213,6 +213,28 @@ def test_weight_gradient_keeps_split_k_partial_sums(
     assert weight == pytest.approx(measured, rel=0.02)
 
 
+@pytest.mark.parametrize(
+    ("dtype", "batch", "c_in", "c_out", "measured"),
+    [
+        # bench/results/conv_probe_h200.json, 1x1 at 14x14 (x + dy copies, then float32
+        # partial sums of the weight): 2 copies in bf16, 3 in fp16 from 12,544 positions
+        (torch.bfloat16, 128, 1024, 256, 66322735),
+        (torch.float16, 128, 1024, 256, 67371567),
+        (torch.bfloat16, 128, 512, 512, 53477679),
+        (torch.float16, 128, 512, 512, 54526511),
+        (torch.float16, 128, 1024, 512, 83362351),
+        (torch.bfloat16, 32, 1024, 256, 16056336),  # none: 6,272 positions
+    ],
+)
+def test_pointwise_weight_gradient_through_copies_keeps_split_k_partial_sums(
+    dtype, batch, c_in, c_out, measured
+):
+    x, w = meta(batch, c_in, 14, 14, dtype=dtype), meta(c_out, c_in, 1, 1, dtype=dtype)
+    dy = meta(batch, c_out, 14, 14, dtype=dtype)
+    _, weight = conv_backward_workspaces(dy, x, w, [1, 1], [0, 0], 1, [False, True, False])
+    assert weight == pytest.approx(measured, abs=1024)  # the tail: 16 to 559 bytes
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize(
     "shape",

@@ -26,7 +26,10 @@ and fp32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default):
 * NCHW 1x1, stride 1 ("pointwise", a matrix product per image): ``x + y`` when the output has
   at most 7x7 positions (16-bit: 14x14 when both channel counts are 384 or more), else none.
   Its weight gradient takes the smaller of ``x + dy`` and one float32 weight gradient per image
-  (``N * C_in * C_out * 4``: split over the batch, then summed).
+  (``N * C_in * C_out * 4``: split over the batch, then summed). Through ``x + dy`` above 7x7
+  positions it also keeps float32 partial sums of the weight from 12,544 positions ``N*H*W``:
+  2 copies in bf16, 3 in fp16 (ResNet-50's layer3 1x1s at 14x14, batch 64: 32.63 MiB, not
+  30.63, eleven times a step).
 * Depthwise NCHW (MobileNet, EfficientNet): none.
 * Channels-last input (ConvNeXt's depthwise convolutions see the channels-last tensor its
   ``permute`` back leaves): none in the forward; in the backward, a depthwise convolution's
@@ -60,9 +63,11 @@ Known limitations:
       2x either way (float32 stems, channels-last 1x1 convolutions, a 1x1 at 28x28 in RegNet),
       and ``torch.backends.cudnn.benchmark = True`` (measured engine choice) is not modelled.
     * Split-K partial sums are a rule of thumb over cuDNN's heuristics (64-channel 3x3s keep
-      14 copies, not 16; some 16-bit calls 2-7 instead of 13; pointwise weight gradients at
-      14x14 also keep some, not modelled); reserved of MobileNet-V3 fp16 stays 4.6% low and of
-      ConvNeXt-nano 5.4% high (bench/results/validation_compare.md).
+      14 copies, not 16; some 16-bit calls 2-7 instead of 13; a bf16 1x1 1024->512 at 14x14
+      keeps 3 pointwise copies, not 2; 16-bit 1x1s at 7x7 keep 0.5-3.5 MiB, not modelled;
+      the pointwise threshold lies between 6,272 and 12,544 positions, unmeasured); reserved
+      of MobileNet-V3 fp16 stays 4.6% low and of ConvNeXt-nano 5.4% high
+      (bench/results/validation_compare.md).
     * fp32 without TF32, 1-D and 3-D convolutions and transposed convolutions get no workspace
       (not measured; bench/conv_probe.py measures the first).
 """
@@ -97,6 +102,11 @@ _TAIL = 16  # bytes every cuDNN workspace has beyond its copies (16 or 147 measu
 _SPLIT_K_BYTES = 8 << 20  # the weight gradient's float32 partial sums come to about this
 # (minimum output positions N*H*W, most partial copies) per element size, largest first
 _SPLIT_K = {4: ((4096, 16),), 2: ((65536, 13), (16384, 4))}
+# a 16-bit pointwise weight gradient through the input's and output gradient's copies also
+# keeps float32 partial sums of the weight from this many output positions N*H*W (measured
+# with them at 12544 and 25088, without at 6272): this many copies per 16-bit dtype
+_POINTWISE_SPLIT_K_POSITIONS = 12544
+_POINTWISE_SPLIT_K = {torch.bfloat16: 2, torch.float16: 3}
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -254,6 +264,16 @@ def _split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
     return 0
 
 
+def _pointwise_split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
+    """Float32 partial sums of a 16-bit pointwise weight gradient made through the NHWC
+    copies, at more than 7x7 output positions (ResNet-50's layer3 1x1s at batch 64 and 128)."""
+    if math.prod(dy.shape[2:]) <= _SMALL_POSITIONS:
+        return 0
+    if dy.shape[0] * math.prod(dy.shape[2:]) < _POINTWISE_SPLIT_K_POSITIONS:
+        return 0
+    return _POINTWISE_SPLIT_K.get(dy.dtype, 0) * w.numel() * _F32
+
+
 def _backward_bytes(
     kind: str, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, groups: int
 ) -> tuple[int, int]:
@@ -269,7 +289,8 @@ def _backward_bytes(
     if kind == "pointwise":
         both = _nbytes(x) + _nbytes(dy) + _TAIL
         split = x.shape[0] * x.shape[1] * w.shape[0] * _F32  # measured without a tail
-        return (both if _pointwise_transposes(x, w, dy) else 0), min(split, both)
+        data = both if _pointwise_transposes(x, w, dy) else 0
+        return data, split if split < both else both + _pointwise_split_k_bytes(dy, w)
     if kind == "stem" and x.element_size() == _F32 and max(w.shape[2:]) < _STEM_BACKWARD_KERNEL:
         return 0, 0
     pointwise = groups == 1 and all(k == 1 for k in w.shape[2:])
