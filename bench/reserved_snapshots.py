@@ -18,7 +18,6 @@ test_allocator_h200_orders.py replays every one of them. Writes DIR/reserved_sna
 from __future__ import annotations
 
 import argparse
-import contextlib
 import gzip
 import json
 import pickle
@@ -33,10 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from conv_probe import versions  # noqa: E402
-from memfit.step.batch import call_model  # noqa: E402
-from memfit.step.precision import Precision  # noqa: E402
-from memfit.trace.inputs import make_inputs, parse_input_spec  # noqa: E402
-from validation import _train, all_cases, clean  # noqa: E402
+from validation import _train, all_cases, clean, inference_forward_of  # noqa: E402
 
 # the rows of bench/results/validation_compare.md whose reserved error is largest and that have
 # no recording yet (re-predicted with the allocator and workspace fixes of this branch)
@@ -54,21 +50,9 @@ STEPS = 4
 
 
 def _forwards(case: Any, builder: Any, spec: str, device: str) -> None:
-    precision = Precision.parse(case.precision)
-    with torch.device(device):
-        module = builder()
-    module.eval()
-    if precision.param_dtype is not None:
-        module = module.to(precision.param_dtype)
-    example = make_inputs(parse_input_spec(spec), device=device)
-    grad_off = torch.inference_mode if case.mode == "inference_mode" else torch.no_grad
+    forward = inference_forward_of(case, builder, spec, device)
     for _ in range(STEPS):
-        autocast: Any = contextlib.nullcontext()
-        if precision.autocast_dtype is not None:
-            autocast = torch.autocast(device, dtype=precision.autocast_dtype)
-        with grad_off(), autocast:
-            output = call_model(module, example)
-        del output
+        forward()
 
 
 def record(case: Any, smoke: bool, cuda: bool, out: Path) -> dict[str, Any]:

@@ -32,7 +32,7 @@ import signal
 import sys
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -237,13 +237,11 @@ def _train(case: Case, builder: Any, spec: str, device: str, warmup: int, steps:
     return losses
 
 
-def measure_inference(case: Case, builder: Any, spec: str, cuda: bool) -> tuple[dict, dict]:
-    """Peak allocated/reserved of steady forwards in eval() under no_grad / inference_mode."""
-
-    device = torch.device("cuda" if cuda else "cpu")
+def inference_forward_of(case: Case, builder: Any, spec: str, device: str) -> Callable[[], None]:
+    """One forward of the configuration in eval() under no_grad / inference_mode, the model
+    built on ``device``."""
     precision = Precision.parse(case.precision)
-    clean()
-    with device:
+    with torch.device(device):
         module = builder()
     module.eval()
     if precision.param_dtype is not None:
@@ -254,11 +252,18 @@ def measure_inference(case: Case, builder: Any, spec: str, cuda: bool) -> tuple[
     def forward() -> None:
         autocast: Any = contextlib.nullcontext()
         if precision.autocast_dtype is not None:
-            autocast = torch.autocast(device.type, dtype=precision.autocast_dtype)
+            autocast = torch.autocast(device, dtype=precision.autocast_dtype)
         with grad_off(), autocast:
             output = call_model(module, example)
         del output
 
+    return forward
+
+
+def measure_inference(case: Case, builder: Any, spec: str, cuda: bool) -> tuple[dict, dict]:
+    """Peak allocated/reserved of steady forwards in eval() under no_grad / inference_mode."""
+    clean()
+    forward = inference_forward_of(case, builder, spec, "cuda" if cuda else "cpu")
     for _ in range(2):
         forward()
     if not cuda:
