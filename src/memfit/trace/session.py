@@ -26,6 +26,7 @@ from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.profile import Category, Phase
 from memfit.step.batch import call_model
 from memfit.step.overhead import take as take_overhead
+from memfit.trace.cpu_streams import CpuStreams
 from memfit.trace.cuda.autocast import cuda_autocast_policy
 from memfit.trace.cuda.composites import cuda_composites
 from memfit.trace.cuda.stack import CudaStack
@@ -35,7 +36,7 @@ from memfit.trace.hf_masks import gpu_mask_branches
 from memfit.trace.low_bit import torchao_stand_in
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults, host_tensors, state_tensors
-from memfit.trace.recorder import CpuStreams, MemoryRecorder, Trace, local_tensor
+from memfit.trace.recorder import MemoryRecorder, Trace, local_tensor
 
 __all__ = ["TracedOp", "StepRecord", "traced_step", "new_recorder"]
 

@@ -46,8 +46,9 @@ from torch import nn
 from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 
 from memfit.profile import Category
+from memfit.trace.cpu_streams import CpuStreams
 from memfit.trace.fakeify import FakeModel
-from memfit.trace.recorder import Allocation, CpuStreams, MemoryRecorder, Trace, local_tensor
+from memfit.trace.recorder import Allocation, MemoryRecorder, Trace, local_tensor
 from memfit.trace.sharded_sizes import (
     ROLES,
     ShardedSize,
