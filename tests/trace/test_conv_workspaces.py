@@ -16,6 +16,7 @@ from memfit.devices import get_device
 from memfit.profile import Phase
 from memfit.trace.allocator import round_size
 from memfit.trace.cuda.convolution import conv_backward_workspaces, conv_forward_workspace
+from memfit.trace.cuda.reductions import in_memory_order, reduction_scratch
 from memfit.trace.cuda.stack import DEFAULT_STACK
 from memfit.trace.session import new_recorder
 
@@ -99,16 +100,45 @@ def test_depthwise_nchw_takes_no_workspace():
 
 
 def test_channels_last_depthwise_backward_takes_float32_copies():
-    # ConvNeXt-T fp32 (channels-last depthwise 7x7): none forward; backward 18.38 MiB at 7x7,
-    # 598.00 MiB at 56x56
+    # ConvNeXt-T fp32 (channels-last depthwise 7x7): none forward; per operator, 18.38 MiB
+    # measured at 7x7 and 598.00 MiB at 56x56, with a bias. At 7x7 that is the bias gradient's
+    # reduction buffer, not cuDNN's (bench/conv_probe.py's 7x7 depthwise calls have no bias);
+    # at 56x56 cuDNN's four float32 copies of x + dy and its partial sums
     f32 = torch.float32
     x, w = meta(64, 768, 7, 7, dtype=f32, channels_last=True), meta(768, 1, 7, 7, dtype=f32)
     assert forward(x, w, meta(64, 768, 7, 7, dtype=f32, channels_last=True), 1, 3, 768) == 0
     dy = meta(64, 768, 7, 7, dtype=f32, channels_last=True)
-    assert backward(x, w, dy, 1, 3, 768)[1] == pytest.approx(18.38, rel=0.005)
+    assert backward(x, w, dy, 1, 3, 768)[1] == 0
+    shape, dims = in_memory_order(tuple(dy.shape), tuple(dy.stride()), (0, 2, 3))
+    bias_sum = reduction_scratch(shape, dims, f32, get_device("h200")).buffer_bytes
+    assert bias_sum / MiB == pytest.approx(18.38, rel=0.005)
     x, w = meta(64, 96, 56, 56, dtype=f32, channels_last=True), meta(96, 1, 7, 7, dtype=f32)
     dy = meta(64, 96, 56, 56, dtype=f32, channels_last=True)
     assert backward(x, w, dy, 1, 3, 96)[1] == pytest.approx(598.0, rel=0.02)
+
+
+def test_channels_last_backward_matches_the_bias_free_probe():
+    # bench/results/conv_probe_h200.json (H200, no bias): 7x7 depthwise fp32 at 56x56, batch 32
+    # and 128, and ConvNeXt-nano's recorded step (batch 64, 80 and 160 channels)
+    f32 = torch.float32
+    for batch, channels, side, measured in (
+        (32, 96, 56, 318219895),
+        (128, 96, 56, 1243063927),
+        (64, 80, 56, 522084395),
+        (64, 160, 28, 265435135),
+    ):
+        x = meta(batch, channels, side, side, dtype=f32, channels_last=True)
+        w = meta(channels, 1, 7, 7, dtype=f32)
+        predicted = backward(x, w, x, 1, 3, channels)[1]
+        assert predicted == pytest.approx(measured / MiB, rel=0.005), (batch, channels, side)
+    # none at 14x14 (ConvNeXt-nano's third stage: only the bias gradient's buffer)
+    x, w = meta(64, 320, 14, 14, dtype=f32, channels_last=True), meta(320, 1, 7, 7, dtype=f32)
+    assert backward(x, w, x, 1, 3, 320)[1] == 0
+    # grouped 3x3 (ResNeXt's groups of 4, RegNet's of 8): twice the float32 input
+    for channels, groups, measured in ((128, 32, 103350663), (224, 28, 181011039)):
+        x = meta(128, channels, 28, 28, dtype=f32, channels_last=True)
+        w = meta(channels, channels // groups, 3, 3, dtype=f32)
+        assert backward(x, w, x, 1, 1, groups)[1] == pytest.approx(measured / MiB, rel=0.03)
 
 
 def test_float32_without_tf32_is_not_modelled(monkeypatch):

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from memfit.devices import get_device
-from memfit.trace.cuda.reductions import reduction_scratch
+from memfit.trace.cuda.reductions import in_memory_order, reduction_scratch
 
 H200 = get_device("h200")
 
@@ -38,3 +38,34 @@ def test_fewer_multiprocessors_mean_a_smaller_buffer():
     big = reduction_scratch((8192, 3072), (0,), torch.float32, H200).buffer_bytes
     small = reduction_scratch((8192, 3072), (0,), torch.float32, l4).buffer_bytes
     assert 0 < small < big
+
+
+# ConvNeXt-nano fp32, batch 64, channels-last (bench/results/snapshots/
+# timm-convnext-nano-fp32_steps_snapshot_h200.pickle.gz): the buffer and semaphore bytes each
+# sum over (0, 2, 3) allocated: layer-scale gradients and the convolutions' bias gradients
+CHANNELS_LAST_SUMS = [
+    ((64, 2560, 7, 7), 64225280, 80),
+    ((64, 320, 14, 14), 32112640, 12),
+    ((64, 1280, 14, 14), 128450560, 40),
+    ((64, 160, 28, 28), 64225280, 8),
+    ((64, 640, 28, 28), 138608640, 20),
+    ((64, 80, 56, 56), 21626880, 8),
+    ((64, 320, 56, 56), 115343360, 12),
+]
+
+
+@pytest.mark.parametrize(("shape", "buffer", "semaphores"), CHANNELS_LAST_SUMS)
+def test_channels_last_sums_are_outer_reductions(shape, buffer, semaphores):
+    tensor = torch.empty(shape, device="meta").contiguous(memory_format=torch.channels_last)
+    order, dims = in_memory_order(tuple(tensor.shape), tuple(tensor.stride()), (0, 2, 3))
+    assert order == (shape[0], shape[2], shape[3], shape[1]) and dims == (0, 1, 2)
+    scratch = reduction_scratch(order, dims, torch.float32, H200)
+    assert (scratch.buffer_bytes, scratch.semaphore_bytes) == (buffer, semaphores)
+
+
+def test_a_contiguous_tensor_keeps_its_order():
+    tensor = torch.empty(64, 80, 56, 56, device="meta")
+    assert in_memory_order(tuple(tensor.shape), tuple(tensor.stride()), (0, 2, 3)) == (
+        (64, 80, 56, 56),
+        (0, 2, 3),
+    )

@@ -143,9 +143,8 @@ def estimate(
     Known limitations:
         * cuDNN convolution workspaces are modelled by class of call, read from one stack
           (H200, cuDNN 9.19; ``memfit.trace.cuda.convolution``): allocated within 0.6% on the
-          validation zoo's CNNs; reserved within 3.7% on most in training, but 4.6% low on
-          MobileNet-V3 fp16, 4.2% low on ResNet-50 bf16 and 5.4% high on ConvNeXt-nano
-          (bench/results/validation_compare.md).
+          validation zoo's CNNs; reserved within 3.3% on most in training, but 4.6% low on
+          MobileNet-V3 fp16 (bench/results/validation_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, operators with no fake implementation an output shaped like their input, and
           Triton kernels are not run (their outputs are allocated by torch): each is named in

@@ -131,6 +131,7 @@ class MemoryRecorder(TorchDispatchMode):
         super().__init__()
         self.device_type = device_type
         self._closed = False
+        self._op_start = 0  # len(trace.events) when the operator being recorded started
         self.assumed = Assumptions()  # for operators fake tensors cannot run
         self.trace = Trace()
         self.phase = Phase.SETUP
@@ -215,9 +216,27 @@ class MemoryRecorder(TorchDispatchMode):
             if key is not None:
                 self.trace.allocations[key].host = True
 
-    def hidden(self, sizes: list[int], op: str, category: Category = Category.TEMPORARY) -> None:
-        """Scratch buffers allocated together inside one operator, then freed."""
-        keys = []
+    def hidden(
+        self,
+        sizes: list[int],
+        op: str,
+        category: Category = Category.TEMPORARY,
+        *,
+        before_outputs: list[int] | None = None,
+    ) -> None:
+        """Scratch buffers allocated together inside one operator, then freed.
+
+        Args:
+            before_outputs: buffers allocated before the operator's outputs (copies of inputs
+                the kernel makes first); freed last, after those of ``sizes``.
+        """
+        first = self._scratch(before_outputs or [], op, category, self._op_start)
+        keys = self._scratch(sizes, op, category, len(self.trace.events))
+        for key in (*keys, *first):
+            self._emit(-key)
+
+    def _scratch(self, sizes: list[int], op: str, category: Category, at: int) -> list[int]:
+        keys: list[int] = []
         for size in sizes:
             if size <= 0:
                 continue
@@ -225,10 +244,10 @@ class MemoryRecorder(TorchDispatchMode):
             self.trace.allocations[key] = Allocation(
                 key, size, category, self.phase, self.current_module(), op, stream=self._stream()
             )
-            self._emit(key)
+            self.trace.events.insert(at + len(keys), key)
+            self.trace.phases.insert(at + len(keys), self.phase)
             keys.append(key)
-        for key in keys:
-            self._emit(-key)
+        return keys
 
     def persistent(self, size: int, op: str, category: Category = Category.OTHER) -> int:
         """A buffer that outlives the step (a library workspace); never freed."""
@@ -341,6 +360,7 @@ class MemoryRecorder(TorchDispatchMode):
             summed = sum_in_place(func, args, kwargs)
             if summed is not None:  # the autograd engine's gradient sum, made in place
                 func, args, kwargs = _ADD_IN_PLACE, summed, {}
+        self._op_start = len(self.trace.events)
         try:
             out = func(*args, **kwargs) if substitute is None else substitute
         except FALLBACK_ERRORS as error:

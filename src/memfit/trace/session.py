@@ -33,6 +33,7 @@ from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.cuda.workspaces import cuda_workspace_rules
 from memfit.trace.fakeify import FakeModel
 from memfit.trace.hf_masks import gpu_mask_branches
+from memfit.trace.linear_bias import linear_bias_in_place
 from memfit.trace.low_bit import torchao_stand_in
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults, host_tensors, state_tensors
@@ -245,6 +246,7 @@ def _on_the_target(
         fake_mode,
         ModuleTracker() as tracker,
         cuda_composites(device, stack),
+        linear_bias_in_place(),
         gpu_mask_branches(batch),
         cuda_optimizer_defaults(),
         torchao_stand_in(),

@@ -5,8 +5,8 @@ than CUDA autocast (it keeps layer_norm and softmax in bf16, promotes cat and st
 ``cuda_autocast(dtype)`` is active, the AutocastCPU dispatch key runs CUDA's policy instead:
 operators without a CUDA autocast kernel fall through, and those with one cast their inputs as
 ``autocast_mode.cpp`` does (including the cache of low-precision copies of leaf parameters, kept
-until the outermost autocast region exits). The kernels are registered through
-``torch.library`` and removed when the context exits.
+until the outermost autocast region exits and made with grad enabled where this torch's are). The
+kernels are registered through ``torch.library`` and removed when the context exits.
 
 Known limitations:
     * Model code that calls ``torch.autocast("cuda", enabled=False)`` explicitly does not disable
@@ -18,13 +18,15 @@ Known limitations:
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch.utils._pytree import tree_flatten, tree_map
+from torch.utils._python_dispatch import TorchDispatchMode, _disable_current_modes
+from torch.utils._pytree import tree_flatten, tree_unflatten
 
 from memfit.trace.cuda.autocast_policy import (
     CUDA_AUTOCAST_POLICY,
@@ -48,11 +50,43 @@ def unknown_ops() -> set[str]:
     return registered_cuda_autocast_ops() - set(CUDA_AUTOCAST_POLICY)
 
 
+@functools.cache
+def cached_casts_keep_grad() -> bool:
+    """Whether this torch's autocast makes its cached weight copies with grad enabled.
+
+    Since pytorch#165068 (torch 2.10) ``cached_cast`` makes the copy of a weight under
+    ``enable_grad`` even inside ``no_grad`` (so that a cache filled during evaluation still
+    trains), and caches nothing under ``inference_mode``. It matters for memory: ``matmul``
+    folds a batched input into one matrix (a contiguous copy of a strided input) when the
+    weight requires grad, and multiplies batch by batch otherwise. Read from the real CPU
+    autocast, before the emulated policy replaces its kernels.
+    """
+    with _disable_current_modes():
+        weight = torch.ones(2, 2, requires_grad=True)
+    seen: list[bool] = []
+
+    class _Seen(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            if func is torch.ops.aten.mm.default:
+                seen.append(args[1].requires_grad)
+            return func(*args, **(kwargs or {}))
+
+    with (
+        _disable_current_modes(),  # not recorded, not fake
+        torch.no_grad(),
+        torch.autocast("cpu", dtype=torch.bfloat16),
+        _Seen(),
+    ):
+        torch.mm(torch.ones(2, 2), weight)
+    return bool(seen and seen[0])
+
+
 class _WeightCache:
     """Low-precision copies of leaf tensors that require grad, as autocast's ``cached_cast``."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep_grad: bool) -> None:
         self.copies: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self.keep_grad = keep_grad  # cached_casts_keep_grad()
 
     def cast(self, tensor: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
         cacheable = (
@@ -61,13 +95,15 @@ class _WeightCache:
             and tensor.is_leaf
             and not tensor._is_view()
             and torch.is_autocast_cache_enabled()
+            and not (self.keep_grad and torch.is_inference_mode_enabled())
         )
         if not cacheable:
             return tensor.to(dtype)
         hit = self.copies.get(id(tensor))
         if hit is not None and hit[0] is tensor:
             return hit[1]
-        copy = tensor.to(dtype)
+        with torch.enable_grad() if self.keep_grad else contextlib.nullcontext():
+            copy = tensor.to(dtype)
         self.copies[id(tensor)] = (tensor, copy)
         return copy
 
@@ -87,7 +123,12 @@ def _make_kernel(op: Any, policy: CastPolicy, dtype: torch.dtype, cache: _Weight
                 return cache.cast(value, to) if to == dtype else value.to(to)
             return value
 
-        return tree_map(cast, args), tree_map(cast, kwargs)
+        # the last argument first: the C++ wrapper casts its arguments in a call's argument
+        # list, which GCC evaluates right to left (a linear's bias, weight, then input, as
+        # recorded on the H200); the order decides which cached blocks the copies take
+        leaves, spec = tree_flatten((args, kwargs))
+        cast_leaves = [cast(value) for value in reversed(leaves)][::-1]
+        return tree_unflatten(cast_leaves, spec)  # type: ignore[no-any-return]
 
     def kernel(keyset: Any, *args: Any, **kwargs: Any) -> Any:
         with torch._C._ExcludeDispatchKeyGuard(_AUTOCAST_CPU):
@@ -155,7 +196,7 @@ def cuda_autocast_policy(dtype: torch.dtype = torch.bfloat16) -> Iterator[None]:
         for name in torch._C._dispatch_get_registrations_for_dispatch_key("AutocastCPU")
         if name.startswith("aten::")
     } - registered
-    cache = _WeightCache()
+    cache = _WeightCache(cached_casts_keep_grad())
     original_clear = torch.clear_autocast_cache
 
     def clear_both() -> None:

@@ -31,10 +31,17 @@ and fp32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default):
   2 copies in bf16, 3 in fp16 (ResNet-50's layer3 1x1s at 14x14, batch 64: 32.63 MiB, not
   30.63, eleven times a step).
 * Depthwise NCHW (MobileNet, EfficientNet): none.
-* Channels-last input (ConvNeXt's depthwise convolutions see the channels-last tensor its
-  ``permute`` back leaves): none in the forward; in the backward, a depthwise convolution's
-  weight gradient takes ``x + dy`` in float32 (four times that in float32 above 14x14
-  positions), others a float32 copy of the input.
+* Channels-last input (ConvNeXt's convolutions see the channels-last tensor its ``permute``
+  back leaves): none in the forward, and none worth counting for the input gradient (131-400
+  bytes, a few MB at most). The weight gradient: a 7x7 depthwise one in float32 takes four
+  float32 copies of ``x + dy`` and ~8 MiB above 14x14 positions (318 MB to 1.24 GB measured,
+  within 0.5%), none at or below; in 16-bit a quarter of the input; 3x3 depthwise ones little.
+  Grouped ones take twice the float32 input (26-181 MB), others about 8 MiB of partial sums
+  in float32 (2-34 MB measured, median 8.5) and half that in 16-bit (0-17 MB). A gradient of
+  the output that is not channels-last is copied to it first (``dy``: ConvNeXt's last 1x1).
+  Measured without a bias: a bias gradient is a sum of ``dy`` after cuDNN returns, with its
+  own reduction buffer (``memfit.trace.cuda.reductions``), which the per-operator
+  measurements these classes were first read from had counted as workspace.
 
 Two details decide reserved memory rather than allocated (a transient that is one block bigger
 than the cached block it would have reused takes a new segment), measured to the byte on the
@@ -54,7 +61,8 @@ Against every measured call (bench/results/conv_classes.md, ``bench/conv_evidenc
 --check``): within 10% (or 1 MiB) for 1,891 of 2,058 calls, 1,353 of 1,487 on the
 configurations the classes were not read from. Summed per class over those held-out calls:
 general forward -0.1%, general backward -8%, pointwise backward -11%, stems backward -11%,
-channels-last 1x1 backward -19% (ConvNeXt-nano), pointwise forward +21%.
+channels-last 1x1 backward -19% (ConvNeXt-nano, before its bias gradients' reduction buffers
+were told apart from the workspaces), pointwise forward +21%.
 
 Known limitations:
     * Fitted on one stack (H200, cuDNN 9.19, torch 2.11): other chips and cuDNN versions rank
@@ -65,9 +73,9 @@ Known limitations:
     * Split-K partial sums are a rule of thumb over cuDNN's heuristics (64-channel 3x3s keep
       14 copies, not 16; some 16-bit calls 2-7 instead of 13; a bf16 1x1 1024->512 at 14x14
       keeps 3 pointwise copies, not 2; 16-bit 1x1s at 7x7 keep 0.5-3.5 MiB, not modelled;
-      the pointwise threshold lies between 6,272 and 12,544 positions, unmeasured); reserved
-      of MobileNet-V3 fp16 stays 4.6% low and of ConvNeXt-nano 5.4% high
-      (bench/results/validation_compare.md).
+      the pointwise threshold lies between 6,272 and 12,544 positions, unmeasured; channels-last
+      weight gradients other than 7x7 depthwise ones: 2-34 MB measured for ~8 MiB); reserved of
+      MobileNet-V3 fp16 stays 4.6% low (bench/results/validation_compare.md).
     * fp32 without TF32, 1-D and 3-D convolutions and transposed convolutions get no workspace
       (not measured; bench/conv_probe.py measures the first).
 """
@@ -82,6 +90,7 @@ import torch
 __all__ = [
     "conv_forward_workspace",
     "conv_backward_workspaces",
+    "conv_layout_copies",
     "conv_class",
     "CONV_FORWARD_OPS",
 ]
@@ -96,6 +105,7 @@ _RGB_CHANNELS = 8  # fewer input channels: an image stem, padded to 8 in 16-bit
 _STEM_FORWARD_KERNEL = 7  # stems with smaller kernels (3x3 stride 2, 4x4 patches) get none
 _STEM_BACKWARD_KERNEL = 4  # ... and in float32 backward, smaller than this
 _CL_DEPTHWISE_POSITIONS = 14 * 14
+_CL_DEPTHWISE_KERNEL = 7  # channels-last depthwise weight gradients below this take little
 _NARROW_CHANNELS = 64  # strided 1x1 convolutions from fewer channels take none (fp32 backward)
 _LARGE_SIDE = 56
 _TAIL = 16  # bytes every cuDNN workspace has beyond its copies (16 or 147 measured)
@@ -254,6 +264,16 @@ def conv_backward_workspaces(
     return (data if mask[0] else 0), (weight if mask[1] else 0)
 
 
+def conv_layout_copies(dy: Any, x: Any, w: Any) -> list[int]:
+    """Bytes of the copies a cuDNN ``convolution_backward`` makes of ``dy`` and ``x`` first:
+    each is made contiguous in the call's memory format (channels-last when the input or the
+    weight is), before the gradients are allocated, and freed after the weight gradient."""
+    if not all(isinstance(t, torch.Tensor) and t.dim() == 4 for t in (dy, x, w)):
+        return []
+    layout = torch.channels_last if _channels_last(x, w) else torch.contiguous_format
+    return [_nbytes(t) for t in (dy, x) if not t.is_contiguous(memory_format=layout)]
+
+
 def _split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
     """Float32 partial sums of a weight gradient split over the output positions."""
     positions = dy.shape[0] * math.prod(dy.shape[2:])
@@ -274,16 +294,30 @@ def _pointwise_split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
     return _POINTWISE_SPLIT_K.get(dy.dtype, 0) * w.numel() * _F32
 
 
+def _channels_last_weight_bytes(
+    kind: str, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, groups: int
+) -> int:
+    """A channels-last weight gradient's workspace (bench/conv_probe.py's channels-last calls,
+    no bias; ConvNeXt-nano's recorded step)."""
+    f32 = x.element_size() == _F32
+    if kind == "depthwise":
+        if min(w.shape[2:]) < _CL_DEPTHWISE_KERNEL:
+            return 0  # 3x3: 0.15-5.9 MB measured
+        if not f32:
+            return _nbytes(x) // 4
+        if math.prod(dy.shape[2:]) <= _CL_DEPTHWISE_POSITIONS:
+            return 0
+        return 4 * (x.numel() + dy.numel()) * _F32 + _SPLIT_K_BYTES
+    if groups > 1:
+        return 2 * _nbytes(x) if f32 else 0
+    return _SPLIT_K_BYTES if f32 else _SPLIT_K_BYTES // 2
+
+
 def _backward_bytes(
     kind: str, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, groups: int
 ) -> tuple[int, int]:
     if _channels_last(x, w):
-        if kind == "depthwise":
-            f32 = (x.numel() + dy.numel()) * _F32
-            positions = math.prod(dy.shape[2:])
-            small = positions <= _CL_DEPTHWISE_POSITIONS or x.element_size() == 2
-            return 0, f32 if small else 4 * f32
-        return 0, x.numel() * _F32
+        return 0, _channels_last_weight_bytes(kind, dy, x, w, groups)
     if kind == "depthwise":
         return 0, 0
     if kind == "pointwise":

@@ -11,6 +11,7 @@
 * Reductions: ``sum``/``mean`` over outer dimensions combine partial sums through a global
   buffer (``memfit.trace.cuda.reductions``).
 * Attention backward: accumulators the kernels allocate (``memfit.trace.cuda.attention``).
+* Layer norm: contiguous copies of strided inputs (``memfit.trace.cuda.input_copies``).
 * ``_safe_softmax`` (the math attention kernel's softmax): besides its output, the mask of
   ``-inf`` scores (one byte per element) and the fully-masked rows (one byte per row), freed on
   return (measured on an H200: 256.1 MiB beside a 1 GiB float32 output, bench/results/
@@ -41,8 +42,10 @@ from memfit.trace.cuda.convolution import (
     CONV_FORWARD_OPS,
     conv_backward_workspaces,
     conv_forward_workspace,
+    conv_layout_copies,
 )
-from memfit.trace.cuda.reductions import reduction_scratch
+from memfit.trace.cuda.input_copies import input_copy_rules
+from memfit.trace.cuda.reductions import in_memory_order, reduction_scratch
 from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.recorder import MemoryRecorder, WorkspaceRule
 
@@ -100,9 +103,13 @@ def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, Work
             return
         dims = args[1] if len(args) > 1 else kwargs.get("dim")
         dims = tuple(range(source.dim())) if not dims else tuple(dims)
-        scratch = reduction_scratch(tuple(source.shape), dims, source.dtype, device)
         name = func.__name__.removesuffix(".default")
-        recorder.hidden([scratch.buffer_bytes, scratch.semaphore_bytes], f"{name} (reduce buffer)")
+        reduce_buffer(recorder, source, dims, f"{name} (reduce buffer)")
+
+    def reduce_buffer(recorder: MemoryRecorder, source: Any, dims: tuple, op: str) -> None:
+        shape, dims = in_memory_order(tuple(source.shape), tuple(source.stride()), dims)
+        scratch = reduction_scratch(shape, dims, source.dtype, device)
+        recorder.hidden([scratch.buffer_bytes, scratch.semaphore_bytes], op)
 
     def attention(recorder: MemoryRecorder, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         sizes = ATTENTION_SCRATCH[func.overloadpacket](args)
@@ -152,7 +159,16 @@ def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, Work
         if grad_weight is not None:
             recorder.trace.events.append(grad_weight)
             recorder.trace.phases.append(recorder.phase)
-        recorder.hidden([weight], "convolution_backward (cuDNN weight workspace)")
+        recorder.hidden(
+            [weight],
+            "convolution_backward (cuDNN weight workspace)",
+            before_outputs=conv_layout_copies(dy, x, w),
+        )
+        if mask[2] and isinstance(dy, torch.Tensor) and dy.is_floating_point():
+            # the bias gradient: grad_output.sum over all but the channels, after the backend
+            # (convolution_backward in aten/src/ATen/native/Convolution.cpp)
+            dims = (0, *range(2, dy.dim()))
+            reduce_buffer(recorder, dy, dims, "convolution_backward (bias reduce buffer)")
 
     rules: dict[Any, WorkspaceRule] = {op: cublas for op in _BLAS_OPS}
     if device.sm >= (8, 0):  # the tensor-core engines the classes were measured on
@@ -163,4 +179,5 @@ def cuda_workspace_rules(device: DeviceSpec, stack: CudaStack) -> dict[Any, Work
     rules[aten._softmax_backward_data] = softmax_backward
     rules.update({op: reduction for op in _REDUCTIONS})
     rules.update({op: attention for op in ATTENTION_SCRATCH})
+    rules.update(input_copy_rules())
     return rules
