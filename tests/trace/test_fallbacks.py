@@ -37,6 +37,38 @@ def test_data_dependent_operators_are_bounded_and_reported():
     assert unique.endswith(f"(1 call, {(512 * (4 + 8 + 8)) // 1024}.00 KiB of results assumed)")
 
 
+class TokensPerExpert(nn.Module):
+    """JetMoE's routing: tokens sorted by expert, split by counts read from the tensor."""
+
+    def __init__(self, experts: int = 4, width: int = 16) -> None:
+        super().__init__()
+        self.router = nn.Linear(width, experts)
+        self.experts = nn.ModuleList(nn.Linear(width, 4 * width) for _ in range(experts))
+
+    def forward(self, x):
+        tokens = x.reshape(-1, x.shape[-1])
+        choice = self.router(tokens).argmax(-1)
+        order = choice.argsort()
+        counts = torch.bincount(choice, minlength=len(self.experts)).tolist()
+        pieces = tokens[order].split(counts)
+        return sum(expert(piece).sum() for expert, piece in zip(self.experts, pieces, strict=True))
+
+
+def test_split_sizes_read_from_values_become_an_even_split():
+    # 64 tokens, 4 experts: the counts read as 1 each cannot split 64 rows; each expert gets 16
+    # (balanced routing), its output 16 x 64 float32
+    step_profile = memfit.estimate(TokensPerExpert(), "float32[4,16,16]", precision="fp32")
+    text = " ".join(step_profile.warnings)
+    assert "aten.split_with_sizes" in text and "evenly" in text
+    from memfit.trace.estimate import trace_step
+
+    trace = trace_step(TokensPerExpert, "float32[4,16,16]", precision="fp32").trace
+    outputs = [
+        a.size for a in trace.allocations.values() if a.op == "addmm" and a.shape == (16, 64)
+    ]
+    assert len(outputs) == 4  # one per expert, 16 tokens each
+
+
 def test_custom_cuda_operator_without_a_fake_implementation():
     # a kernel for CUDA only, as a custom CUDA extension has: fake tensors cannot run it
     library = torch.library.Library("memfit_test", "DEF")

@@ -4,8 +4,10 @@ Fake tensors have shapes but no values, so three kinds of operators fail on them
 
 * data-dependent output shapes (``nonzero``, ``masked_select``, ``unique``, boolean indexing):
   memfit assumes the largest possible output (every element selected), an upper bound on the
-  memory;
+  memory; ``bincount`` gets ``minlength`` bins (else one per element);
 * reading a value (``.item()``): memfit assumes 1 (or True), which lets typical guards pass;
+  sizes read that way that then fail to split a dimension (a mixture-of-experts layer's tokens
+  per expert) are replaced by an even split of it;
 * operators with no fake/meta implementation (custom CUDA kernels): memfit assumes one output per
   tensor return, shaped and typed like the first tensor input (the common elementwise case).
   Register a real shape rule with ``torch.library.register_fake`` for exact numbers;
@@ -105,6 +107,12 @@ def _upper_bound(func: Any, args: tuple, kwargs: dict) -> Any:
     if packet is aten.masked_select:
         shape = torch.broadcast_shapes(source.shape, args[1].shape)
         return source.new_empty(torch.Size(shape).numel())
+    if packet is aten.bincount:
+        # as many bins as asked for (counts per class or per expert), else one per element
+        weights = args[1] if len(args) > 1 else kwargs.get("weights")
+        minlength = args[2] if len(args) > 2 else kwargs.get("minlength", 0)
+        dtype = torch.long if weights is None else torch.promote_types(weights.dtype, torch.float)
+        return torch.empty(minlength or source.numel(), dtype=dtype)
     if packet in (aten._unique2, aten.unique_dim, aten.unique_consecutive, aten._unique):
         values = source.new_empty(source.numel())
         inverse = torch.empty(source.shape, dtype=torch.long)
@@ -138,6 +146,13 @@ def _grouped_mm_output(
     padded = -(-size[-1] // alignment) * alignment
     stride = [size[1] * padded, padded, 1] if len(size) == 3 else [padded, 1]
     return torch.empty_strided(size, stride, dtype=dtype, device=mat_a.device)
+
+
+def _balanced_split(source: torch.Tensor, sizes: list[int], dim: int = 0) -> Any:
+    """``split_with_sizes`` into as many pieces, of sizes as equal as the dimension allows."""
+    total, parts = source.shape[dim], len(sizes)
+    even = [total // parts + (1 if i < total % parts else 0) for i in range(parts)]
+    return aten.split_with_sizes.default(source, even, dim)
 
 
 def stricter_than_cuda(func: Any, args: tuple, kwargs: dict) -> Any | None:
@@ -174,6 +189,12 @@ def fallback(func: Any, args: tuple, kwargs: dict, error: Exception) -> tuple[An
                 f"{name}: its output size depends on tensor values; memfit assumed the largest "
                 f"possible size (every element), an upper bound on its memory"
             )
+    if func is aten.split_with_sizes.default and "sum exactly" in str(error):
+        return _balanced_split(*args, **kwargs), (
+            f"{name}: its split sizes were read from tensor values (a mixture-of-experts "
+            f"layer's tokens per expert, say), which fake tensors do not have; memfit split "
+            f"the dimension evenly (balanced routing)"
+        )
     if _missing_fake_impl(error):
         like = _first_tensor((args, kwargs))
         returns = [r for r in func._schema.returns if "Tensor" in str(r.type)]
