@@ -295,8 +295,9 @@ def _run_step(
     except MemfitError:
         raise
     except Exception as error:  # the user's model: report it, whatever it raised
+        what = "training step" if getattr(step, "optimizer", None) is not None else "forward"
         raise UnsupportedModelError(
-            f"the training step failed on fake tensors with {type(error).__name__}: {error}"
+            f"the {what} failed on fake tensors with {type(error).__name__}: {error}"
         ) from error
 
 
