@@ -144,3 +144,25 @@ def test_a_triton_kernel_in_an_autograd_function_is_skipped_counted_and_named():
         without.peak_allocated,
         without.peak_reserved,
     )
+
+
+class BranchOnAValue(nn.Module):
+    """Takes a branch on a value read from the batch, then fails there (Longformer's global
+    attention: read as present, an assertion about its shapes fails)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.linear = nn.Linear(8, 8)
+
+    def forward(self, x):
+        if (x > 100).any().item():
+            raise AssertionError
+        return self.linear(x).sum()
+
+
+def test_a_failure_after_an_assumed_value_names_the_assumption():
+    with pytest.raises(memfit.MemfitError) as caught:
+        memfit.estimate(BranchOnAValue(), "float32[4,8]", precision="fp32")
+    message = str(caught.value)
+    assert "AssertionError" in message
+    assert "memfit assumed" in message and "aten._local_scalar_dense" in message

@@ -157,7 +157,10 @@ def traced_step(
             step.mark = book.mark
             policy = _emulate_cuda_precision(step)
             run = _run_forward if inference else _run_twice_stepping
-            _run_step(run, step, batch, book.mark, policy, book.record)
+            try:
+                _run_step(run, step, batch, book.mark, policy, book.record)
+            except UnsupportedModelError as error:
+                raise _with_assumptions(error, recorder.warnings) from error.__cause__
         recorder.close()
     book.record.warnings = recorder.warnings
     return book.record
@@ -278,6 +281,18 @@ def _emulate_cuda_precision(step: Any) -> contextlib.AbstractContextManager[None
     if step.precision.grad_scaler:
         step.grad_scale = torch.full((), 65536.0)
     return policy
+
+
+def _with_assumptions(error: UnsupportedModelError, assumed: list[str]) -> UnsupportedModelError:
+    """The error, with what memfit assumed before it (a value read as 1 or True sends the model
+    down a branch its real run may not take: Longformer's global attention)."""
+    if not assumed:
+        return error
+    notes = "; ".join(assumed)
+    return UnsupportedModelError(
+        f"{error}. Before it, memfit assumed what fake tensors cannot know, which may have sent "
+        f"the model down a branch its real run does not take: {notes}"
+    )
 
 
 def _run_step(
