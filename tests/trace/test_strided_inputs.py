@@ -91,7 +91,10 @@ class _TransposedLinear(nn.Module):
 
 
 def test_the_bias_of_a_strided_product_is_added_in_place() -> None:
-    step = trace_step(_TransposedLinear, "float32[8,32,64]", mode="inference", optimizer=None)
+    # float32: the weight requires grad, so matmul folds the strided batch on every release
+    step = trace_step(
+        _TransposedLinear, "float32[8,32,64]", mode="inference", optimizer=None, precision="fp32"
+    )
     ops = [a.op for a in step.trace.allocations.values() if a.module == "proj"]
     assert "add.Tensor" not in ops, ops  # traced out of place before: one more 192 KiB output
     assert ops.count("clone") == 1 and ops.count("mm") == 1, ops

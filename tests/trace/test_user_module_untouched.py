@@ -23,6 +23,7 @@ from memfit.techniques import (
 )
 from tests.helpers import tiny_llama, token_batch
 from tests.kept import assert_same, fingerprint
+from tests.trace.test_sharding import needs_fake_collectives
 
 PLANS = {
     "checkpoint": ([Checkpoint(("layers.*",))], "bf16-mixed"),
@@ -41,7 +42,10 @@ PLANS = {
 }
 
 
-@pytest.mark.parametrize("name", list(PLANS))
+@pytest.mark.parametrize(
+    "name",
+    [pytest.param(n, marks=needs_fake_collectives) if n == "sharding" else n for n in PLANS],
+)
 def test_estimate_leaves_the_module_exactly_as_it_was(name: str) -> None:
     plan, precision = PLANS[name]
     model = tiny_llama().float()
