@@ -96,3 +96,40 @@ def test_host_calibration_times_fused_adamw_and_is_used_for_this_machine(
     assert calibrated_host(here).name == "calibrated"
     given = host_spec("64GiB", cores=8)
     assert calibrated_host(given) == given  # another machine: its own figures
+
+
+def test_every_speed_constant_is_rescaled() -> None:
+    # a GPU half as fast in every microbenchmark: every constant that is a speed moves, so a
+    # constant added to Calibration is not left at the H200's value by mistake
+    from memfit.measure.calibrate import SCALED_BY, SHAPES
+
+    h200 = get_device("h200")
+    ref_mm, ref_bw = REFERENCE.fractions(h200)
+    slow = Microbenchmarks(
+        matmul_flops=0.5 * REFERENCE.matmul_flops,
+        copy_bytes_s=0.5 * REFERENCE.copy_bytes_s,
+        kernel_s=2 * REFERENCE.kernel_s,
+        device="h200",
+    )
+    calibration = calibration_from(slow, h200)
+    constants = {f.name for f in dataclasses.fields(Calibration)} - {"device"}
+    assert constants == set(SCALED_BY) | set(SHAPES)
+    factor = {"compute": 0.5, "bandwidth": 0.5, "host": 2.0}
+    for name, kind in SCALED_BY.items():
+        assert getattr(calibration, name) == pytest.approx(
+            factor[kind] * getattr(DEFAULTS, name)
+        ), name
+    for name in SHAPES:
+        assert getattr(calibration, name) == getattr(DEFAULTS, name)
+    # the fitted host constants the old code kept at the H200's: checkpointing's and the step's
+    assert calibration.checkpoint_region_s == pytest.approx(2 * DEFAULTS.checkpoint_region_s)
+    assert calibration.forward_backward_s == pytest.approx(2 * DEFAULTS.forward_backward_s)
+
+
+def test_a_saved_calibration_records_what_made_it(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    path = save_calibration(dataclasses.replace(DEFAULTS, device="h100-80gb"))
+    made = json.loads(path.read_text())["h100-80gb"]["made_with"]
+    assert made["torch"] in torch.__version__
+    assert set(made) >= {"date", "torch"}
+    assert load_calibration(get_device("h100-80gb")).device == "h100-80gb"  # read past it

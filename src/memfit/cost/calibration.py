@@ -15,6 +15,8 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass, fields
+from datetime import date
+from importlib import metadata
 from pathlib import Path
 
 from memfit.devices import DeviceSpec
@@ -135,9 +137,21 @@ def load_calibration(device: DeviceSpec) -> Calibration:
 
 
 def save_calibration(calibration: Calibration) -> Path:
+    """Save ``calibration`` for its device, with what made it (``made_with``: the torch and
+    memfit releases and the date; a later memfit reads past it)."""
     path = _calibration_path()
     path.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(path.read_text()) if path.is_file() else {}
-    data[calibration.device] = asdict(calibration)
+    data[calibration.device] = {**asdict(calibration), "made_with": _made_with()}
     path.write_text(json.dumps(data, indent=2))
     return path
+
+
+def _made_with() -> dict[str, str]:
+    made = {"date": date.today().isoformat()}
+    for package in ("torch", "memfit"):
+        try:
+            made[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            continue
+    return made

@@ -23,7 +23,15 @@ from memfit.cost import Calibration
 from memfit.devices import DeviceSpec, get_device, local_device
 from memfit.errors import DeviceError
 
-__all__ = ["Microbenchmarks", "REFERENCE", "calibrate", "calibration_from", "run_microbenchmarks"]
+__all__ = [
+    "Microbenchmarks",
+    "REFERENCE",
+    "SCALED_BY",
+    "SHAPES",
+    "calibrate",
+    "calibration_from",
+    "run_microbenchmarks",
+]
 
 
 @dataclass(frozen=True)
@@ -61,6 +69,36 @@ REFERENCE = Microbenchmarks(
 
 DEFAULTS = Calibration()
 
+# What each constant of Calibration scales with: the local GPU's matrix-product rate, its
+# bandwidth, or the time per kernel of a chain (which the host's dispatch bounds: every host
+# constant, Python per operator, per step or per region, scales with it). The two constants
+# left out describe shapes (matmul_tile, unaligned_matmul_factor), not speed.
+SCALED_BY = {
+    "matmul_efficiency": "compute",
+    "attention_efficiency": "compute",
+    "attention_backward_efficiency": "compute",
+    "conv_efficiency": "compute",
+    "bandwidth_efficiency": "bandwidth",
+    "copy_efficiency": "bandwidth",
+    "reduction_efficiency": "bandwidth",
+    "norm_efficiency": "bandwidth",
+    "batch_norm_efficiency": "bandwidth",
+    "optimizer_efficiency": "bandwidth",
+    "kernel_s": "host",
+    "host_forward_op_s": "host",
+    "host_backward_op_s": "host",
+    "host_optimizer_op_s": "host",
+    "optimizer_step_s": "host",
+    "host_view_op_s": "host",
+    "host_tensor_s": "host",
+    "forward_backward_s": "host",
+    "module_call_s": "host",
+    "checkpoint_region_s": "host",
+    "selective_op_s": "host",
+    "recompute_op_s": "host",
+}
+SHAPES = ("matmul_tile", "unaligned_matmul_factor")
+
 
 def calibration_from(
     measured: Microbenchmarks,
@@ -74,26 +112,13 @@ def calibration_from(
     reference_spec = reference_spec or get_device(reference.device)
     mm, bw = measured.fractions(spec)
     ref_mm, ref_bw = reference.fractions(reference_spec)
-    launch = measured.kernel_s / reference.kernel_s  # a chain of tiny kernels: host-bound
-    bandwidth = bw / ref_bw
-    return replace(
-        defaults,
-        matmul_efficiency=defaults.matmul_efficiency * mm / ref_mm,
-        attention_efficiency=defaults.attention_efficiency * mm / ref_mm,
-        attention_backward_efficiency=defaults.attention_backward_efficiency * mm / ref_mm,
-        conv_efficiency=defaults.conv_efficiency * mm / ref_mm,
-        bandwidth_efficiency=defaults.bandwidth_efficiency * bandwidth,
-        reduction_efficiency=defaults.reduction_efficiency * bandwidth,
-        optimizer_efficiency=defaults.optimizer_efficiency * bandwidth,
-        kernel_s=defaults.kernel_s * launch,
-        host_forward_op_s=defaults.host_forward_op_s * launch,
-        host_backward_op_s=defaults.host_backward_op_s * launch,
-        host_optimizer_op_s=defaults.host_optimizer_op_s * launch,
-        optimizer_step_s=defaults.optimizer_step_s * launch,
-        selective_op_s=defaults.selective_op_s * launch,
-        recompute_op_s=defaults.recompute_op_s * launch,
-        device=spec.name,
-    )
+    scale = {
+        "compute": mm / ref_mm,
+        "bandwidth": bw / ref_bw,
+        "host": measured.kernel_s / reference.kernel_s,  # a chain of tiny kernels: host-bound
+    }
+    scaled = {name: getattr(defaults, name) * scale[kind] for name, kind in SCALED_BY.items()}
+    return replace(defaults, **scaled, device=spec.name)
 
 
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
