@@ -37,6 +37,7 @@ from validation import _train, all_cases, clean, inference_forward_of  # noqa: E
 # the rows of bench/results/validation_compare.md whose reserved error is largest and that have
 # no recording yet (re-predicted with the allocator and workspace fixes of this branch)
 CASES = (
+    "roberta-cls-fp16-mixed",  # -4.02% since the casts are made last argument first
     "inf-nn-transformer-fp32-inference-mode",
     "inf-tv-vit-b16-bf16-mixed",
     "tv-mobilenet-v3-fp16-mixed",
