@@ -114,8 +114,9 @@ def estimate(
             (``versions``), and warns when this machine's torch release differs from it.
         allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
         mode: ``"train"``, or ``"inference"``: the model in ``eval()``, one forward under
-            ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same), the output
-            released after it; no loss, no backward, no optimizer (``optimizer`` is ignored).
+            ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same, or less where
+            autocast's weight cache matters: a strided batch into a 16-bit linear is folded
+            into one contiguous copy under ``no_grad`` only), the output released after it; no loss, no backward, no optimizer (``optimizer`` is ignored).
         timeout_s: give up with an UnsupportedModelError naming where the model was after
             this many seconds of building and tracing (a model that loops on tensor values,
             which fake tensors do not have); None for no limit.

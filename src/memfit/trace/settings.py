@@ -45,7 +45,7 @@ class StepSettings:
         batch_size, seq_len: the size of a zoo model's default batch.
         mode: ``"train"`` (forward, backward, optimizer) or ``"inference"`` (the model in
             ``eval()``, forward only under ``torch.no_grad()``; ``torch.inference_mode()``
-            allocates the same).
+            allocates the same, or less: ``memfit.trace.estimate.estimate`` says where).
         timeout_s: stop tracing with an UnsupportedModelError after this many seconds (a
             model looping on tensor values); None for no limit.
         host: the machine around the GPU (memory, cores, CPU Adam rate), for plans that
