@@ -3,6 +3,8 @@ during one conv forward, and during its backward (data and weight), across shape
 
     python bench/conv_probe.py --out DIR            # on the GPU machine (under 4 minutes)
     python bench/conv_probe.py --smoke --out DIR    # the same code paths on a CPU, tiny grid
+    python bench/conv_probe.py --grid held-out --step-cases "" --out DIR
+        # calls the rules were not read from (about a minute)
 
 For each case (kernel, stride, groups, channels, spatial size, batch, dtype, channels_last;
 cudnn.benchmark off and allow_tf32 on, PyTorch's defaults, unless the case says otherwise) it
@@ -101,6 +103,41 @@ def grid(smoke: bool) -> list[dict[str, Any]]:
         )
     # fp32 without TF32 (torch.backends.cudnn.allow_tf32 = False): another engine set
     cases += [dict(c, tf32=False) for c in cases if c["dtype"] == "float32" and c["batch"] == 32]
+    return cases
+
+
+def held_out_grid(smoke: bool) -> list[dict[str, Any]]:
+    """Calls the rules of 4 December 2026 (late) were not read from, to check them: float16 and
+    bf16 NCHW depthwise at stride 1 (the float16 float32-copy rule rests on five calls), TF32
+    1x1s at 14x14 and 7x7 (x + dy + 8 MiB, or a power of two, in ResNeXt's recording) and
+    channels-last float32 depthwise 7x7s and 1x1s (ConvNeXt-nano's rules), batch 64."""
+    shapes = [
+        (c, c, k, 1, c, side) for c in (16, 48, 96, 240) for k in (3, 5) for side in (56, 28, 14)
+    ]
+    dense = [(1024, 512, 1, 1, 1, 14), (512, 1024, 1, 1, 1, 14), (256, 1024, 1, 1, 1, 14)]
+    dense += [(2048, 1024, 1, 1, 1, 7)]
+    last = [(192, 192, 7, 1, 192, 28), (384, 384, 7, 1, 384, 14), (96, 384, 1, 1, 1, 56)]
+    last += [(384, 96, 1, 1, 1, 56), (192, 768, 1, 1, 1, 28)]
+    plan = [(s, "float16", False) for s in shapes] + [(s, "bfloat16", False) for s in shapes[::6]]
+    plan += [(s, "float32", False) for s in dense] + [(s, "float32", True) for s in last]
+    if smoke:
+        plan = plan[:2] + plan[-2:]
+    cases = []
+    for (c_in, c_out, kernel, stride, groups, spatial), dtype, channels_last in plan:
+        cases.append(
+            dict(
+                c_in=c_in,
+                c_out=c_out,
+                kernel=kernel,
+                stride=stride,
+                groups=groups,
+                spatial=min(spatial, 16) if smoke else spatial,
+                batch=2 if smoke else 64,
+                dtype=dtype,
+                channels_last=channels_last,
+                tf32=True,
+            )
+        )
     return cases
 
 
@@ -287,6 +324,12 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny grid on the CPU")
     parser.add_argument("--budget-s", type=float, default=180, help="stop starting new cases")
     parser.add_argument(
+        "--grid",
+        choices=["zoo", "held-out"],
+        default="zoo",
+        help="zoo: the calls the rules were read from; held-out: calls to check them on",
+    )
+    parser.add_argument(
         "--step-cases",
         default=",".join(STEP_CASES),
         help="validation-zoo configurations whose training steps are recorded (comma-separated)",
@@ -298,7 +341,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     result: dict[str, Any] = {"versions": versions(), "cases": []}
     started = time.perf_counter()
-    for case in grid(args.smoke):
+    for case in (grid if args.grid == "zoo" else held_out_grid)(args.smoke):
         if time.perf_counter() - started > args.budget_s:
             result["stopped_at_budget"] = True
             break
