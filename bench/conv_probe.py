@@ -82,25 +82,12 @@ def grid(smoke: bool) -> list[dict[str, Any]]:
     batches = [32, 128]
     if smoke:
         shapes, batches, dtypes = shapes[:3] + shapes[-4:-2], [2], ["float32", "bfloat16"]
-    cases = []
-    for shape, dtype, channels_last, batch in itertools.product(shapes, dtypes, layouts, batches):
-        c_in, c_out, kernel, stride, groups, spatial = shape
-        if smoke:
-            spatial = min(spatial, 16)
-        cases.append(
-            dict(
-                c_in=c_in,
-                c_out=c_out,
-                kernel=kernel,
-                stride=stride,
-                groups=groups,
-                spatial=spatial,
-                batch=batch,
-                dtype=dtype,
-                channels_last=channels_last,
-                tf32=True,
-            )
+    cases = [
+        _case(shape, dtype, channels_last, batch, smoke)
+        for shape, dtype, channels_last, batch in itertools.product(
+            shapes, dtypes, layouts, batches
         )
+    ]
     # fp32 without TF32 (torch.backends.cudnn.allow_tf32 = False): another engine set
     cases += [dict(c, tf32=False) for c in cases if c["dtype"] == "float32" and c["batch"] == 32]
     return cases
@@ -122,23 +109,28 @@ def held_out_grid(smoke: bool) -> list[dict[str, Any]]:
     plan += [(s, "float32", False) for s in dense] + [(s, "float32", True) for s in last]
     if smoke:
         plan = plan[:2] + plan[-2:]
-    cases = []
-    for (c_in, c_out, kernel, stride, groups, spatial), dtype, channels_last in plan:
-        cases.append(
-            dict(
-                c_in=c_in,
-                c_out=c_out,
-                kernel=kernel,
-                stride=stride,
-                groups=groups,
-                spatial=min(spatial, 16) if smoke else spatial,
-                batch=2 if smoke else 64,
-                dtype=dtype,
-                channels_last=channels_last,
-                tf32=True,
-            )
-        )
-    return cases
+    batch = 2 if smoke else 64
+    return [_case(shape, dtype, layout, batch, smoke) for shape, dtype, layout in plan]
+
+
+def _case(
+    shape: tuple[int, ...], dtype: str, channels_last: bool, batch: int, smoke: bool
+) -> dict[str, Any]:
+    """One call: ``shape`` is (c_in, c_out, kernel, stride, groups, spatial); smoke caps the
+    spatial size at 16. TF32 on, PyTorch's default."""
+    c_in, c_out, kernel, stride, groups, spatial = shape
+    return dict(
+        c_in=c_in,
+        c_out=c_out,
+        kernel=kernel,
+        stride=stride,
+        groups=groups,
+        spatial=min(spatial, 16) if smoke else spatial,
+        batch=batch,
+        dtype=dtype,
+        channels_last=channels_last,
+        tf32=True,
+    )
 
 
 def _storage_bytes(tensors: list[Any]) -> int:
