@@ -31,10 +31,11 @@ from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import minor_version
+from memfit.trace.events import Trace, live_until
 from memfit.trace.inputs import resolve
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import make_optimizer, optimizer_label
-from memfit.trace.recorder import MemoryRecorder, Trace, live_until
+from memfit.trace.recorder import MemoryRecorder
 from memfit.trace.replay import replay
 from memfit.trace.settings import StepSettings
 from memfit.trace.versions import gpu_versions, software_versions

@@ -10,7 +10,7 @@ from torch import nn
 
 from memfit.profile import Category, LiveTensor, MemoryProfile, ModuleMemory, Phase, TimelineEvent
 from memfit.trace.allocator import round_size
-from memfit.trace.recorder import Trace, local_tensor
+from memfit.trace.events import Trace, local_tensor
 from memfit.trace.replay import Replay
 
 __all__ = ["assemble_profile", "thin_timeline", "module_table", "trainable_param_bytes"]

@@ -37,12 +37,13 @@ from memfit.technique_rules import check_combination, check_step_options
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
+from memfit.trace.events import Trace, live_until
 from memfit.trace.fake_hazards import fake_hazards_neutralised, scripted_functions_in_python
 from memfit.trace.fakeify import FakeModel, evaluating, prepare_batch, prepare_model
 from memfit.trace.gpus import sharded_ranks, with_gpus
 from memfit.trace.inputs import SpecBatch, resolve
 from memfit.trace.optimizers import make_optimizer, optimizer_label, watch_gradients
-from memfit.trace.recorder import MemoryRecorder, Trace, ValueReadWhileBuilding, live_until
+from memfit.trace.recorder import MemoryRecorder, ValueReadWhileBuilding
 from memfit.trace.replay import replay
 from memfit.trace.session import StepRecord, new_recorder, traced_step
 from memfit.trace.settings import StepSettings

@@ -24,7 +24,6 @@ import collections
 import contextlib
 import weakref
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -34,20 +33,13 @@ from torch.utils._pytree import tree_flatten, tree_map
 from torch.utils.module_tracker import ModuleTracker
 
 from memfit.profile import Category, Phase
+from memfit.trace.events import Allocation, Trace, local_tensor, local_tensor_or_value
 from memfit.trace.fallbacks import FALLBACK_ERRORS, Assumptions, fallback, stricter_than_cuda
 from memfit.trace.grad_sums import sum_in_place
 from memfit.trace.shadow_values import ShadowValues
 from memfit.trace.watchdog import TraceStalled
 
-__all__ = [
-    "Allocation",
-    "MemoryRecorder",
-    "WorkspaceRule",
-    "Trace",
-    "live_until",
-    "local_tensor",
-    "ValueReadWhileBuilding",
-]
+__all__ = ["MemoryRecorder", "WorkspaceRule", "ValueReadWhileBuilding"]
 
 # A rule sees each call of its operator after it ran and records the memory the kernel uses
 # beyond its outputs (a cuBLAS/cuDNN workspace, a flash-attention accumulator) through
@@ -69,32 +61,6 @@ _CATEGORY_OF_PHASE = {
     Phase.BACKWARD: Category.TEMPORARY,
     Phase.OPTIMIZER: Category.TEMPORARY,
 }
-
-
-@dataclass(slots=True)
-class Allocation:
-    """One storage (or hidden workspace) and its life in the event sequence."""
-
-    key: int
-    size: int
-    category: Category
-    phase: Phase
-    module: str
-    op: str
-    shape: tuple[int, ...] = ()
-    dtype: str = ""
-    stream: int = 0
-    host: bool = False  # lives in host memory on the real device: not GPU memory
-
-
-@dataclass
-class Trace:
-    """Every allocation of a traced step, and the order of allocations and frees."""
-
-    allocations: dict[int, Allocation] = field(default_factory=dict)
-    # +key for an allocation, -key for a free (keys start at 1)
-    events: list[int] = field(default_factory=list)
-    phases: list[Phase] = field(default_factory=list)  # phase of each event
 
 
 class ValueReadWhileBuilding(BaseException):  # noqa: N818 - a signal to the builder, caught
@@ -401,27 +367,5 @@ def _is_fake(value: Any) -> bool:
     return isinstance(value, fake_tensor.FakeTensor)
 
 
-def local_tensor(tensor: torch.Tensor) -> torch.Tensor:
-    """The tensor that holds memory for ``tensor``: a DTensor's local shard, else itself."""
-    if hasattr(type(tensor), "_local_tensor"):  # a DTensor (checked without importing it)
-        return tensor._local_tensor  # type: ignore[attr-defined]
-    return tensor
-
-
-def local_tensor_or_value(value: Any) -> Any:
-    return local_tensor(value) if isinstance(value, torch.Tensor) else value
-
-
 def _storage_id(tensor: torch.Tensor) -> int:
     return local_tensor(tensor).untyped_storage()._cdata
-
-
-def live_until(events: list[int], stop: int) -> set[int]:
-    """The keys of the allocations alive after the first ``stop`` events."""
-    live: set[int] = set()
-    for key in events[:stop]:
-        if key > 0:
-            live.add(key)
-        else:
-            live.discard(-key)
-    return live

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings, CachingAllocatorSim
-from memfit.trace.recorder import Trace
+from memfit.trace.events import Trace
 
 __all__ = ["Replay", "replay"]
 

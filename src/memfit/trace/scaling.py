@@ -21,7 +21,7 @@ from __future__ import annotations
 import dataclasses
 
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
-from memfit.trace.recorder import Trace
+from memfit.trace.events import Trace
 from memfit.trace.replay import replay
 from memfit.trace.sharded_sizes import ShardedSize
 

@@ -31,13 +31,14 @@ from memfit.trace.cuda.autocast import cuda_autocast_policy
 from memfit.trace.cuda.composites import cuda_composites
 from memfit.trace.cuda.stack import CudaStack
 from memfit.trace.cuda.workspaces import cuda_workspace_rules
+from memfit.trace.events import Trace, local_tensor
 from memfit.trace.fakeify import FakeModel
 from memfit.trace.hf_masks import gpu_mask_branches
 from memfit.trace.linear_bias import linear_bias_in_place
 from memfit.trace.low_bit import torchao_stand_in
 from memfit.trace.modules import RecomputeSafeModuleTracker as ModuleTracker
 from memfit.trace.optimizers import cuda_optimizer_defaults, host_tensors, state_tensors
-from memfit.trace.recorder import MemoryRecorder, Trace, local_tensor
+from memfit.trace.recorder import MemoryRecorder
 
 __all__ = ["TracedOp", "StepRecord", "traced_step", "new_recorder"]
 

@@ -17,7 +17,7 @@ import torch.distributed as dist
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 from memfit.errors import InvalidInputError, UnsupportedModelError
-from memfit.trace.recorder import Allocation, local_tensor
+from memfit.trace.events import Allocation, local_tensor
 
 __all__ = ["ROLES", "ShardedSize", "fake_process_group", "shard_size", "element_size"]
 

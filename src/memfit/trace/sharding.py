@@ -47,8 +47,9 @@ from torch.distributed.fsdp._fully_shard import _fsdp_param, _fsdp_param_group
 
 from memfit.profile import Category
 from memfit.trace.cpu_streams import CpuStreams
+from memfit.trace.events import Allocation, Trace, local_tensor
 from memfit.trace.fakeify import FakeModel
-from memfit.trace.recorder import Allocation, MemoryRecorder, Trace, local_tensor
+from memfit.trace.recorder import MemoryRecorder
 from memfit.trace.sharded_sizes import (
     ROLES,
     ShardedSize,
