@@ -10,7 +10,6 @@ replayed through a simulation of PyTorch's CUDA caching allocator to predict wha
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import time
 from collections.abc import Callable
@@ -21,34 +20,28 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import FakeTensorMode
 
-from memfit.cost import load_calibration
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
 from memfit.errors import InvalidInputError
 from memfit.gc_threshold import fewer_collections
 from memfit.profile import MemoryProfile
 from memfit.step.batch import describe_batch
-from memfit.step.in_force import InForce, techniques_in_force
+from memfit.step.in_force import techniques_in_force
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
-from memfit.step.train_step import TrainStep
-from memfit.step.undo import applied, run_in_reverse
+from memfit.step.undo import applied
 from memfit.structure.token_inputs import check_token_inputs
 from memfit.technique_rules import check_combination, check_step_options
 from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
-from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
-from memfit.trace.events import Trace, live_until
-from memfit.trace.fake_hazards import fake_hazards_neutralised, scripted_functions_in_python
-from memfit.trace.fakeify import FakeModel, evaluating, prepare_batch, prepare_model
+from memfit.trace.events import Trace
+from memfit.trace.fakeify import FakeModel
 from memfit.trace.gpus import sharded_ranks, with_gpus
 from memfit.trace.inputs import SpecBatch, resolve
-from memfit.trace.optimizers import make_optimizer, optimizer_label, watch_gradients
-from memfit.trace.recorder import MemoryRecorder, ValueReadWhileBuilding
-from memfit.trace.replay import replay
-from memfit.trace.session import StepRecord, new_recorder, traced_step
+from memfit.trace.optimizers import optimizer_label
+from memfit.trace.session import StepRecord, new_recorder
 from memfit.trace.settings import StepSettings
+from memfit.trace.step_phases import build_fake, profile_of, trace_fake_step
 from memfit.trace.step_time import host_warnings, step_time, target_host_from, with_communication
-from memfit.trace.triton_kernels import triton_launches_skipped
 from memfit.trace.versions import software_versions, version_warnings
 from memfit.trace.watchdog import DEFAULT_TIMEOUT_S, Watchdog
 
@@ -236,7 +229,7 @@ def trace_step(
             recorder.recent_ops,
             request_stop=recorder.request_stop,
         ):
-            fake_model, example, rebuilt = _build(
+            fake_model, example, rebuilt = build_fake(
                 model,
                 batch,
                 fake_mode,
@@ -261,7 +254,7 @@ def trace_step(
             recorder.current_module,
             recorder.request_stop,
         ):
-            record = _trace(
+            record = trace_fake_step(
                 fake_model, example, fake_mode, recorder, techniques, settings, precision, sharded
             )
     report("simulating the CUDA caching allocator")
@@ -277,7 +270,7 @@ def trace_step(
     host_bytes = 0
     if sharded is not None and techniques.sharding is not None and techniques.sharding.offload:
         record.trace, host_bytes = sharded.host_resident(record.trace)
-    profile = _profile(record, fake_model, settings, spec, header)
+    profile = profile_of(record, fake_model, settings, spec, header)
     label = "inference (eval, no_grad)" if settings.inference else techniques.label
     versions = software_versions(fake_model.module)
     profile = dataclasses.replace(
@@ -297,154 +290,3 @@ def trace_step(
         profile = with_communication(profile, sharded, techniques.sharding, spec, host_bytes)
     report(f"done in {time.perf_counter() - started:.1f} s")
     return StepTrace(profile, record.trace, record.marks, fake_model, record, sharded)
-
-
-def _build(
-    model: nn.Module | Callable[[], nn.Module],
-    batch: Any,
-    fake_mode: FakeTensorMode,
-    recorder: MemoryRecorder | None,
-    precision: Precision,
-    fresh_recorder: Callable[[], MemoryRecorder],
-) -> tuple[FakeModel, Any, MemoryRecorder | None]:
-    """The model and the example batch on fake tensors, and the recorder of the build.
-
-    A builder builds on the device, as ``with torch.device("cuda"): model = build()`` does:
-    its temporaries (weights replaced when tying, say) leave cached blocks behind, so
-    ``recorder`` records it (None: unrecorded, as a sharded rank builds on the CPU). A builder
-    that reads a tensor value is built again with real values
-    (``prepare_model(real_values=True)``), unrecorded, and the step gets a fresh recorder.
-    """
-    dtype = precision.param_dtype
-    with fake_hazards_neutralised():
-        if isinstance(model, nn.Module) or recorder is None:
-            fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
-        else:
-            try:
-                with recorder, recorder.reading_no_values():
-                    fake_model = prepare_model(model, fake_mode, param_dtype=dtype)
-            except ValueReadWhileBuilding:
-                recorder.close()
-                recorder = fresh_recorder()
-                fake_model = prepare_model(model, fake_mode, param_dtype=dtype, real_values=True)
-    with fake_mode, torch.device("cpu"):
-        example = batch() if callable(batch) else batch
-    return fake_model, prepare_batch(example, fake_mode), recorder
-
-
-def _trace(
-    fake_model: FakeModel,
-    example: Any,
-    fake_mode: FakeTensorMode,
-    recorder: MemoryRecorder,
-    techniques: InForce,
-    settings: StepSettings,
-    precision: Precision,
-    sharded: Any = None,
-) -> StepRecord:
-    """One step with the plan's techniques applied to the fake model, recorded; ``sharded``:
-    the FSDP2 bookkeeping of a sharded plan (``memfit.trace.sharding.ShardedTracing``)."""
-    spec = get_device(settings.device)
-    undos: list[Callable[[], None]] = []  # what changed the fake optimizer and parameters
-    applied = techniques.applied_to(
-        fake_model.module, fake_mode, precision.name, loss_fn=settings.loss_fn
-    )
-    with (
-        fake_model.swapped(),
-        fake_hazards_neutralised(),
-        scripted_functions_in_python(fake_model.module),
-        evaluating(fake_model.module) if settings.inference else contextlib.nullcontext(),
-        triton_launches_skipped() as skipped,
-        applied as context,
-    ):
-        if sharded is not None:  # fully_shard replaced the parameters by DTensors
-            fake_model.params = dict(fake_model.module.named_parameters())
-            fake_model.buffers = dict(fake_model.module.named_buffers())
-
-        def make_step() -> TrainStep:
-            optimizer = None
-            if not settings.inference:
-                params = fake_model.trainable()
-                if sharded is not None:
-                    params = sharded.local_params(params)
-                optimizer = make_optimizer(settings.optimizer, params)
-                if context.optimizer_in_backward and optimizer is not None:
-                    # before the update's hooks: each gradient is counted as one, then freed
-                    undos.append(watch_gradients(fake_model.params, recorder))
-                undos.append(context.change_optimizer(optimizer))
-                if sharded is not None and optimizer is not None:
-                    sharded.attach(optimizer)
-            return TrainStep(
-                fake_model,
-                optimizer,
-                loss_fn=context.loss_fn,
-                forward=settings.forward,
-                precision=precision,
-                micro_batches=techniques.micro_batches,
-                device_type="fake",
-                forward_batch=context.forward_batch,
-                lean_autocast=techniques.lean_autocast,
-                recompute_products=context.recompute_products,
-                host_optimizer=context.host_optimizer,
-                clip_grad_norm=settings.clip_grad_norm,
-                accumulate=settings.accumulate,
-                optimizer_in_backward=context.optimizer_in_backward,
-            )
-
-        try:
-            with sharded.hooks() if sharded is not None else contextlib.nullcontext():
-                record = traced_step(
-                    fake_mode=fake_mode,
-                    fake_model=fake_model,
-                    batch=example,
-                    make_step=make_step,
-                    device=spec,
-                    stack=settings.stack,
-                    calibration=load_calibration(spec),
-                    recorder=recorder,
-                    inference=settings.inference,
-                )
-            record.warnings = [*record.warnings, *skipped.messages()]
-            record.host_bytes = context.host_bytes(techniques.micro_batches)
-            if context.host_optimizer is not None:
-                record.offloaded_params = context.host_optimizer.offloaded_params()
-                record.first_share = context.host_optimizer.first_share()
-            return record
-        finally:
-            with fake_mode:
-                run_in_reverse(undos)
-
-
-def _profile(
-    record: StepRecord,
-    fake_model: FakeModel,
-    settings: StepSettings,
-    spec: DeviceSpec,
-    header: dict[str, Any],
-) -> MemoryProfile:
-    """The recorded step replayed through the allocator, as a MemoryProfile."""
-    result = replay(record.trace, record.marks, settings.allocator)
-    live_after_forward = live_until(record.trace.events, record.marks.get("backward", 0))
-    grads: dict[str, int] = {}
-    if not settings.inference:
-        grads = record.grad_bytes or trainable_param_bytes(fake_model.params)
-    return assemble_profile(
-        trace=record.trace,
-        replay=result,
-        modules=module_table(fake_model.module, record.trace, live_after_forward, grads),
-        header=header,
-        outside_pytorch={"cuda_context": spec.cuda_context_bytes},
-        warnings=tuple(
-            _device_warnings(spec, Precision.parse(header["precision"])) + record.warnings
-        ),
-    )
-
-
-def _device_warnings(spec: DeviceSpec, precision: Precision) -> list[str]:
-    if torch.bfloat16 in (precision.autocast_dtype, precision.param_dtype):
-        if not spec.supports_bf16:
-            return [
-                f"{spec.display_name} ({spec.arch}) has no bf16 tensor cores; bf16 runs "
-                f"emulated and slowly there. Consider precision='fp16-mixed'."
-            ]
-    return []
