@@ -151,3 +151,22 @@ def test_screening_trades_memory_for_time():
     techniques = by_key["full", 2, 4, 8].techniques(ChunkedLoss(1))
     assert [type(t).__name__ for t in techniques] == ["Checkpoint", "MicroBatch", "ChunkedLoss"]
     assert techniques[0].modules == ("layers.0", "layers.1") and techniques[1].n == 4
+
+
+def test_the_solver_writes_nothing_to_standard_output(capfd) -> None:
+    """A Qwen2-shaped block's knapsack (24 layers, hidden 896), on which HiGHS 1.12 prints from
+    C++ whatever its options say: stdout is ``memfit plan --format json``'s JSON."""
+    values = np.array([4, 72, 24, 12, 16, 8, 8, 18.245343854398385, 36, 8, 8, 8, 4]) * 1e-5
+    weights = np.array(
+        [7570432, 75959296, 46170112, 9437184, 12582912, 1024, 32768, 94371840, 132120576,
+         4194304, 29360128, 32768, 39845888], dtype=float,
+    )  # fmt: skip
+    chosen = _knapsack(values, weights, 0.6 * weights.sum())
+    assert capfd.readouterr().out == ""
+    assert weights[chosen].sum() <= 0.6 * weights.sum()
+    # the optimum, by enumeration of the 2^13 choices
+    best = max(
+        (values[list(c)].sum() for r in range(14) for c in itertools.combinations(range(13), r)
+         if weights[list(c)].sum() <= 0.6 * weights.sum()),
+    )  # fmt: skip
+    assert values[chosen].sum() == pytest.approx(best)

@@ -9,6 +9,10 @@ checkpointing and full checkpointing, so the memory/time frontier has no gap.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -66,15 +70,35 @@ class Policy:
 
 def _knapsack(values: np.ndarray, weights: np.ndarray, cap: float) -> np.ndarray:
     """Maximise values . x subject to weights . x <= cap, x binary (HiGHS via scipy)."""
-    result = milp(
-        c=-values,
-        constraints=LinearConstraint(weights[np.newaxis, :], -np.inf, cap),
-        integrality=np.ones_like(values),
-        bounds=Bounds(0, 1),
-    )
+    with _native_stdout_silenced():
+        result = milp(
+            c=-values,
+            constraints=LinearConstraint(weights[np.newaxis, :], -np.inf, cap),
+            integrality=np.ones_like(values),
+            bounds=Bounds(0, 1),
+        )
     if result.x is None:
         return np.zeros_like(values)
     return np.round(result.x).astype(bool)
+
+
+@contextlib.contextmanager
+def _native_stdout_silenced() -> Iterator[None]:
+    """Send what C code writes to the process's standard output to /dev/null meanwhile.
+
+    HiGHS (1.12, in scipy 1.17) prints ``HighsMipSolverData::transformNewIntegerFeasible
+    Solution tmpSolver.run();`` from C++ on some knapsacks whatever its output options say
+    (HiGHS.jl#312): a Qwen2-shaped block's did, into ``memfit plan --format json``'s output.
+    """
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 1)
+            yield
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
 
 
 def block_policies(
