@@ -82,3 +82,21 @@ def test_allow_limits_the_techniques(model_file, midway, capsys):
     assert main([*plan_args(model_file, f"{midway}B"), "--allow", "offload"]) == 2
     err = capsys.readouterr().err
     assert "['offload'] in allow; the planner chooses from: " in err and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_margin_reaches_the_planner(model_file, unmodified, capsys):
+    """At exactly the unmodified step's predicted peak, only --margin 0 leaves it as it is."""
+    at_peak = f"{unmodified.peak_reserved}B"
+    assert main([*plan_args(model_file, at_peak), "--quiet", "--no-cache"]) == 0
+    assert capsys.readouterr().out.strip() != "unmodified"
+    assert main([*plan_args(model_file, at_peak), "--margin", "0", "--quiet", "--no-cache"]) == 0
+    assert capsys.readouterr().out.strip() == "unmodified"
+
+
+@pytest.mark.parametrize("margin", ["0.7", "-0.1"])
+def test_bad_margin_exits_2_with_the_fix(model_file, margin, capsys):
+    assert main([*plan_args(model_file, "1GiB"), "--margin", margin]) == 2
+    err = capsys.readouterr().err
+    assert f"margin={float(margin)!r} must be a fraction of the budget in [0, 0.5)" in err
+    assert "Traceback" not in err

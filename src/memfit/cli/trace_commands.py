@@ -97,6 +97,14 @@ def estimate(
     is_flag=True,
     help="Plan for a model you torch.compile after applying the plan.",
 )
+@click.option(
+    "--margin",
+    type=float,
+    default=0.02,
+    show_default=True,
+    help="Fraction of the budget kept free for prediction error: 0 accepts plans predicted "
+    "right at the budget, 0.1 keeps a tenth free.",
+)
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
 @click.option(
     "--gpus",
@@ -114,6 +122,7 @@ def plan_command(
     blocks: str | None,
     allow: str | None,
     for_compile: bool,
+    margin: float,
     out_path: str | None,
     gpus: int,
     **options: Any,
@@ -123,6 +132,7 @@ def plan_command(
     question["allow"] = allow
     question["gpus"] = gpus
     question["compile"] = for_compile
+    question["margin"] = margin
     key = None if no_cache else result_cache.cache_key("plan", question)
     if answer_from_cache(key, show=fmt == "table" and not quiet, out_path=out_path):
         return
@@ -144,6 +154,7 @@ def plan_command(
             blocks=[b.strip() for b in blocks.split(",")] if blocks else None,
             allow=allow,
             compile=for_compile,
+            margin=margin,
             gpus=gpus,
             progress=bar.set_stage,
         )

@@ -156,5 +156,6 @@ def margin_note(
         f"inside the safety margin below the budget ({format_bytes(budget - target)}); this "
         f"plan is {chosen_s / best.step_time_s - 1:.0%} slower "
         f"({chosen_s * 1e3:.1f} against {best.step_time_s * 1e3:.1f} ms a step, predicted); "
-        f"memfit.plan(..., margin=0) takes it, at the risk the margin is kept against"
+        f"memfit.plan(..., margin=0) (memfit plan --margin 0) takes it, at the risk the "
+        f"margin is kept against"
     )

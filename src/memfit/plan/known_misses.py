@@ -39,5 +39,6 @@ def recomputed_convolution_note(techniques: Sequence[Any], traced: StepTrace) ->
     return (
         f"this plan recomputes convolutions in backward: such plans' reserved memory measured "
         f"{MEASURED_MISS} above its prediction on an H200 (ResNet-50), which the budget's margin "
-        f"does not cover; plan with memfit.plan(..., margin=0.1) to keep to the budget"
+        f"does not cover; plan with memfit.plan(..., margin=0.1) (memfit plan --margin 0.1) "
+        f"to keep to the budget"
     )
