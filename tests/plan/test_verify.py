@@ -1,4 +1,4 @@
-"""trace_fastest_fitting: screening's memory corrected per family of candidates."""
+"""trace_fastest_fitting: screening's memory and time corrected per family and shape."""
 
 from __future__ import annotations
 
@@ -9,12 +9,15 @@ import pytest
 import memfit
 from memfit.plan.candidates import Candidate
 from memfit.plan.policies import Policy
-from memfit.plan.verify import trace_fastest_fitting
+from memfit.plan.verify import Verified, trace_fastest_fitting
 from memfit.techniques import ChunkedLoss
 
 HEAD = ChunkedLoss(1, head="head")  # the loss chunked candidates compute
 
 NONE = Policy("none", (), 0, 0.0)
+FULL = Policy("full", (), 0, 0.01)
+OFFLOADED = Policy("offloaded", (), 0, 0.01)
+LEAN = Policy("pointwise", (), 0, 0.0)
 
 
 def _llama():
@@ -88,6 +91,64 @@ def test_a_plan_slower_than_screened_does_not_stop_the_search() -> None:
     chosen, verified = trace_fastest_fitting([a, b, c], 110, 50, trace, HEAD, 4)
     assert chosen is not None and chosen[0] == b.techniques(HEAD)
     assert [x for x, _ in verified.traced] == [a, b]  # c (screened 1.5) cannot beat 1.3
+
+
+def _timed_tracer(truth: dict[tuple, tuple[int, float]], calls: list[tuple]):
+    def trace(techniques: tuple) -> SimpleNamespace:
+        calls.append(techniques)
+        peak, step_s = truth[techniques]
+        return SimpleNamespace(profile=SimpleNamespace(peak_reserved=peak, step_time_s=step_s))
+
+    return trace
+
+
+def _mixed(policy: Policy, k: int, screened: int, step_s: float) -> Candidate:
+    """``k`` of 4 blocks checkpointed by ``policy``, the others lean, the loss chunked."""
+    blocks = tuple(f"b{i}" for i in range(4))
+    return Candidate(
+        policy, blocks[:k], 1, 4, screened, screened, step_s, blocks[k:], LEAN
+    )  # fmt: skip
+
+
+def test_a_shape_traced_faster_than_screened_makes_its_others_worth_a_trace() -> None:
+    # LLaMA-1B in miniature: screening puts two checkpointed blocks over the budget (120 of
+    # 105) and prices checkpointed blocks too dear; the trace of three corrects both, and
+    # two, screened slower than three traced, fits and is faster
+    three, two = _mixed(FULL, 3, 100, 1.30), _mixed(FULL, 2, 120, 1.26)
+    truth = {three.techniques(HEAD): (80, 1.20), two.techniques(HEAD): (96, 1.17)}
+    calls: list[tuple] = []
+    chosen, verified = trace_fastest_fitting(
+        [three, two], 105, 50, _timed_tracer(truth, calls), HEAD, 4
+    )
+    # corrected: 50 + 70 * 0.6 = 92 bytes, 1.26 * 1.20 / 1.30 = 1.163 s (screened: 1.26 >
+    # 1.20, so without the time correction it was never traced)
+    assert [c for c, _ in verified.traced] == [three, two]
+    assert chosen is not None and chosen[0] == two.techniques(HEAD)
+
+
+def _traced(peak: int, step_s: float) -> SimpleNamespace:
+    return SimpleNamespace(profile=SimpleNamespace(peak_reserved=peak, step_time_s=step_s))
+
+
+def test_a_shape_learns_from_its_own_traces_before_its_familys() -> None:
+    # two shapes of one family (chunked loss, one micro-batch): the offloaded one traced at
+    # 0.4 of its screened activations says little about the other's (0.96)
+    verified = Verified(50)
+    verified.learn(_mixed(FULL, 3, 100, 1.1), _traced(98, 1.1))  # type: ignore[arg-type]
+    verified.learn(_mixed(OFFLOADED, 3, 100, 1.0), _traced(70, 1.0))  # type: ignore[arg-type]
+    assert verified.peak(_mixed(FULL, 2, 104, 1.05)) == pytest.approx(50 + 54 * 0.96)
+    assert verified.peak(_mixed(OFFLOADED, 2, 104, 1.05)) == pytest.approx(50 + 54 * 0.4)
+    # a shape never traced takes its family's last correction
+    assert verified.peak(Candidate(LEAN, ("b0",), 1, 4, 100, 100, 1.2)) == pytest.approx(70)
+    # and a family never traced, none
+    assert verified.peak(Candidate(LEAN, ("b0",), 2, 4, 100, 100, 1.2)) == 100
+
+
+def test_a_shape_traced_slower_than_screened_rules_nothing_out() -> None:
+    a = _mixed(FULL, 3, 90, 1.0)
+    verified = Verified(50)
+    verified.learn(a, _traced(90, 1.5))  # type: ignore[arg-type]
+    assert verified.step_s(_mixed(FULL, 2, 90, 1.2)) == 1.2
 
 
 @pytest.mark.slow

@@ -91,8 +91,8 @@ def plan_frontier(
     first: str = "",
 ) -> list[FrontierPoint]:
     """The frontier a plan shows: every candidate traced in full (the chosen one marked), and
-    the Pareto front of the others as screening predicts them (memory corrected as the search
-    corrected it; at most 12 points, evenly spread).
+    the Pareto front of the others as screening predicts them (memory and time corrected as the
+    search corrected them; at most 12 points, evenly spread).
 
     A screened point that would beat the chosen plan on both memory and time is not shown: the
     search traces every such candidate it can (``verify.trace_fastest_fitting``), so one left
@@ -100,7 +100,7 @@ def plan_frontier(
     """
     traced_ids = {id(c) for c, _ in verified.traced}
     points = [
-        FrontierPoint(c.label(first), int(verified.peak(c)), c.step_s)
+        FrontierPoint(c.label(first), int(verified.peak(c)), verified.step_s(c))
         for c in candidates
         if c.step_s > 0 and id(c) not in traced_ids
     ]
