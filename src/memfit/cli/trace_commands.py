@@ -100,10 +100,8 @@ def estimate(
 @click.option(
     "--margin",
     type=float,
-    default=0.02,
-    show_default=True,
-    help="Fraction of the budget kept free for prediction error: 0 accepts plans predicted "
-    "right at the budget, 0.1 keeps a tenth free.",
+    help="Fraction of the budget kept free for prediction error (default: 0.02, and 0.1 for "
+    "plans that recompute convolutions): 0 accepts plans predicted right at the budget.",
 )
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")
 @click.option(
@@ -122,7 +120,7 @@ def plan_command(
     blocks: str | None,
     allow: str | None,
     for_compile: bool,
-    margin: float,
+    margin: float | None,
     out_path: str | None,
     gpus: int,
     **options: Any,

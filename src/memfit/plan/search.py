@@ -61,7 +61,7 @@ def plan(
     head: str = "lm_head",
     chunks: int = 4,
     max_micro_batches: int = 8,
-    margin: float = 0.02,
+    margin: float | None = None,
     max_traces: int = 6,
     batch_size: int | None = None,
     seq_len: int | None = None,
@@ -89,8 +89,10 @@ def plan(
             technique it plans that keeps the math (``memfit.techniques.default_allow()``).
         head: the LM head for a chunked loss.
         margin: keep the predicted reserved peak this fraction below the budget, for
-            prediction error (the measured frontier plans' reserved peaks came out between
-            1.4% above and 0.9% below their predictions: bench/results/frontier_h200.json).
+            prediction error; default (None): 0.02 (the measured frontier plans' reserved
+            peaks came out between 1.4% above and 0.9% below their predictions:
+            bench/results/frontier_h200.json), and 0.1 for plans that recompute convolutions
+            (ResNet-50's measured 5-10% above theirs; the plan's notes say so).
         max_traces: candidates traced in full before giving up on the screening order.
         compile: plan for a model you compile (``torch.compile`` after ``memfit.apply``):
             only the techniques that keep their memory when compiled (``COMPILE_SAFE``: full

@@ -23,7 +23,7 @@ from memfit.plan.candidates import Candidate, screen
 from memfit.plan.dropped import dropped_note
 from memfit.plan.frontier import FrontierPoint, margin_note, plan_frontier
 from memfit.plan.infeasible import infeasible_error
-from memfit.plan.known_misses import recomputed_convolution_note
+from memfit.plan.known_misses import recomputed_convolution_note, recomputes_convolutions
 from memfit.plan.loss_check import chunkable_loss
 from memfit.plan.model_state import (
     count_parameters,
@@ -37,7 +37,7 @@ from memfit.plan.model_state import (
 from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
 from memfit.plan.policies import block_policies, offloaded_policy
-from memfit.plan.settings import CHUNK_BYTES, COMPILE_NOTE, PlanSettings
+from memfit.plan.settings import CHUNK_BYTES, COMPILE_NOTE, CONVOLUTION_MARGIN, PlanSettings
 from memfit.plan.sharded import plan_sharded
 from memfit.plan.verify import trace_fastest_fitting
 from memfit.profile import Phase
@@ -124,8 +124,13 @@ class Search:
             return chosen
         if self.levels:
             return self.with_model_state(started, self.traced_points)
+        stricter = self.stricter_target(self.traced_points)
         raise infeasible_error(
-            self.settings.budget, self.settings.target, self.base, self.traced_points, self.dropped
+            self.settings.budget,
+            self.settings.target,
+            self.base,
+            self.traced_points,
+            [*self.dropped, *filter(None, [stricter])],
         )
 
     def plan_activations(self) -> Plan | None:
@@ -139,6 +144,7 @@ class Search:
             self.trace,
             self.chunked,
             self.settings.max_traces,
+            self.target_of,
         )
         self.traced_points = verified.traced
         for label, reason in verified.dropped:
@@ -195,9 +201,25 @@ class Search:
             self.report(f"planned in {time.perf_counter() - started:.1f} s")
             return chosen
         best = min((t.profile.peak_reserved for _, t in self.traced_points), default=0)
-        tried.append((label, f"the most memory-saving plan traced needs "
-                      f"{format_bytes(best)} reserved"))  # fmt: skip
+        stricter = self.stricter_target(self.traced_points)
+        needs = f"the most memory-saving plan traced needs {format_bytes(best)} reserved"
+        tried.append((label, needs + (f" ({stricter})" if stricter else "")))
         return None
+
+    def stricter_target(self, traced: list[tuple[Any, StepTrace]]) -> str | None:
+        """What a refusal says when the smallest plan traced was held further below the
+        budget than the margin (it recomputes convolutions), else None."""
+        if not traced:
+            return None
+        candidate, smallest = min(traced, key=lambda ct: ct[1].profile.peak_reserved)
+        limit = self.target_of(candidate.techniques(self.chunked), smallest)
+        if limit >= self.settings.target:
+            return None
+        return (
+            f"it recomputes convolutions, so it must predict at most {format_bytes(limit)}: "
+            f"such plans measured up to 10% above their predictions; margin=X (memfit plan "
+            f"--margin X) sets another margin"
+        )
 
     def drop(self, what: str, reason: str) -> None:
         """Leave ``what`` out of the search, saying why in the plan's notes."""
@@ -209,8 +231,13 @@ class Search:
     def trace(self, techniques: tuple[Any, ...] = ()) -> StepTrace:
         return trace_step(self.model, self.batch, self.step, plan=list(self.first + techniques))
 
-    def fits(self, traced: StepTrace) -> bool:
-        return traced.profile.peak_reserved <= self.settings.target
+    def fits(self, traced: StepTrace, techniques: tuple[Any, ...] = ()) -> bool:
+        return traced.profile.peak_reserved <= self.target_of(techniques, traced)
+
+    def target_of(self, techniques: tuple[Any, ...], traced: StepTrace) -> int:
+        """The predicted peak the plan with ``techniques`` (on top of ``first``) may reach."""
+        convolving = recomputes_convolutions(self.first + techniques, traced)
+        return self.settings.target_for(convolving)
 
     def make(
         self,
@@ -230,7 +257,9 @@ class Search:
         )
         if margin:
             self.notes.append(margin)
-        convolutions = recomputed_convolution_note(self.first + techniques, traced)
+        convolutions = recomputed_convolution_note(
+            self.first + techniques, traced, self.settings.margin, CONVOLUTION_MARGIN
+        )
         if convolutions and convolutions not in self.notes:
             self.notes.append(convolutions)
         return Plan(

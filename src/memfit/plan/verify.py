@@ -55,7 +55,8 @@ class Verified:
         return self.static + (candidate.peak_reserved - self.static) * scale
 
     def step_s(self, candidate: Candidate) -> float:
-        """Screening's step time of ``candidate``, corrected (never upwards) by its family's."""
+        """Screening's step time of ``candidate``, corrected (never upwards) by its shape's or
+        family's traces."""
         return candidate.step_s * _learnt(self.time_scales, candidate)
 
     def learn(self, candidate: Candidate, traced: StepTrace) -> None:
@@ -79,6 +80,7 @@ def trace_fastest_fitting(
     trace: Tracer,
     chunked: ChunkedLoss | None,
     max_traces: int,
+    target_of: Callable[[tuple[Any, ...], StepTrace], int] | None = None,
 ) -> tuple[tuple[tuple[Any, ...], StepTrace] | None, Verified]:
     """Trace candidates fastest first; keep the fastest that really fits.
 
@@ -90,6 +92,8 @@ def trace_fastest_fitting(
     to be smaller and faster (``plan_frontier`` leaves out the few such estimates the
     traces did not reach). A candidate whose trace fails (its techniques refuse this model) is
     left out and recorded in ``Verified.dropped`` with the reason; the search goes on.
+    ``target_of(techniques, traced)``, where given, is the peak a traced plan must keep to
+    (a class of plans held further below the budget), else ``target``.
     """
     verified = Verified(static)
     tried: set[int] = set()
@@ -101,13 +105,15 @@ def trace_fastest_fitting(
     def attempt(candidate: Candidate) -> None:
         nonlocal best
         tried.add(id(candidate))
+        techniques = candidate.techniques(chunked)
         try:
-            traced = trace(candidate.techniques(chunked))
+            traced = trace(techniques)
         except MemfitError as error:
             verified.dropped.append((candidate.label(), str(error)))
             return
         verified.learn(candidate, traced)
-        fits = traced.profile.peak_reserved <= target
+        limit = target if target_of is None else target_of(techniques, traced)
+        fits = traced.profile.peak_reserved <= limit
         if fits and (traced.profile.step_time_s or candidate.step_s) < best_s():
             best = (candidate, traced)
 
