@@ -60,7 +60,14 @@ HOST_FIELDS = (
 )  # fmt: skip
 # optimizer_step (noted once a step) and host_optimizer_op_s are one column while every
 # measured step runs fused AdamW (two operators): a matrix with another optimizer separates them
-NOTED = ("forward_backward", "module_call", "checkpoint_region", "selective_op", "optimizer_step")
+NOTED = (
+    "forward_backward",
+    "module_call",
+    "checkpoint_region",
+    "checkpoint_op",
+    "selective_op",
+    "optimizer_step",
+)
 
 
 def trace_all(results: Path, cache: Path, only: set[str] | None) -> None:

@@ -46,7 +46,14 @@ RUN_NAMES = dict(zip(RUNS, ("run 1", "run 2", "run 3"), strict=True))
 # per ATen operator and per step on bench/costs.py's 48 configurations (bench/fit_costs.py)
 # and are kept: refitted here they trade off against each other (nearly collinear counts)
 FITTED = ("forward_backward_s", "checkpoint_region_s", "recompute_op_s")
-NOTED = ("forward_backward", "module_call", "checkpoint_region", "selective_op", "optimizer_step")
+NOTED = (
+    "forward_backward",
+    "module_call",
+    "checkpoint_region",
+    "checkpoint_op",
+    "selective_op",
+    "optimizer_step",
+)
 WITHIN = 5.0  # points
 # the constants before this fit (memfit 0.x defaults until this fit replaced them): the whole
 # of checkpointing's Python charged once per region in forward, none per recomputed operator

@@ -14,7 +14,7 @@ from memfit.cost import Calibration, op_time, overlapped_seconds
 from memfit.cost.classes import op_work
 from memfit.cost.device import device_seconds, wave_efficiency
 from memfit.devices import get_device
-from memfit.step.overhead import note, take
+from memfit.step.overhead import note, scope, take
 from memfit.techniques import Checkpoint
 from memfit.trace.estimate import trace_step
 
@@ -134,6 +134,32 @@ def test_techniques_note_their_python_per_operator():
     assert take() == {}
 
 
+def test_a_scope_notes_every_operator_run_inside_it():
+    take()
+    with scope("checkpoint_op"):
+        assert take() == {"checkpoint_op": 1}
+        note("selective_op")
+        with scope("checkpoint_op"):  # a region inside a region: its Python twice
+            assert take() == {"checkpoint_op": 2, "selective_op": 1}
+        assert take() == {"checkpoint_op": 1}
+    assert take() == {}
+
+
+def test_checkpointed_regions_cost_host_time_per_operator_in_forward():
+    from tests.plan.helpers import BATCH, build
+
+    full = trace_step(build, BATCH, plan=[Checkpoint(modules=("layers.*",))])
+    calibration = Calibration()
+    assert calibration.checkpoint_op_s > 0
+    forward = [op for op in full.record.ops if op.stage == "forward" and op.kind == "matmul"]
+    inside = [op for op in forward if op.module.startswith("layers.")]
+    outside = [op for op in forward if not op.module.startswith("layers.")]
+    assert inside and outside
+    per_op = calibration.host_forward_op_s + calibration.checkpoint_op_s
+    assert min(op.host_s for op in inside) == pytest.approx(per_op)
+    assert min(op.host_s for op in outside) == calibration.host_forward_op_s
+
+
 def test_selective_checkpointing_and_recomputation_cost_host_time():
     from tests.plan.helpers import BATCH, build
 
@@ -148,7 +174,7 @@ def test_selective_checkpointing_and_recomputation_cost_host_time():
     assert calibration.recompute_op_s > 0
     assert all(op.host_s >= recompute_s for op in kernels)
     assert min(op.host_s for op in kernels) == pytest.approx(recompute_s)
-    # the same operators in forward pay no recomputation
+    # the same operators in forward pay no recomputation (outside the regions: nothing more)
     forward = [op for op in full.record.ops if op.stage == "forward" and op.kind == "matmul"]
     assert forward and min(op.host_s for op in forward) == calibration.host_forward_op_s
     selective = trace_step(
@@ -206,7 +232,8 @@ def test_notes_do_not_recompile_a_compiled_model():
     @torch.compile(backend=counter)
     def region(x):
         note("checkpoint_region")
-        return x * 2
+        with scope("checkpoint_op"):
+            return x * 2
 
     torch._dynamo.reset()
     for _ in range(12):

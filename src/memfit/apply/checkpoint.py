@@ -33,6 +33,7 @@ from memfit.apply.forward_patch import replace_forward
 from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
 from memfit.step.overhead import note as note_overhead
+from memfit.step.overhead import scope as overhead_scope
 from memfit.step.registry import register_applier
 from memfit.step.undo import UndoFn, run_in_reverse
 from memfit.structure.blocks import find_blocks
@@ -149,9 +150,10 @@ def _checkpointed_forward(options: _Options, module: nn.Module, *args: Any, **kw
     context_fn = options.context_fn
     if options.preserve_batchnorm:
         context_fn = functools.partial(_with_batchnorm_restore, module, options.context_fn)
-    if context_fn is None:
-        return checkpoint(function, *args, use_reentrant=False)
-    return checkpoint(function, *args, use_reentrant=False, context_fn=context_fn)
+    with overhead_scope("checkpoint_op"):  # and its Python per operator of the region
+        if context_fn is None:
+            return checkpoint(function, *args, use_reentrant=False)
+        return checkpoint(function, *args, use_reentrant=False, context_fn=context_fn)
 
 
 def _wrap(module: nn.Module, context_fn: ContextFn | None) -> UndoFn:

@@ -68,6 +68,8 @@ class Calibration:
             own code besides its operators (Hugging Face models run a lot of it).
         checkpoint_region_s: per checkpointed region and step: the checkpoint's own Python
             (its hooks in forward, setting up the recomputation in backward).
+        checkpoint_op_s: per operator a checkpointed region runs in forward (non-reentrant
+            checkpoint packs each tensor the region saves through a Python hook).
         selective_op_s: what selective checkpointing's dispatch mode adds per operator of its
             regions, in forward and in recomputation (Python per operator).
         recompute_op_s: what checkpointing adds per operator it recomputes in backward
@@ -98,16 +100,22 @@ class Calibration:
     optimizer_step_s: float = 5.66e-3
     host_view_op_s: float = 0.0
     host_tensor_s: float = 0.0
-    # forward_backward_s, checkpoint_region_s and recompute_op_s: re-fitted (bench/
-    # replan_compare.py) on the step and host times of bench/plans.py's first H200 run
-    # (GPT-2, LLaMA-1B, BERT-base, ResNet-50), held out: its other models and the second run.
+    # forward_backward_s and recompute_op_s (and a per-region constant, since replaced, below):
+    # re-fitted (bench/replan_compare.py) on the step and host times of bench/plans.py's first
+    # H200 run (GPT-2, LLaMA-1B, BERT-base, ResNet-50), held out: its other models and run 2.
     # Checkpointing's Python runs mostly in recomputation (non-reentrant checkpoint's saved-
     # tensor hooks, per operator), where the CPU is ahead of the GPU, not at the region's
     # entry in forward, where it is not: all of it charged there (1.3 ms a region) made
     # GPU-bound checkpointed steps look 5-10 points slower than measured
     forward_backward_s: float = 3.6e-3
     module_call_s: float = 0.0
-    checkpoint_region_s: float = 0.88e-3
+    # a region's Python in forward, per region and per operator it runs (the pack hook of each
+    # tensor it saves): fitted on bench/diag_techniques.py's two H200 runs (13 checkpointed
+    # configurations of GPT-2, GPT-2 medium and LLaMA-1B, regions of one norm to whole
+    # blocks; `python bench/fit_regions.py`); one 0.88 ms a region, fitted on whole blocks
+    # alone, priced LLaMA-1B's 32 checkpointed norms at +11% where they measured +0.1%
+    checkpoint_region_s: float = 0.3e-3
+    checkpoint_op_s: float = 10e-6
     selective_op_s: float = 37e-6
     recompute_op_s: float = 36e-6
     device: str = ""

@@ -94,6 +94,7 @@ SCALED_BY = {
     "forward_backward_s": "host",
     "module_call_s": "host",
     "checkpoint_region_s": "host",
+    "checkpoint_op_s": "host",
     "selective_op_s": "host",
     "recompute_op_s": "host",
 }

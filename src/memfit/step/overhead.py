@@ -3,19 +3,23 @@
 Some techniques run Python per operator (selective checkpointing's dispatch mode decides every
 operator of its regions, in forward and in recomputation). Their code calls ``note(kind)``
 each time; the tracer ``take()``s what was noted after each operator and adds
-``Calibration.<kind>_s`` per note to that operator's host time. Outside a trace the notes add
-up unread (one counter per kind). Under ``torch.compile`` nothing is noted: the counter would
-be a Python value the compiled code guards on, and every call would recompile.
+``Calibration.<kind>_s`` per note to that operator's host time. Others add Python around every
+operator of a region (non-reentrant checkpointing packs each tensor a region saves through a
+Python hook): inside ``with scope(kind)`` each operator takes one note of ``kind``. Outside a
+trace the notes add up unread (one counter per kind). Under ``torch.compile`` nothing is noted:
+the counter would be a Python value the compiled code guards on, and every call would recompile.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import Counter
+from collections.abc import Iterator
 
 import torch
 
-__all__ = ["note", "take"]
+__all__ = ["note", "scope", "take"]
 
 _pending = threading.local()
 
@@ -30,10 +34,32 @@ def note(kind: str) -> None:
     counts[kind] += 1
 
 
+@contextlib.contextmanager
+def scope(kind: str) -> Iterator[None]:
+    """Every operator run inside takes one note of ``kind`` (nested: one per level)."""
+    if torch.compiler.is_compiling():
+        yield
+        return
+    scopes = getattr(_pending, "scopes", None)
+    if scopes is None:
+        scopes = _pending.scopes = Counter()
+    scopes[kind] += 1
+    try:
+        yield
+    finally:
+        scopes[kind] -= 1
+        if not scopes[kind]:
+            del scopes[kind]
+
+
 def take() -> Counter[str]:
-    """What was noted since the last call, and reset it."""
+    """What was noted since the last call, and reset it; with one note per open scope."""
     counts = getattr(_pending, "counts", None)
-    if not counts:  # the common case, after every operator: nothing noted, nothing to reset
+    scopes = getattr(_pending, "scopes", None)
+    if not counts and not scopes:  # the common case, after every operator: nothing to add
         return Counter()
     _pending.counts = Counter()
-    return counts
+    taken = counts or Counter()
+    if scopes:
+        taken.update(scopes)
+    return taken
