@@ -34,7 +34,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from fit_costs import KINDS, device_times, overlapped  # noqa: E402
+from fit_costs import KINDS, NOTED, device_times, overlapped  # noqa: E402
 from memfit.cost import Calibration  # noqa: E402
 from replan_trace import RESULTS, RUNS, measured_configurations, trace_key  # noqa: E402
 
@@ -46,14 +46,6 @@ RUN_NAMES = dict(zip(RUNS, ("run 1", "run 2", "run 3"), strict=True))
 # per ATen operator and per step on bench/costs.py's 48 configurations (bench/fit_costs.py)
 # and are kept: refitted here they trade off against each other (nearly collinear counts)
 FITTED = ("forward_backward_s", "checkpoint_region_s", "recompute_op_s")
-NOTED = (
-    "forward_backward",
-    "module_call",
-    "checkpoint_region",
-    "checkpoint_op",
-    "selective_op",
-    "optimizer_step",
-)
 WITHIN = 5.0  # points
 # the constants before this fit (memfit 0.x defaults until this fit replaced them): the whole
 # of checkpointing's Python charged once per region in forward, none per recomputed operator
