@@ -90,6 +90,31 @@ def hf_llama() -> nn.Module:
     return LlamaForCausalLM(config).double().train()
 
 
+def hf_bart_lm() -> nn.Module:
+    """BART's decoder as a causal LM: its forward takes ``CrossEntropyLoss()`` of unshifted
+    labels itself (a mean that ignores ``num_items_in_batch``), not ``self.loss_function``."""
+    from transformers import BartConfig, BartForCausalLM
+
+    torch.manual_seed(0)
+    config = BartConfig(
+        decoder_layers=2,
+        d_model=32,
+        decoder_ffn_dim=64,
+        decoder_attention_heads=4,
+        vocab_size=VOCAB,
+        max_position_embeddings=16,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        pad_token_id=0,
+        bos_token_id=0,
+        eos_token_id=0,
+        decoder_start_token_id=0,
+        forced_eos_token_id=None,
+    )
+    return BartForCausalLM(config).double().train()
+
+
 def token_batch(batch_size: int = 2, seq_len: int = 12, *, ignore: bool = True) -> dict[str, Any]:
     generator = torch.Generator().manual_seed(1)
     ids = torch.randint(0, VOCAB, (batch_size, seq_len), generator=generator)

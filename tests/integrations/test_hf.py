@@ -18,8 +18,7 @@ class _Limit:
         self.raised = 0
 
 
-def _train(tmp_path, guarded: bool, limits: dict[int, float]):
-    torch.manual_seed(0)
+def _gpt2():  # its loss is divided by the Trainer's num_items_in_batch
     config = transformers.GPT2Config(
         vocab_size=40,
         n_positions=16,
@@ -30,7 +29,28 @@ def _train(tmp_path, guarded: bool, limits: dict[int, float]):
         embd_pdrop=0.0,
         attn_pdrop=0.0,
     )
-    model = transformers.GPT2LMHeadModel(config).double()
+    return transformers.GPT2LMHeadModel(config)
+
+
+def _bart():  # takes **kwargs but its own token mean: the Trainer's count changes nothing
+    config = transformers.BartConfig(
+        vocab_size=40,
+        max_position_embeddings=16,
+        d_model=16,
+        decoder_layers=1,
+        decoder_attention_heads=2,
+        decoder_ffn_dim=32,
+        dropout=0.0,
+        attention_dropout=0.0,
+        activation_dropout=0.0,
+        forced_eos_token_id=None,
+    )
+    return transformers.BartForCausalLM(config)
+
+
+def _train(tmp_path, guarded: bool, limits: dict[int, float], build=_gpt2):
+    torch.manual_seed(0)
+    model = build().double()
     budget = _Limit()
 
     def pre_hook(module, args, kwargs):
@@ -73,10 +93,13 @@ def _train(tmp_path, guarded: bool, limits: dict[int, float]):
 
 
 @pytest.mark.slow
-def test_trainer_with_ooms_matches_trainer_without(tmp_path) -> None:
+@pytest.mark.parametrize("build", [_gpt2, _bart], ids=["gpt2", "bart"])
+def test_trainer_with_ooms_matches_trainer_without(tmp_path, build) -> None:
+    # BART: its parts' means were summed unweighted (the Trainer says the model takes
+    # num_items_in_batch), twice to three times the gradient after a split
     limits = {1: 3, 3: float("inf"), 4: 5}
-    ref, _, _ = _train(tmp_path / "ref", False, {})
-    got, budget, trainer = _train(tmp_path / "got", True, limits)
+    ref, _, _ = _train(tmp_path / "ref", False, {}, build)
+    got, budget, trainer = _train(tmp_path / "got", True, limits, build)
     assert budget.raised >= 3
     assert trainer.memfit_guard.metrics.ooms == budget.raised
     for p, q in zip(ref.parameters(), got.parameters(), strict=True):
@@ -88,3 +111,21 @@ def test_trainer_with_ooms_matches_trainer_without(tmp_path) -> None:
 def test_not_a_trainer() -> None:
     with pytest.raises(InvalidInputError, match="not a transformers.Trainer"):
         guard_trainer(object())
+
+
+def test_the_model_inside_peft_and_wrappers_is_the_one_read() -> None:
+    from torch import nn
+
+    from memfit.integrations.hf import _innermost
+
+    peft = pytest.importorskip("peft")
+    base = _gpt2()
+    lora = peft.get_peft_model(base, peft.LoraConfig(r=2, target_modules=["c_attn"]))
+
+    class Wrapper(nn.Module):  # as DDP and accelerate hold it
+        def __init__(self, module):
+            super().__init__()
+            self.module = module
+
+    assert _innermost(Wrapper(lora)) is base
+    assert _innermost(base) is base

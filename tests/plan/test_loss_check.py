@@ -135,6 +135,21 @@ def test_declared_by_class_hf_and_zoo():
         assert loss == CausalLMLoss() and note is None
 
 
+def test_a_hf_class_whose_forward_takes_its_own_loss_is_not_declared():
+    from tests.helpers import VOCAB, hf_bart_lm, token_batch
+
+    # BartForCausalLM carries loss_function = ForCausalLMLoss (shifted), but its forward
+    # takes an unshifted CrossEntropyLoss: built on fake tensors it must not be chunked as
+    # the shifted loss
+    module = hf_bart_lm()
+    spec = f"input_ids=int64[2,8]<{VOCAB} labels=int64[2,8]<{VOCAB}"
+    loss, note = chunkable_loss(hf_bart_lm, spec, module, None, None, "lm_head")
+    assert loss is None and "could not be compared" in note
+    # the real model is compared on the batch: its loss is the unshifted token mean
+    found = probe_loss(module, token_batch(4))
+    assert found == CausalLMLoss(shift=False)
+
+
 def test_probe_leaves_the_model_as_it_was():
     model = build("aux").train()
     model.register_buffer("seen", torch.zeros(3))

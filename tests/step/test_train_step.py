@@ -17,6 +17,7 @@ from memfit.step.undo import undo_all
 from memfit.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision
 from tests.helpers import (
     assert_same_grads,
+    hf_bart_lm,
     hf_gpt2,
     hf_llama,
     loss_and_grads,
@@ -142,6 +143,20 @@ def test_padded_micro_batches_give_the_batch_token_mean(build, techniques, rtol)
         warnings.simplefilter("error")  # exact: nothing to warn about
         loss = step(padded)
     torch.testing.assert_close(loss, expected_loss, rtol=rtol, atol=0)
+    grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
+    assert_same_grads(expected_grads, grads, exact=False)
+
+
+def test_micro_batches_of_a_hf_model_with_its_own_loss_give_the_batch_loss():
+    # BART's forward takes its own token mean (not self.loss_function): passing it
+    # num_items_in_batch changed nothing, and the two halves' means were summed, twice the
+    # loss and the gradients (found by bench/plan_exactness_sweep.py); weighted by samples
+    # they are the batch's
+    batch = token_batch(4, ignore=False)
+    expected_loss, expected_grads = loss_and_grads(hf_bart_lm(), batch)
+    model = hf_bart_lm()
+    loss = memfit.apply(Plan(techniques=(MicroBatch(2),)), model)(batch)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
     grads = {name: p.grad for name, p in model.named_parameters() if p.grad is not None}
     assert_same_grads(expected_grads, grads, exact=False)
 

@@ -3,8 +3,9 @@
 ``guard_trainer(trainer)`` replaces the trainer's ``training_step`` (an instance attribute, so
 subclasses such as TRL's trainers keep their own logic inside it) with one that runs under
 ``OOMGuard``: on an OOM the same ``inputs`` are re-run in micro-batches, each through the
-original ``training_step`` with its loss scaled by ``n_i / N`` (or 1 when the Trainer already
-normalises by ``num_items_in_batch``), so the gradients equal those of the unsplit call. The
+original ``training_step`` with its loss scaled by ``n_i / N`` (or 1 when the model's loss
+is already divided by the whole batch's ``num_items_in_batch``), so the gradients equal those of
+the unsplit call. The
 optimizer step stays in the Trainer's loop.
 
 Tip: with the guard, ``per_device_train_batch_size`` can be the batch you want and
@@ -24,6 +25,7 @@ from torch import nn
 from memfit.errors import InvalidInputError, MemfitError
 from memfit.guard import OOMGuard
 from memfit.integrations._require import require
+from memfit.step.hf_loss_source import honours_num_items
 
 __all__ = ["guard_trainer"]
 
@@ -34,6 +36,16 @@ def _inner(optimizer: Any) -> torch.optim.Optimizer:
     """accelerate wraps the optimizer; the guard needs the torch one (its state and hooks)."""
     inner = getattr(optimizer, "optimizer", optimizer)
     return inner if isinstance(inner, torch.optim.Optimizer) else optimizer
+
+
+def _innermost(model: nn.Module) -> nn.Module:
+    """The model inside PEFT's and the distributed wrappers."""
+    while True:
+        base = getattr(model, "get_base_model", None)  # peft
+        inner = base() if callable(base) else getattr(model, "module", None)  # DDP, accelerate
+        if not isinstance(inner, nn.Module) or inner is model:
+            return model
+        model = inner
 
 
 class _TrainerStep:
@@ -49,12 +61,21 @@ class _TrainerStep:
         self.num_items_in_batch: Any = None
 
     def _sum_semantics(self) -> bool:
+        """Whether each part's loss is already its share of the batch's (divided by the whole
+        batch's ``num_items_in_batch``), so the parts add up without weights.
+
+        The Trainer assumes so of every model whose forward takes ``**kwargs``; most of those
+        outside causal LMs (BERT, T5, Whisper, sequence classifiers) take their own mean and
+        ignore the count, and their parts must be weighted by ``n_i / N``.
+        """
         flag = getattr(self.trainer, "loss_is_scaled_for_ga", None)
         if flag is not None:
             return bool(flag)
+        if getattr(self.trainer, "compute_loss_func", None) is not None:
+            return True  # the user's loss is given the count
         accepts = bool(getattr(self.trainer, "model_accepts_loss_kwargs", False))
-        custom = getattr(self.trainer, "compute_loss_func", None) is not None
-        return (accepts and self.num_items_in_batch is not None) or custom
+        counted = accepts and self.num_items_in_batch is not None
+        return counted and honours_num_items(type(_innermost(self.model)))
 
     def forward_backward(self, batch: Any, *, loss_scale: float) -> torch.Tensor:
         scale = 1.0 if self._sum_semantics() else loss_scale

@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from memfit.errors import InvalidInputError, UnsupportedModelError
+from memfit.step.hf_loss_source import loss_is_loss_function
 from memfit.step.loss import IGNORE_INDEX
 
 __all__ = [
@@ -183,7 +184,8 @@ def hf_causal_lm_loss(module: nn.Module | None) -> bool:
     whose forward passes ``num_items_in_batch`` on to it (through ``**kwargs``).
 
     Mixture-of-experts models that add their router's auxiliary loss
-    (``config.output_router_logits``) do not qualify.
+    (``config.output_router_logits``) do not qualify, nor do models whose forward computes its
+    loss another way than ``self.loss_function`` (``memfit.step.hf_loss_source``).
     """
     if module is None or not type(module).__module__.startswith("transformers."):
         return False
@@ -196,7 +198,9 @@ def hf_causal_lm_loss(module: nn.Module | None) -> bool:
     if getattr(getattr(module, "config", None), "output_router_logits", False):
         return False
     parameters = inspect.signature(type(module).forward).parameters.values()
-    return any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters):
+        return False
+    return loss_is_loss_function(type(module))  # BART's and others' forwards compute their own
 
 
 def declared_loss(module: nn.Module | None) -> CausalLMLoss | None:
