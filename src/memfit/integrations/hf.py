@@ -5,8 +5,7 @@ subclasses such as TRL's trainers keep their own logic inside it) with one that 
 ``OOMGuard``: on an OOM the same ``inputs`` are re-run in micro-batches, each through the
 original ``training_step`` with its loss scaled by ``n_i / N`` (or 1 when the model's loss
 is already divided by the whole batch's ``num_items_in_batch``), so the gradients equal those of
-the unsplit call. The
-optimizer step stays in the Trainer's loop.
+the unsplit call. The optimizer step stays in the Trainer's loop.
 
 Tip: with the guard, ``per_device_train_batch_size`` can be the batch you want and
 ``gradient_accumulation_steps=1``; the guard splits only when memory runs short. Gradient
