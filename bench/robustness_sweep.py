@@ -65,7 +65,8 @@ def _two_layers(config: Any) -> Any:
     return config
 
 
-def _hf(kind: str) -> Iterator[Candidate | tuple[str, None, str, None]]:
+def hf_auto(kind: str) -> tuple[list[str], Any]:
+    """The model types of a source's transformers auto class, sorted, and the class."""
     import transformers
     import transformers.models.auto.modeling_auto as auto
 
@@ -79,8 +80,14 @@ def _hf(kind: str) -> Iterator[Candidate | tuple[str, None, str, None]]:
             "AutoModelForImageClassification",
         ),
     }[kind]
-    model_class = getattr(transformers, auto_class)
-    for model_type in sorted(names):
+    return sorted(names), getattr(transformers, auto_class)
+
+
+def _hf(kind: str) -> Iterator[Candidate | tuple[str, None, str, None]]:
+    import transformers
+
+    names, model_class = hf_auto(kind)
+    for model_type in names:
         try:
             config = _two_layers(transformers.AutoConfig.for_model(model_type))
             with torch.device("meta"):

@@ -73,6 +73,57 @@ def test_keyword_tensor_arguments_get_gradients():
     assert grads[0] is not None and torch.equal(grads[0], grads[1])
 
 
+class _Reader(torch.nn.Module):
+    """Reads the list of earlier features it is given: the last one, or all concatenated (as
+    torchvision's DenseNet layers do); may append its own output to a list it is handed."""
+
+    def __init__(self, width: int, concat: bool) -> None:
+        super().__init__()
+        self.concat = concat
+        self.linear = torch.nn.Linear(width, 4, dtype=torch.float64)
+
+    def forward(self, features, outputs=None):
+        x = torch.cat(features, dim=-1) if self.concat else features[-1]
+        y = torch.tanh(self.linear(x))
+        if outputs is not None:
+            outputs.append(y)
+        return y
+
+
+class _Growing(torch.nn.Module):
+    """Hands each layer the feature list, then appends the layer's output to it."""
+
+    def __init__(self, concat: bool) -> None:
+        super().__init__()
+        widths = [4 * (i + 1) if concat else 4 for i in range(3)]
+        self.layers = torch.nn.ModuleList(_Reader(w, concat) for w in widths)
+        self.outputs: list = []
+
+    def forward(self, x):
+        features = [x]
+        for layer in self.layers:
+            features.append(layer(features, outputs=self.outputs))
+        return torch.stack(features).pow(2).sum()
+
+
+@pytest.mark.parametrize("concat", [False, True], ids=["last", "concatenated"])
+def test_a_list_the_caller_extends_is_recomputed_as_it_was(concat):
+    # the recomputation used to read the list as grown by then: silently other gradients
+    # (features[-1]) or a shape error in backward (DenseNet's concatenation)
+    x = torch.randn(3, 4, dtype=torch.float64)
+    torch.manual_seed(0)
+    plain = _Growing(concat)
+    torch.manual_seed(0)
+    model = checkpointed(_Growing(concat), "layers.*")
+    loss, grads = loss_and_grads(plain, x)
+    loss_ckpt, grads_ckpt = loss_and_grads(model, x)
+    assert torch.equal(loss, loss_ckpt)
+    assert_same_grads(grads, grads_ckpt, exact=True)
+    # what a layer appends to a list it was handed reaches the caller once, as without
+    # checkpointing (the recomputation appends to its copy)
+    assert len(model.outputs) == len(plain.outputs) == 3
+
+
 def _kept_after_forward(save):
     """Operators whose outputs, made inside the blocks, are still alive after forward."""
     model = Net().double()

@@ -137,3 +137,21 @@ def test_the_command_prints_host_memory(tmp_path, capsys) -> None:
     ])  # fmt: skip
     assert code == 2
     assert "the host has 1.00 GiB" in capsys.readouterr().err
+
+
+def test_a_level_whose_activation_plans_all_fail_names_its_own_peak(monkeypatch) -> None:
+    # torchvision's DenseNet: every checkpointing candidate failed to trace, and the refusal
+    # said "the most memory-saving plan traced needs 0 B reserved"
+    import memfit.plan.search_phases as phases
+    from memfit.plan.verify import Verified
+
+    monkeypatch.setattr(
+        phases,
+        "trace_fastest_fitting",
+        lambda candidates, target, static, *_: (None, Verified(static)),
+    )
+    with pytest.raises(BudgetInfeasibleError) as info:
+        _plan(budget=100 * MiB)
+    needs = re.search(r"offload optimizer: the most memory-saving plan traced needs (\S+) MiB",
+                      str(info.value))  # fmt: skip
+    assert needs is not None and float(needs.group(1)) > 100

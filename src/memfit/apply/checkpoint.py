@@ -62,6 +62,9 @@ def apply_checkpoint(model: nn.Module, technique: Checkpoint, context: ApplyCont
           buffers) do so twice per step. Selective checkpointing also needs the recomputation
           to run the same operators as the forward did; PyTorch raises when it does not.
         - A module called several times per step is checkpointed on every call.
+        - The recomputation reads list and dict arguments as they were at the call (copies),
+          so a caller may extend them afterwards (DenseNet's feature lists); objects of other
+          types it passes are read as they are in backward.
         - ``copy.deepcopy`` of a checkpointed model gives a checkpointed copy that
           ``undo_all`` does not know; ``pickle``/``torch.save`` of the whole model object is
           not supported while applied (undo first; ``state_dict`` is unaffected).
@@ -146,6 +149,8 @@ def _checkpointed_forward(options: _Options, module: nn.Module, *args: Any, **kw
     if not (module.training and torch.is_grad_enabled()):
         return forward(*args, **kwargs)
     function = functools.partial(forward, **kwargs) if kwargs else forward
+    if _holds_containers(args, kwargs) and not torch.compiler.is_compiling():
+        function = _recomputed_as_called(forward, args, kwargs)
     note_overhead("checkpoint_region")  # the step-time model prices checkpoint's own Python
     context_fn = options.context_fn
     if options.preserve_batchnorm:
@@ -154,6 +159,50 @@ def _checkpointed_forward(options: _Options, module: nn.Module, *args: Any, **kw
         if context_fn is None:
             return checkpoint(function, *args, use_reentrant=False)
         return checkpoint(function, *args, use_reentrant=False, context_fn=context_fn)
+
+
+def _recomputed_as_called(
+    forward: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Callable[..., Any]:
+    """``forward`` on ``args`` the first time, and on copies of its lists and dicts as they
+    were at the call when checkpoint recomputes it.
+
+    PyTorch's checkpoint keeps the argument objects and recomputes from them in backward; a
+    caller that appends to a list after passing it (torchvision's DenseNet hands each layer the
+    growing list of earlier features) would have the recomputation read more than the forward
+    did: a shape error, or, where the layer reads ``features[-1]``, other values and silently
+    wrong gradients. The forward itself gets the caller's objects, so what it appends to them
+    stays visible to the caller.
+    """
+    at_call = _containers_copied(args), _containers_copied(kwargs)
+    calls = 0
+
+    def run(*_: Any) -> Any:
+        nonlocal calls
+        calls += 1
+        if calls == 1:
+            return forward(*args, **kwargs)
+        return forward(*at_call[0], **at_call[1])
+
+    return run
+
+
+def _holds_containers(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
+    values = (*args, *kwargs.values())
+    return any(isinstance(v, (list, dict)) or (type(v) is tuple and _holds_containers(v, {}))
+               for v in values)  # fmt: skip
+
+
+def _containers_copied(value: Any) -> Any:
+    """Lists and dicts (nested in plain tuples, lists and dicts too) copied; the rest, tensors
+    included, the same objects."""
+    if isinstance(value, list):
+        return [_containers_copied(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _containers_copied(v) for k, v in value.items()}
+    if type(value) is tuple:
+        return tuple(_containers_copied(v) for v in value)
+    return value
 
 
 def _wrap(module: nn.Module, context_fn: ContextFn | None) -> UndoFn:

@@ -200,7 +200,9 @@ class Search:
         if chosen is not None and short_of_host(held, self.host) is None:
             self.report(f"planned in {time.perf_counter() - started:.1f} s")
             return chosen
-        best = min((t.profile.peak_reserved for _, t in self.traced_points), default=0)
+        # the level's own trace counts: no activation plan may have traced (all refused)
+        traced = [t.profile.peak_reserved for _, t in self.traced_points]
+        best = min([*traced, self.base.profile.peak_reserved])
         stricter = self.stricter_target(self.traced_points)
         needs = f"the most memory-saving plan traced needs {format_bytes(best)} reserved"
         tried.append((label, needs + (f" ({stricter})" if stricter else "")))
