@@ -189,16 +189,16 @@ def _recomputed_as_called(
 
 def _holds_containers(args: tuple[Any, ...], kwargs: dict[str, Any]) -> bool:
     values = (*args, *kwargs.values())
-    return any(isinstance(v, (list, dict)) or (type(v) is tuple and _holds_containers(v, {}))
+    return any(type(v) in (list, dict) or (type(v) is tuple and _holds_containers(v, {}))
                for v in values)  # fmt: skip
 
 
 def _containers_copied(value: Any) -> Any:
-    """Lists and dicts (nested in plain tuples, lists and dicts too) copied; the rest, tensors
-    included, the same objects."""
-    if isinstance(value, list):
+    """Plain lists and dicts (nested in plain tuples, lists and dicts too) copied; the rest,
+    tensors and subclasses (a model's output dataclass) included, the same objects."""
+    if type(value) is list:
         return [_containers_copied(v) for v in value]
-    if isinstance(value, dict):
+    if type(value) is dict:
         return {k: _containers_copied(v) for k, v in value.items()}
     if type(value) is tuple:
         return tuple(_containers_copied(v) for v in value)
