@@ -1,6 +1,6 @@
 """The planner's search, phase by phase: what ``memfit.plan`` runs (``search.py`` describes the
-algorithm): the unmodified trace, the free fusions, the model-state ladder, the screening of
-every combination and the traces that confirm the fastest that fits."""
+algorithm): the unmodified trace, the free fusions (``free_fusions.py``), the model-state
+ladder, the screening of every combination and the traces that confirm the fastest that fits."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from memfit.plan.baseline import (
 from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Candidate, screen
 from memfit.plan.dropped import dropped_note
+from memfit.plan.free_fusions import fuse_first
 from memfit.plan.frontier import FrontierPoint, margin_note, plan_frontier
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.known_misses import recomputed_convolution_note, recomputes_convolutions
@@ -40,13 +41,10 @@ from memfit.plan.policies import block_policies, offloaded_policy
 from memfit.plan.settings import CHUNK_BYTES, COMPILE_NOTE, CONVOLUTION_MARGIN, PlanSettings
 from memfit.plan.sharded import plan_sharded
 from memfit.plan.verify import trace_fastest_fitting
-from memfit.profile import Phase
 from memfit.step.precision import Precision
-from memfit.structure.layers import batch_statistics, fusable_activations
+from memfit.structure.layers import batch_statistics
 from memfit.techniques import (
     ChunkedLoss,
-    FusedActivation,
-    FusedOptimizer,
     model_fingerprint,
 )
 from memfit.trace.estimate import StepTrace, trace_step
@@ -96,7 +94,7 @@ class Search:
         self.unmodified_peak = 0
         one_gpu = self.settings.gpus == 1  # sharding divides the model state instead
         if one_gpu and self.levels and self.state_bytes > self.settings.target:  # never fits
-            return self.with_model_state(started, [])
+            return self.with_model_state(started)
         self.report("tracing the unmodified step")
         self.base = self.trace()
         self.fingerprint = model_fingerprint(self.base.model.module)
@@ -114,7 +112,7 @@ class Search:
             profile = self.base.profile
             point = FrontierPoint(label, profile.peak_reserved, profile.step_time_s or 0.0)
             return self.make((), self.base, [dataclasses.replace(point, chosen=True)])
-        fused = self.fuse_first()
+        fused = fuse_first(self)
         if fused is not None:
             return fused
         self.leave_out_inexact_micro_batching()
@@ -123,7 +121,7 @@ class Search:
             self.report(f"planned in {time.perf_counter() - started:.1f} s")
             return chosen
         if self.levels:
-            return self.with_model_state(started, self.traced_points)
+            return self.with_model_state(started)
         stricter = self.stricter_target(self.traced_points)
         raise infeasible_error(
             self.settings.budget,
@@ -155,7 +153,7 @@ class Search:
         techniques, traced = chosen
         return self.make(techniques, traced, frontier)
 
-    def with_model_state(self, started: float, traced: list[Any]) -> Plan:
+    def with_model_state(self, started: float) -> Plan:
         """Climb the model-state ladder: the first level whose plan fits GPU and host."""
         tried: list[tuple[str, str]] = []
         first, allow, label = self.first, self.allow, self.first_label
@@ -233,8 +231,9 @@ class Search:
     def trace(self, techniques: tuple[Any, ...] = ()) -> StepTrace:
         return trace_step(self.model, self.batch, self.step, plan=list(self.first + techniques))
 
-    def fits(self, traced: StepTrace, techniques: tuple[Any, ...] = ()) -> bool:
-        return traced.profile.peak_reserved <= self.target_of(techniques, traced)
+    def fits(self, traced: StepTrace) -> bool:
+        """Whether the plan ``first`` alone (as ``traced``) keeps to its target."""
+        return traced.profile.peak_reserved <= self.target_of((), traced)
 
     def target_of(self, techniques: tuple[Any, ...], traced: StepTrace) -> int:
         """The predicted peak the plan with ``techniques`` (on top of ``first``) may reach."""
@@ -275,33 +274,6 @@ class Search:
             model_fingerprint=self.fingerprint,
             notes=tuple(self.notes),
         )
-
-    def fuse_first(self) -> Plan | None:
-        """Fuse what saves memory at no cost (the optimizer step, HF's GELUs), in every plan
-        from here on; the plan, if that alone fits."""
-        fusions: list[tuple[str, Any]] = []
-        if "fused_optimizer" in self.allow and _may_fuse(self.step.optimizer):
-            fusions.append(("fused optimizer", FusedOptimizer()))
-        module = self.base.model.module
-        fusable = fusable_activations(module) if "fused_activation" in self.allow else []
-        if fusable:
-            fusions.append(("fused GELU", FusedActivation(modules=tuple(fusable))))
-        for name, fusion in fusions:
-            self.report(f"tracing with the {name.removeprefix('fused ')} fused")
-            try:
-                fused = self.trace((fusion,))
-            except MemfitError as error:  # e.g. an optimizer without a fused kernel
-                self.drop(name, str(error))
-                continue
-            if isinstance(fusion, FusedOptimizer) and not _saves_in_step(self.base, fused):
-                continue  # the user's optimizer is changed only where that saves memory
-            self.first, self.base = self.first + (fusion,), fused
-            self.first_label = " + ".join(filter(None, (self.first_label, name)))
-            if self.fits(self.base):
-                peak, step_s = self.base.profile.peak_reserved, self.base.profile.step_time_s
-                point = FrontierPoint(self.first_label, peak, step_s or 0.0, chosen=True)
-                return self.make((), self.base, [point])
-        return None
 
     def chunked_loss(self) -> ChunkedLoss | None:
         """The chunked loss the plan may use: one computing the step's own loss, or none (with
@@ -403,22 +375,3 @@ class Search:
         candidates = price_candidates(candidates, base, spec, self.host)
         held = base.profile.host_peak
         return [c for c in candidates if short_of_host(held + c.offloaded_bytes, self.host) is None]
-
-
-def _saves_in_step(base: StepTrace, fused: StepTrace) -> bool:
-    """Whether the fused optimizer step holds less than the multi-tensor one (the step's peak
-    may lie elsewhere until other techniques bring the activations down)."""
-
-    def step_peak(traced: StepTrace) -> int:
-        events = traced.profile.timeline
-        return max((e.allocated for e in events if e.phase is Phase.OPTIMIZER), default=0)
-
-    return step_peak(fused) < step_peak(base)
-
-
-def _may_fuse(optimizer: Any) -> bool:
-    """Whether the optimizer may be Adam or AdamW without the fused kernel yet."""
-    if isinstance(optimizer, str):
-        name = optimizer.lower()
-        return name.startswith("adam") and "fused" not in name
-    return callable(optimizer)  # a factory: the trace tells (use_fused refuses other types)
