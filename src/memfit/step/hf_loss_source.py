@@ -28,17 +28,37 @@ __all__ = ["honours_num_items", "loss_is_loss_function"]
 def loss_is_loss_function(cls: type) -> bool:
     """Whether ``cls.forward``'s loss is ``self.loss_function(..., **kwargs)`` and only that."""
     if cls not in _READ:  # a class's source is parsed once
-        _READ[cls] = _reads_loss_function(cls)
+        _READ[cls] = _reads_loss_function(_forward_source(cls))
     return _READ[cls]
 
 
+def honours_num_items(cls: type) -> bool:
+    """Whether ``cls.forward`` divides its loss by ``num_items_in_batch`` when given one: its
+    loss is ``self.loss_function(..., **kwargs)`` alone, or its own source names the count (a
+    user's model that takes it on purpose)."""
+    return loss_is_loss_function(cls) or "num_items_in_batch" in (_forward_source(cls) or "")
+
+
 _READ: dict[type, bool] = {}
+_SOURCES: dict[type, str | None] = {}
 
 
-def _reads_loss_function(cls: type) -> bool:
+def _forward_source(cls: type) -> str | None:
+    """The source of ``cls.forward`` (read once per class), or None where it cannot be read."""
+    if cls not in _SOURCES:
+        try:
+            _SOURCES[cls] = textwrap.dedent(inspect.getsource(cls.forward))  # type: ignore[attr-defined]
+        except (AttributeError, OSError, TypeError):
+            _SOURCES[cls] = None
+    return _SOURCES[cls]
+
+
+def _reads_loss_function(source: str | None) -> bool:
     try:
-        tree = ast.parse(textwrap.dedent(inspect.getsource(cls.forward)))  # type: ignore[attr-defined]
-    except (AttributeError, OSError, TypeError, SyntaxError):
+        tree = ast.parse(source) if source is not None else None
+    except SyntaxError:
+        tree = None
+    if tree is None:
         return False
     calls = 0
     for node, router_guarded in _statements(tree.body, guarded=False):
@@ -52,18 +72,6 @@ def _reads_loss_function(cls: type) -> bool:
         elif not router_guarded:
             return False
     return calls == 1
-
-
-def honours_num_items(cls: type) -> bool:
-    """Whether ``cls.forward`` divides its loss by ``num_items_in_batch`` when given one: its
-    loss is ``self.loss_function(..., **kwargs)`` alone, or its own source names the count (a
-    user's model that takes it on purpose)."""
-    if loss_is_loss_function(cls):
-        return True
-    try:
-        return "num_items_in_batch" in inspect.getsource(cls.forward)  # type: ignore[attr-defined]
-    except (AttributeError, OSError, TypeError):
-        return False
 
 
 def _statements(body: list[ast.stmt], guarded: bool) -> Iterator[tuple[ast.stmt, bool]]:
