@@ -11,10 +11,15 @@ It replays a sequence of allocations and frees and reports what ``memory_allocat
   20 MiB segments (``kLargeBuffer``), otherwise a segment of the request rounded up to 2 MiB.
 * A free block is found best-fit (smallest size, then lowest address) among the blocks of the
   same pool and stream. Ties between blocks of one size are common (the same activation freed
-  in several places), so addresses matter: ``cudaMalloc`` hands out virtual addresses from the
-  top of its range down, each new segment below the ones before (301 of 382 new segments of a
-  recorded 3B training run on an H200, driver of CUDA 13; the rest reuse a freed range), and the
-  simulation places new segments the same way: among equal sizes the newest segment wins.
+  in several places), so addresses matter, and the simulation gives each segment the virtual
+  address ``cudaMalloc`` would (``_AddressSpace``; H200, driver of CUDA 13): the driver maps new
+  ranges from the top of its range down in 32 MiB-aligned chunks, each segment at the bottom of
+  its chunk (598 of the 669 segments mapped below all others in bench/results/snapshots sat
+  ``roundup(size, 32 MiB) - size`` below the lowest one), and it reuses a gap between mapped
+  ranges (a chunk's unused top, a freed range) first, the lowest one that fits, from its bottom.
+  So a new segment usually goes below the others and wins ties as the newest one, but a 12 MiB
+  segment made after a 148 MiB one (a 160 MiB chunk) lands in that chunk's top 12 MiB, above
+  older segments, and loses them (without this a recorded RoBERTa fp16 run replayed 148 MiB high).
 * A block is split when the remainder is at least 512 B (small pool) or more than 1 MiB (large
   pool) and the block is not oversize (``max_split_size_mb``).
 * Freed blocks merge with free neighbours of the same segment; segments are kept (cached) until
@@ -29,6 +34,12 @@ Known limitations:
     * ``garbage_collection_threshold``, ``max_non_split_rounding_mb`` other than its default,
       per-size ``roundup_power2_divisions`` lists and the ``cudaMallocAsync`` backend are not
       modelled; nor are cross-stream uses (``record_stream``), which only delay frees.
+    * Address ranges mapped before the simulated run or outside the allocator (an earlier run
+      in the process, lazily loaded kernels) are unknown, yet ``cudaMalloc`` fills their gaps:
+      two H200 runs of one RoBERTa fp16 configuration reserved 3,808,428,032 B and
+      3,963,617,280 B, a 148 MiB segment apart; and in a fresh process an encoder run's third
+      segment went into a 448 MiB gap among such ranges, which the next 21 segments filled
+      upwards, so its replay reserves 36 MiB more than the run did (2,030,043,136 B).
 """
 
 from __future__ import annotations
@@ -50,6 +61,7 @@ SMALL_BUFFER = 2 << 20
 LARGE_BUFFER = 20 << 20
 MIN_LARGE_ALLOC = 10 << 20
 ROUND_LARGE = 2 << 20
+VA_CHUNK = 32 << 20  # alignment of the virtual address ranges cudaMalloc maps below the others
 
 
 class SimulatedOOM(Exception):
@@ -95,6 +107,30 @@ def _segment_size(size: int) -> int:
     if size < MIN_LARGE_ALLOC:
         return LARGE_BUFFER
     return -(-size // ROUND_LARGE) * ROUND_LARGE
+
+
+class _AddressSpace:
+    """The virtual addresses ``cudaMalloc`` gives segments: a gap between mapped ranges first
+    (the lowest that fits, from its bottom), else a new 32 MiB-aligned chunk below them all."""
+
+    def __init__(self, top: int) -> None:
+        self._top = top
+        self._ranges: list[tuple[int, int]] = []  # (address, size), sorted by address
+
+    def take(self, size: int) -> int:
+        ranges = self._ranges
+        for (below, below_size), (above, _) in zip(ranges, ranges[1:], strict=False):
+            if above - (below + below_size) >= size:
+                addr = below + below_size
+                break
+        else:
+            lowest = ranges[0][0] if ranges else self._top
+            addr = (lowest - size) // VA_CHUNK * VA_CHUNK
+        bisect.insort(ranges, (addr, size))
+        return addr
+
+    def give_back(self, addr: int, size: int) -> None:
+        self._ranges.remove((addr, size))
 
 
 @dataclass(eq=False)
@@ -165,7 +201,8 @@ class CachingAllocatorSim:
         self._segments: dict[int, _Block] = {}  # segment id -> first block
         self._expandable: dict[tuple[bool, int], int] = {}  # (small, stream) -> segment id
         self._segment_bytes: dict[int, int] = {}
-        self._next_addr = 1 << 56  # new segments go below it (cudaMalloc's top-down addresses)
+        self._addresses = _AddressSpace(1 << 56)  # cudaMalloc's virtual addresses
+        self._segment_addr: dict[int, int] = {}
         self._next_expandable = 1 << 40
         self._next_segment = 0
 
@@ -223,9 +260,10 @@ class CachingAllocatorSim:
             self._release_cached()
             if not self._fits(segment):
                 raise SimulatedOOM(f"cannot reserve {segment} bytes for a {size}-byte request")
-        self._next_addr -= segment + (1 << 30)
-        block = _Block(self._next_addr, segment, stream, small, self._next_segment)
+        addr = self._addresses.take(segment)
+        block = _Block(addr, segment, stream, small, self._next_segment)
         self._segments[self._next_segment] = block
+        self._segment_addr[self._next_segment] = addr
         self._segment_bytes[self._next_segment] = segment
         self._next_segment += 1
         self._reserve(segment)
@@ -289,6 +327,7 @@ class CachingAllocatorSim:
             self._pools[first.small].remove(first)
             del self._segments[segment]
             self.reserved -= self._segment_bytes.pop(segment)
+            self._addresses.give_back(self._segment_addr.pop(segment), first.size)
 
     # --- free -----------------------------------------------------------------------------
     def free(self, key: int) -> None:
