@@ -244,6 +244,73 @@ def test_weight_gradient_keeps_split_k_partial_sums(
 
 
 @pytest.mark.parametrize(
+    ("dtype", "batch", "c_in", "c_out", "side", "measured"),
+    [
+        # ResNet-50's downsamples, weight gradient alone: x + dy copies, then split-K float32
+        # copies of the weight, fewer than a 3x3's (13 and 4)
+        # bench/results/conv_probe_h200.json and both plan recordings (bf16, batch 128): 7
+        (torch.bfloat16, 128, 256, 512, 56, 311951983),
+        (torch.float16, 128, 256, 512, 56, 311951983),  # 7
+        (torch.float16, 32, 256, 512, 56, 78643759),  # 3 (bf16 at batch 32 keeps 2)
+        # tv-resnet50-bf16-mixed_steps_snapshot_h200 (batch 64, 50,176 positions): 3
+        (torch.bfloat16, 64, 256, 512, 56, 155714095),
+        # the plan recordings: layer3.0.downsample, 25,088 positions: 3 copies of 2 MiB
+        (torch.bfloat16, 128, 512, 1024, 28, 160432687),
+        # the zoo recording: layer3.0.downsample at 12,544 positions, layer4.0's at 3,136: none
+        (torch.bfloat16, 64, 512, 1024, 28, 77070352),
+        (torch.bfloat16, 64, 1024, 2048, 14, 38535184),
+    ],
+)
+def test_16bit_strided_1x1_weight_gradient_keeps_fewer_split_k_copies(
+    dtype, batch, c_in, c_out, side, measured
+):
+    # a mis-sized layer2.0.downsample (13 copies: 3.1 MB over) let the stem's workspace fit
+    # its cached block in the trace, not on the GPU: ResNet-50's reserved peak 4-10% under
+    x, w = meta(batch, c_in, side, side, dtype=dtype), meta(c_out, c_in, 1, 1, dtype=dtype)
+    dy = meta(batch, c_out, side // 2, side // 2, dtype=dtype)
+    _, weight = conv_backward_workspaces(dy, x, w, [2, 2], [0, 0], 1, [False, True, False])
+    assert weight == pytest.approx(measured, abs=1024)  # tails of 16 to 623 bytes
+
+
+@pytest.mark.parametrize(
+    ("dtype", "batch", "c_out", "kernel", "measured", "tolerance"),
+    [
+        # ResNet-50's 7x7 stride-2 stem in bf16: 6,121,600 B above the NHWC copies at any batch
+        (torch.bfloat16, 32, 64, 7, 83242128, 0),  # bench/results/conv_probe_h200.json
+        (torch.bfloat16, 64, 64, 7, 160312464, 0),  # tv-resnet50-bf16-mixed's recording
+        (torch.bfloat16, 128, 64, 7, 314453136, 0),  # the probe and both plan recordings
+        # 3x3 stride-2 stems: RegNet-X-1.6GF bf16 (batch 64), MobileNet-V3 fp16 (batch 128)
+        (torch.bfloat16, 64, 32, 3, 103926416, 0),
+        (torch.float16, 128, 16, 3, 155327376, 23040),  # 1,184,400 above: 23,040 more
+    ],
+)
+def test_16bit_stem_weight_gradient_keeps_split_k_partial_sums(
+    dtype, batch, c_out, kernel, measured, tolerance
+):
+    x, w = meta(batch, 3, 224, 224, dtype=dtype), meta(c_out, 3, kernel, kernel, dtype=dtype)
+    dy = meta(batch, c_out, 112, 112, dtype=dtype)
+    _, weight = conv_backward_workspaces(
+        dy, x, w, [2, 2], [kernel // 2] * 2, 1, [False, True, False]
+    )
+    assert weight == pytest.approx(measured, abs=tolerance + 4096)
+
+
+def test_patchify_and_float16_7x7_stems_keep_no_stem_partial_sums():
+    # fp16's 7x7 stem runs another engine (bench/results/conv_probe_h200.json: 257,328,239 B
+    # at batch 128, below the copies); patchify stems (stride = kernel) differ by 19-51 MB
+    # either way: neither gets the 16-bit stems' partial sums
+    x, w = meta(128, 3, 224, 224, dtype=torch.float16), meta(64, 3, 7, 7, dtype=torch.float16)
+    dy = meta(128, 64, 112, 112, dtype=torch.float16)
+    _, weight = conv_backward_workspaces(dy, x, w, [2, 2], [3, 3], 1, [False, True, False])
+    copies = 128 * 8 * 224 * 224 * 2 + 128 * 64 * 112 * 112 * 2 + 64 * 8 * 49 * 2
+    assert weight == copies + TAIL
+    x, w, dy = meta(64, 3, 224, 224), meta(768, 3, 16, 16), meta(64, 768, 14, 14)
+    _, weight = conv_backward_workspaces(dy, x, w, [16, 16], [0, 0], 1, [False, True, False])
+    copies = 64 * 8 * 224 * 224 * 2 + 64 * 768 * 14 * 14 * 2 + 768 * 8 * 256 * 2
+    assert weight == copies + TAIL
+
+
+@pytest.mark.parametrize(
     ("dtype", "batch", "c_in", "c_out", "measured"),
     [
         # bench/results/conv_probe_h200.json, 1x1 at 14x14 (x + dy copies, then float32
@@ -254,6 +321,10 @@ def test_weight_gradient_keeps_split_k_partial_sums(
         (torch.float16, 128, 512, 512, 54526511),
         (torch.float16, 128, 1024, 512, 83362351),
         (torch.bfloat16, 32, 1024, 256, 16056336),  # none: 6,272 positions
+        # a 2 MiB weight (ResNet-50's layer4.0.conv1): 3 copies in bf16 too at 25,088
+        # positions (both plan recordings), none at 12,544 (tv-resnet50-bf16-mixed's, batch 64)
+        (torch.bfloat16, 128, 1024, 512, 83362351),
+        (torch.bfloat16, 64, 1024, 512, 38535184),
     ],
 )
 def test_pointwise_weight_gradient_through_copies_keeps_split_k_partial_sums(

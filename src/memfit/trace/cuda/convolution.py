@@ -29,7 +29,8 @@ and fp32 with ``torch.backends.cudnn.allow_tf32``, PyTorch's default):
   (``N * C_in * C_out * 4``: split over the batch, then summed). Through ``x + dy`` above 7x7
   positions it also keeps float32 partial sums of the weight from 12,544 positions ``N*H*W``:
   2 copies in bf16, 3 in fp16 (ResNet-50's layer3 1x1s at 14x14, batch 64: 32.63 MiB, not
-  30.63, eleven times a step).
+  30.63, eleven times a step); with a float32 weight of 2 MiB or more, 3 in either dtype from
+  25,088 positions, none below (ResNet-50's layer4.0.conv1, 1024->512 at 14x14).
 * Depthwise NCHW (MobileNet, EfficientNet): none, but in float16 at stride 1 from 32 channels
   and 28x28 positions with kernels up to 5x5, whose weight gradient takes a float32 copy of the
   input (and 0.2-0.5 MB more).
@@ -57,7 +58,13 @@ seven zoo training steps in bench/results/snapshots):
 * A weight gradient of the "general" class also keeps split-K partial sums: ``s`` float32 copies
   of the weight, about 8 MiB in all. TensorFloat-32: ``s = min(16, 8 MiB // weight)`` once
   ``N*H*W`` of the output reaches 4096 (ResNet's 3x3s: 14 copies, 2.0-7.9 MiB); 16-bit: up to
-  13 copies from 65536 positions, up to 4 from 16384, none below.
+  13 copies from 65536 positions, up to 4 from 16384, none below. A 16-bit strided 1x1 keeps
+  fewer: 7 from 65536 positions, 3 from 16384 (ResNet-50's downsamples, measured 7 at 100,352
+  positions, 3 at 50,176 and 25,088).
+* A 16-bit image stem's weight gradient (odd kernel, stride below it) also keeps float32
+  partial sums, whatever the batch: 2 KiB per kernel tap for each of ``64 - kernel // 2`` rows
+  (ResNet-50's 7x7: 6,121,600 B with its tail; RegNet-X's 3x3 3->32 bf16: 1,161,344). Not for
+  float16 kernels of 7 and more (another engine) nor patchify stems (stride = kernel).
 
 Against every measured call (bench/results/conv_classes.md, ``bench/conv_evidence.py
 --check``): within 10% (or 1 MiB) for 1,912 of 2,108 calls, 1,363 of 1,519 on the
@@ -73,11 +80,14 @@ Known limitations:
       2x either way (float32 stems, channels-last 1x1 convolutions, a 1x1 at 28x28 in RegNet),
       and ``torch.backends.cudnn.benchmark = True`` (measured engine choice) is not modelled.
     * Split-K partial sums are a rule of thumb over cuDNN's heuristics (64-channel 3x3s keep
-      14 copies, not 16; some 16-bit calls 2-7 instead of 13; a bf16 1x1 1024->512 at 14x14
-      keeps 3 pointwise copies, not 2; 16-bit 1x1s at 7x7 keep 0.5-3.5 MiB, not modelled;
+      14 copies, not 16; some 16-bit 3x3 calls 6 instead of 4; a bf16 strided 1x1 256->512
+      at batch 32 keeps 2, not 3; the pointwise counts for weights of 2 MiB rest on one
+      shape at two batch sizes; 16-bit 1x1s at 7x7 keep 0.5-3.5 MiB, not modelled;
       the pointwise threshold lies between 6,272 and 12,544 positions, unmeasured; channels-last
       weight gradients other than 7x7 depthwise ones: 2-34 MB measured for ~8 MiB; the float16
-      depthwise rule rests on five calls, from one model and one probe shape).
+      depthwise rule rests on five calls, from one model and one probe shape; the stem's
+      partial sums rest on a 7x7 with 64 filters and 3x3s with 32 (bf16) and 16 (fp16, 23 KB
+      more than the rule), the strided 1x1 counts on two shapes at three batch sizes).
     * fp32 without TF32, 1-D and 3-D convolutions and transposed convolutions get no workspace
       (not measured; bench/conv_probe.py measures the first).
 """
@@ -88,6 +98,13 @@ import math
 from typing import Any
 
 import torch
+
+from memfit.trace.cuda.split_k import (
+    SPLIT_K_BYTES,
+    pointwise_split_k_bytes,
+    split_k_bytes,
+    stem_split_k_bytes,
+)
 
 __all__ = [
     "conv_forward_workspace",
@@ -115,14 +132,6 @@ _FP16_DEPTHWISE_EXTRA = 256 << 10  # and 0.18-0.54 MB more, measured
 _NARROW_CHANNELS = 64  # strided 1x1 convolutions from fewer channels take none (fp32 backward)
 _LARGE_SIDE = 56
 _TAIL = 16  # bytes every cuDNN workspace has beyond its copies (16 or 147 measured)
-_SPLIT_K_BYTES = 8 << 20  # the weight gradient's float32 partial sums come to about this
-# (minimum output positions N*H*W, most partial copies) per element size, largest first
-_SPLIT_K = {4: ((4096, 16),), 2: ((65536, 13), (16384, 4))}
-# a 16-bit pointwise weight gradient through the input's and output gradient's copies also
-# keeps float32 partial sums of the weight from this many output positions N*H*W (measured
-# with them at 12544 and 25088, without at 6272): this many copies per 16-bit dtype
-_POINTWISE_SPLIT_K_POSITIONS = 12544
-_POINTWISE_SPLIT_K = {torch.bfloat16: 2, torch.float16: 3}
 
 
 def _nbytes(t: torch.Tensor) -> int:
@@ -266,6 +275,8 @@ def conv_backward_workspaces(
         return 0, 0
     kind = _classify(x, w, stride, padding, groups)
     data, weight = _backward_bytes(kind, dy, x, w, groups)
+    if kind == "stem" and weight and not _channels_last(x, w):
+        weight += stem_split_k_bytes(x, w, stride)
     mask = list(output_mask) + [True, True]
     return (data if mask[0] else 0), (weight if mask[1] else 0)
 
@@ -278,26 +289,6 @@ def conv_layout_copies(dy: Any, x: Any, w: Any) -> list[int]:
         return []
     layout = torch.channels_last if _channels_last(x, w) else torch.contiguous_format
     return [_nbytes(t) for t in (dy, x) if not t.is_contiguous(memory_format=layout)]
-
-
-def _split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
-    """Float32 partial sums of a weight gradient split over the output positions."""
-    positions = dy.shape[0] * math.prod(dy.shape[2:])
-    weight = w.numel() * _F32
-    for least, most in _SPLIT_K.get(dy.element_size(), ()):
-        if positions >= least:
-            return min(most, _SPLIT_K_BYTES // weight) * weight
-    return 0
-
-
-def _pointwise_split_k_bytes(dy: torch.Tensor, w: torch.Tensor) -> int:
-    """Float32 partial sums of a 16-bit pointwise weight gradient made through the NHWC
-    copies, at more than 7x7 output positions (ResNet-50's layer3 1x1s at batch 64 and 128)."""
-    if math.prod(dy.shape[2:]) <= _SMALL_POSITIONS:
-        return 0
-    if dy.shape[0] * math.prod(dy.shape[2:]) < _POINTWISE_SPLIT_K_POSITIONS:
-        return 0
-    return _POINTWISE_SPLIT_K.get(dy.dtype, 0) * w.numel() * _F32
 
 
 def _channels_last_weight_bytes(
@@ -313,10 +304,10 @@ def _channels_last_weight_bytes(
             return _nbytes(x) // 4
         if math.prod(dy.shape[2:]) <= _CL_DEPTHWISE_POSITIONS:
             return 0
-        return 4 * (x.numel() + dy.numel()) * _F32 + _SPLIT_K_BYTES
+        return 4 * (x.numel() + dy.numel()) * _F32 + SPLIT_K_BYTES
     if groups > 1:
         return 2 * _nbytes(x) if f32 else 0
-    return _SPLIT_K_BYTES if f32 else _SPLIT_K_BYTES // 2
+    return SPLIT_K_BYTES if f32 else SPLIT_K_BYTES // 2
 
 
 def _fp16_depthwise_weight_bytes(dy: torch.Tensor, x: torch.Tensor, w: torch.Tensor) -> int:
@@ -345,12 +336,12 @@ def _backward_bytes(
         both = _nbytes(x) + _nbytes(dy) + _TAIL
         split = x.shape[0] * x.shape[1] * w.shape[0] * _F32  # measured without a tail
         data = both if _pointwise_transposes(x, w, dy) else 0
-        return data, split if split < both else both + _pointwise_split_k_bytes(dy, w)
+        return data, split if split < both else both + pointwise_split_k_bytes(dy, w)
     if kind == "stem" and x.element_size() == _F32 and max(w.shape[2:]) < _STEM_BACKWARD_KERNEL:
         return 0, 0
     pointwise = groups == 1 and all(k == 1 for k in w.shape[2:])
     if pointwise and x.element_size() == _F32 and x.shape[1] < _NARROW_CHANNELS:
         return 0, 0
     both = _transposes(x, dy, w, groups) + _TAIL
-    split_k = _split_k_bytes(dy, w) if kind == "general" else 0
+    split_k = split_k_bytes(dy, w, pointwise) if kind == "general" else 0
     return both, both + split_k
