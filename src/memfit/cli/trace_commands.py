@@ -100,7 +100,7 @@ def estimate(
 @click.option(
     "--margin",
     type=float,
-    help="Fraction of the budget kept free for prediction error (default: 0.02, and 0.1 for "
+    help="Fraction of the budget kept free for prediction error (default: 0.02, and 0.05 for "
     "plans that recompute convolutions): 0 accepts plans predicted right at the budget.",
 )
 @click.option("--out", "out_path", help="Also write the plan as JSON to this file.")

@@ -91,8 +91,8 @@ def plan(
         margin: keep the predicted reserved peak this fraction below the budget, for
             prediction error; default (None): 0.02 (the measured frontier plans' reserved
             peaks came out between 1.4% above and 0.9% below their predictions:
-            bench/results/frontier_h200.json), and 0.1 for plans that recompute convolutions
-            (ResNet-50's measured 5-10% above theirs; the plan's notes say so).
+            bench/results/frontier_h200.json), and 0.05 for plans that recompute convolutions
+            (ResNet-50's measured 1.4-3.4% above theirs; the plan's notes say so).
         max_traces: candidates traced in full before giving up on the screening order.
         compile: plan for a model you compile (``torch.compile`` after ``memfit.apply``):
             only the techniques that keep their memory when compiled (``COMPILE_SAFE``: full

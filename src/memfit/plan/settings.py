@@ -118,9 +118,10 @@ MARGIN = 0.02
 reserved peaks came out between 1.4% above and 0.9% below their predictions:
 bench/results/frontier_h200.json)."""
 
-CONVOLUTION_MARGIN = 0.1
-"""The same for plans that recompute convolutions: ResNet-50's measured 5.2-9.6% above their
-predictions (``memfit.plan.known_misses``)."""
+CONVOLUTION_MARGIN = 0.05
+"""The same for plans that recompute convolutions: ResNet-50's measured 5.2-10.6% above their
+predictions before its weight gradients' cuDNN workspaces were modelled, 1.4% and 3.4% after
+(``memfit.plan.known_misses``)."""
 
 _NOMINAL_SLACK = 1.05
 """A budget up to 5% above the device's memory is its nominal size ("24GiB" for a 24 GB card,
