@@ -27,6 +27,7 @@ TECHNIQUES = {
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "ExpandableSegments",
     "OptimizerInBackward",
     "LowBitOptimizer",
     "PureBF16",

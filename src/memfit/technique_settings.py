@@ -151,6 +151,24 @@ class LeanAutocast:
 
 
 @dataclass(frozen=True)
+class ExpandableSegments:
+    """Let PyTorch's CUDA caching allocator grow its segments in place.
+
+    By default the allocator reserves memory in separate segments (``cudaMalloc``) and splits
+    them into blocks; a freed block can only be reused by a request that fits it, so reserved
+    memory runs above what is allocated (measured on an H200: LLaMA-1B's plan at its full
+    checkpointing's memory 4.2%; a 6-layer ``nn.TransformerEncoder`` with every block
+    checkpointed 10-17%). With ``expandable_segments:True`` (PyTorch's
+    ``PYTORCH_CUDA_ALLOC_CONF`` option, set at run time by ``memfit.apply`` and restored by
+    undo) each stream's segment is one range of virtual addresses that maps and unmaps 2 MiB
+    pages as it grows, so freed memory at its end is reused by any request. Only where memory
+    comes from changes: identical gradients and updates. The setting is the process's: it
+    also holds for what else runs in it, and segments reserved before ``memfit.apply`` (the
+    model's weights) stay as they were.
+    """
+
+
+@dataclass(frozen=True)
 class FusedOptimizer:
     """Run Adam's or AdamW's update as PyTorch's fused kernel (``fused=True``).
 

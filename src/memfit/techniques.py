@@ -28,6 +28,7 @@ from memfit.technique_settings import (
     SELECTIVE_SAVE_DEFAULT,
     Checkpoint,
     ChunkedLoss,
+    ExpandableSegments,
     Freeze,
     FusedActivation,
     FusedGatedMLP,
@@ -66,6 +67,7 @@ __all__ = [
     "FusedGatedMLP",
     "LeanAutocast",
     "FusedOptimizer",
+    "ExpandableSegments",
     "OffloadOptimizer",
     "OffloadActivations",
     "OptimizerInBackward",
@@ -238,6 +240,12 @@ TABLE: tuple[TechniqueInfo, ...] = (
         summary="fp32 masters and Adam state in host memory, stepped on the CPU in backward",
         excludes=("optimizer_in_backward", "low_bit_optimizer", "pure_bf16"),
         conflicts=("clip_grad_norm", "accumulate", "grad_scaler"),
+    ),
+    TechniqueInfo(
+        ExpandableSegments, "expandable_segments", Exactness.IDENTICAL, planned=True,
+        applier="memfit.apply.expandable_segments", label=lambda t: "expandable segments",
+        summary="the CUDA caching allocator grows segments in place: less fragmentation",
+        excludes=("sharding",),
     ),
     TechniqueInfo(
         Sharding, "sharding", Exactness.ROUNDING, planned=True,

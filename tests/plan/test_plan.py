@@ -134,11 +134,24 @@ def test_a_planned_plan_applies_and_trains_like_the_plain_step(midway_plan):
     opt = torch.optim.AdamW(model.parameters(), lr=0.1)
     step = memfit.apply(midway_plan, model, opt, precision="fp32")  # bit for bit on a CPU
     plain_step = TrainStep(plain, torch.optim.AdamW(plain.parameters(), lr=0.1, fused=True))
+    # bit for bit, unless the plan sums something in another order (the chunked loss: the tied
+    # head's gradient slice by slice): then its gradients agree to float32 rounding, and its
+    # update is not compared (Adam's first step is lr * sign(gradient) where a gradient is
+    # within rounding of zero)
+    rounding = any(isinstance(t, ChunkedLoss) for t in midway_plan.techniques)
     losses = []
     for run in (step, plain_step):
         torch.manual_seed(2)  # the same dropout masks (checkpointing replays the RNG state)
-        losses.append(run(batch))
+        losses.append(run.accumulate(batch) if rounding else run(batch))
+    pairs = list(zip(plain.named_parameters(), model.named_parameters(), strict=True))
+    if rounding:
+        torch.testing.assert_close(*losses, rtol=1e-6, atol=1e-6)
+        for (name, a), (_, b) in pairs:
+            assert a.grad is not None and b.grad is not None, name
+            torch.testing.assert_close(a.grad, b.grad, rtol=1e-4, atol=1e-7, msg=name)
+        midway_plan.undo(model)
+        return
     assert torch.equal(*losses)
     midway_plan.undo(model)
-    for (name, a), (_, b) in zip(plain.named_parameters(), model.named_parameters(), strict=True):
+    for (name, a), (_, b) in pairs:
         assert torch.equal(a, b), name

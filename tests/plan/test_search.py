@@ -13,6 +13,7 @@ from memfit.report.plan_text import plan_text
 from memfit.techniques import (
     Checkpoint,
     ChunkedLoss,
+    ExpandableSegments,
     FusedActivation,
     FusedOptimizer,
     MicroBatch,
@@ -84,7 +85,10 @@ def test_frontier_is_consistent(midway, midway_plan):
     assert [p.peak_reserved for p in screened] == sorted(p.peak_reserved for p in screened)
     times = [p.step_time_s for p in screened]
     assert all(a > b for a, b in zip(times, times[1:], strict=False))
-    assert screened[-1].label == "fused optimizer"  # nothing else
+    # the fastest alternative is the fused step with nothing else (screened, or traced when
+    # screening put it near the target)
+    fastest = min(plan.frontier[1:], key=lambda p: p.step_time_s)
+    assert fastest.label.removesuffix(" (traced)") == "fused optimizer"
     # no traced plan that fits the budget is faster than the chosen one
     target = midway * 0.98
     for point in traced:
@@ -112,8 +116,10 @@ def below_full(all_checkpointed):
 @pytest.mark.slow
 def test_below_full_checkpointing_needs_another_technique(below_full):
     budget, plan = below_full
-    # no checkpointing policy saves more than full checkpointing of every block
-    assert plan.of(MicroBatch) or plan.of(ChunkedLoss), plan.label
+    # no checkpointing policy saves more than full checkpointing of every block: something
+    # else does (less to keep, or less fragmentation)
+    others = (MicroBatch, ChunkedLoss, ExpandableSegments)
+    assert any(plan.of(kind) for kind in others), plan.label
     assert plan.profile.peak_reserved <= budget * 0.98
     assert sum(p.chosen for p in plan.frontier) == 1
 

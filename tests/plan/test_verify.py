@@ -151,6 +151,30 @@ def test_a_shape_traced_slower_than_screened_rules_nothing_out() -> None:
     assert verified.step_s(_mixed(FULL, 2, 90, 1.2)) == 1.2
 
 
+@pytest.mark.parametrize("near_traced_at, chosen_name", [(105, "near"), (112, "micro")])
+def test_a_much_faster_near_miss_gets_a_trace(near_traced_at: int, chosen_name: str) -> None:
+    # the encoder at its full checkpointing's memory in miniature: screening puts the fast
+    # plan 2.7% above the target (110), where only micro-batching fits, twice as slow; the
+    # allocator's packing, which screening cannot see, decides whether the fast one fits
+    blocks = ("b0", "b1")
+    near = Candidate(OFFLOADED, blocks, 1, 1, 113, 113, 1.0)
+    micro = Candidate(NONE, (), 2, 1, 100, 100, 2.0)
+    too_far = Candidate(FULL, blocks, 1, 4, 120, 120, 0.9)  # 9% above: left out
+    too_little = Candidate(FULL, blocks, 2, 4, 112, 112, 1.9)  # near, but 5% faster: left out
+    truth = {
+        near.techniques(HEAD): (near_traced_at, 1.0),
+        micro.techniques(HEAD): (100, 2.0),
+    }
+    calls: list[tuple] = []
+    chosen, verified = trace_fastest_fitting(
+        [near, micro, too_far, too_little], 110, 50, _timed_tracer(truth, calls), HEAD, 4
+    )
+    assert [c for c, _ in verified.traced] == [micro, near]
+    assert chosen is not None and chosen[0] == {"near": near, "micro": micro}[
+        chosen_name
+    ].techniques(HEAD)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("model, fraction", [("llama", 0.8), ("llama", 0.7)])
 def test_the_chosen_plan_is_not_dominated_by_its_frontier(model, fraction) -> None:

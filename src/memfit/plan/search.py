@@ -13,7 +13,9 @@
 3. Screen every combination (policy x number of blocks, the other blocks pointwise or not x
    micro-batches x chunked loss) with the additive model in ``candidates.py``, fastest first.
 4. Trace the fastest candidates that screening says fit, in order, until one fits for real
-   (the full tracer and allocator simulation, with a safety margin for prediction error).
+   (the full tracer and allocator simulation, with a safety margin for prediction error);
+   then up to two that screening puts just above the target and much faster than the one
+   found (screening cannot see how the allocator will pack their blocks; the trace can).
 
 The budget is on *reserved* memory, what ``torch.cuda.max_memory_reserved()`` reports.
 """

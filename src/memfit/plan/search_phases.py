@@ -21,6 +21,7 @@ from memfit.plan.baseline import (
 from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Candidate, screen
 from memfit.plan.dropped import dropped_note
+from memfit.plan.expandable import EXPANDABLE_NOTE, with_expandable_segments
 from memfit.plan.free_fusions import fuse_first
 from memfit.plan.frontier import FrontierPoint, margin_note, plan_frontier
 from memfit.plan.infeasible import infeasible_error
@@ -147,9 +148,24 @@ class Search:
         self.traced_points = verified.traced
         for label, reason in verified.dropped:
             self.drop(label, reason)
-        if chosen is None:
+        expanded = None
+        if "expandable_segments" in self.allow:
+            self.report("tracing the plans fragmentation keeps out, with expandable segments")
+            expanded = with_expandable_segments(
+                verified, chosen, self.chunked, self.trace, self.target_of
+            )
+        if expanded is None and chosen is None:
             return None
+        if expanded is not None:
+            techniques, traced, before = expanded
+            chosen = techniques, traced
         frontier = plan_frontier(candidates, verified, chosen, self.first_label)
+        if expanded is not None:
+            self.notes.append(EXPANDABLE_NOTE)
+            label = f"{before.label(self.first_label)} + expandable segments (traced)"
+            peak, step_s = traced.profile.peak_reserved, traced.profile.step_time_s or 0.0
+            frontier = [*frontier, FrontierPoint(label, peak, step_s, chosen=True)]
+        assert chosen is not None
         techniques, traced = chosen
         return self.make(techniques, traced, frontier)
 

@@ -15,6 +15,7 @@ from memfit.step.registry import apply_techniques
 from memfit.step.undo import undo_all
 from memfit.techniques import (
     TABLE,
+    ExpandableSegments,
     FusedOptimizer,
     LeanAutocast,
     MicroBatch,
@@ -53,6 +54,10 @@ class InForce:
     @property
     def lean_autocast(self) -> bool:
         return any(isinstance(t, LeanAutocast) for t in self.techniques)
+
+    @property
+    def expandable_segments(self) -> bool:
+        return any(isinstance(t, ExpandableSegments) for t in self.techniques)
 
     @property
     def fused_optimizer(self) -> bool:

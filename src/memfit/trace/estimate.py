@@ -200,6 +200,9 @@ def trace_step(
             f"training steps: estimate inference without one"
         )
     precision = Precision.parse(techniques.precision or settings.precision)
+    if techniques.expandable_segments and not settings.allocator.expandable_segments:
+        allocator = dataclasses.replace(settings.allocator, expandable_segments=True)
+        settings = settings.with_options(allocator=allocator)
     check_combination(techniques.techniques)
     check_step_options(
         techniques.techniques,

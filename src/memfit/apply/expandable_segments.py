@@ -1,0 +1,70 @@
+"""The ExpandableSegments applier: PyTorch's caching allocator set to grow segments in place.
+
+The setting belongs to the process, not the model: the applier turns it on in a process with
+CUDA and its undo restores what was set before. On a model the tracer builds (fake tensors) or
+in a process without CUDA it changes nothing; the tracer simulates the allocator with the
+setting from the plan itself (``memfit.trace.estimate``).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch._subclasses.fake_tensor import is_fake
+
+from memfit.step.context import ApplyContext
+from memfit.step.registry import register_applier
+from memfit.step.undo import UndoFn
+from memfit.techniques import ExpandableSegments
+
+__all__ = ["apply_expandable_segments", "expandable_segments_on"]
+
+_OPTION = "expandable_segments"
+
+
+def _current_settings() -> str:
+    """The allocator's options as set at run time, else as the environment gave them."""
+    get: Callable[[], str] | None = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
+    found = get() if get is not None else ""
+    return found or os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+
+
+def _set_settings(options: str) -> None:
+    setter = getattr(torch._C, "_accelerator_setAllocatorSettings", None)
+    if setter is None:  # torch < 2.9
+        setter = torch.cuda.memory._set_allocator_settings
+    setter(options)
+
+
+def expandable_segments_on() -> bool:
+    """Whether the CUDA caching allocator grows segments in place now."""
+    for option in _current_settings().split(","):
+        key, _, value = option.partition(":")
+        if key.strip() == _OPTION:
+            return value.strip() == "True"
+    return False
+
+
+def _runs_on_cuda(model: nn.Module) -> bool:
+    """A real model (not the tracer's, on fake tensors) in a process that has CUDA: on the GPU
+    already or to be moved there after applying."""
+    if any(is_fake(t) for t in [*model.parameters(), *model.buffers()]):
+        return False
+    return torch.cuda.is_available()
+
+
+@register_applier(ExpandableSegments)
+def apply_expandable_segments(
+    model: nn.Module, technique: ExpandableSegments, context: ApplyContext
+) -> UndoFn:
+    """Turn ``expandable_segments`` on where CUDA runs the model, if it is not on already.
+
+    Returns the undo: off again if this applier turned it on, else nothing to do.
+    """
+    if not _runs_on_cuda(model) or expandable_segments_on():
+        return lambda: None
+    _set_settings(f"{_OPTION}:True")
+    return lambda: _set_settings(f"{_OPTION}:False")
