@@ -42,6 +42,10 @@ def test_other_options_and_other_code_miss(cache, capsys, monkeypatch):
     key = result_cache.cache_key("estimate", {"model": "gpt2", "batch_size": 1})
     assert key != result_cache.cache_key("estimate", {"model": "gpt2", "batch_size": 2})
     assert key != result_cache.cache_key("plan", {"model": "gpt2", "batch_size": 1})
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")  # simulated
+    assert key != result_cache.cache_key("estimate", {"model": "gpt2", "batch_size": 1})
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF")
+    assert key == result_cache.cache_key("estimate", {"model": "gpt2", "batch_size": 1})
     monkeypatch.setattr(result_cache, "_code_digest", lambda: "another memfit")
     assert key != result_cache.cache_key("estimate", {"model": "gpt2", "batch_size": 1})
 

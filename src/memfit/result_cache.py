@@ -6,6 +6,8 @@ command line keeps each answer (what it printed, and a plan's JSON) under a key 
 
 - the command and every option that changes the answer (a zoo model's name, batch, precision,
   optimizer, device, budget, output format...);
+- the allocator options of the environment (``PYTORCH_ALLOC_CONF``,
+  ``PYTORCH_CUDA_ALLOC_CONF``), which the estimate simulates;
 - a digest of memfit's own source files, the installed versions of torch and transformers, and
   the saved calibration (``memfit calibrate``), so an upgrade, an edit or a new calibration
   misses the cache.
@@ -29,6 +31,7 @@ from typing import Any
 __all__ = ["cache_key", "load", "store", "cache_dir"]
 
 KEEP = 200
+ALLOC_CONF_NAMES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 
 
 def cache_dir() -> Path:
@@ -66,7 +69,9 @@ def cache_key(command: str, options: dict[str, Any]) -> str | None:
         return None  # code memfit cannot fingerprint
     if str(options.get("device", "")).strip().lower().startswith("cuda"):
         return None  # the local GPU
-    question = json.dumps({"command": command, **options}, sort_keys=True, default=str)
+    # the allocator options the estimate simulates (``memfit.trace.alloc_conf`` reads them)
+    conf = {name: os.environ.get(name, "") for name in ALLOC_CONF_NAMES}
+    question = json.dumps({"command": command, **options, **conf}, sort_keys=True, default=str)
     return hashlib.sha256(f"{_code_digest()}\n{question}".encode()).hexdigest()
 
 

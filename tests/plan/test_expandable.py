@@ -96,3 +96,17 @@ def test_a_plan_says_so_and_allow_leaves_it_out(midway: int, midway_plan) -> Non
     )
     assert not without.of(ExpandableSegments) and EXPANDABLE_NOTE not in without.notes
     assert midway_plan.step_time_s < without.step_time_s * (1 - EXPANDABLE_GAIN)
+
+
+def test_nothing_to_gain_where_the_allocator_expands_already(monkeypatch) -> None:
+    from memfit.plan.expandable import expandable_already
+    from memfit.trace.allocator import AllocatorSettings
+    from memfit.trace.settings import StepSettings
+
+    monkeypatch.delenv("PYTORCH_ALLOC_CONF", raising=False)
+    monkeypatch.delenv("PYTORCH_CUDA_ALLOC_CONF", raising=False)
+    assert not expandable_already(StepSettings())
+    assert expandable_already(StepSettings(allocator=AllocatorSettings(expandable_segments=True)))
+    monkeypatch.setenv("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+    assert expandable_already(StepSettings())
+    assert not expandable_already(StepSettings(allocator=AllocatorSettings()))  # given: it wins

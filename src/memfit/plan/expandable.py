@@ -18,9 +18,11 @@ from memfit.errors import MemfitError
 from memfit.plan.candidates import Candidate
 from memfit.plan.verify import Verified
 from memfit.techniques import ChunkedLoss, ExpandableSegments
+from memfit.trace.alloc_conf import allocator_from_environment
 from memfit.trace.estimate import StepTrace
+from memfit.trace.settings import StepSettings
 
-__all__ = ["EXPANDABLE_NOTE", "with_expandable_segments"]
+__all__ = ["EXPANDABLE_NOTE", "expandable_already", "with_expandable_segments"]
 
 EXPANDABLE_NOTE = (
     "expandable segments: memfit.apply sets the CUDA caching allocator's "
@@ -70,6 +72,14 @@ def with_expandable_segments(
         if traced.profile.peak_reserved <= target_of(expanded, traced):
             return expanded, traced, candidate
     return None
+
+
+def expandable_already(step: StepSettings) -> bool:
+    """Whether the step's allocator grows segments in place without the technique (the
+    environment's ``PYTORCH_CUDA_ALLOC_CONF`` says so, or ``allocator=``): then every trace
+    was simulated so and there is nothing to gain."""
+    allocator = step.allocator or allocator_from_environment()[0]
+    return allocator.expandable_segments
 
 
 def _seconds(traced: StepTrace) -> float:

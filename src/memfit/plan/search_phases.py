@@ -21,7 +21,11 @@ from memfit.plan.baseline import (
 from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Candidate, screen
 from memfit.plan.dropped import dropped_note
-from memfit.plan.expandable import EXPANDABLE_NOTE, with_expandable_segments
+from memfit.plan.expandable import (
+    EXPANDABLE_NOTE,
+    expandable_already,
+    with_expandable_segments,
+)
 from memfit.plan.free_fusions import fuse_first
 from memfit.plan.frontier import FrontierPoint, margin_note, plan_frontier
 from memfit.plan.infeasible import infeasible_error
@@ -149,7 +153,7 @@ class Search:
         for label, reason in verified.dropped:
             self.drop(label, reason)
         expanded = None
-        if "expandable_segments" in self.allow:
+        if "expandable_segments" in self.allow and not expandable_already(self.step):
             self.report("tracing the plans fragmentation keeps out, with expandable segments")
             expanded = with_expandable_segments(
                 verified, chosen, self.chunked, self.trace, self.target_of

@@ -31,7 +31,8 @@ from memfit.step.precision import Precision
 from memfit.step.undo import applied
 from memfit.structure.token_inputs import check_token_inputs
 from memfit.technique_rules import check_combination, check_step_options
-from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
+from memfit.trace.alloc_conf import allocator_from_environment
+from memfit.trace.allocator import AllocatorSettings
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.events import Trace
 from memfit.trace.fakeify import FakeModel
@@ -75,7 +76,7 @@ def estimate(
     batch_size: int | None = None,
     seq_len: int | None = None,
     stack: CudaStack = DEFAULT_STACK,
-    allocator: AllocatorSettings = DEFAULT_SETTINGS,
+    allocator: AllocatorSettings | None = None,
     mode: str = "train",
     timeout_s: float | None = DEFAULT_TIMEOUT_S,
     host_memory: str | int | None = None,
@@ -106,7 +107,10 @@ def estimate(
             ``memfit.stack_for("2.13")``; default torch 2.11 + cuDNN 9.19, where the device
             model was measured. The profile records it (``target_stack``) and what traced it
             (``versions``), and warns when this machine's torch release differs from it.
-        allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
+        allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate; default: what this
+            process's environment sets (``PYTORCH_ALLOC_CONF`` or ``PYTORCH_CUDA_ALLOC_CONF``:
+            expandable segments, ``max_split_size_mb``, ``roundup_power2_divisions``; other
+            options are named in the profile's warnings), else PyTorch's default.
         mode: ``"train"``, or ``"inference"``: the model in ``eval()``, one forward under
             ``torch.no_grad()`` (``torch.inference_mode()`` allocates the same, or less where
             autocast's weight cache matters: a strided batch into a 16-bit linear is folded
@@ -200,9 +204,12 @@ def trace_step(
             f"training steps: estimate inference without one"
         )
     precision = Precision.parse(techniques.precision or settings.precision)
-    if techniques.expandable_segments and not settings.allocator.expandable_segments:
-        allocator = dataclasses.replace(settings.allocator, expandable_segments=True)
-        settings = settings.with_options(allocator=allocator)
+    allocator, allocator_warnings = (
+        (settings.allocator, ()) if settings.allocator else allocator_from_environment()
+    )
+    if techniques.expandable_segments:
+        allocator = dataclasses.replace(allocator, expandable_segments=True)
+    settings = settings.with_options(allocator=allocator)
     check_combination(techniques.techniques)
     check_step_options(
         techniques.techniques,
@@ -285,6 +292,7 @@ def trace_step(
         target_stack=settings.stack.to_dict(),
         warnings=(
             *version_warnings(versions, settings.stack),
+            *allocator_warnings,
             *profile.warnings,
             *host_warnings(record.host_bytes, settings),
         ),

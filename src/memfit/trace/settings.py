@@ -17,7 +17,7 @@ from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
 from memfit.errors import InvalidInputError
 from memfit.step.loss import LossFn
 from memfit.step.precision import Precision
-from memfit.trace.allocator import DEFAULT_SETTINGS, AllocatorSettings
+from memfit.trace.allocator import AllocatorSettings
 from memfit.trace.cuda.stack import DEFAULT_STACK, CudaStack
 from memfit.trace.optimizers import check_optimizer
 from memfit.trace.watchdog import DEFAULT_TIMEOUT_S
@@ -41,7 +41,8 @@ class StepSettings:
         precision: ``"fp32"``, ``"bf16-mixed"``, ``"fp16-mixed"`` or ``"bf16"`` (pure).
         device: a name from ``memfit devices``, ``"cuda"`` for the local GPU, or a DeviceSpec.
         stack: the target's software (cuDNN version...), which decides some kernels.
-        allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate.
+        allocator: ``PYTORCH_CUDA_ALLOC_CONF`` options to simulate; None: those this
+            process's environment sets (``memfit.trace.alloc_conf``), else PyTorch's default.
         batch_size, seq_len: the size of a zoo model's default batch.
         mode: ``"train"`` (forward, backward, optimizer) or ``"inference"`` (the model in
             ``eval()``, forward only under ``torch.no_grad()``; ``torch.inference_mode()``
@@ -62,7 +63,7 @@ class StepSettings:
     precision: str | Precision = "bf16-mixed"
     device: str | DeviceSpec = DEFAULT_DEVICE
     stack: CudaStack = DEFAULT_STACK
-    allocator: AllocatorSettings = DEFAULT_SETTINGS
+    allocator: AllocatorSettings | None = None
     batch_size: int | None = None
     seq_len: int | None = None
     mode: str = "train"

@@ -20,6 +20,7 @@ from memfit.step.in_force import InForce
 from memfit.step.precision import Precision
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import run_in_reverse
+from memfit.trace.allocator import DEFAULT_SETTINGS
 from memfit.trace.assemble import assemble_profile, module_table, trainable_param_bytes
 from memfit.trace.events import live_until
 from memfit.trace.fake_hazards import fake_hazards_neutralised, scripted_functions_in_python
@@ -158,7 +159,7 @@ def profile_of(
     header: dict[str, Any],
 ) -> MemoryProfile:
     """The recorded step replayed through the allocator, as a MemoryProfile."""
-    result = replay(record.trace, record.marks, settings.allocator)
+    result = replay(record.trace, record.marks, settings.allocator or DEFAULT_SETTINGS)
     live_after_forward = live_until(record.trace.events, record.marks.get("backward", 0))
     grads: dict[str, int] = {}
     if not settings.inference:
