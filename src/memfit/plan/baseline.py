@@ -8,6 +8,7 @@ from collections.abc import Callable, Sequence
 from memfit.errors import MemfitError
 from memfit.plan.candidates import Baseline
 from memfit.plan.policies import Policy
+from memfit.plan.stack_siblings import with_large_siblings
 from memfit.structure.blocks import find_blocks
 from memfit.structure.matching import match_modules
 from memfit.techniques import ChunkedLoss, MicroBatch
@@ -19,7 +20,8 @@ __all__ = ["screening_baseline", "checkpointable_blocks", "none_policy", "batch_
 def checkpointable_blocks(base: StepTrace, blocks: Sequence[str] | None) -> list[str]:
     module = base.model.module
     if blocks is None:
-        return find_blocks(module)
+        saved = {m.fqn: m.activation_bytes for m in base.profile.modules}
+        return with_large_siblings(module, find_blocks(module), saved)
     found = match_modules(
         module, list(blocks), what="blocks", hint=lambda: ", ".join(find_blocks(module)[:4])
     )
