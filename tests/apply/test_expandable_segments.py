@@ -119,3 +119,18 @@ def test_on_the_gpu_the_allocator_grows_in_place_until_undone() -> None:
     assert any(s.get("is_expandable") for s in segments), segments[:3]
     step.undo()
     assert not expandable.expandable_segments_on()
+
+
+@pytest.mark.parametrize("name", ["PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"])
+def test_the_environment_counts_until_something_is_set_at_run_time(
+    monkeypatch: pytest.MonkeyPatch, name: str
+) -> None:
+    monkeypatch.setattr(torch._C, "_accelerator_getAllocatorSettings", lambda: "", raising=False)
+    for other in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        monkeypatch.delenv(other, raising=False)
+    assert not expandable.expandable_segments_on()
+    monkeypatch.setenv(name, "max_split_size_mb:64,expandable_segments:True")
+    assert expandable.expandable_segments_on()
+    set_at_run_time = "expandable_segments:False"
+    monkeypatch.setattr(torch._C, "_accelerator_getAllocatorSettings", lambda: set_at_run_time)
+    assert not expandable.expandable_segments_on()

@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
+from memfit.result_cache import ALLOC_CONF_NAMES
 from memfit.step.context import ApplyContext
 from memfit.step.registry import register_applier
 from memfit.step.undo import UndoFn
@@ -29,7 +30,7 @@ def _current_settings() -> str:
     """The allocator's options as set at run time, else as the environment gave them."""
     get: Callable[[], str] | None = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
     found = get() if get is not None else ""
-    return found or os.environ.get("PYTORCH_CUDA_ALLOC_CONF", "")
+    return found or next((os.environ[n] for n in ALLOC_CONF_NAMES if os.environ.get(n)), "")
 
 
 def _set_settings(options: str) -> None:

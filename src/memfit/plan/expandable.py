@@ -58,9 +58,8 @@ def with_expandable_segments(
         techniques = candidate.techniques(chunked)
         limit = target_of(techniques, traced)
         profile = traced.profile
-        if profile.peak_reserved > limit >= profile.peak_allocated and _seconds(traced) < best_s * (
-            1 - EXPANDABLE_GAIN
-        ):
+        fragmented = profile.peak_reserved > limit >= profile.peak_allocated
+        if fragmented and _seconds(traced) < best_s * (1 - EXPANDABLE_GAIN):
             kept_out.append((techniques, traced, candidate))
     kept_out.sort(key=lambda kept: _seconds(kept[1]))
     for techniques, _, candidate in kept_out[:EXPANDABLE_TRACES]:
