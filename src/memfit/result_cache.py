@@ -28,10 +28,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from memfit.alloc_conf_text import ALLOC_CONF_NAMES
+
 __all__ = ["cache_key", "load", "store", "cache_dir"]
 
 KEEP = 200
-ALLOC_CONF_NAMES = ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF")
 
 
 def cache_dir() -> Path:
@@ -69,8 +70,7 @@ def cache_key(command: str, options: dict[str, Any]) -> str | None:
         return None  # code memfit cannot fingerprint
     if str(options.get("device", "")).strip().lower().startswith("cuda"):
         return None  # the local GPU
-    # the allocator options the estimate simulates (``memfit.trace.alloc_conf`` reads them)
-    conf = {name: os.environ.get(name, "") for name in ALLOC_CONF_NAMES}
+    conf = {name: os.environ.get(name, "") for name in ALLOC_CONF_NAMES}  # simulated options
     question = json.dumps({"command": command, **options, **conf}, sort_keys=True, default=str)
     return hashlib.sha256(f"{_code_digest()}\n{question}".encode()).hexdigest()
 

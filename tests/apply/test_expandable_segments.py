@@ -24,7 +24,10 @@ def _model() -> nn.Module:
 def settings(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The allocator's options, as a list this test reads (the last is in force)."""
     options: list[str] = [""]
-    monkeypatch.setattr(expandable, "_current_settings", lambda: options[-1])
+    for name in ("PYTORCH_ALLOC_CONF", "PYTORCH_CUDA_ALLOC_CONF"):
+        monkeypatch.delenv(name, raising=False)
+    getter = lambda: options[-1]  # noqa: E731
+    monkeypatch.setattr(torch._C, "_accelerator_getAllocatorSettings", getter, raising=False)
     monkeypatch.setattr(expandable, "_set_settings", options.append)
     return options
 
@@ -110,13 +113,20 @@ def test_the_step_is_the_same() -> None:
 def test_on_the_gpu_the_allocator_grows_in_place_until_undone() -> None:
     if expandable.expandable_segments_on():
         pytest.skip("PYTORCH_CUDA_ALLOC_CONF already has expandable_segments:True")
+    batch = torch.randn(16, 32, device="cuda")
+    plain = _model().cuda()
+    plain_step = TrainStep(plain, torch.optim.AdamW(plain.parameters(), lr=1e-2), precision="fp32")
+    plain_step(batch)
     model = _model().cuda()
-    optimizer = torch.optim.AdamW(model.parameters())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
     step = memfit.apply([ExpandableSegments()], model, optimizer, precision="fp32")
     assert expandable.expandable_segments_on()
-    step(torch.randn(16, 32, device="cuda"))
+    step(batch)
     segments = torch.cuda.memory_snapshot()
     assert any(s.get("is_expandable") for s in segments), segments[:3]
+    # where the memory came from changed, not the step: the same weights bit for bit
+    for a, b in zip(plain.parameters(), model.parameters(), strict=True):
+        assert torch.equal(a, b)
     step.undo()
     assert not expandable.expandable_segments_on()
 

@@ -8,14 +8,13 @@ setting from the plan itself (``memfit.trace.estimate``).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
-from memfit.result_cache import ALLOC_CONF_NAMES
+from memfit.alloc_conf_text import environment_conf, split_options
 from memfit.step.context import ApplyContext
 from memfit.step.registry import register_applier
 from memfit.step.undo import UndoFn
@@ -26,11 +25,13 @@ __all__ = ["apply_expandable_segments", "expandable_segments_on"]
 _OPTION = "expandable_segments"
 
 
-def _current_settings() -> str:
-    """The allocator's options as set at run time, else as the environment gave them."""
+def expandable_segments_on() -> bool:
+    """Whether the CUDA caching allocator grows segments in place now: as set at run time,
+    else as the environment gave it."""
     get: Callable[[], str] | None = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
-    found = get() if get is not None else ""
-    return found or next((os.environ[n] for n in ALLOC_CONF_NAMES if os.environ.get(n)), "")
+    text = (get() if get is not None else "") or environment_conf()[1]
+    values = {key: value for _, key, value in split_options(text)}
+    return values.get(_OPTION) == "True"
 
 
 def _set_settings(options: str) -> None:
@@ -38,15 +39,6 @@ def _set_settings(options: str) -> None:
     if setter is None:  # torch < 2.9
         setter = torch.cuda.memory._set_allocator_settings
     setter(options)
-
-
-def expandable_segments_on() -> bool:
-    """Whether the CUDA caching allocator grows segments in place now."""
-    for option in _current_settings().split(","):
-        key, _, value = option.partition(":")
-        if key.strip() == _OPTION:
-            return value.strip() == "True"
-    return False
 
 
 def _runs_on_cuda(model: nn.Module) -> bool:
