@@ -68,7 +68,12 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     harness = Harness(device, warmup=1 if args.smoke else 2, steps=1 if args.smoke else 6)
-    result: dict = {"environment": environment(), "smoke": args.smoke, "rows": []}
+    result: dict = {
+        "environment": environment(),
+        "planned_for": _settings("tv-resnet50")["device"],
+        "smoke": args.smoke,
+        "rows": [],
+    }
     for name in args.models.split(","):
         model, _ = build(name, "meta", args.smoke)
         blocks = find_blocks(model)

@@ -22,6 +22,11 @@
 # The device returns at most 8 files, so everything is written to a scratch folder and packed into
 # $OUT/pending.tar.gz after each piece (a piece cut short still leaves the earlier ones packed).
 set -u
+# plan for the GPU this runs on (the device machine may lend an H100 for an H200)
+case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)" in
+    *H100*) export MEMFIT_BENCH_DEVICE=h100-80gb ;;
+    *) export MEMFIT_BENCH_DEVICE="${MEMFIT_BENCH_DEVICE:-h200}" ;;
+esac
 dest="${OUT:-pending_out}"
 out="${PENDING_SCRATCH:-/tmp/pending_scratch}"
 budget="${PENDING_BUDGET_S:-570}"

@@ -70,7 +70,8 @@ SMOKE_SPECS = {
     "transformer-encoder": "float32[64,256,32]",
 }
 FRACTIONS = (0.75, 0.5, 0.3)
-DEVICE = "h200"
+# the device table's name of the GPU measured on (bench/pending_h200.sh sets it from nvidia-smi)
+DEVICE = os.environ.get("MEMFIT_BENCH_DEVICE", "h200")
 COMPILE_MODELS = ("hf-llama-1b", "hf-gpt2")  # LLaMA-1B first: its lean plans compiled exceeded
 
 
@@ -325,7 +326,13 @@ def main() -> None:
     harness = Harness(device, warmup=1 if args.smoke else 2, steps=1 if args.smoke else 6)
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / (f"plans_{'_'.join(parts)}" + ("_smoke" if args.smoke else "") + ".json")
-    result: dict = {"environment": environment(), "smoke": args.smoke, "rows": {}, "errors": []}
+    result: dict = {
+        "environment": environment(),
+        "planned_for": DEVICE,
+        "smoke": args.smoke,
+        "rows": {},
+        "errors": [],
+    }
     started = time.perf_counter()
 
     def record(key: str, row: dict) -> None:
