@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import memfit  # noqa: E402
 from cost_harness import Harness, environment  # noqa: E402
 from memfit.apply import applied, undo_all  # noqa: E402
+from memfit.apply.expandable_segments import expandable_segments_on  # noqa: E402
 from memfit.structure.blocks import find_blocks  # noqa: E402
 from memfit.trace.inputs import make_inputs, parse_input_spec  # noqa: E402
 from models import CALIBRATION, CALIBRATION_LOSS, hf_gpt2_medium, lm_spec  # noqa: E402
@@ -169,7 +170,10 @@ def measure(
         torch._functorch.config.activation_memory_budget = compile_budget
         model.compile()
     try:
-        return harness.measure(step, batch)
+        measured = harness.measure(step, batch)
+        if harness.cuda:  # what the allocator itself reports, with the plan in force
+            measured["expandable_segments"] = expandable_segments_on()
+        return measured
     finally:
         torch._functorch.config.activation_memory_budget = 1.0
         if applied(model):

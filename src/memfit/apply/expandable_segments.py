@@ -8,6 +8,7 @@ setting from the plan itself (``memfit.trace.estimate``).
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 
 import torch
@@ -26,12 +27,23 @@ _OPTION = "expandable_segments"
 
 
 def expandable_segments_on() -> bool:
-    """Whether the CUDA caching allocator grows segments in place now: as set at run time,
-    else as the environment gave it."""
+    """Whether the CUDA caching allocator grows segments in place now: as the allocator itself
+    reports where CUDA has started, else as set at run time, else as the environment gave it."""
+    reported = _allocator_reports()
+    if reported is not None:
+        return reported
     get: Callable[[], str] | None = getattr(torch._C, "_accelerator_getAllocatorSettings", None)
     text = (get() if get is not None else "") or environment_conf()[1]
     values = {key: value for _, key, value in split_options(text)}
     return values.get(_OPTION) == "True"
+
+
+def _allocator_reports() -> bool | None:
+    """The setting in the CUDA caching allocator's own snapshot; None before CUDA has started."""
+    if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
+        return None
+    reported = torch.cuda.memory._snapshot().get("allocator_settings", {}).get(_OPTION)
+    return None if reported is None else bool(reported)
 
 
 def _set_settings(options: str) -> None:
@@ -60,4 +72,11 @@ def apply_expandable_segments(
     if not _runs_on_cuda(model) or expandable_segments_on():
         return lambda: None
     _set_settings(f"{_OPTION}:True")
+    if _allocator_reports() is False:
+        warnings.warn(
+            f"the CUDA caching allocator did not take {_OPTION}:True at run time (torch "
+            f"{torch.__version__}), and the plan's memory assumes it; start Python with "
+            f"PYTORCH_CUDA_ALLOC_CONF={_OPTION}:True",
+            stacklevel=3,
+        )
     return lambda: _set_settings(f"{_OPTION}:False")
