@@ -117,10 +117,24 @@ def targets(rows: dict) -> list[str]:
         for k, r in rows.items()
         if "compiled plan" in k and "measured" in r
     ]
+    paired = [
+        abs(r["summary"]["paired_error_points"])
+        for r in eager
+        if "paired_error_points" in r["summary"]
+    ]
     median = statistics.median(errors) if errors else 0.0
     return [
         f"- predicted overhead within ±5 points of measured: {sum(e <= 5 for e in errors)} of "
         f"{len(errors)} eager plans (median error {median:.1f})",
+        *(
+            [
+                f"- the same, overhead from steps alternated with the unmodified step's: "
+                f"{sum(e <= 5 for e in paired)} of {len(paired)} (median error "
+                f"{statistics.median(paired):.1f})"
+            ]
+            if paired
+            else []
+        ),
         f"- plan within 5% of the fastest measured alternative that fits: {len(within)} of "
         f"{len(eager)} (worst {_pct(worst)})",
         f"- measured reserved above the budget: "
