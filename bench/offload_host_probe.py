@@ -32,10 +32,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
 from cost_harness import Harness, environment  # noqa: E402
+from memfit.apply import applied, undo_all  # noqa: E402
 from memfit.step import host_activations  # noqa: E402
 from memfit.step.pinned import PinnedHost  # noqa: E402
 from memfit.structure.blocks import find_blocks  # noqa: E402
-from plans import build, measure  # noqa: E402
+from plans import applied_step, build, measure  # noqa: E402
 
 PLANS = {"transformer-encoder": 6, "tv-resnet50": 8}  # checkpointed blocks, as in the ladder
 TIMED = {"ActivationOffloader": ("enter", "leave", "pack", "reached"), "_Saved": ("settle", "get")}
@@ -116,28 +117,70 @@ def main() -> None:
     for name, k in PLANS.items():
         model, _ = build(name, "meta", not cuda)
         blocks = tuple(find_blocks(model)[:k])
-        for offload in (False, True):
-            plan = [memfit.Checkpoint(modules=blocks)]
-            plan += [memfit.OffloadActivations(modules=blocks)] if offload else []
+        checkpointed = [memfit.Checkpoint(modules=blocks)]
+        configs = {
+            "unmodified": [],
+            f"full ckpt x{len(blocks)}": checkpointed,
+            f"full ckpt x{len(blocks)}, boundaries to host": [
+                *checkpointed,
+                memfit.OffloadActivations(modules=blocks),
+            ],
+        }
+        for label, plan in configs.items():
             with HookClock() as clock:
                 measured = measure(harness, name, plan)
             steps = harness.warmup + harness.steps
             row = {
                 "model": name,
-                "plan": f"full ckpt x{len(blocks)}" + (", boundaries to host" if offload else ""),
+                "plan": label,
                 "measured": measured,
                 "hook_host_s_per_step": {n: s / steps for n, s in clock.seconds.items()},
                 "hook_calls_per_step": {n: c / steps for n, c in clock.calls.items()},
             }
+            if cuda:
+                row["profile"] = profiled(harness, name, plan)
             result["rows"].append(row)
             hooks = row["hook_host_s_per_step"].items()
             print(
-                f"{name} | {row['plan']}: {measured['step_s'] * 1e3:.1f} ms "
-                f"(host {measured['host_s'] * 1e3:.1f}); hooks "
+                f"{name} | {label}: {measured['step_s'] * 1e3:.1f} ms "
+                f"(host {measured['host_s'] * 1e3:.1f}); {row.get('profile')}; hooks "
                 + ", ".join(f"{n} {s * 1e3:.2f} ms" for n, s in hooks),
                 flush=True,
             )
             (args.out / "offload_host_probe.json").write_text(json.dumps(result, indent=1))
+
+
+def profiled(harness: Harness, name: str, plan: list) -> dict:
+    """One step (after two warm-ups) under the profiler: the GPU's kernel time and its copy
+    time each way, summed (a step the CPU bounds leaves the rest of its time idle)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    harness.clean()
+    step, batch, model = applied_step(harness, name, plan)
+    try:
+        for _ in range(2):
+            step(batch)
+        harness.sync()
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            step(batch)
+            harness.sync()
+        sums = {"kernels_s": 0.0, "to_host_s": 0.0, "to_gpu_s": 0.0}
+        for event in prof.key_averages():
+            device_s = getattr(event, "self_device_time_total", 0) / 1e6
+            if "DtoH" in event.key:
+                sums["to_host_s"] += device_s
+            elif "HtoD" in event.key:
+                sums["to_gpu_s"] += device_s
+            elif device_s > 0 and not event.key.startswith(
+                ("aten::", "memfit::", "Memcpy", "Memset")
+            ):
+                sums["kernels_s"] += device_s
+        return sums
+    finally:
+        if applied(model):
+            undo_all(model)
+        del step, model, batch
+        harness.clean()
 
 
 if __name__ == "__main__":
