@@ -9,7 +9,8 @@
 #   4. offload_host_probe.json (<= 150 s): pinned copy rates and the offloader's host time;
 #   5. plans/plans_eager.json (the rest): the encoder and the Qwen2 shape, the CPU-bound steps
 #      run 8 predicted worst, each plan also timed in alternation with the unmodified step.
-#   PYTHONPATH=src bash bench/pending_run9.sh     (from the repository root; .whl carried)
+#   PYTHONPATH=src [PENDING_BUDGET_S=550] [PENDING_ONLY="margin_log.txt ..."] bash bench/pending_run9.sh
+#   (from the repository root; .whl carried)
 set -u
 dest="${OUT:-pending_out}"
 out="${PENDING_SCRATCH:-/tmp/pending_scratch}"
@@ -19,22 +20,25 @@ case "$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
     *H100*) export MEMFIT_BENCH_DEVICE=h100-80gb ;;
     *) export MEMFIT_BENCH_DEVICE="${MEMFIT_BENCH_DEVICE:-h200}" ;;
 esac
+# run a piece with at most LIMIT seconds, and none of what the budget has left under 30 s
+piece() {
+    local limit=$1 log=$2; shift 2
+    local left=$((budget - SECONDS))
+    case " ${PENDING_ONLY:-$log} " in *" $log "*) ;; *) return ;; esac
+    [ "$left" -lt 30 ] && { echo "skipped: $left s left" > "$out/$log"; return; }
+    timeout "$((left < limit ? left : limit))" "$@" > "$out/$log" 2>&1
+    echo "exit $?" >> "$out/$log"
+}
 mkdir -p "$dest" "$out/plans"
-timeout 40 python bench/allocator_settings_probe.py --out "$out" > "$out/alloc_log.txt" 2>&1
-timeout 230 python bench/margin_probe.py --out "$out" --rounds 4 > "$out/margin_log.txt" 2>&1
-echo "exit $?" >> "$out/margin_log.txt"
+piece 40 alloc_log.txt python bench/allocator_settings_probe.py --out "$out"
+piece 230 margin_log.txt python bench/margin_probe.py --out "$out" --rounds 4
 pack
 [ -d .whl ] && pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
-PYTHONPATH="${PYTHONPATH:-}:/tmp/site" timeout 60 python -m pytest -q -m gpu -p no:cacheprovider \
-    tests/apply/test_expandable_segments.py > "$out/gpu_tests.txt" 2>&1
-echo "exit $?" >> "$out/gpu_tests.txt"
-timeout 150 python bench/offload_host_probe.py --out "$out" > "$out/offload_log.txt" 2>&1
-echo "exit $?" >> "$out/offload_log.txt"
+PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 60 gpu_tests.txt python -m pytest -q -m gpu \
+    -p no:cacheprovider tests/apply/test_expandable_segments.py
 pack
-left=$((budget - SECONDS))
-if [ "$left" -gt 60 ]; then
-    timeout "$left" python bench/plans.py --out "$out/plans" --parts eager --plans-first --pairs 8 \
-        --models transformer-encoder,qwen2-shaped > "$out/plans_log.txt" 2>&1
-    echo "exit $?" >> "$out/plans_log.txt"
-fi
+piece 150 offload_log.txt python bench/offload_host_probe.py --out "$out"
+pack
+piece 600 plans_log.txt python bench/plans.py --out "$out/plans" --parts eager --plans-first \
+    --pairs 8 --models transformer-encoder,qwen2-shaped
 pack
