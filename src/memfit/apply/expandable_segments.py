@@ -42,7 +42,11 @@ def _allocator_reports() -> bool | None:
     """The setting in the CUDA caching allocator's own snapshot; None before CUDA has started."""
     if not (torch.cuda.is_available() and torch.cuda.is_initialized()):
         return None
-    reported = torch.cuda.memory._snapshot().get("allocator_settings", {}).get(_OPTION)
+    try:
+        snapshot = torch.cuda.memory._snapshot()
+    except RuntimeError:  # an allocator backend without snapshots (cudaMallocAsync)
+        return None
+    reported = snapshot.get("allocator_settings", {}).get(_OPTION)
     return None if reported is None else bool(reported)
 
 
