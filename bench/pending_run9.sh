@@ -3,10 +3,10 @@
 # need, each under its own time limit, packed into $OUT/pending.tar.gz after each piece:
 #   1. allocator_settings_probe.json: what torch reports after expandable_segments:True is set at
 #      run time (run 8's GPU test found the settings text off after the applier set it);
-#   2. margin_probe.json (<= 230 s): LLaMA-1B's plan at Hugging Face full checkpointing's memory
-#      against Hugging Face's checkpointing, four alternated rounds (issue 11's >= 10%);
-#   3. gpu_tests.txt: the ExpandableSegments GPU test with the snapshot-reading applier;
-#   4. offload_host_probe.json (<= 150 s): pinned copy rates and the offloader's host time;
+#   2. gpu_tests.txt: the ExpandableSegments GPU test with the snapshot-reading applier;
+#   3. offload_host_probe.json (<= 150 s): pinned copy rates and the offloader's host time;
+#   4. margin_probe.json (<= 230 s): LLaMA-1B's plan at Hugging Face full checkpointing's memory
+#      against Hugging Face's checkpointing, alternated rounds (issue 11's >= 10%);
 #   5. plans/plans_eager.json (the rest): the encoder and the Qwen2 shape, the CPU-bound steps
 #      run 8 predicted worst, each plan also timed in alternation with the unmodified step.
 #   PYTHONPATH=src [PENDING_BUDGET_S=550] [PENDING_ONLY="margin_log.txt ..."] bash bench/pending_run9.sh
@@ -31,13 +31,13 @@ piece() {
 }
 mkdir -p "$dest" "$out/plans"
 piece 40 alloc_log.txt python bench/allocator_settings_probe.py --out "$out"
-piece 230 margin_log.txt python bench/margin_probe.py --out "$out" --rounds 4
-pack
 [ -d .whl ] && pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 60 gpu_tests.txt python -m pytest -q -m gpu \
     -p no:cacheprovider tests/apply/test_expandable_segments.py
 pack
 piece 150 offload_log.txt python bench/offload_host_probe.py --out "$out"
+pack
+piece 230 margin_log.txt python bench/margin_probe.py --out "$out" --rounds "${MARGIN_ROUNDS:-4}"
 pack
 piece 600 plans_log.txt python bench/plans.py --out "$out/plans" --parts eager --plans-first \
     --pairs 8 --models transformer-encoder,qwen2-shaped
