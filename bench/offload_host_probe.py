@@ -11,7 +11,8 @@ pinned copy rate each way for buffers page-locked in place as the offloader does
 (``memfit.step.pinned``), and (2) for one plan per model, with and without the boundaries
 offloaded, the step time and the host seconds per step inside each of the offloader's methods
 (``settle`` waits in forward for copies two modules back; ``reached`` starts the copies back in
-backward; ``get`` makes the compute stream wait for them).
+backward; ``get`` makes the compute stream wait for them), and the same with forward's waits
+spinning instead of sleeping.
 """
 
 from __future__ import annotations
@@ -115,6 +116,7 @@ def main() -> None:
         result["copy_rates"] = copy_rates((32 << 20, 256 << 20))
         print(result["copy_rates"], flush=True)
     for name, k in PLANS.items():
+        host_activations._SLEEP_WHILE_WAITING = True
         model, _ = build(name, "meta", not cuda)
         blocks = tuple(find_blocks(model)[:k])
         checkpointed = [memfit.Checkpoint(modules=blocks)]
@@ -126,7 +128,12 @@ def main() -> None:
                 memfit.OffloadActivations(modules=blocks),
             ],
         }
+        configs[f"full ckpt x{len(blocks)}, boundaries to host, spinning"] = configs[
+            f"full ckpt x{len(blocks)}, boundaries to host"
+        ]
         for label, plan in configs.items():
+            # the last configuration: forward's waits for copies spin instead of sleeping
+            host_activations._SLEEP_WHILE_WAITING = not label.endswith("spinning")
             with HookClock() as clock:
                 measured = measure(harness, name, plan)
             steps = harness.warmup + harness.steps

@@ -31,6 +31,7 @@ from memfit.step.pinned import PinnedHost
 __all__ = ["ActivationOffloader"]
 
 _LAG = 2  # modules whose copies to the host may still be queued when the next one starts
+_SLEEP_WHILE_WAITING = True  # the CPU sleeps (cudaEventBlockingSync) while forward waits, not spins
 
 
 class _HostPool:
@@ -83,7 +84,7 @@ class _Saved:
         stream.wait_stream(torch.cuda.current_stream(tensor.device))
         with torch.cuda.stream(stream):
             self.host.copy_(_bytes_of(tensor), non_blocking=True)
-            self.stored = torch.cuda.Event(blocking=True)
+            self.stored = torch.cuda.Event(blocking=_SLEEP_WHILE_WAITING)
             self.stored.record(stream)
         tensor.record_stream(stream)
 
