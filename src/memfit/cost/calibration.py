@@ -75,6 +75,11 @@ class Calibration:
         recompute_op_s: what checkpointing adds per operator it recomputes in backward
             (non-reentrant ``torch.utils.checkpoint`` unpacks each saved tensor through a
             Python hook, which runs the recomputation and packs its outputs again).
+        offload_tensor_s: per tensor ``OffloadActivations`` moves to the host and back, in
+            forward and backward together, added to the CPU's time. Unpriced (0): on the
+            H100's ladder rows the encoder's extra time fits 2 ms a tensor, LLaMA-1B's 0.5 ms,
+            and ResNet-50's no CPU price at all (``bench/fit_offload.py``,
+            ``bench/results/fit_offload_h100.json``), so the cost is not the CPU's alone.
     """
 
     matmul_efficiency: float = 0.90
@@ -118,6 +123,7 @@ class Calibration:
     checkpoint_op_s: float = 10e-6
     selective_op_s: float = 37e-6
     recompute_op_s: float = 36e-6
+    offload_tensor_s: float = 0.0
     device: str = ""
 
 

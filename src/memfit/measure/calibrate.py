@@ -97,6 +97,7 @@ SCALED_BY = {
     "checkpoint_op_s": "host",
     "selective_op_s": "host",
     "recompute_op_s": "host",
+    "offload_tensor_s": "host",
 }
 SHAPES = ("matmul_tile", "unaligned_matmul_factor")
 

@@ -26,6 +26,7 @@ import torch
 from torch import nn
 from torch._subclasses.fake_tensor import is_fake
 
+from memfit.step.overhead import note
 from memfit.step.pinned import PinnedHost
 
 __all__ = ["ActivationOffloader"]
@@ -197,6 +198,7 @@ class ActivationOffloader:
             seen[1].uses += 1
             return seen[1]
         saved = _Saved(self, tensor)
+        note("offload_tensor")  # the step-time model's price of moving it (host time)
         self._seen[key] = (tensor, saved)
         self.groups[self.current].append(saved)
         self.host_now += saved.nbytes
