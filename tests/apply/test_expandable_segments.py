@@ -113,7 +113,8 @@ def test_the_step_is_the_same() -> None:
 def test_on_the_gpu_the_allocator_grows_in_place_until_undone() -> None:
     if expandable.expandable_segments_on():
         pytest.skip("PYTORCH_CUDA_ALLOC_CONF already has expandable_segments:True")
-    batch = torch.randn(16, 32, device="cuda")
+    # activations of 4 MiB: the large pool, whose new segments are the ones that expand
+    batch = torch.randn(16384, 32, device="cuda")
     plain = _model().cuda()
     plain_step = TrainStep(plain, torch.optim.AdamW(plain.parameters(), lr=1e-2), precision="fp32")
     plain_step(batch)

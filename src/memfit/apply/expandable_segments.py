@@ -76,6 +76,8 @@ def apply_expandable_segments(
     if not _runs_on_cuda(model) or expandable_segments_on():
         return lambda: None
     _set_settings(f"{_OPTION}:True")
+    if torch.cuda.is_initialized():  # the setting shapes new segments: let go of cached ones
+        torch.cuda.empty_cache()
     if _allocator_reports() is False:
         warnings.warn(
             f"the CUDA caching allocator did not take {_OPTION}:True at run time (torch "
