@@ -6,6 +6,8 @@ same hooks, grouping and prefetching as on a GPU (only the side stream is missin
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 from torch import nn
@@ -122,6 +124,27 @@ def test_predicted_host_bytes_are_the_boundaries_and_the_peak_drops() -> None:
     # all but the last _LAG: their copies may still be queued when forward ends (the step
     # bounds how many; the prediction holds as many on the device)
     assert forward_peak(kept) - forward_peak(moved) >= (4 - _LAG) * boundary
+
+
+def test_each_moved_tensor_is_priced_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``Calibration.offload_tensor_s`` per boundary moved: a price of a whole second a tensor
+    makes the step the CPU's, so the four boundaries add four seconds to the predicted step."""
+    import memfit.trace.step_phases as step_phases
+
+    batch = "input_ids=int64[4,512]<97 labels=int64[4,512]<97"
+    plan = [Checkpoint(modules=LAYERS), OffloadActivations(modules=LAYERS)]
+    default = step_phases.load_calibration
+    times = {}
+    for price in (0.0, 1.0):
+        monkeypatch.setattr(
+            step_phases,
+            "load_calibration",
+            lambda spec, price=price: dataclasses.replace(default(spec), offload_tensor_s=price),
+        )
+        times[price] = memfit.estimate(
+            _llama, batch, plan=plan, precision="fp32", optimizer=None
+        ).step_time_s
+    assert times[1.0] - times[0.0] == pytest.approx(4.0, abs=0.05)
 
 
 @pytest.mark.gpu
