@@ -2,7 +2,7 @@
 model's ladder rows and check it on the others (CPU only: predictions against committed
 measurements).
 
-python bench/fit_offload.py --out FILE [--fit tv-resnet50] [--grid 0,0.5,1,1.5,2]
+python bench/fit_offload.py --out FILE [--fit tv-resnet50] [--grid 0,0.5,1,1.5,2] [--rows FILE]
 
 The ladder probe (bench/results/ladder_probe_h100.json, H100) measured each rung with and without
 its checkpoint boundaries offloaded. The step-time model overlapped the copies with the whole
@@ -80,13 +80,8 @@ def cases() -> list[dict]:
     return found
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--fit", default="tv-resnet50")
-    parser.add_argument("--grid", default="0,0.5,1,1.5,2")
-    args = parser.parse_args()
-    grid = [float(x) * 1e-3 for x in args.grid.split(",")]
+def predicted_rows(grid: list[float]) -> list[dict]:
+    """Every case predicted at every price of ``grid``, as overheads over the unmodified step."""
     rows = cases()
     baselines = {name: predicted_s(name, [], 0.0) for name in {c["model"] for c in rows}}
     for case in rows:
@@ -98,6 +93,21 @@ def main() -> None:
             for c in grid
         }
         print(case["model"], case["plan"], case, flush=True)
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--fit", default="tv-resnet50")
+    parser.add_argument("--grid", default="0,0.5,1,1.5,2")
+    parser.add_argument(
+        "--rows", type=Path, default=None,
+        help="the predictions of an earlier run (its output file): only fit and check again",
+    )  # fmt: skip
+    args = parser.parse_args()
+    grid = [float(x) * 1e-3 for x in args.grid.split(",")]
+    rows = json.loads(args.rows.read_text())["rows"] if args.rows else predicted_rows(grid)
     errors = {
         key: sum(
             (100 * (c["predicted_overhead"][key] - c["measured_overhead"])) ** 2
