@@ -72,7 +72,7 @@ SMOKE_SPECS = {
     "transformer-encoder": "float32[64,256,32]",
 }
 FRACTIONS = (0.75, 0.5, 0.3)
-# the device table's name of the GPU measured on (bench/pending_h200.sh sets it from nvidia-smi)
+# the device table's name of the GPU measured on (bench/pending_*.sh set it from nvidia-smi)
 DEVICE = os.environ.get("MEMFIT_BENCH_DEVICE", "h200")
 COMPILE_MODELS = ("hf-llama-1b", "hf-gpt2")  # LLaMA-1B first: its lean plans compiled exceeded
 
