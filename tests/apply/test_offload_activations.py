@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 import memfit
+import memfit.trace.step_phases as step_phases
 from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.step.host_activations import _LAG
 from memfit.step.undo import applied
@@ -129,8 +130,6 @@ def test_predicted_host_bytes_are_the_boundaries_and_the_peak_drops() -> None:
 def test_each_moved_tensor_is_priced_on_the_host(monkeypatch: pytest.MonkeyPatch) -> None:
     """``Calibration.offload_tensor_s`` per boundary moved: a price of a whole second a tensor
     makes the step the CPU's, so the four boundaries add four seconds to the predicted step."""
-    import memfit.trace.step_phases as step_phases
-
     batch = "input_ids=int64[4,512]<97 labels=int64[4,512]<97"
     plan = [Checkpoint(modules=LAYERS), OffloadActivations(modules=LAYERS)]
     default = step_phases.load_calibration
