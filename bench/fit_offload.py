@@ -17,10 +17,12 @@ plans with boundaries from plans run 8 (bench/results/plans_h100_run8.json) are 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 os.environ.setdefault("MEMFIT_BENCH_DEVICE", "h100-80gb")
@@ -35,18 +37,25 @@ RESULTS = Path(__file__).resolve().parent / "results"
 _default_calibration = step_phases.load_calibration
 
 
-def predicted_s(name: str, techniques: list, offload_tensor_s: float) -> float:
-    """The predicted step time with ``offload_tensor_s`` as the calibration's price."""
+@contextlib.contextmanager
+def offload_priced(offload_tensor_s: float) -> Iterator[None]:
+    """Estimates inside run with ``offload_tensor_s`` as the calibration's price."""
 
     def calibration(spec):
         return dataclasses.replace(_default_calibration(spec), offload_tensor_s=offload_tensor_s)
 
     step_phases.load_calibration = calibration
     try:
-        builder, spec = MODELS[name][0], spec_of(name, False)
-        profile = memfit.estimate(lambda: builder(False), spec, plan=techniques, **_settings(name))
+        yield
     finally:
         step_phases.load_calibration = _default_calibration
+
+
+def predicted_s(name: str, techniques: list, offload_tensor_s: float) -> float:
+    """The predicted step time with ``offload_tensor_s`` as the calibration's price."""
+    builder, spec = MODELS[name][0], spec_of(name, False)
+    with offload_priced(offload_tensor_s):
+        profile = memfit.estimate(lambda: builder(False), spec, plan=techniques, **_settings(name))
     return profile.step_time_s
 
 

@@ -12,7 +12,7 @@ plan now picks (bench/results/plans_h100_run8.json, ladder_probe_h100.json), com
 from __future__ import annotations
 
 import argparse
-import dataclasses
+import contextlib
 import json
 import os
 import sys
@@ -22,7 +22,7 @@ os.environ.setdefault("MEMFIT_BENCH_DEVICE", "h100-80gb")
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-import memfit.trace.step_phases as step_phases  # noqa: E402
+from fit_offload import offload_priced  # noqa: E402
 from plans import plan_for  # noqa: E402
 
 RUN8 = Path(__file__).resolve().parent / "results" / "plans_h100_run8.json"
@@ -33,14 +33,11 @@ def main() -> None:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--price-ms", type=float, default=None, help="default: the calibration's")
     args = parser.parse_args()
-    if args.price_ms is not None:
-        default = step_phases.load_calibration
-        price = args.price_ms * 1e-3
-        step_phases.load_calibration = lambda spec: dataclasses.replace(
-            default(spec), offload_tensor_s=price
-        )
+    price = (
+        contextlib.nullcontext() if args.price_ms is None else offload_priced(args.price_ms / 1e3)
+    )
     rows = json.loads(RUN8.read_text())["rows"]
-    with args.out.open("w") as out:
+    with price, args.out.open("w") as out:
         for key, row in rows.items():
             if "budget" not in row:
                 continue

@@ -125,7 +125,9 @@ class Calibration:
     # rows, held out, want 2 ms, ResNet-50's (GPU-bound) hardly move with it
     # (`python bench/fit_offload.py`, bench/results/fit_offload_h100.json). Unpriced, the
     # planner took offloaded boundaries where checkpointing alone plus expandable segments
-    # measured faster (the encoder: 30.5 against 42.3 ms with all six blocks)
+    # measured faster (the encoder: 30.5 against 42.3 ms with all six blocks). Those runs had
+    # the offloader's sleeping waits; with spinning ones the encoder still spent 0.87 ms a
+    # tensor more (48.9 against 43.7 ms, six tensors, bench/results/offload_host_probe_h100.json)
     offload_tensor_s: float = 0.5e-3
     device: str = ""
 
