@@ -290,35 +290,17 @@ def _last_line(error: str) -> str:
     return lines[-1][:300] if lines else error[:300]
 
 
-def ab(harness: Harness, record, tiny: bool, pairs: int) -> None:
+def ab(harness: Harness, record, pairs: int) -> None:
     """The chunked loss against the unmodified step, steps alternated on two copies."""
     for name in ("qwen2-shaped", "hf-llama-1b"):
-        times = _alternated(harness, name, tiny, pairs)
-        median = [sorted(t)[len(t) // 2] for t in times]
-        row = {"unmodified_s": times[0], "chunked_s": times[1], "median_unmodified_s": median[0]}
-        row.update(median_chunked_s=median[1], overhead=median[1] / median[0] - 1)
-        record(f"{name} | unmodified vs chunked loss x4", row)
-        harness.clean()
-
-
-def _alternated(harness: Harness, name: str, tiny: bool, pairs: int) -> list[list[float]]:
-    steps, batches = [], []
-    for techniques in ([], [memfit.ChunkedLoss(4)]):
-        model, batch = build(name, harness.device, tiny)
-        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, fused=harness.cuda)
-        device = harness.device
-        steps.append(
-            memfit.apply(techniques, model, optimizer, precision="bf16-mixed", device_type=device)
+        times = paired(harness, name, [memfit.ChunkedLoss(4)], pairs)
+        row = {"unmodified_s": times["unmodified_s"], "chunked_s": times["plan_s"]}
+        row.update(
+            median_unmodified_s=statistics.median(times["unmodified_s"]),
+            median_chunked_s=statistics.median(times["plan_s"]),
+            overhead=times["overhead"],
         )
-        batches.append(batch)
-    times: list[list[float]] = [[], []]
-    for i in range(pairs + 2):
-        for which in (0, 1) if i % 2 == 0 else (1, 0):
-            step, batch = steps[which], batches[which]
-            seconds = harness.seconds(lambda s=step, b=batch: s(b), repeats=1, warmup=0)
-            if i >= 2:  # two warm-up pairs
-                times[which].append(seconds)
-    return times
+        record(f"{name} | unmodified vs chunked loss x4", row)
 
 
 def compiled(harness: Harness, record, planned) -> None:
@@ -403,7 +385,7 @@ def main() -> None:
         "eager": lambda planned: eager(
             harness, names, record, planned["eager"], args.plans_first, args.pairs
         ),
-        "ab": lambda planned: ab(harness, record, args.smoke, 2 if args.smoke else 15),
+        "ab": lambda planned: ab(harness, record, 2 if args.smoke else 15),
         "compile": lambda planned: compiled(harness, record, planned["compile"]),
     }
     unknown = [p for p in parts if p not in runs]
