@@ -5,8 +5,9 @@ out by fragmentation: blocks the caching allocator holds but cannot hand to the 
 come. With ``ExpandableSegments`` (PyTorch's ``expandable_segments:True``) the same step
 reserves close to what it allocates. The planner traces the fastest such plans again with the
 setting and takes the first that fits, when it is faster than the plan found without it (LLaMA-1B
-at its full checkpointing's memory: six checkpointed blocks instead of seven, 169.8 against
-172.0 ms predicted). A process-wide setting is worth naming in a plan only for a faster step.
+at its full checkpointing's memory: six checkpointed blocks instead of seven, 172.8 against
+175.5 ms predicted, ``bench/results/plan_phases.json``). A process-wide setting is worth
+naming in a plan only for a faster step.
 """
 
 from __future__ import annotations
