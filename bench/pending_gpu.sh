@@ -3,9 +3,12 @@
 # budget left), packed into $OUT/pending.tar.gz after each piece. Session 10 (H100) ran the
 # allocator and offload probes and found two defects since fixed on the CPU: the offloader's
 # sleeping waits (ResNet-50 +9.9 ms) and the expandable-segments applier's check and stale cache.
-#   call 1 (PENDING_ONLY="gpu_tests.txt plans_log.txt", about 500 s):
+#   call 1 (PENDING_ONLY="gpu_tests.txt calibrate.txt plans_log.txt", about 500 s):
 #     gpu_tests.txt (<= 120 s): pytest -m gpu, the ExpandableSegments test with the cache
 #       emptied at apply among them;
+#     calibrate.txt (<= 40 s): `memfit calibrate` and `--host`, dry runs (nothing saved, so the
+#       plans below still use the defaults): this machine's microbenchmarks, to re-predict the
+#       plans with its calibration afterwards;
 #     plans/plans_eager.json: bench/plans.py's budgets of the encoder, ResNet-50, the Qwen2
 #       shape and LLaMA-1B with the current code (spinning waits, the offload price), each plan
 #       also timed in alternation with the unmodified step (--pairs 6: issue 13's +-5 points with
@@ -40,6 +43,8 @@ mkdir -p "$dest" "$out/plans" "$out/ladder"
 PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 120 gpu_tests.txt python -m pytest -q -m gpu \
     -p no:cacheprovider
 pack
+piece 40 calibrate.txt sh -c 'python -m memfit.cli calibrate --dry-run --format json; \
+    python -m memfit.cli calibrate --host --dry-run --format json'
 piece 600 plans_log.txt python bench/plans.py --out "$out/plans" --parts eager --plans-first \
     --pairs 6 --models transformer-encoder,tv-resnet50,qwen2-shaped,hf-llama-1b
 pack
