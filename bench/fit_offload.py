@@ -22,7 +22,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 os.environ.setdefault("MEMFIT_BENCH_DEVICE", "h100-80gb")
@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
 import memfit.trace.step_phases as step_phases  # noqa: E402
+from memfit.cost import Calibration  # noqa: E402
 from plans import MODELS, _settings, spec_of  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -38,17 +39,18 @@ _default_calibration = step_phases.load_calibration
 
 
 @contextlib.contextmanager
-def offload_priced(offload_tensor_s: float) -> Iterator[None]:
-    """Estimates inside run with ``offload_tensor_s`` as the calibration's price."""
-
-    def calibration(spec):
-        return dataclasses.replace(_default_calibration(spec), offload_tensor_s=offload_tensor_s)
-
-    step_phases.load_calibration = calibration
+def calibration_as(change: Callable[[Calibration], Calibration]) -> Iterator[None]:
+    """Estimates inside run with ``change`` of the calibration they would load."""
+    step_phases.load_calibration = lambda spec: change(_default_calibration(spec))
     try:
         yield
     finally:
         step_phases.load_calibration = _default_calibration
+
+
+def offload_priced(offload_tensor_s: float) -> contextlib.AbstractContextManager[None]:
+    """Estimates inside run with ``offload_tensor_s`` as the calibration's price."""
+    return calibration_as(lambda c: dataclasses.replace(c, offload_tensor_s=offload_tensor_s))
 
 
 def predicted_s(name: str, techniques: list, offload_tensor_s: float) -> float:
