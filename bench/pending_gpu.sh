@@ -3,7 +3,7 @@
 # budget left), packed into $OUT/pending.tar.gz after each piece. Session 10 (H100) ran the
 # allocator and offload probes and found two defects since fixed on the CPU: the offloader's
 # sleeping waits (ResNet-50 +9.9 ms) and the expandable-segments applier's check and stale cache.
-#   call 1 (PENDING_ONLY="gpu_tests.txt calibrate.txt plans_log.txt", about 500 s):
+#   call 1 (PENDING_ONLY="gpu_tests.txt calibrate.txt plans_log.txt phases_log.txt", about 550 s):
 #     gpu_tests.txt (<= 120 s): pytest -m gpu, the ExpandableSegments test with the cache
 #       emptied at apply among them;
 #     calibrate.txt (<= 40 s): `memfit calibrate` and `--host`, dry runs (nothing saved, so the
@@ -13,6 +13,8 @@
 #       shape and LLaMA-1B with the current code (spinning waits, the offload price), each plan
 #       also timed in alternation with the unmodified step (--pairs 6: issue 13's +-5 points with
 #       the host's drift cancelled);
+#     host_phases.json (<= 150 s): bench/host_phases_probe.py, the CPU time of each phase of
+#       the eight models' unmodified steps at a small batch;
 #   call 2 (PENDING_ONLY="ladder_log.txt margin_log.txt offload_log.txt"):
 #     ladder/ladder_probe.json (<= 170 s): the rungs again, offloaded boundaries with spinning waits;
 #     margin_probe.json (<= 230 s): LLaMA-1B's plan at Hugging Face full checkpointing's memory
@@ -47,6 +49,8 @@ piece 40 calibrate.txt sh -c 'python -m memfit.cli calibrate --dry-run --format 
     python -m memfit.cli calibrate --host --dry-run --format json'
 piece 600 plans_log.txt python bench/plans.py --out "$out/plans" --parts eager --plans-first \
     --pairs 6 --models transformer-encoder,tv-resnet50,qwen2-shaped,hf-llama-1b
+pack
+piece 150 phases_log.txt python bench/host_phases_probe.py --out "$out"
 pack
 piece 170 ladder_log.txt python bench/ladder_probe.py --out "$out/ladder"
 pack
