@@ -9,12 +9,14 @@ unmodified step are predicted twice in this process, with the defaults (what the
 used) and with the calibration of those microbenchmarks (``memfit.measure.calibrate``), and both
 predicted overheads are set against the measured one, and the paired one where the run has it
 (``--pairs``). The plans stay those the run chose: this asks whether the calibration prices them
-better, not what it would have chosen.
+better, not what it would have chosen. With ``--host-fit`` (bench/fit_host_phases.py's result)
+the defaults with its host constants are predicted too, as they are and calibrated.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import statistics
@@ -32,6 +34,10 @@ def main() -> None:
     parser.add_argument("--plans", required=True, type=Path, help="a bench/plans.py result")
     parser.add_argument("--calibrate", required=True, type=Path, help="memfit calibrate's JSON")
     parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument(
+        "--host-fit", type=Path, default=None,
+        help="bench/fit_host_phases.py's result: also predict with its host constants",
+    )  # fmt: skip
     args = parser.parse_args()
     run = json.loads(args.plans.read_text())
     os.environ["MEMFIT_BENCH_DEVICE"] = run["planned_for"]
@@ -39,18 +45,26 @@ def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
     import memfit
     from fit_offload import calibration_as
+    from memfit.cost import Calibration
     from memfit.devices import get_device
     from memfit.measure.calibrate import REFERENCE, Microbenchmarks, calibration_from
     from plans import MODELS, _settings, spec_of
 
     measured = Microbenchmarks(**first_json(args.calibrate.read_text())["measured"])
-    calibrated = calibration_from(measured, get_device(measured.device))
+    spec = get_device(measured.device)
+    variants = {"default": Calibration(), "calibrated": calibration_from(measured, spec)}
+    if args.host_fit:
+        refit = dataclasses.replace(
+            Calibration(), **json.loads(args.host_fit.read_text())["at_reference"]
+        )
+        variants["refit"] = refit
+        variants["refit calibrated"] = calibration_from(measured, spec, defaults=refit)
 
     def predicted(name: str, techniques: list) -> dict:
         builder, spec = MODELS[name][0], spec_of(name, False)
         found = {}
-        for which, change in (("default", lambda c: c), ("calibrated", lambda c: calibrated)):
-            with calibration_as(change):
+        for which, calibration in variants.items():
+            with calibration_as(lambda c, v=calibration: v):
                 profile = memfit.estimate(
                     lambda: builder(False), spec, plan=techniques, **_settings(name)
                 )
@@ -67,7 +81,7 @@ def main() -> None:
             bases[name] = predicted(name, [])
         plan = predicted(name, list(memfit.Plan.from_dict(row["plan"]).techniques))
         found = {"key": key, "plan": row["plan"]["label"]}
-        for which in ("default", "calibrated"):
+        for which in variants:
             overhead = plan[which] / bases[name][which] - 1
             found[which] = {
                 "predicted_s": plan[which],
@@ -91,10 +105,15 @@ def main() -> None:
     summary = {
         "microbenchmarks": measured.__dict__,
         "host_scale": measured.kernel_s / REFERENCE.kernel_s,
-        "calibration": {k: getattr(calibrated, k) for k in ("matmul_efficiency", "kernel_s")},
+        "calibration": {
+            which: {
+                k: getattr(c, k) for k in ("matmul_efficiency", "kernel_s", "host_forward_op_s")
+            }
+            for which, c in variants.items()
+        },
         **{
             f"{which} vs {field}": within(which, field)
-            for which in ("default", "calibrated")
+            for which in variants
             for field in ("error_points", "paired_error_points")
         },
     }
