@@ -3,18 +3,19 @@
 # budget left), packed into $OUT/pending.tar.gz after each piece. Session 10 (H100) ran the
 # allocator and offload probes and found two defects since fixed on the CPU: the offloader's
 # sleeping waits (ResNet-50 +9.9 ms) and the expandable-segments applier's check and stale cache.
-#   call 1 (PENDING_ONLY="gpu_tests.txt calibrate.txt plans_log.txt phases_log.txt", about 550 s):
-#     gpu_tests.txt (<= 120 s): pytest -m gpu, the ExpandableSegments test with the cache
-#       emptied at apply among them;
+#   call 1 (PENDING_ONLY="calibrate.txt phases_log.txt plans_log.txt gpu_tests.txt", 570 s), in
+#   this order (the cheap probes first, the tests last):
 #     calibrate.txt (<= 40 s): `memfit calibrate` and `--host`, dry runs (nothing saved, so the
 #       plans below still use the defaults): this machine's microbenchmarks, to re-predict the
-#       plans with its calibration afterwards;
+#       plans with its calibration afterwards (bench/repredict_calibrated.py);
+#     host_phases.json (<= 150 s): bench/host_phases_probe.py, the CPU time of each phase of
+#       the eight models' unmodified steps at a small batch (bench/fit_host_phases.py);
 #     plans/plans_eager.json: bench/plans.py's budgets of the encoder, ResNet-50, the Qwen2
 #       shape and LLaMA-1B with the current code (spinning waits, the offload price), each plan
 #       also timed in alternation with the unmodified step (--pairs 6: issue 13's +-5 points with
 #       the host's drift cancelled);
-#     host_phases.json (<= 150 s): bench/host_phases_probe.py, the CPU time of each phase of
-#       the eight models' unmodified steps at a small batch;
+#     gpu_tests.txt (<= 120 s): pytest -m gpu, the ExpandableSegments test with the cache
+#       emptied at apply among them;
 #   call 2 (PENDING_ONLY="ladder_log.txt margin_log.txt offload_log.txt"):
 #     ladder/ladder_probe.json (<= 170 s): the rungs again, offloaded boundaries with spinning waits;
 #     margin_probe.json (<= 230 s): LLaMA-1B's plan at Hugging Face full checkpointing's memory
@@ -42,15 +43,15 @@ piece() {
 }
 mkdir -p "$dest" "$out/plans" "$out/ladder"
 [ -d .whl ] && pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
-PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 120 gpu_tests.txt python -m pytest -q -m gpu \
-    -p no:cacheprovider
-pack
 piece 40 calibrate.txt sh -c 'python -m memfit.cli calibrate --dry-run --format json; \
     python -m memfit.cli calibrate --host --dry-run --format json'
+piece 150 phases_log.txt python bench/host_phases_probe.py --out "$out"
+pack
 piece 600 plans_log.txt python bench/plans.py --out "$out/plans" --parts eager --plans-first \
     --pairs 6 --models transformer-encoder,tv-resnet50,qwen2-shaped,hf-llama-1b
 pack
-piece 150 phases_log.txt python bench/host_phases_probe.py --out "$out"
+PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 120 gpu_tests.txt python -m pytest -q -m gpu \
+    -p no:cacheprovider
 pack
 piece 170 ladder_log.txt python bench/ladder_probe.py --out "$out/ladder"
 pack
