@@ -67,6 +67,7 @@ NOTED = (
     "checkpoint_op",
     "selective_op",
     "optimizer_step",
+    "offload_tensor",
 )
 
 
