@@ -16,6 +16,9 @@
 #       the host's drift cancelled);
 #     gpu_tests.txt (<= 120 s): pytest -m gpu, the ExpandableSegments test with the cache
 #       emptied at apply among them;
+#   after the tests, phases_reversed_log.txt (<= 150 s): the host phases again, models in reverse
+#     order (run 9's probe found GPT-2 medium's operators twice as dear as GPT-2's, measured
+#     minutes later: the host's drift or the model?);
 #   call 2 (PENDING_ONLY="ladder_log.txt margin_log.txt offload_log.txt"):
 #     ladder/ladder_probe.json (<= 170 s): the rungs again, offloaded boundaries with spinning waits;
 #     margin_probe.json (<= 230 s): LLaMA-1B's plan at Hugging Face full checkpointing's memory
@@ -52,6 +55,10 @@ piece 600 plans_log.txt python bench/plans.py --out "$out/plans" --parts eager -
 pack
 PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 120 gpu_tests.txt python -m pytest -q -m gpu \
     -p no:cacheprovider
+pack
+mkdir -p "$out/reversed"
+piece 150 phases_reversed_log.txt python bench/host_phases_probe.py --out "$out/reversed" \
+    --models transformer-encoder,tv-resnet50,hf-bert-base,hf-gpt2-medium,mistral-8l,qwen2-shaped,hf-llama-1b,hf-gpt2
 pack
 piece 170 ladder_log.txt python bench/ladder_probe.py --out "$out/ladder"
 pack
