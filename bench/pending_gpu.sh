@@ -1,29 +1,24 @@
 #!/usr/bin/env bash
-# The GPU measurements still pending, in order of need, each under its own time limit (and the
-# budget left), packed into $OUT/pending.tar.gz after each piece. Session 10 (H100) ran the
-# allocator and offload probes and found two defects since fixed on the CPU: the offloader's
-# sleeping waits (ResNet-50 +9.9 ms) and the expandable-segments applier's check and stale cache.
-#   call 1 (PENDING_ONLY="calibrate.txt phases_log.txt plans_log.txt gpu_tests.txt", 570 s), in
-#   this order (the cheap probes first, the tests last):
+# The GPU measurements of the current code, each under its own time limit (and the budget left),
+# packed into $OUT/pending.tar.gz after each piece; PENDING_ONLY picks the pieces (their logs'
+# names). Session 11 ran call 1 on the H200 (plans run 9, the host phases, calibrate, the GPU
+# tests) and the tests and reversed phases again; what is still pending is call 2.
+#   call 1 (PENDING_ONLY="calibrate.txt phases_log.txt plans_log.txt gpu_tests.txt", 570 s):
 #     calibrate.txt (<= 40 s): `memfit calibrate` and `--host`, dry runs (nothing saved, so the
-#       plans below still use the defaults): this machine's microbenchmarks, to re-predict the
-#       plans with its calibration afterwards (bench/repredict_calibrated.py);
+#       plans below still use the defaults), for bench/repredict_calibrated.py;
 #     host_phases.json (<= 150 s): bench/host_phases_probe.py, the CPU time of each phase of
 #       the eight models' unmodified steps at a small batch (bench/fit_host_phases.py);
 #     plans/plans_eager.json: bench/plans.py's budgets of the encoder, ResNet-50, the Qwen2
-#       shape and LLaMA-1B with the current code (spinning waits, the offload price), each plan
-#       also timed in alternation with the unmodified step (--pairs 6: issue 13's +-5 points with
-#       the host's drift cancelled);
-#     gpu_tests.txt (<= 120 s): pytest -m gpu, the ExpandableSegments test with the cache
-#       emptied at apply among them;
-#   after the tests, phases_reversed_log.txt (<= 150 s): the host phases again, models in reverse
-#     order (run 9's probe found GPT-2 medium's operators twice as dear as GPT-2's, measured
-#     minutes later: the host's drift or the model?);
-#   call 2 (PENDING_ONLY="ladder_log.txt margin_log.txt offload_log.txt"):
-#     ladder/ladder_probe.json (<= 170 s): the rungs again, offloaded boundaries with spinning waits;
-#     margin_probe.json (<= 230 s): LLaMA-1B's plan at Hugging Face full checkpointing's memory
-#       against Hugging Face's checkpointing, alternated rounds (issue 11's >= 10%, on the H200 too);
-#     offload_host_probe.json (<= 150 s), allocator_settings_probe.json: as in session 10.
+#       shape and LLaMA-1B, each plan also timed in alternation with the unmodified step
+#       (--pairs 6);
+#     gpu_tests.txt (<= 120 s): pytest -m gpu;
+#     phases_reversed_log.txt (<= 150 s): the host phases again, models in reverse order;
+#   call 2 (PENDING_ONLY="ladder_log.txt offload_log.txt alloc_log.txt", about 360 s):
+#     ladder/ladder_probe.json (<= 170 s): the rungs again, offloaded boundaries with the
+#       offloader's spinning waits (run 8's ladder had sleeping ones);
+#     offload_host_probe.json (<= 150 s), allocator_settings_probe.json: as in session 10;
+#     margin_probe.json (margin_log.txt, <= 230 s): only if wanted again (run 9 measured
+#       LLaMA-1B's plan against Hugging Face's checkpointing on the H200: 10.2% less time).
 #   PYTHONPATH=src [PENDING_BUDGET_S=550] [PENDING_ONLY="..."] bash bench/pending_gpu.sh
 #   (from the repository root; .whl carried for torchao)
 set -u
