@@ -28,6 +28,7 @@ from memfit.plan.expandable import (
 )
 from memfit.plan.free_fusions import fuse_first
 from memfit.plan.frontier import FrontierPoint, margin_note, plan_frontier
+from memfit.plan.host_bound import host_bound_note
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.known_misses import recomputed_convolution_note, recomputes_convolutions
 from memfit.plan.loss_check import chunkable_loss
@@ -283,6 +284,9 @@ class Search:
         )
         if convolutions and convolutions not in self.notes:
             self.notes.append(convolutions)
+        host_bound = host_bound_note(traced.record)
+        if host_bound and host_bound not in self.notes:
+            self.notes.append(host_bound)
         return Plan(
             techniques=self.first + techniques,
             budget=self.settings.budget,

@@ -95,18 +95,25 @@ class StepRecord:
         """Per batch: forward, backward and a steady optimizer step's share (one update every
         ``batches_per_update`` batches), CPU and GPU overlapped: each operator of the traced
         passes counts ``1 / passes``, the rest ``1 / batches_per_update``."""
+        return overlapped_seconds(
+            (op.host_s * share, op.seconds * share, op.synchronises)
+            for op, share in self._per_batch()
+        )
+
+    def host_time_s(self) -> float:
+        """Per batch, the CPU's time to issue the step (as ``step_time_s`` counts operators)."""
+        return sum(op.host_s * share for op, share in self._per_batch())
+
+    def _per_batch(self) -> list[tuple[TracedOp, float]]:
+        """The steady step's operators, each with its share of one batch."""
         first_opt_only = "optimizer1" in self.marks
         ops = [op for op in self.ops if not (first_opt_only and op.stage == "optimizer0")]
         if self.passes == 1 and self.batches_per_update == 1:
-            return overlapped_seconds((op.host_s, op.seconds, op.synchronises) for op in ops)
-        shares = [
-            1 / self.passes if op.stage in _PHASE_OF_MARK else 1 / self.batches_per_update
+            return [(op, 1.0) for op in ops]
+        return [
+            (op, 1 / self.passes if op.stage in _PHASE_OF_MARK else 1 / self.batches_per_update)
             for op in ops
         ]
-        return overlapped_seconds(
-            (op.host_s * share, op.seconds * share, op.synchronises)
-            for op, share in zip(ops, shares, strict=True)
-        )
 
 
 def new_recorder(device: DeviceSpec, stack: CudaStack) -> MemoryRecorder:
