@@ -53,11 +53,6 @@ DEVICE_FIELDS = ("matmul_efficiency", "unaligned_matmul_factor", "attention_effi
                  "attention_backward_efficiency", "conv_efficiency", "bandwidth_efficiency",
                  "copy_efficiency", "reduction_efficiency", "norm_efficiency",
                  "batch_norm_efficiency", "optimizer_efficiency", "kernel_s")  # fmt: skip
-HOST_FIELDS = (
-    "host_forward_op_s", "host_backward_op_s", "host_optimizer_op_s", "host_view_op_s",
-    "host_tensor_s", "forward_backward_s", "module_call_s", "checkpoint_region_s",
-    "selective_op_s", "optimizer_step_s",
-)  # fmt: skip
 # optimizer_step (noted once a step) and host_optimizer_op_s are one column while every
 # measured step runs fused AdamW (two operators): a matrix with another optimizer separates them
 NOTED = (
@@ -69,6 +64,12 @@ NOTED = (
     "optimizer_step",
     "offload_tensor",
 )
+# the columns of _host_features, in order: per operator by phase, per view, per optimizer
+# tensor, then per note
+HOST_FIELDS = (
+    "host_forward_op_s", "host_backward_op_s", "host_optimizer_op_s", "host_view_op_s",
+    "host_tensor_s", *(f"{kind}_s" for kind in NOTED),
+)  # fmt: skip
 
 
 def trace_all(results: Path, cache: Path, only: set[str] | None) -> None:
