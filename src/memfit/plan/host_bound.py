@@ -13,8 +13,9 @@ from memfit.trace.session import StepRecord
 
 __all__ = ["HOST_BOUND_SHARE", "host_bound_note"]
 
-# the share of the predicted step the CPU's issuing must reach for the note: the encoder and
-# the Qwen2 shape of bench/plans.py are predicted at 85-99%, LLaMA-1B and ResNet-50 at 34-38%
+# the share of the predicted step the CPU's issuing must reach for the note: run 8's steps of
+# bench/plans.py (predicted for an H100), the encoder and the Qwen2 shape at 85-98%, LLaMA-1B
+# and ResNet-50 at 34-59%
 HOST_BOUND_SHARE = 0.8
 
 
