@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import warnings
 from pathlib import Path
 
 import numpy as np
@@ -36,13 +35,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import fit_costs  # noqa: E402  (importing it makes the tracer report what each operator noted)
-import memfit  # noqa: E402
-from host_phases_compare import CONFIGS, small_spec  # noqa: E402
+from host_phases_compare import CONFIGS, traced_small  # noqa: E402
 from memfit.cost.classes import CLASSES  # noqa: E402
 from memfit.measure.calibrate import REFERENCE, Microbenchmarks  # noqa: E402
-from memfit.trace.estimate import trace_step  # noqa: E402
-from models import CALIBRATION_LOSS  # noqa: E402
-from plans import MODELS  # noqa: E402
 from repredict_calibrated import first_json  # noqa: E402
 
 FIELDS = {
@@ -55,20 +50,8 @@ TRAIN = ("hf-gpt2", "hf-llama-1b", "hf-bert-base", "tv-resnet50")  # as bench/fi
 
 def counts(name: str, rows: int, micro: list, device: str) -> dict:
     """What each fitted constant multiplies, per phase, in ``name``'s traced step."""
-    loss_fn, forward = CALIBRATION_LOSS.get(name, (None, None))
     fit_costs.noted.clear()
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        traced = trace_step(
-            lambda: MODELS[name][0](False),
-            small_spec(MODELS[name][1], rows),
-            plan=[memfit.MicroBatch(micro[0])] if micro else None,
-            loss_fn=loss_fn,
-            forward=forward,
-            optimizer="adamw-fused",
-            precision="bf16-mixed",
-            device=device,
-        )
+    traced = traced_small(name, rows, micro, device)
     a = fit_costs._arrays(traced.record, fit_costs.noted[1:])
     kernel = a["kind"] != CLASSES.index("none")
     stage = a["stage"]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
 from host_phases_probe import TOKENS  # noqa: E402
-from memfit.trace.estimate import trace_step  # noqa: E402
+from memfit.trace.estimate import StepTrace, trace_step  # noqa: E402
 from models import CALIBRATION_LOSS  # noqa: E402
 from plans import MODELS  # noqa: E402
 
@@ -47,21 +47,25 @@ def small_spec(spec: str, rows: int) -> str:
     return re.sub(r"(\w+)\[([\d,]+)\]", one, spec)
 
 
-def predicted(name: str, rows: int, micro: list, device: str) -> dict:
+def traced_small(name: str, rows: int, micro: list, device: str) -> StepTrace:
+    """``name``'s step traced at the probe's small batch (micro-batched when ``micro`` says)."""
     loss_fn, forward = CALIBRATION_LOSS.get(name, (None, None))
-    plan = [memfit.MicroBatch(micro[0])] if micro else None
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        traced = trace_step(
+        return trace_step(
             lambda: MODELS[name][0](False),
             small_spec(MODELS[name][1], rows),
-            plan=plan,
+            plan=[memfit.MicroBatch(micro[0])] if micro else None,
             loss_fn=loss_fn,
             forward=forward,
             optimizer="adamw-fused",
             precision="bf16-mixed",
             device=device,
         )
+
+
+def predicted(name: str, rows: int, micro: list, device: str) -> dict:
+    traced = traced_small(name, rows, micro, device)
     record = traced.record
     steady = "optimizer1" in record.marks
     host: Counter = Counter()

@@ -282,11 +282,9 @@ class Search:
         convolutions = recomputed_convolution_note(
             self.first + techniques, traced, self.settings.margin, CONVOLUTION_MARGIN
         )
-        if convolutions and convolutions not in self.notes:
-            self.notes.append(convolutions)
-        host_bound = host_bound_note(traced.record)
-        if host_bound and host_bound not in self.notes:
-            self.notes.append(host_bound)
+        for note in (convolutions, host_bound_note(traced.record)):
+            if note and note not in self.notes:
+                self.notes.append(note)
         return Plan(
             techniques=self.first + techniques,
             budget=self.settings.budget,
