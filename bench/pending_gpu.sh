@@ -1,24 +1,22 @@
 #!/usr/bin/env bash
 # The GPU measurements of the current code, each under its own time limit (and the budget left),
 # packed into $OUT/pending.tar.gz after each piece; PENDING_ONLY picks the pieces (their logs'
-# names). Session 11 ran call 1 on the H200 (plans run 9, the host phases, calibrate, the GPU
-# tests) and the tests and reversed phases again; what is still pending is call 2.
-#   call 1 (PENDING_ONLY="calibrate.txt phases_log.txt plans_log.txt gpu_tests.txt", 570 s):
-#     calibrate.txt (<= 40 s): `memfit calibrate` and `--host`, dry runs (nothing saved, so the
-#       plans below still use the defaults), for bench/repredict_calibrated.py;
-#     host_phases.json (<= 150 s): bench/host_phases_probe.py, the CPU time of each phase of
-#       the eight models' unmodified steps at a small batch (bench/fit_host_phases.py);
-#     plans/plans_eager.json: bench/plans.py's budgets of the encoder, ResNet-50, the Qwen2
-#       shape and LLaMA-1B, each plan also timed in alternation with the unmodified step
-#       (--pairs 6);
-#     gpu_tests.txt (<= 120 s): pytest -m gpu;
-#     phases_reversed_log.txt (<= 150 s): the host phases again, models in reverse order;
+# names). Session 11 ran the host phases, calibrate and plans run 9 (call 1 of its header);
+# session 12 adds the planner's measure=N:
+#   session 12, call 1 (PENDING_ONLY="measured_log.txt gpu_tests.txt", about 540 s):
+#     measured/measured_plans.json (<= 420 s): bench/measured_plans.py, the encoder, the Qwen2
+#       shape, ResNet-50 and LLaMA-1B planned on the GPU with measure=4, against their
+#       unmodified step and Hugging Face's full checkpointing;
+#     gpu_tests.txt (<= 120 s): pytest -m gpu (tests/plan/test_measured_gpu.py is new);
 #   call 2 (PENDING_ONLY="ladder_log.txt offload_log.txt alloc_log.txt", about 360 s):
 #     ladder/ladder_probe.json (<= 170 s): the rungs again, offloaded boundaries with the
 #       offloader's spinning waits (run 8's ladder had sleeping ones);
 #     offload_host_probe.json (<= 150 s), allocator_settings_probe.json: as in session 10;
 #     margin_probe.json (margin_log.txt, <= 230 s): only if wanted again (run 9 measured
 #       LLaMA-1B's plan against Hugging Face's checkpointing on the H200: 10.2% less time).
+#   session 11's call 1 (PENDING_ONLY="calibrate.txt phases_log.txt plans_log.txt"):
+#     calibrate.txt, host_phases.json, plans/plans_eager.json (plans run 9, --pairs 6),
+#     phases_reversed_log.txt: done (bench/results/*_run9*, host_phases_h200*.json).
 #   PYTHONPATH=src [PENDING_BUDGET_S=550] [PENDING_ONLY="..."] bash bench/pending_gpu.sh
 #   (from the repository root; .whl carried for torchao)
 set -u
@@ -39,8 +37,10 @@ piece() {
     timeout "$((left < limit ? left : limit))" "$@" > "$out/$log" 2>&1
     echo "exit $?" >> "$out/$log"
 }
-mkdir -p "$dest" "$out/plans" "$out/ladder"
+mkdir -p "$dest" "$out/plans" "$out/ladder" "$out/measured"
 [ -d .whl ] && pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
+piece 420 measured_log.txt python bench/measured_plans.py --out "$out/measured"
+pack
 piece 40 calibrate.txt sh -c 'python -m memfit.cli calibrate --dry-run --format json; \
     python -m memfit.cli calibrate --host --dry-run --format json'
 piece 150 phases_log.txt python bench/host_phases_probe.py --out "$out"

@@ -100,3 +100,34 @@ def test_bad_margin_exits_2_with_the_fix(model_file, margin, capsys):
     err = capsys.readouterr().err
     assert f"margin={float(margin)!r} must be a fraction of the budget in [0, 0.5)" in err
     assert "Traceback" not in err
+
+
+def test_plan_measure_without_a_gpu_says_so_before_planning(model_file, capsys, monkeypatch):
+    import memfit.plan.measured as measured
+    from memfit.errors import DeviceError
+
+    def no_gpu():
+        raise DeviceError("device 'cuda' asks for the local GPU, but torch sees none")
+
+    monkeypatch.setattr(measured, "local_device", no_gpu)
+    code = main([*plan_args(model_file, "1GiB"), "--measure", "2"])
+    captured = capsys.readouterr()
+    assert code != 0
+    assert "torch sees none" in captured.err
+    assert "Traceback" not in captured.err
+    assert main([*plan_args(model_file, "1GiB"), "--measure", "-1"]) != 0
+    assert "-1" in capsys.readouterr().err
+
+
+def test_plan_text_shows_the_measured_choice(midway_plan):
+    import dataclasses
+
+    from memfit.plan.frontier import FrontierPoint
+    from memfit.report.plan_text import plan_text
+
+    timed = FrontierPoint("x (measured)", 2**30, 0.0123, chosen=True, measured=True)
+    points = tuple(dataclasses.replace(p, chosen=False) for p in midway_plan.frontier)
+    text = plan_text(dataclasses.replace(midway_plan, frontier=(*points, timed)))
+    assert "measured        12.3 ms a step, 1.00 GiB reserved (timed on this GPU)" in text
+    assert "the plans timed on this GPU (* chosen)" in text
+    assert "timed on this GPU" not in plan_text(midway_plan)

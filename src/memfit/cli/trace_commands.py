@@ -112,6 +112,13 @@ def estimate(
     help="GPUs of the job: more than 1 plans FSDP2 sharding; budget, memory, time and batch "
     "are per rank.",
 )
+@click.option(
+    "--measure",
+    type=click.IntRange(min=0),
+    default=0,
+    help="On a machine with the target GPU: time the chosen plan and the next N-1 fastest "
+    "predicted ones that fit, and take the fastest measured within the budget (never cached).",
+)
 def plan_command(
     fmt: str,
     quiet: bool,
@@ -123,6 +130,7 @@ def plan_command(
     margin: float | None,
     out_path: str | None,
     gpus: int,
+    measure: int,
     **options: Any,
 ) -> None:
     """Choose the fastest techniques that make MODEL's step fit --budget."""
@@ -131,7 +139,7 @@ def plan_command(
     question["gpus"] = gpus
     question["compile"] = for_compile
     question["margin"] = margin
-    key = None if no_cache else result_cache.cache_key("plan", question)
+    key = None if no_cache or measure else result_cache.cache_key("plan", question)
     if answer_from_cache(key, show=fmt == "table" and not quiet, out_path=out_path):
         return
     from pathlib import Path
@@ -154,6 +162,7 @@ def plan_command(
             compile=for_compile,
             margin=margin,
             gpus=gpus,
+            measure=measure,
             progress=bar.set_stage,
         )
     if out_path:

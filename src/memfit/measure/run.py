@@ -225,12 +225,14 @@ def _build(
     batch: Any,
     settings: StepSettings,
     precision: Precision,
+    device: torch.device | None = None,
 ) -> _GpuStep:
-    """The model and the batch on the GPU, with their optimizer and TrainStep."""
-    cuda = _run_device()
+    """The model and the batch on the GPU (or ``device``), with their optimizer and TrainStep."""
+    cuda = device or _run_device()
     # blocks cached by earlier work in this process would count in this step's reserved peak
     gc.collect()
-    torch.cuda.empty_cache()
+    if cuda.type == "cuda":
+        torch.cuda.empty_cache()
     if isinstance(model, nn.Module):
         module = model.to(cuda)
     else:

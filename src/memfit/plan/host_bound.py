@@ -30,5 +30,6 @@ def host_bound_note(record: StepRecord) -> str | None:
         f"the CPU issuing the step's operators bounds it (predicted {host_s * 1e3:.1f} of "
         f"{step_s * 1e3:.1f} ms): step times of such steps are predicted roughly and move with "
         "the machine's CPU (one configuration's overhead by up to 40 points between runs on an "
-        "H200), so time the chosen plan and its neighbours on the frontier there"
+        "H200): on that GPU, memfit.plan(..., measure=3) (memfit plan --measure 3) times the "
+        "chosen plan and the next two and keeps the fastest"
     )

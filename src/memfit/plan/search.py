@@ -28,6 +28,7 @@ from typing import Any
 from torch import nn
 
 from memfit.devices import DEFAULT_DEVICE, DeviceSpec, HostSpec, get_device
+from memfit.plan.measured import check_measure, measured_plan
 from memfit.plan.plan import Plan
 from memfit.plan.search_phases import Search
 from memfit.plan.settings import (
@@ -74,6 +75,7 @@ def plan(
     accumulate: int = 1,
     gpus: int = 1,
     stack: CudaStack = DEFAULT_STACK,
+    measure: int = 0,
     progress: Callable[[str], None] | None = None,
 ) -> Plan:
     """Choose techniques so that the step's reserved peak fits ``budget``, as fast as possible.
@@ -108,13 +110,21 @@ def plan(
             ``memfit.estimate``.
         gpus: the job's GPUs; more than 1 plans FSDP2 sharding (``memfit.plan.sharded``),
             with the budget, memory and step time per rank and ``batch`` each rank's batch.
+        measure: on a machine with the target GPU, time the chosen plan and the next
+            ``measure - 1`` fastest predicted plans that fit (2 x 5 steps each, the model put
+            back exactly afterwards) and take the fastest whose measured reserved peak stays
+            within the budget (``memfit.plan.measured``); the notes give each timing beside
+            its prediction. Default 0: predict only.
 
     Returns:
         The chosen Plan, with its prediction and the frontier of alternatives.
 
     Raises:
         InvalidInputError: for a malformed budget, or one larger than the device; ``allow``
-            names a technique that cannot run with ``clip_grad_norm``/``accumulate``/fp16.
+            names a technique that cannot run with ``clip_grad_norm``/``accumulate``/fp16;
+            ``measure`` on a machine whose GPU is not ``device``, or for a compiled or
+            sharded plan.
+        DeviceError: ``measure`` without a GPU.
         BudgetInfeasibleError: when no combination fits; says how much is missing.
 
     Known limitations:
@@ -125,6 +135,7 @@ def plan(
         * Checkpointing is planned for the first k blocks with one policy for all of them.
     """
     spec = get_device(device)
+    check_measure(measure, spec, compile=compile, gpus=gpus)
     step = StepSettings(
         loss_fn=loss_fn,
         forward=forward,
@@ -162,4 +173,5 @@ def plan(
     if note is not None:
         search.notes.append(note)
     search.notes.extend(left_out)
-    return search.run()
+    chosen = search.run()
+    return measured_plan(search, chosen, measure) if measure else chosen

@@ -20,21 +20,17 @@ from memfit.plan.baseline import (
 )
 from memfit.plan.blocks import block_stats
 from memfit.plan.candidates import Candidate, screen
+from memfit.plan.choice_notes import choice_notes
 from memfit.plan.dropped import dropped_note
-from memfit.plan.expandable import (
-    EXPANDABLE_NOTE,
-    expandable_already,
-    with_expandable_segments,
-)
+from memfit.plan.expandable import expandable_already, with_expandable_segments
 from memfit.plan.free_fusions import fuse_first
-from memfit.plan.frontier import FrontierPoint, margin_note, plan_frontier
-from memfit.plan.host_bound import host_bound_note
+from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
-from memfit.plan.known_misses import recomputed_convolution_note, recomputes_convolutions
+from memfit.plan.known_misses import recomputes_convolutions
 from memfit.plan.loss_check import chunkable_loss
+from memfit.plan.measured import Option, fitting_options
 from memfit.plan.model_state import (
     count_parameters,
-    host_note,
     infeasible_with_state,
     price_candidates,
     short_of_host,
@@ -44,15 +40,12 @@ from memfit.plan.model_state import (
 from memfit.plan.plan import Plan
 from memfit.plan.pointwise import lean_policy
 from memfit.plan.policies import block_policies, offloaded_policy
-from memfit.plan.settings import CHUNK_BYTES, COMPILE_NOTE, CONVOLUTION_MARGIN, PlanSettings
+from memfit.plan.settings import CHUNK_BYTES, COMPILE_NOTE, PlanSettings
 from memfit.plan.sharded import plan_sharded
 from memfit.plan.verify import trace_fastest_fitting
 from memfit.step.precision import Precision
 from memfit.structure.layers import batch_statistics
-from memfit.techniques import (
-    ChunkedLoss,
-    model_fingerprint,
-)
+from memfit.techniques import ChunkedLoss, model_fingerprint
 from memfit.trace.estimate import StepTrace, trace_step
 from memfit.trace.settings import StepSettings
 from memfit.trace.step_time import target_host
@@ -82,6 +75,7 @@ class Search:
         self.chunked: ChunkedLoss | None = None
         self.chunked_checked = False  # the step's loss checked once, for every base traced
         self.traced_points: list[Any] = []
+        self.options: list[Option] = []  # the chosen plan, the others that fit (measured.py)
         self.host = target_host(step, get_device(step.device))
 
     def run(self) -> Plan:
@@ -166,13 +160,12 @@ class Search:
             chosen = techniques, traced
         frontier = plan_frontier(candidates, verified, chosen, self.first_label)
         if expanded is not None:
-            self.notes.append(EXPANDABLE_NOTE)
             label = f"{before.label(self.first_label)} + expandable segments (traced)"
             peak, step_s = traced.profile.peak_reserved, traced.profile.step_time_s or 0.0
             frontier = [*frontier, FrontierPoint(label, peak, step_s, chosen=True)]
         assert chosen is not None
-        techniques, traced = chosen
-        return self.make(techniques, traced, frontier)
+        self.options = fitting_options(self, candidates, verified, chosen, frontier)
+        return self.make(*chosen, frontier)
 
     def with_model_state(self, started: float) -> Plan:
         """Climb the model-state ladder: the first level whose plan fits GPU and host."""
@@ -206,6 +199,7 @@ class Search:
         self, started: float, tried: list[tuple[str, str]], label: str
     ) -> Plan | None:
         """The plan on top of this level's traced base, if one fits GPU and host."""
+        self.options = []  # an earlier level's are not this level's plans
         short = short_of_host(self.base.profile.host_peak, self.host)
         if short is not None:
             tried.append((label, short))
@@ -270,21 +264,6 @@ class Search:
         if self.first and self.unmodified_peak:  # the candidates all fuse: show the step too
             unmodified = FrontierPoint("unmodified", self.unmodified_peak, self.baseline_s)
             frontier = [unmodified, *frontier]
-        host = host_note(traced, get_device(self.step.device), self.host)
-        if host is not None:
-            self.notes.append(host)
-        chosen_s = traced.profile.step_time_s
-        margin = chosen_s and margin_note(
-            frontier, chosen_s, self.settings.budget, self.settings.target
-        )
-        if margin:
-            self.notes.append(margin)
-        convolutions = recomputed_convolution_note(
-            self.first + techniques, traced, self.settings.margin, CONVOLUTION_MARGIN
-        )
-        for note in (convolutions, host_bound_note(traced.record)):
-            if note and note not in self.notes:
-                self.notes.append(note)
         return Plan(
             techniques=self.first + techniques,
             budget=self.settings.budget,
@@ -294,7 +273,7 @@ class Search:
             baseline_step_time_s=self.baseline_s or None,
             frontier=tuple(frontier),
             model_fingerprint=self.fingerprint,
-            notes=tuple(self.notes),
+            notes=choice_notes(self, techniques, traced, frontier),
         )
 
     def chunked_loss(self) -> ChunkedLoss | None:

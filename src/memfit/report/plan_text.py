@@ -48,6 +48,12 @@ def plan_text(plan: Plan) -> str:
         )
     elif plan.step_time_s:
         lines.append(f"step time       {plan.step_time_s * 1e3:.1f} ms predicted{rate}")
+    timed = next((p for p in plan.frontier if p.chosen and p.measured), None)
+    if timed is not None:
+        lines.append(
+            f"measured        {timed.step_time_s * 1e3:.1f} ms a step, "
+            f"{format_bytes(timed.peak_reserved)} reserved (timed on this GPU)"
+        )
     for technique in plan.techniques:
         if isinstance(technique, Sharding):
             lines += sharding_lines(technique, plan.profile)
@@ -65,7 +71,13 @@ def plan_text(plan: Plan) -> str:
         ]
         lines += [
             "",
-            "alternatives weighed: screening estimates, and the plans traced in full (* chosen)",
+            "alternatives weighed: screening estimates, the plans traced in full"
+            + (", the plans timed on this GPU" if _any_measured(plan) else "")
+            + " (* chosen)",
             format_table(("plan", "peak reserved", "step time"), rows),
         ]
     return "\n".join(lines)
+
+
+def _any_measured(plan: Plan) -> bool:
+    return any(p.measured for p in plan.frontier)
