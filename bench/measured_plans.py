@@ -2,6 +2,7 @@
 
 python bench/measured_plans.py --out DIR [--models a,b] [--measure 4] [--smoke]
     ->  DIR/measured_plans.json
+python bench/measured_plans.py --table RESULT.json   ->  the README's table
 
 For bench/plans.py's models and budgets (three fractions of the unmodified activations and
 full checkpointing's memory), each budget is planned on the GPU it runs on with ``measure=N``:
@@ -94,13 +95,62 @@ def summarize(row: dict, anchors: dict) -> dict:
     return found
 
 
+def table(path: Path) -> str:
+    """The README's table of a result file, and the counts the issue's targets need."""
+    result = json.loads(path.read_text())
+    env = result["environment"]
+    lines = [
+        f"{path.name}: {env.get('gpu')}, torch {env.get('torch')}, measure={result['measure']}, "
+        f"{result.get('total_s', 0):.0f} s, {len(result['errors'])} errors",
+        "",
+        "| model | budget | predicted choice, measured | chosen (measured) | vs predicted choice "
+        "| vs fastest that fits | reserved | planning |",
+        "|---|---|---|---|---:|---|---:|---:|",
+    ]
+    within, chosen_rows = 0, 0
+    for key, row in result["rows"].items():
+        name, label = key.split(" | ")
+        if label == "anchors":
+            for anchor, a in row.items():
+                if isinstance(a, dict):
+                    lines.append(f"| {name} | {anchor} | | {a['step_s'] * 1e3:.1f} ms | | "
+                                 f"| {a['peak_reserved'] / 2**30:.2f} GiB | |")  # fmt: skip
+            continue
+        s = row["summary"]
+        budget = f"{label}, {row['budget'] / 2**30:.2f} GiB"
+        if not s.get("chosen"):
+            lines.append(f"| {name} | {budget} | {s.get('error') or s.get('note')} | | | | | |")
+            continue
+        timed = {t["label"]: t for t in row["timed"]}
+        first = timed[s["predicted_choice"]]
+        chosen = timed[s["chosen"]]
+        fastest = "fastest" if s["vs_fastest"] <= 0 else (
+            f"{s['vs_fastest']:+.1%} vs {s['fastest_that_fits']}")  # fmt: skip
+        chosen_rows += 1
+        within += s["vs_fastest"] <= 0.05
+        lines.append(
+            f"| {name} | {budget} | {s['predicted_choice']}, {first['step_s'] * 1e3:.1f} ms | "
+            f"{s['chosen']}, {chosen['step_s'] * 1e3:.1f} ms | {s['vs_predicted_choice']:+.1%} | "
+            f"{fastest} | {chosen['peak_reserved'] / 2**30:.2f} GiB | {row['plan_s']:.0f} s |"
+        )
+    lines += ["", f"- chosen plan within 5% of the fastest measured that fits: {within} of "
+              f"{chosen_rows}"]  # fmt: skip
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", required=True, type=Path)
+    parser.add_argument("--table", type=Path, help="print the table of this result file")
+    parser.add_argument("--out", type=Path)
     parser.add_argument("--models", default=",".join(ORDER))
     parser.add_argument("--measure", type=int, default=4)
     parser.add_argument("--smoke", action="store_true", help="tiny models on the CPU")
     args = parser.parse_args()
+    if args.table:
+        print(table(args.table))
+        return
+    if args.out is None:
+        parser.error("--out DIR is required (or --table RESULT.json)")
     device = "cpu" if args.smoke else "cuda"
     if device == "cuda" and not torch.cuda.is_available():
         parser.error("no CUDA GPU here; use --smoke to test the script on a CPU")
