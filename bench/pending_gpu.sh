@@ -4,7 +4,7 @@
 # names). Session 11 ran the host phases, calibrate and plans run 9 (call 1 of its header);
 # session 12 adds the planner's measure=N:
 #   session 12, call 1 (PENDING_ONLY="measured_log.txt gpu_tests.txt", about 540 s):
-#     measured/measured_plans.json (<= 420 s): bench/measured_plans.py, the encoder, the Qwen2
+#     measured/measured_plans.json (<= 480 s): bench/measured_plans.py, the encoder, the Qwen2
 #       shape, ResNet-50 and LLaMA-1B planned on the GPU with measure=4, against their
 #       unmodified step and Hugging Face's full checkpointing;
 #     gpu_tests.txt (<= 120 s): pytest -m gpu (tests/plan/test_measured_gpu.py is new);
@@ -39,7 +39,7 @@ piece() {
 }
 mkdir -p "$dest" "$out/plans" "$out/ladder" "$out/measured"
 [ -d .whl ] && pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
-piece 420 measured_log.txt python bench/measured_plans.py --out "$out/measured"
+piece 480 measured_log.txt python bench/measured_plans.py --out "$out/measured"
 pack
 piece 40 calibrate.txt sh -c 'python -m memfit.cli calibrate --dry-run --format json; \
     python -m memfit.cli calibrate --host --dry-run --format json'
