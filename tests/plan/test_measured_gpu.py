@@ -11,7 +11,7 @@ from memfit.techniques import Checkpoint
 
 from .helpers import build
 
-BATCH = "input_ids=int64[32,256]<1000 labels=int64[32,256]<1000"
+BATCH = "input_ids=int64[64,128]<1000 labels=int64[64,128]<1000"  # 128 positions
 
 
 @pytest.mark.gpu
