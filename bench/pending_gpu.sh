@@ -3,15 +3,16 @@
 # packed into $OUT/pending.tar.gz after each piece; PENDING_ONLY picks the pieces (their logs'
 # names). Session 11 ran the host phases, calibrate and plans run 9 (call 1 of its header);
 # session 12 adds the planner's measure=N:
-#   session 12, call 1 (PENDING_ONLY="measured_log.txt gpu_tests.txt", about 540 s):
-#     measured/measured_plans.json (<= 480 s): bench/measured_plans.py, the encoder, the Qwen2
-#       shape, ResNet-50 and LLaMA-1B planned on the GPU with measure=4, against their
-#       unmodified step and Hugging Face's full checkpointing;
-#     gpu_tests.txt (<= 120 s): pytest -m gpu (tests/plan/test_measured_gpu.py is new);
-#   call 2 (PENDING_ONLY="ladder_log.txt offload_log.txt alloc_log.txt", about 360 s):
-#     ladder/ladder_probe.json (<= 170 s): the rungs again, offloaded boundaries with the
+#   session 12 ran, on an H100: measured/measured_plans.json (bench/measured_plans.py: the
+#     encoder, the Qwen2 shape, ResNet-50 and LLaMA-1B planned on the GPU with measure=4,
+#     against their unmodified step and Hugging Face's full checkpointing; <= 480 s;
+#     PENDING_ONLY="measured_log.txt"), the GPU tests, and call 2 below
+#     (bench/results/*_h100_run*.json of 5 December, afternoon). Nothing is pending; on an
+#     H200, measured_log.txt would give the same table for the GPU of plans run 9.
+#   call 2 (PENDING_ONLY="ladder_log.txt offload_log.txt alloc_log.txt", about 130 s):
+#     ladder/ladder_probe.json (<= 170 s): the rungs, offloaded boundaries with the
 #       offloader's spinning waits (run 8's ladder had sleeping ones);
-#     offload_host_probe.json (<= 150 s), allocator_settings_probe.json: as in session 10;
+#     offload_host_probe.json (<= 150 s), allocator_settings_probe.json;
 #     margin_probe.json (margin_log.txt, <= 230 s): only if wanted again (run 9 measured
 #       LLaMA-1B's plan against Hugging Face's checkpointing on the H200: 10.2% less time).
 #   session 11's call 1 (PENDING_ONLY="calibrate.txt phases_log.txt plans_log.txt"):
