@@ -193,17 +193,18 @@ def measured_note(
             f"{option.label}: {timing.step_s * 1e3:.1f} ms ({predicted}), "
             f"{format_bytes(timing.peak_reserved)} reserved{over}"
         )
-    steps = len(timings[0].steps_s) if timings and timings[0].steps_s else 0
+    steps = max(len(t.steps_s) for t in timings)
     head = f"timed on this GPU ({gpu}; median of {steps} steps each): " + "; ".join(parts)
     if best is None:
         return head + (
             f"; none stayed within the budget of {format_bytes(budget)}, so the predicted "
-            f"choice stands: plan with a lower budget or a larger margin"
+            f"choice stands: plan with a larger margin (margin=0.05, --margin 0.05) to aim "
+            f"further below it"
         )
     if best == 0:
         return head + "; the predicted choice is the fastest measured"
-    faster = timings[0].step_s and timings[best].step_s
-    gain = f", {1 - faster / timings[0].step_s:.0%} faster" if faster and timings[0].step_s else ""
+    first, chosen_s = timings[0].step_s, timings[best].step_s
+    gain = f", {1 - chosen_s / first:.0%} faster" if first and chosen_s else ""
     return head + f"; chose {options[best].label}, the fastest measured within the budget{gain}"
 
 
