@@ -115,3 +115,24 @@ def test_when_the_predicted_choice_is_fastest_it_stays(monkeypatch, midway) -> N
     assert plan.techniques == predicted.techniques
     assert plan.notes[-1].endswith("the predicted choice is the fastest measured")
     assert [p.measured for p in plan.frontier if p.chosen] == [True]
+
+
+def test_a_model_that_cannot_run_here_keeps_the_predicted_plan_with_a_note(
+    monkeypatch, midway
+) -> None:
+    import torch
+
+    monkeypatch.setattr(measured, "local_device", lambda: get_device(DEFAULT_DEVICE))
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(timing, "time_plans", out_of_memory)
+    predicted = memfit.plan(build, BATCH, budget=midway)
+    plan = memfit.plan(build, BATCH, budget=midway, measure=2)
+    assert plan.techniques == predicted.techniques
+    assert plan.notes[-1] == (
+        "could not time the plans on this GPU (CUDA out of memory. Tried to allocate 2.00 GiB); "
+        "the plan is the predicted choice"
+    )
+    assert not any(p.measured for p in plan.frontier)

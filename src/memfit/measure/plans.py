@@ -39,7 +39,7 @@ from memfit.step.undo import applied, undo_all
 from memfit.trace.inputs import resolve
 from memfit.trace.settings import StepSettings
 
-__all__ = ["PlanTiming", "time_plans", "ROUNDS", "WARMUP"]
+__all__ = ["PlanTiming", "time_plans", "first_line", "ROUNDS", "WARMUP"]
 
 ROUNDS = 2
 """Visits of each plan (the second round in reverse order)."""
@@ -179,10 +179,10 @@ def _visit(
                 undo_all(gpu.module)
     except torch.OutOfMemoryError as error:
         traceback.clear_frames(error.__traceback__)  # the failed step's tensors go now
-        runs.error = f"out of memory ({_first_line(error)})"
+        runs.error = f"out of memory ({first_line(error)})"
         return
     except Exception as error:  # an applier's or the step's: reported, the others still run
-        runs.error = f"{type(error).__name__}: {_first_line(error)}"
+        runs.error = f"{type(error).__name__}: {first_line(error)}"
         return
     runs.steps_s = [*(runs.steps_s or []), *timed]
     runs.peak = max(runs.peak, peak)
@@ -209,6 +209,7 @@ def _release(device: torch.device) -> None:
         torch.cuda.empty_cache()
 
 
-def _first_line(error: BaseException) -> str:
+def first_line(error: BaseException) -> str:
+    """An error's first line (its type's name when it has no message)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from memfit.devices import DeviceSpec, local_device
-from memfit.errors import InvalidInputError
+from memfit.errors import InvalidInputError, MemfitError
 from memfit.plan.choice_notes import choice_notes
 from memfit.plan.frontier import FrontierPoint
 from memfit.plan.plan import Plan
@@ -129,17 +129,26 @@ def measured_plan(search: Any, plan: Plan, count: int) -> Plan:
     options = search.options[:count]
     if not options:
         return plan  # it fitted unmodified (or with its fusions alone): nothing to choose
-    from memfit.measure.plans import time_plans  # imports torch's CUDA side: only when asked
+    import torch
+
+    from memfit.measure.plans import first_line, time_plans  # memfit.apply: only when asked
 
     search.report(f"timing {len(options)} plan(s) on this GPU")
-    timings = time_plans(
-        search.model,
-        search.batch,
-        search.step,
-        [(o.label, search.first + o.techniques) for o in options],
-        steps=STEPS,
-        progress=search.report,
-    )
+    try:
+        timings = time_plans(
+            search.model,
+            search.batch,
+            search.step,
+            [(o.label, search.first + o.techniques) for o in options],
+            steps=STEPS,
+            progress=search.report,
+        )
+    except (torch.OutOfMemoryError, MemfitError) as error:  # e.g. the model alone does not fit
+        note = (
+            f"could not time the plans on this GPU ({first_line(error)}); the plan is the "
+            f"predicted choice"
+        )
+        return dataclasses.replace(plan, notes=(*plan.notes, note))
     best = choose(options, timings, plan.budget)
     note = measured_note(options, timings, best, plan.budget, local_device().display_name)
     measured = [
