@@ -30,6 +30,7 @@ __all__ = [
     "SHAPES",
     "calibrate",
     "calibration_from",
+    "event_seconds",
     "run_microbenchmarks",
 ]
 
@@ -123,18 +124,20 @@ def calibration_from(
     return replace(defaults, **scaled, device=spec.name)
 
 
+def event_seconds(fn: Callable[[], object]) -> float:
+    """The seconds of one call of ``fn`` on the current CUDA stream, by CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3
+
+
 def _median_seconds(fn: Callable[[], object], repeats: int) -> float:
     for _ in range(3):
         fn()
-    times = []
-    for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end) / 1e3)
-    return statistics.median(times)
+    return statistics.median(event_seconds(fn) for _ in range(repeats))
 
 
 def _matmul_seconds(n: int, dtype: torch.dtype) -> float:

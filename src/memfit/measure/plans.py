@@ -32,6 +32,7 @@ from torch import nn
 
 from memfit.apply import apply
 from memfit.errors import DeviceError, InvalidInputError
+from memfit.measure.calibrate import event_seconds
 from memfit.measure.run import _build, _GpuStep
 from memfit.step.kept_state import KeptState
 from memfit.step.precision import Precision
@@ -190,16 +191,11 @@ def _visit(
 
 def _seconds(step: Callable[[Any], Any], example: Any, cuda: bool) -> float:
     """One step's time: CUDA events on a GPU, the wall clock elsewhere."""
-    if not cuda:
-        started = time.perf_counter()
-        step(example)
-        return time.perf_counter() - started
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
+    if cuda:
+        return event_seconds(lambda: step(example))
+    started = time.perf_counter()
     step(example)
-    end.record()
-    end.synchronize()
-    return start.elapsed_time(end) / 1e3
+    return time.perf_counter() - started
 
 
 def _release(device: torch.device) -> None:

@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from memfit.trace.estimate import StepTrace
 
 __all__ = [
+    "Found",
     "Option",
     "check_measure",
     "fitting_options",
@@ -90,17 +91,23 @@ def check_measure(measure: int, device: DeviceSpec, *, compile: bool, gpus: int)
         )
 
 
-def fitting_options(
-    search: Any,
-    candidates: Sequence[Candidate],
-    verified: Verified,
-    chosen: tuple[tuple[Any, ...], StepTrace],
-    frontier: Sequence[FrontierPoint],
-) -> list[Option]:
+@dataclass(frozen=True)
+class Found:
+    """What an activation search weighed (``Search.found``): its candidates, what tracing
+    learnt, the chosen plan (techniques, trace) and the frontier shown."""
+
+    candidates: Sequence[Candidate]
+    verified: Verified
+    chosen: tuple[tuple[Any, ...], StepTrace]
+    frontier: Sequence[FrontierPoint]
+
+
+def fitting_options(search: Any, found: Found) -> list[Option]:
     """The chosen plan of ``search`` (a ``search_phases.Search``), then every other candidate
     predicted to fit, fastest first: traced ones by their trace, the others by screening (as
     the search corrected it)."""
-    techniques, traced = chosen
+    candidates, verified, frontier = found.candidates, found.verified, found.frontier
+    techniques, traced = found.chosen
     chosen_label = next(p.label for p in frontier if p.chosen).removesuffix(" (traced)")
     first = Option(chosen_label, techniques, traced.profile.peak_reserved, _seconds(traced), traced)
     others: dict[str, Option] = {}
@@ -126,9 +133,9 @@ def fitting_options(
 def measured_plan(search: Any, plan: Plan, count: int) -> Plan:
     """``plan`` (``search``'s) after timing it and the next ``count - 1`` fastest fitting
     options on this GPU."""
-    options = search.options[:count]
-    if not options:
+    if search.found is None:
         return plan  # it fitted unmodified (or with its fusions alone): nothing to choose
+    options = fitting_options(search, search.found)[:count]
     import torch
 
     from memfit.measure.plans import first_line, time_plans  # memfit.apply: only when asked

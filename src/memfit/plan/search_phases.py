@@ -28,7 +28,7 @@ from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.known_misses import recomputes_convolutions
 from memfit.plan.loss_check import chunkable_loss
-from memfit.plan.measured import Option, fitting_options
+from memfit.plan.measured import Found
 from memfit.plan.model_state import (
     count_parameters,
     infeasible_with_state,
@@ -75,7 +75,7 @@ class Search:
         self.chunked: ChunkedLoss | None = None
         self.chunked_checked = False  # the step's loss checked once, for every base traced
         self.traced_points: list[Any] = []
-        self.options: list[Option] = []  # the chosen plan, the others that fit (measured.py)
+        self.found: Found | None = None  # what the last activation search weighed (measured.py)
         self.host = target_host(step, get_device(step.device))
 
     def run(self) -> Plan:
@@ -164,7 +164,7 @@ class Search:
             peak, step_s = traced.profile.peak_reserved, traced.profile.step_time_s or 0.0
             frontier = [*frontier, FrontierPoint(label, peak, step_s, chosen=True)]
         assert chosen is not None
-        self.options = fitting_options(self, candidates, verified, chosen, frontier)
+        self.found = Found(candidates, verified, chosen, frontier)
         return self.make(*chosen, frontier)
 
     def with_model_state(self, started: float) -> Plan:
@@ -199,7 +199,7 @@ class Search:
         self, started: float, tried: list[tuple[str, str]], label: str
     ) -> Plan | None:
         """The plan on top of this level's traced base, if one fits GPU and host."""
-        self.options = []  # an earlier level's are not this level's plans
+        self.found = None  # an earlier level's plans are not this level's
         short = short_of_host(self.base.profile.host_peak, self.host)
         if short is not None:
             tried.append((label, short))
