@@ -3,6 +3,8 @@
 # packed into $OUT/pending.tar.gz after each piece; PENDING_ONLY picks the pieces (their logs'
 # names). Session 11 ran the host phases, calibrate and plans run 9 (call 1 of its header);
 # session 12 adds the planner's measure=N:
+#   session 13 ran, outside this script: bench/lean_scope_probe.py (Qwen2 shape, H100; the encoder
+#     and GPT-2, H200) and bench/measured_plans.py runs 3 and 4 (Qwen2 shape and encoder, H100).
 #   session 12 ran, on an H100: measured/measured_plans.json (bench/measured_plans.py: the
 #     encoder, the Qwen2 shape, ResNet-50 and LLaMA-1B planned on the GPU with measure=4,
 #     against their unmodified step and Hugging Face's full checkpointing; <= 480 s;

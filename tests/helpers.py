@@ -229,3 +229,15 @@ class StorageTracker(TorchDispatchMode):
 
     def alive(self) -> list[Storage]:
         return [s for s in self.storages if not s.ref.expired()]
+
+
+def price_host(monkeypatch: Any, **fields: float) -> None:
+    """Make the tracer price with the default calibration and ``fields`` replaced (say
+    ``offload_tensor_s=1.0``: a second a tensor, so that the step becomes the CPU's)."""
+    import dataclasses
+
+    import memfit.trace.step_phases as step_phases
+    from memfit.cost.calibration import Calibration
+
+    priced = dataclasses.replace(Calibration(), **fields)
+    monkeypatch.setattr(step_phases, "load_calibration", lambda spec: priced)

@@ -147,7 +147,17 @@ class LeanAutocast:
     the forward ends, and autograd keeps it until backward has used it: a second, half-size set
     of weights alive through the step. With this technique the cache is off and backward casts
     the weight again from the float32 parameter (the same deterministic cast: bit-identical).
+
+    Attributes:
+        modules: fnmatch patterns of the modules whose weight copies are not kept (the planner
+            names its lean blocks); empty: the whole model. Autocast's cache is off for the
+            whole step either way.
     """
+
+    modules: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        _patterns(self, "modules")
 
 
 @dataclass(frozen=True)

@@ -183,7 +183,7 @@ TABLE: tuple[TechniqueInfo, ...] = (
     TechniqueInfo(
         LeanAutocast, "lean_autocast", Exactness.IDENTICAL, planned=True,
         applier="memfit.apply.lean_autocast",
-        label=lambda t: "lean autocast",
+        label=lambda t: "lean autocast" + (f" {_compact(t.modules)}" if t.modules else ""),
         summary="keep no low-precision weight copies from forward to backward",
     ),
     TechniqueInfo(

@@ -6,19 +6,16 @@ same hooks, grouping and prefetching as on a GPU (only the side stream is missin
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 import torch
 from torch import nn
 
 import memfit
-import memfit.trace.step_phases as step_phases
 from memfit.errors import InvalidInputError, UnsupportedModelError
 from memfit.step.host_activations import _LAG
 from memfit.step.undo import applied
 from memfit.techniques import Checkpoint, OffloadActivations
-from tests.helpers import VOCAB, tiny_llama
+from tests.helpers import VOCAB, price_host, tiny_llama
 
 LAYERS = ("layers.*",)
 
@@ -132,14 +129,9 @@ def test_each_moved_tensor_is_priced_on_the_host(monkeypatch: pytest.MonkeyPatch
     makes the step the CPU's, so the four boundaries add four seconds to the predicted step."""
     batch = "input_ids=int64[4,512]<97 labels=int64[4,512]<97"
     plan = [Checkpoint(modules=LAYERS), OffloadActivations(modules=LAYERS)]
-    default = step_phases.load_calibration
     times = {}
     for price in (0.0, 1.0):
-        monkeypatch.setattr(
-            step_phases,
-            "load_calibration",
-            lambda spec, price=price: dataclasses.replace(default(spec), offload_tensor_s=price),
-        )
+        price_host(monkeypatch, offload_tensor_s=price)
         times[price] = memfit.estimate(
             _llama, batch, plan=plan, precision="fp32", optimizer=None
         ).step_time_s

@@ -18,7 +18,7 @@ def test_full_blocks_with_lean_rest_fuse_every_mlp_before_checkpointing():
     techniques = candidate(FULL, ("b.0",), rest=("b.1", "b.2")).techniques(ChunkedLoss(1))
     assert techniques == (
         FusedGatedMLP(modules=("b.0.mlp", "b.1.mlp", "b.2.mlp")),
-        LeanAutocast(),
+        LeanAutocast(modules=("b.1", "b.2")),  # the lean blocks only: the others keep nothing
         Checkpoint(modules=("b.0",)),
         Checkpoint(modules=("b.1.norm", "b.2.norm")),
     )
@@ -29,7 +29,7 @@ def test_all_blocks_lean():
     techniques = candidate(LEAN, ("b.0", "b.1")).techniques(ChunkedLoss(1))
     assert techniques == (
         FusedGatedMLP(modules=("b.0.mlp", "b.1.mlp")),
-        LeanAutocast(),
+        LeanAutocast(modules=("b.0", "b.1")),
         Checkpoint(modules=("b.0.norm", "b.1.norm")),
     )
 

@@ -15,7 +15,15 @@ from memfit.step.lean_saving import lean_saving
 from memfit.step.registry import apply_techniques
 from memfit.step.undo import undo_all
 from memfit.techniques import Checkpoint, FusedGatedMLP, LeanAutocast
-from tests.helpers import VOCAB, StorageTracker, hf_gpt2, hf_llama, tiny_llama, token_batch
+from tests.helpers import (
+    VOCAB,
+    StorageTracker,
+    hf_gpt2,
+    hf_llama,
+    price_host,
+    tiny_llama,
+    token_batch,
+)
 
 GATED = FusedGatedMLP(modules=("**.mlp",))
 
@@ -31,8 +39,13 @@ def step_grads(model: nn.Module, techniques: list, precision: str, batch: dict) 
 @pytest.mark.parametrize("precision", ["fp32", "bf16-mixed"])
 @pytest.mark.parametrize(
     "techniques",
-    [[GATED], [LeanAutocast()], [GATED, LeanAutocast(), Checkpoint(modules=("model.layers.0",))]],
-    ids=["gated", "lean-autocast", "both+checkpoint"],
+    [
+        [GATED],
+        [LeanAutocast()],
+        [LeanAutocast(modules=("model.layers.1",))],
+        [GATED, LeanAutocast(), Checkpoint(modules=("model.layers.0",))],
+    ],
+    ids=["gated", "lean-autocast", "lean-one-block", "both+checkpoint"],
 )
 def test_gradients_are_bit_identical(techniques, precision):
     model, batch = hf_llama(), token_batch()
@@ -93,6 +106,71 @@ def test_the_hooks_store_recipes_for_all_three_kinds(monkeypatch):
     step_grads(hf_llama(), [GATED, LeanAutocast()], "bf16-mixed", token_batch())
     # weights cast again; k and v share q's input cast, up shares gate's; gated products
     assert {"_Recast", "Tensor", "_Recompute"} <= set(kinds)
+
+
+def recast_weights(techniques: list) -> list[tuple[int, ...]]:
+    """The shapes of the weights one bf16 step keeps as recipes (cast again in backward)."""
+    import memfit.step.lean_saving as lean
+
+    shapes: list[tuple[int, ...]] = []
+    original = lean._pack
+
+    def counting(state, saved):
+        packed = original(state, saved)
+        if packed is not saved and isinstance(packed.inner, lean._Recast):
+            shapes.append(tuple(packed.inner.param.shape))
+        return packed
+
+    lean._pack = counting
+    try:
+        step_grads(hf_llama(), techniques, "bf16-mixed", token_batch())
+    finally:
+        lean._pack = original
+    return shapes
+
+
+def test_lean_modules_recast_only_their_own_weights():
+    model = hf_llama()
+    everywhere = recast_weights([LeanAutocast()])
+    one_block = recast_weights([LeanAutocast(modules=("model.layers.0",))])
+    block_weights = {tuple(p.shape) for p in model.model.layers[0].parameters() if p.dim() == 2}
+    # every linear layer of every block and the head, against the seven of block 0
+    assert len(everywhere) > len(one_block) == 7
+    assert set(one_block) <= block_weights
+
+
+def test_lean_modules_undo_removes_their_hooks():
+    model, context = hf_llama(), ApplyContext()
+    block = model.model.layers[0]
+    apply_techniques(model, [LeanAutocast(modules=("model.layers.0",))], context=context)
+    assert context.lean_autocast and block._forward_pre_hooks and block._forward_hooks
+    undo_all(model)
+    assert not (context.lean_autocast or block._forward_pre_hooks or block._forward_hooks)
+
+
+def test_lean_modules_must_name_modules_of_the_model():
+    with pytest.raises(InvalidInputError, match="LeanAutocast pattern 'model.blocks.0'"):
+        apply_techniques(
+            hf_llama(), [LeanAutocast(modules=("model.blocks.0",))], context=ApplyContext()
+        )
+
+
+def test_the_hooks_are_priced_per_saved_tensor(monkeypatch):
+    """``Calibration.lean_tensor_s`` per tensor the hooks see: at a second a tensor the step
+    is the CPU's, so the predicted step grows by about the number of tensors saved."""
+    import memfit.step.lean_saving as lean
+
+    seen = []
+    original = lean._pack
+    monkeypatch.setattr(lean, "_pack", lambda state, s: seen.append(1) or original(state, s))
+    times = {}
+    for price in (0.0, 1.0):
+        price_host(monkeypatch, lean_tensor_s=price, lean_recipe_s=0.0)
+        seen.clear()
+        times[price] = memfit.estimate(
+            hf_llama, token_batch(), plan=[LeanAutocast()], precision="bf16-mixed"
+        ).step_time_s
+    assert seen and times[1.0] - times[0.0] == pytest.approx(len(seen), rel=0.05)
 
 
 def test_a_weight_changed_between_forward_and_backward_raises():

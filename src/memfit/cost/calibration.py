@@ -77,6 +77,10 @@ class Calibration:
             Python hook, which runs the recomputation and packs its outputs again).
         offload_tensor_s: per tensor ``OffloadActivations`` moves to the host and back, in
             forward and backward together, added to the CPU's time.
+        lean_tensor_s: per tensor autograd saves while ``LeanAutocast`` or ``FusedGatedMLP``
+            is in force (``memfit.step.lean_saving``'s hooks, in forward and backward
+            together), added to the CPU's time; ``lean_recipe_s`` more per tensor they store
+            as a recipe (a weight cast again, a shared cast, a gated product).
     """
 
     matmul_efficiency: float = 0.90
@@ -129,6 +133,14 @@ class Calibration:
     # the offloader's sleeping waits; with spinning ones the encoder still spent 0.87 ms a
     # tensor more (48.9 against 43.7 ms, six tensors, bench/results/offload_host_probe_h100.json)
     offload_tensor_s: float = 0.5e-3
+    # fitted (`python bench/fit_lean.py fit`) on the Qwen2 shape's alternated steps with lean
+    # autocast on the whole model, on every block and on one block against the unmodified
+    # step (+21.1 / +18.6 / +10.4% on an H100 whose CPU ran the unmodified step 1.33 times
+    # slower than the defaults' machine; bench/results/lean_scope_probe_h100_run1.json): priced
+    # within 1.3 ms of each. Unpriced, the planner took `lean x1` on that model for a step
+    # measured 21% slower than `full ckpt x1` (plans run 1 of bench/measured_plans.py)
+    lean_tensor_s: float = 11e-6
+    lean_recipe_s: float = 32e-6
     device: str = ""
 
 

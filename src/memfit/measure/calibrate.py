@@ -99,6 +99,8 @@ SCALED_BY = {
     "selective_op_s": "host",
     "recompute_op_s": "host",
     "offload_tensor_s": "host",
+    "lean_tensor_s": "host",
+    "lean_recipe_s": "host",
 }
 SHAPES = ("matmul_tile", "unaligned_matmul_factor")
 

@@ -77,7 +77,7 @@ class Candidate:
             modules = tuple(f"{b}.{sub}" for b in full + lean_blocks for sub in lean.gated)
             found.append(FusedGatedMLP(modules=modules))
         if lean is not None and lean.lean_autocast:
-            found.append(LeanAutocast())
+            found.append(LeanAutocast(modules=lean_blocks))
         if self.blocks and self.policy.kind in ("full", "selective", "offloaded"):
             found.append(Checkpoint(modules=self.blocks, save=self.policy.save))
         if self.blocks and self.policy.kind == "offloaded":  # after the Checkpoint it wraps

@@ -133,7 +133,7 @@ def lean_policy(
     if gated:
         techniques.append(FusedGatedMLP(modules=tuple(f"{b}.{g}" for b in blocks for g in gated)))
     if lean_autocast:
-        techniques.append(LeanAutocast())
+        techniques.append(LeanAutocast(modules=tuple(blocks)))
     if submodules:
         techniques.append(Checkpoint(modules=tuple(f"{b}.{s}" for b in blocks for s in submodules)))
     try:

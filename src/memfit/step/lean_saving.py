@@ -19,6 +19,14 @@ of tensors that outlive the step anyway. ``lean_saving`` is a
 Each recipe gives back the same values (casts and elementwise kernels are deterministic), so
 gradients are bit-identical. Inside checkpointed modules checkpointing's own hooks take over.
 
+Weight and repeated casts are stored as recipes only while a lean module runs its forward
+(``lean_modules``: ``LeanAutocast``'s modules, the whole model by default); gated products
+wherever they are. The hooks run Python for every tensor autograd saves in forward and again in
+backward, and more for each recipe, which the step-time model prices
+(``Calibration.lean_tensor_s``, ``lean_recipe_s``). On a step the CPU bounds that is step time:
+on an H100 the Qwen2 shape (973 tensors, 241 recipes) ran 21% slower with the whole model
+lean, 10% with one block (bench/results/lean_scope_probe_h100_run1.json).
+
 Known limitations:
     * A parameter changed in place between forward and backward (its version counter moves)
       raises rather than giving wrong gradients.
@@ -35,7 +43,7 @@ import contextlib
 import threading
 import warnings
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,11 +51,14 @@ import torch
 from torch import nn
 
 from memfit.errors import MemfitError
+from memfit.step.overhead import note as note_overhead
+from memfit.step.undo import UndoFn
 
-__all__ = ["lean_saving", "recomputable", "warn_if_compiled"]
+__all__ = ["lean_saving", "lean_modules", "recomputable", "warn_if_compiled"]
 
 _LOW = (torch.bfloat16, torch.float16)
-_ACTIVE = threading.local()  # .state: the _State of the innermost lean_saving, if any
+# .state: the _State of the innermost lean_saving, if any; .depth: lean modules running forward
+_ACTIVE = threading.local()
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,7 @@ class _Recompute:
 class _State:
     weights: bool
     shared: bool
+    scoped: bool  # weight and repeated casts only inside ``lean_modules``
     # weak references throughout, so that nothing here outlives what autograd keeps (inside a
     # checkpointed module autograd keeps none of these tensors)
     casts: dict[tuple[int, int, torch.dtype], tuple[Any, weakref.ref]] = field(default_factory=dict)
@@ -149,15 +161,19 @@ def _recompute(function: Callable[..., torch.Tensor], held: tuple) -> _Recompute
 
 
 def _pack(state: _State, saved: torch.Tensor) -> Any:
+    note_overhead("lean_tensor")  # this hook and its unpack: Python per saved tensor
     # recipes rebuild the tensor a saved view looks at; the view is taken again on unpack
     base = saved._base if saved._is_view() else saved
-    if base is None or base.storage_offset() != 0 or not base.is_contiguous():
+    if base is None:
         return saved
-    recipe = state.recipes.get(id(base))
+    recipe = state.recipes.get(id(base)) if state.recipes else None
+    lean = base.dtype in _LOW and (not state.scoped or getattr(_ACTIVE, "depth", 0) > 0)
+    if (recipe is None and not lean) or base.storage_offset() != 0 or not base.is_contiguous():
+        return saved
     packed: Any = None
     if recipe is not None and recipe[0]() is base:
         packed = _recompute(recipe[1], recipe[2])
-    elif base.dtype in _LOW:
+    elif lean:
         param = _weight_of(base) if state.weights else None
         if param is not None:
             packed = _Recast(param, base.dtype, param._version)
@@ -165,6 +181,7 @@ def _pack(state: _State, saved: torch.Tensor) -> Any:
             packed = _shared_cast(state, base)
     if packed is None:
         return saved
+    note_overhead("lean_recipe")  # and its unpack's Python in backward (its kernels are priced)
     size, stride = tuple(saved.size()), tuple(saved.stride())
     return _View(packed, size, stride, int(saved.storage_offset()))
 
@@ -189,16 +206,46 @@ def _unpack(packed: Any) -> torch.Tensor:
     return base.as_strided(packed.size, packed.stride, packed.offset)
 
 
+def lean_modules(modules: Sequence[nn.Module]) -> UndoFn:
+    """Make the casts saved while any of ``modules`` runs forward recipes; return the undo.
+
+    A forward pre-hook and an always-called forward hook count the lean modules running (per
+    thread); ``lean_saving`` stores weight and repeated casts only while the count is above 0.
+    """
+    handles = []
+    for module in modules:
+        handles.append(module.register_forward_pre_hook(_enter_lean))
+        handles.append(module.register_forward_hook(_leave_lean, always_call=True))
+
+    def undo() -> None:
+        for handle in handles:
+            handle.remove()
+
+    return undo
+
+
+def _enter_lean(module: nn.Module, args: Any) -> None:
+    _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
+
+
+def _leave_lean(module: nn.Module, args: Any, output: Any) -> None:
+    _ACTIVE.depth = max(0, getattr(_ACTIVE, "depth", 0) - 1)
+
+
 @contextlib.contextmanager
-def lean_saving(*, weights: bool = True, shared: bool = True) -> Iterator[None]:
+def lean_saving(
+    *, weights: bool = True, shared: bool = True, scoped: bool = False
+) -> Iterator[None]:
     """Within, autograd keeps recipes for the copies above (all three kinds by default).
 
     Args:
         weights: store weight casts as their float32 parameters (the step must also run
             autocast with ``cache_enabled=False``).
         shared: store repeated casts of one activation once.
+        scoped: store those two only while a module of ``lean_modules`` runs forward (gated
+            products are stored wherever they are).
     """
-    state = _State(weights, shared)
+    state = _State(weights, shared, scoped)
     outer = getattr(_ACTIVE, "state", None)
     _ACTIVE.state = state
     try:

@@ -175,7 +175,7 @@ class TrainStep:
             return contextlib.nullcontext()
         warn_if_compiled(model_module(self.model))
         lean = self.lean_autocast
-        return lean_saving(weights=lean, shared=lean)
+        return lean_saving(weights=lean, shared=lean, scoped=True)  # LeanAutocast's modules
 
     def optimizer_step(self) -> None:
         """Apply the accumulated gradients, then set them to None."""
