@@ -1,6 +1,6 @@
 """What LeanAutocast's saved-tensor hooks cost the CPU, whole-model against one block's.
 
-python bench/lean_scope_probe.py --out DIR [--models a,b] [--pairs N] [--smoke]
+python bench/lean_scope_probe.py --out DIR [--models a,b] [--only "a;b"] [--pairs N] [--smoke]
     ->  DIR/lean_scope_probe.json (written after each configuration)
 
 ``memfit.step.lean_saving`` runs Python for every tensor autograd saves while ``LeanAutocast``
@@ -90,6 +90,7 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     parser.add_argument("--models", default="qwen2-shaped")
     parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--only", default="", help="configuration labels, ';'-separated")
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args()
     harness = Harness("cpu" if args.smoke else "cuda")
@@ -99,6 +100,9 @@ def main() -> None:
     result: dict = {"environment": environment(), "pairs": args.pairs, "rows": {}, "errors": {}}
     for name in args.models.split(","):
         configs = {"unmodified": [], **configurations(name, args.smoke)}
+        if args.only:
+            wanted = {"unmodified", *args.only.split(";")}
+            configs = {label: found for label, found in configs.items() if label in wanted}
         for label, techniques in configs.items():
             key = f"{name} | {label}"
             try:

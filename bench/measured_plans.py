@@ -1,8 +1,8 @@
 """memfit.plan(..., measure=N) on the GPU: does timing the best plans pick a faster one?
 
 python bench/measured_plans.py --out DIR [--models a,b] [--measure 4] [--smoke]
-    ->  DIR/measured_plans.json
-python bench/measured_plans.py --table RESULT.json   ->  the README's table
+    ->  DIR/measured_plans.json.gz
+python bench/measured_plans.py --table RESULT.json[.gz]   ->  the README's table
 
 For bench/plans.py's models and budgets (three fractions of the unmodified activations and
 full checkpointing's memory), each budget is planned on the GPU it runs on with ``measure=N``:
@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gzip
 import json
 import sys
 import time
@@ -97,7 +98,8 @@ def summarize(row: dict, anchors: dict) -> dict:
 
 def table(path: Path) -> str:
     """The README's table of a result file, and the counts the issue's targets need."""
-    result = json.loads(path.read_text())
+    raw = path.read_bytes()
+    result = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
     env = result["environment"]
     lines = [
         f"{path.name}: {env.get('gpu')}, torch {env.get('torch')}, measure={result['measure']}, "
@@ -159,14 +161,16 @@ def main() -> None:
         timing.time_plans = functools.partial(timing.time_plans, device=torch.device("cpu"))
     harness = Harness(device, warmup=1 if args.smoke else 2, steps=1 if args.smoke else 6)
     args.out.mkdir(parents=True, exist_ok=True)
-    path = args.out / ("measured_plans" + ("_smoke" if args.smoke else "") + ".json")
+    # compressed: each row keeps its plan's frontier and profile (2-6 MB a run as JSON)
+    path = args.out / ("measured_plans" + ("_smoke" if args.smoke else "") + ".json.gz")
     result: dict = {"environment": environment(), "planned_for": DEVICE, "measure": args.measure,
                     "smoke": args.smoke, "rows": {}, "errors": []}  # fmt: skip
     started = time.perf_counter()
 
     def write() -> None:  # whole or not at all: a run cut short keeps the rows before
-        path.with_suffix(".partial").write_text(json.dumps(result, indent=1))
-        path.with_suffix(".partial").replace(path)
+        partial = path.with_name(path.name + ".partial")
+        partial.write_bytes(gzip.compress(json.dumps(result, indent=1).encode()))
+        partial.replace(path)
 
     def record(key: str, row: dict) -> None:
         row["at_s"] = round(time.perf_counter() - started, 1)

@@ -28,6 +28,18 @@ from tests.helpers import (
 GATED = FusedGatedMLP(modules=("**.mlp",))
 
 
+@pytest.fixture(params=["per-module", "around-forward"])
+def hooks_where(request, monkeypatch):
+    """Both ways the step runs the hooks: pushed by each lean module (PyTorch >= 2.8, which
+    tells the innermost hooks) or around the whole forward (older PyTorch)."""
+    import memfit.step.lean_saving as lean
+
+    if request.param == "per-module" and not lean.SCOPED_HOOKS:
+        pytest.skip("this PyTorch cannot tell the innermost saved-tensor hooks")
+    monkeypatch.setattr(lean, "SCOPED_HOOKS", request.param == "per-module")
+    return request.param
+
+
 def step_grads(model: nn.Module, techniques: list, precision: str, batch: dict) -> tuple:
     """One TrainStep (no optimizer) on a copy of ``model``: its loss and every gradient."""
     model = copy.deepcopy(model).float()
@@ -44,10 +56,17 @@ def step_grads(model: nn.Module, techniques: list, precision: str, batch: dict) 
         [LeanAutocast()],
         [LeanAutocast(modules=("model.layers.1",))],
         [GATED, LeanAutocast(), Checkpoint(modules=("model.layers.0",))],
+        # lean modules inside a checkpointed block: checkpointing's hooks decide there, in
+        # forward and in recomputation
+        [
+            GATED,
+            LeanAutocast(modules=("model.layers.0.self_attn", "model.layers.1")),
+            Checkpoint(modules=("model.layers.0",)),
+        ],
     ],
-    ids=["gated", "lean-autocast", "lean-one-block", "both+checkpoint"],
+    ids=["gated", "lean-autocast", "lean-one-block", "both+checkpoint", "lean-in-checkpoint"],
 )
-def test_gradients_are_bit_identical(techniques, precision):
+def test_gradients_are_bit_identical(techniques, precision, hooks_where):
     model, batch = hf_llama(), token_batch()
     loss, grads = step_grads(model, [], precision, batch)
     loss_lean, grads_lean = step_grads(model, techniques, precision, batch)
@@ -129,7 +148,7 @@ def recast_weights(techniques: list) -> list[tuple[int, ...]]:
     return shapes
 
 
-def test_lean_modules_recast_only_their_own_weights():
+def test_lean_modules_recast_only_their_own_weights(hooks_where):
     model = hf_llama()
     everywhere = recast_weights([LeanAutocast()])
     one_block = recast_weights([LeanAutocast(modules=("model.layers.0",))])
@@ -137,6 +156,36 @@ def test_lean_modules_recast_only_their_own_weights():
     # every linear layer of every block and the head, against the seven of block 0
     assert len(everywhere) > len(one_block) == 7
     assert set(one_block) <= block_weights
+
+
+def hooked(techniques: list) -> int:
+    """Tensors the hooks see in one bf16 step."""
+    import memfit.step.lean_saving as lean
+
+    seen = [0]
+    original = lean._pack
+
+    def counting(state, saved):
+        seen[0] += 1
+        return original(state, saved)
+
+    lean._pack = counting
+    try:
+        step_grads(hf_llama(), techniques, "bf16-mixed", token_batch())
+    finally:
+        lean._pack = original
+    return seen[0]
+
+
+def test_per_module_hooks_see_only_the_lean_modules_tensors(hooks_where):
+    """Pushed by the lean modules, the hooks cost one block's Python for one block; around the
+    whole forward they see every tensor whichever blocks are lean."""
+    whole = hooked([LeanAutocast()])
+    one_block = hooked([LeanAutocast(modules=("model.layers.0",))])
+    if hooks_where == "per-module":
+        assert 0 < one_block < whole / 2  # two blocks and the head
+    else:
+        assert one_block == whole
 
 
 def test_lean_modules_undo_removes_their_hooks():

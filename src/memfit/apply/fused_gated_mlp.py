@@ -26,7 +26,7 @@ from torch import nn
 from memfit.apply.forward_patch import replace_forward
 from memfit.errors import InvalidInputError
 from memfit.step.context import ApplyContext
-from memfit.step.lean_saving import recomputable
+from memfit.step.lean_saving import lean_modules, per_module, recomputable
 from memfit.step.registry import register_applier
 from memfit.step.undo import UndoFn, run_in_reverse
 from memfit.structure.gated_mlp import Activation, gated_activation, gated_mlps, is_gated_mlp
@@ -114,6 +114,8 @@ def apply_fused_gated_mlp(
             f"e.g. {', '.join(gated_mlps(model)[:3]) or 'none in this model'}"
         )
     undos = [_install(name, m) for name, m in matched]
+    if per_module():  # the products are stored as recipes within these modules' forward
+        undos.append(lean_modules([m for _, m in matched], weights=False, shared=False))
     context.recompute_products = True
 
     def undo() -> None:

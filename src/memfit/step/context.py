@@ -52,10 +52,11 @@ class ApplyContext:
             and accumulate gradients (None: one).
         precision: set by ``MixedPrecision``: the precision name the step runs in (None: as
             the step was configured).
-        lean_autocast: set by ``LeanAutocast``: autocast without its weight cache, and
-            forward under ``memfit.step.lean_saving.lean_saving``.
-        recompute_products: set by ``FusedGatedMLP``: forward under ``lean_saving`` (at
-            least for its gated products).
+        lean_autocast: set by ``LeanAutocast``: autocast without its weight cache, and its
+            modules' forward under ``memfit.step.lean_saving.lean_saving`` (the whole forward
+            before PyTorch 2.8).
+        recompute_products: set by ``FusedGatedMLP``: its modules' forward under
+            ``lean_saving`` (the whole forward before PyTorch 2.8).
         optimizer_in_backward: set by ``OptimizerInBackward``: each parameter is updated in
             backward, so the step's own update does nothing and the step refuses clipping,
             accumulation and loss scaling.

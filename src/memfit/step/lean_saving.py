@@ -19,13 +19,13 @@ of tensors that outlive the step anyway. ``lean_saving`` is a
 Each recipe gives back the same values (casts and elementwise kernels are deterministic), so
 gradients are bit-identical. Inside checkpointed modules checkpointing's own hooks take over.
 
-Weight and repeated casts are stored as recipes only while a lean module runs its forward
-(``lean_modules``: ``LeanAutocast``'s modules, the whole model by default); gated products
-wherever they are. The hooks run Python for every tensor autograd saves in forward and again in
-backward, and more for each recipe, which the step-time model prices
+The hooks run in the forward of the lean modules (``lean_modules``: ``LeanAutocast``'s, the whole
+model by default, and ``FusedGatedMLP``'s): Python for every tensor autograd saves there, in
+forward and again in backward, and more for each recipe, which the step-time model prices
 (``Calibration.lean_tensor_s``, ``lean_recipe_s``). On a step the CPU bounds that is step time:
-on an H100 the Qwen2 shape (973 tensors, 241 recipes) ran 21% slower with the whole model
-lean, 10% with one block (bench/results/lean_scope_probe_h100_run1.json).
+on H100s the Qwen2 shape (973 tensors, 241 recipes) ran 15-21% slower with the whole model
+lean; with one lean block no slower with the hooks pushed by the block (40 tensors), 10% with
+them around the whole forward, as before PyTorch 2.8 (bench/results/lean_scope_probe_h100_run*).
 
 Known limitations:
     * A parameter changed in place between forward and backward (its version counter moves)
@@ -40,6 +40,7 @@ Known limitations:
 from __future__ import annotations
 
 import contextlib
+import functools
 import threading
 import warnings
 import weakref
@@ -54,7 +55,7 @@ from memfit.errors import MemfitError
 from memfit.step.overhead import note as note_overhead
 from memfit.step.undo import UndoFn
 
-__all__ = ["lean_saving", "lean_modules", "recomputable", "warn_if_compiled"]
+__all__ = ["lean_saving", "lean_modules", "per_module", "recomputable", "warn_if_compiled"]
 
 _LOW = (torch.bfloat16, torch.float16)
 # .state: the _State of the innermost lean_saving, if any; .depth: lean modules running forward
@@ -206,15 +207,35 @@ def _unpack(packed: Any) -> torch.Tensor:
     return base.as_strided(packed.size, packed.stride, packed.offset)
 
 
-def lean_modules(modules: Sequence[nn.Module]) -> UndoFn:
+# PyTorch's query of the innermost saved-tensor hooks (private; torch >= 2.8). With it each lean
+# module pushes the hooks around its own forward, so that the rest of the step runs without
+# them; without it the step runs its whole forward under them and counts the lean modules in.
+_TOP_HOOKS = getattr(torch._C._autograd, "_top_saved_tensors_default_hooks", None)
+SCOPED_HOOKS = _TOP_HOOKS is not None
+
+
+def per_module() -> bool:
+    """Whether the lean modules push the hooks themselves (else the step, around forward)."""
+    return SCOPED_HOOKS
+
+
+def lean_modules(
+    modules: Sequence[nn.Module], *, weights: bool = True, shared: bool = True
+) -> UndoFn:
     """Make the casts saved while any of ``modules`` runs forward recipes; return the undo.
 
-    A forward pre-hook and an always-called forward hook count the lean modules running (per
-    thread); ``lean_saving`` stores weight and repeated casts only while the count is above 0.
+    A forward pre-hook and an always-called forward hook mark each module's forward. Where
+    PyTorch tells which saved-tensor hooks are innermost (``per_module()``), a module that runs
+    with none pushes ``lean_saving(weights=, shared=)`` for its forward; inside another lean
+    module that one's hooks serve, and inside checkpointing or any other hooks nothing is
+    pushed (those hooks decide what is saved, in forward and in recomputation). Otherwise the
+    step runs ``lean_saving(scoped=True)`` around its forward, which stores weight and repeated
+    casts only while a lean module runs.
     """
+    enter = functools.partial(_enter_lean, weights, shared)
     handles = []
     for module in modules:
-        handles.append(module.register_forward_pre_hook(_enter_lean))
+        handles.append(module.register_forward_pre_hook(enter))
         handles.append(module.register_forward_hook(_leave_lean, always_call=True))
 
     def undo() -> None:
@@ -224,12 +245,32 @@ def lean_modules(modules: Sequence[nn.Module]) -> UndoFn:
     return undo
 
 
-def _enter_lean(module: nn.Module, args: Any) -> None:
+def _enter_lean(weights: bool, shared: bool, module: nn.Module, args: Any) -> None:
     _ACTIVE.depth = getattr(_ACTIVE, "depth", 0) + 1
+    scope = None
+    if per_module() and not torch.compiler.is_compiling() and _no_hooks_pushed():
+        scope = lean_saving(weights=weights, shared=shared)
+        scope.__enter__()
+    _scopes().append(scope)
+
+
+def _no_hooks_pushed() -> bool:
+    return _TOP_HOOKS is not None and _TOP_HOOKS(False) is None
 
 
 def _leave_lean(module: nn.Module, args: Any, output: Any) -> None:
     _ACTIVE.depth = max(0, getattr(_ACTIVE, "depth", 0) - 1)
+    scopes = _scopes()
+    scope = scopes.pop() if scopes else None
+    if scope is not None:
+        scope.__exit__(None, None, None)
+
+
+def _scopes() -> list[Any]:
+    scopes = getattr(_ACTIVE, "scopes", None)
+    if scopes is None:
+        scopes = _ACTIVE.scopes = []
+    return scopes
 
 
 @contextlib.contextmanager

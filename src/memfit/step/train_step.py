@@ -23,7 +23,7 @@ from torch._subclasses.fake_tensor import is_fake
 from memfit.errors import InvalidInputError
 from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, split_batch
 from memfit.step.causal_lm_loss import hf_causal_lm_loss
-from memfit.step.lean_saving import lean_saving, warn_if_compiled
+from memfit.step.lean_saving import lean_saving, per_module, warn_if_compiled
 from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update
 from memfit.step.overhead import note as note_overhead
 from memfit.step.precision import Precision, check_weights_for
@@ -174,6 +174,8 @@ class TrainStep:
         if not (self.lean_autocast or self.recompute_products):
             return contextlib.nullcontext()
         warn_if_compiled(model_module(self.model))
+        if per_module():  # the lean modules push the hooks around their own forward
+            return contextlib.nullcontext()
         lean = self.lean_autocast
         return lean_saving(weights=lean, shared=lean, scoped=True)  # LeanAutocast's modules
 
