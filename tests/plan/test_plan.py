@@ -10,7 +10,14 @@ import torch
 import memfit
 from memfit.errors import InvalidInputError
 from memfit.plan.plan import Plan
-from memfit.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision, model_fingerprint
+from memfit.techniques import (
+    Checkpoint,
+    ChunkedLoss,
+    LeanAutocast,
+    MicroBatch,
+    MixedPrecision,
+    model_fingerprint,
+)
 from memfit.zoo.gpt2 import GPT2, GPT2Config
 
 from .helpers import BATCH, CONFIG, build
@@ -46,6 +53,14 @@ def test_hand_made_plan_round_trips():
     )
     assert plan.overhead is None  # no predictions in a hand-made plan
     assert plan.of(MicroBatch) == [MicroBatch(4)]
+
+
+def test_lean_autocast_names_its_blocks_and_older_plans_mean_the_whole_model():
+    plan = Plan(techniques=(LeanAutocast(modules=("layers.0", "layers.1")),))
+    assert Plan.from_json(plan.to_json()) == plan
+    assert plan.label == "lean autocast layers.0,layers.1"
+    older = Plan.from_dict({"techniques": [{"type": "lean_autocast"}]})  # before modules=
+    assert older.techniques == (LeanAutocast(),) and older.label == "lean autocast"
 
 
 def test_unknown_technique_names_in_a_plan():
