@@ -14,7 +14,7 @@ from memfit.cost import Calibration, op_time, overlapped_seconds
 from memfit.cost.classes import op_work
 from memfit.cost.device import device_seconds, wave_efficiency
 from memfit.devices import get_device
-from memfit.step.overhead import note, scope, take
+from memfit.step.overhead import collecting, note, scope, take
 from memfit.techniques import Checkpoint
 from memfit.trace.estimate import trace_step
 
@@ -128,15 +128,18 @@ def test_the_timeline_is_host_bound_or_device_bound():
 
 def test_techniques_note_their_python_per_operator():
     take()
-    note("selective_op")
-    note("selective_op")
-    assert take() == {"selective_op": 2}
+    note("selective_op")  # no trace collecting: a real step's note costs nothing more
     assert take() == {}
+    with collecting():
+        note("selective_op")
+        note("selective_op")
+        assert take() == {"selective_op": 2}
+        assert take() == {}
 
 
 def test_a_scope_notes_every_operator_run_inside_it():
     take()
-    with scope("checkpoint_op"):
+    with collecting(), scope("checkpoint_op"):
         assert take() == {"checkpoint_op": 1}
         note("selective_op")
         with scope("checkpoint_op"):  # a region inside a region: its Python twice
@@ -236,8 +239,9 @@ def test_notes_do_not_recompile_a_compiled_model():
             return x * 2
 
     torch._dynamo.reset()
-    for _ in range(12):
-        region(torch.ones(3))
-    take()
+    with collecting():  # as while tracing: the notes count
+        for _ in range(12):
+            region(torch.ones(3))
+        take()
     torch._dynamo.reset()  # its caches hold fake tensors
     assert counter.frame_count == 1

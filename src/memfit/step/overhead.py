@@ -5,9 +5,11 @@ operator of its regions, in forward and in recomputation). Their code calls ``no
 each time; the tracer ``take()``s what was noted after each operator and adds
 ``Calibration.<kind>_s`` per note to that operator's host time. Others add Python around every
 operator of a region (non-reentrant checkpointing packs each tensor a region saves through a
-Python hook): inside ``with scope(kind)`` each operator takes one note of ``kind``. Outside a
-trace the notes add up unread (one counter per kind). Under ``torch.compile`` nothing is noted:
-the counter would be a Python value the compiled code guards on, and every call would recompile.
+Python hook): inside ``with scope(kind)`` each operator takes one note of ``kind``. Notes are
+kept only while the tracer ``collecting()`` runs a step (in any thread: backward may run in
+autograd's own); in a real step ``note`` returns at once, since some techniques note per saved
+tensor. Under ``torch.compile`` nothing is noted: the counter would be a Python value the
+compiled code guards on, and every call would recompile.
 """
 
 from __future__ import annotations
@@ -19,15 +21,26 @@ from collections.abc import Iterator
 
 import torch
 
-__all__ = ["note", "scope", "take"]
+__all__ = ["collecting", "note", "scope", "take"]
 
 _pending = threading.local()
+_COLLECTING = [0]  # open collecting() blocks, in any thread
+
+
+@contextlib.contextmanager
+def collecting() -> Iterator[None]:
+    """Keep what techniques note while inside (the tracer, around the step it prices)."""
+    _COLLECTING[0] += 1
+    try:
+        yield
+    finally:
+        _COLLECTING[0] -= 1
 
 
 def note(kind: str) -> None:
     """Record one unit of ``kind`` overhead (``"selective_op"``) for the operator being run."""
-    if torch.compiler.is_compiling():
-        return  # traced by dynamo: only the tracer reads notes, and it never compiles
+    if torch.compiler.is_compiling() or not _COLLECTING[0]:
+        return  # traced by dynamo, or no trace reading: only the tracer reads notes
     counts = getattr(_pending, "counts", None)
     if counts is None:
         counts = _pending.counts = Counter()
@@ -37,7 +50,7 @@ def note(kind: str) -> None:
 @contextlib.contextmanager
 def scope(kind: str) -> Iterator[None]:
     """Every operator run inside takes one note of ``kind`` (nested: one per level)."""
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() or not _COLLECTING[0]:
         yield
         return
     scopes = getattr(_pending, "scopes", None)

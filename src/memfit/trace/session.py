@@ -25,6 +25,7 @@ from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.profile import Category, Phase
 from memfit.step.batch import call_model
+from memfit.step.overhead import collecting
 from memfit.step.overhead import take as take_overhead
 from memfit.trace.cpu_streams import CpuStreams
 from memfit.trace.cuda.autocast import cuda_autocast_policy
@@ -151,7 +152,7 @@ def traced_step(
     recorder.on_op = book.on_op
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
-        with _on_the_target(fake_mode, device, stack, batch) as tracker, recorder:
+        with _on_the_target(fake_mode, device, stack, batch) as tracker, recorder, collecting():
             take_overhead()  # nothing noted before the step belongs to it
             _track_existing(recorder, tracker, fake_model, batch)
             step = make_step()
