@@ -176,6 +176,28 @@ def test_torchao_missing_names_the_fix(monkeypatch) -> None:
     assert not applied(model) and "step" not in optimizer.__dict__
 
 
+class _BuiltForAnotherTorch:
+    """An import finder failing as torchao 0.18 does beside torch 2.6, while it imports."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name == "torchao.optim":
+            raise AttributeError(
+                "module 'torch.utils._pytree' has no attribute 'register_constant'"
+            )
+        return None
+
+
+def test_torchao_built_for_another_torch_names_both_versions(monkeypatch) -> None:
+    monkeypatch.delitem(sys.modules, "torchao.optim", raising=False)
+    monkeypatch.setattr(sys, "meta_path", [_BuiltForAnotherTorch(), *sys.meta_path])
+    model = Net()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+    with pytest.raises(MemfitError, match=r"fails to import beside torch") as raised:
+        memfit.apply([Checkpoint(("layers.*",)), LowBitOptimizer()], model, optimizer)
+    assert torch.__version__ in str(raised.value) and "register_constant" in str(raised.value)
+    assert not applied(model) and "step" not in optimizer.__dict__
+
+
 @pytest.mark.parametrize(
     ("make", "technique", "says"),
     [

@@ -53,6 +53,42 @@ def test_gradients_are_bit_identical(plan) -> None:
     assert all("forward" not in m.__dict__ for m in model.modules())
 
 
+class _TwoShapes(nn.Module):
+    """Saves one storage under two shapes: 3-D for the product with ``scale``, 2-D for ``mm``
+    (as PyTorch 2.6's matmul saves a block's input)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        generator = torch.Generator().manual_seed(width)
+        self.scale = nn.Parameter(torch.randn(width, generator=generator))
+        self.proj = nn.Parameter(torch.randn(width, width, generator=generator))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = x.sin()
+        return h * self.scale + (h.reshape(-1, h.shape[-1]) @ self.proj).view_as(h)
+
+
+class _Stack(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.layers = nn.ModuleList(_TwoShapes(8) for _ in range(3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers:
+            x = layer(x)
+        return x
+
+
+def test_a_storage_saved_under_two_shapes_comes_back_under_each() -> None:
+    batch = torch.randn(2, 5, 8, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    grads = []
+    for plan in ([], [OffloadActivations(modules=LAYERS, min_bytes=0)]):
+        model = _Stack().double()
+        memfit.apply(plan, model, None, precision="fp32", device_type="cpu")(batch)
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters()})
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
 def test_undo_restores_the_checkpointed_forward() -> None:
     model = tiny_llama()
     plan = [Checkpoint(modules=LAYERS), OffloadActivations(modules=LAYERS)]

@@ -17,6 +17,7 @@ from memfit.trace.estimate import trace_step
 from memfit.trace.settings import StepSettings
 from memfit.zoo.llama import Llama
 from tests.apply import sharding_ranks
+from tests.torch_support import needs_fake_collectives, needs_fsdp2_on_cpu
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed missing")
 WORLD = 2
@@ -61,6 +62,7 @@ def unsharded_training() -> tuple[list[float], dict[str, torch.Tensor]]:
 
 
 @pytest.mark.slow
+@needs_fsdp2_on_cpu
 @pytest.mark.parametrize("scenario", [*sharding_ranks.SCENARIOS, "guarded"])
 def test_two_ranks_train_as_one_process_on_the_whole_batch(job, scenario):
     found = {rank: job[rank, scenario] for rank in range(WORLD)}
@@ -122,6 +124,8 @@ def test_malformed_sharding_is_refused_before_anything_changes(technique, messag
 
 
 @pytest.mark.slow
+@needs_fsdp2_on_cpu
+@needs_fake_collectives
 def test_the_traced_rank_holds_what_rank_0_of_the_job_held(job):
     # memfit's prediction (one rank on fake tensors, fake process group) against rank 0 of the
     # real gloo job: elements of the weights' shards and of the optimizer's state

@@ -61,6 +61,52 @@ def test_the_parameter_count_bounds_the_state_before_any_trace() -> None:
     assert [x.label for x in with_low_bit][1] == "low bit optimizer + optimizer in backward"
 
 
+NO_IN_BACKWARD = tuple(
+    a for a in default_allow() if a not in ("offload_optimizer", "optimizer_in_backward")
+)
+
+
+def test_low_bit_state_keeping_the_gradients_only_without_in_backward() -> None:
+    trained, offloadable, _ = count_parameters(build, BATCH, None, None)
+    alone = state_levels(
+        (*NO_IN_BACKWARD, "low_bit_optimizer", "pure_bf16"), "bf16-mixed", "adamw", trained, 0
+    )
+    assert [(x.label, x.state_bytes) for x in alone] == [
+        ("low bit optimizer", int((8 + 2.03) * LINEAR)),  # weights, gradients, 8-bit moments
+        ("pure bf16", 8 * LINEAR),
+    ]
+    with_it = state_levels(
+        (*default_allow(), "low_bit_optimizer", "pure_bf16"), "bf16-mixed", "adamw", trained, 0
+    )
+    assert all("optimizer in backward" in x.label for x in with_it[:3])
+    assert "low bit optimizer" not in [x.label for x in with_it]
+
+
+@pytest.mark.slow
+def test_allowed_low_bit_state_fits_a_budget_below_the_model_state() -> None:
+    pytest.importorskip("torchao.optim")
+    budget = 290 * MiB  # above the 268 MiB low-bit plan, below the unmodified 394 MiB
+    plan = _plan(budget=budget, allow=(*NO_IN_BACKWARD, "low_bit_optimizer"))
+    assert [type(t).__name__ for t in plan.techniques] == ["LowBitOptimizer"]
+    assert plan.profile.peak_reserved <= budget
+    assert [p.label for p in plan.frontier if p.chosen] == ["low bit optimizer"]
+
+
+def test_the_error_asks_only_for_what_was_left_out() -> None:
+    with pytest.raises(BudgetInfeasibleError) as info:
+        _plan(budget=4 * MiB, allow=(*NO_IN_BACKWARD, "low_bit_optimizer"))
+    message = str(info.value)
+    assert "low bit optimizer: " in message and "--gpus N" in message
+    assert "--allow pure_bf16" in message and "low_bit_optimizer" not in message.split("Fixes")[1]
+    with pytest.raises(BudgetInfeasibleError) as info:
+        _plan(budget=200 * MiB, allow=NO_IN_BACKWARD)
+    assert "allow 'low_bit_optimizer'" in str(info.value)
+    with pytest.raises(BudgetInfeasibleError) as info:  # allowed, but not for SGD
+        _plan(budget=200 * MiB, allow=(*NO_IN_BACKWARD, "offload_optimizer"), optimizer="sgd")
+    assert "allow 'offload_optimizer'" not in str(info.value)
+    assert "allow 'low_bit_optimizer'" in str(info.value)
+
+
 @pytest.mark.slow
 def test_a_budget_below_the_model_state_plans_the_optimizer_on_the_host() -> None:
     budget = 200 * MiB  # below weights, gradients and AdamW state (16 B x 16.8M)

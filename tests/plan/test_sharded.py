@@ -11,6 +11,7 @@ from memfit.cli import main
 from memfit.errors import InvalidInputError
 from memfit.plan.sharded import sharding_options
 from memfit.techniques import Sharding
+from tests.torch_support import needs_fake_collectives
 
 from .helpers import BATCH, BUILDER_FILE, build
 
@@ -35,6 +36,7 @@ def test_gpus_must_be_a_whole_number(gpus):
 
 
 @pytest.mark.slow
+@needs_fake_collectives
 def test_a_tight_budget_shards_and_adds_one_gpu_techniques():
     loose = memfit.plan(build, BATCH, budget="60GiB", device="h100-80gb", gpus=2)
     first = loose.techniques[0]
@@ -53,6 +55,7 @@ def test_a_tight_budget_shards_and_adds_one_gpu_techniques():
 
 
 @pytest.mark.slow
+@needs_fake_collectives
 def test_plan_gpus_then_estimate_that_plan_on_other_gpus(tmp_path, capsys):
     model = tmp_path / "tiny_lm.py"
     model.write_text(BUILDER_FILE)

@@ -18,21 +18,8 @@ from memfit.techniques import Sharding
 from memfit.trace.estimate import trace_step, with_gpus
 from memfit.trace.scaling import peaks_by_gpus, resized_trace
 from memfit.trace.settings import StepSettings
-from memfit.trace.sharding import fake_process_group
 from memfit.zoo.llama import Llama, LlamaConfig
-
-
-def _fake_collectives_run() -> bool:
-    try:
-        with fake_process_group(2):
-            return True
-    except UnsupportedModelError:  # torch 2.6's fake process group: no fake tensors
-        return False
-
-
-needs_fake_collectives = pytest.mark.skipif(
-    not _fake_collectives_run(), reason="this torch's fake process group takes no fake tensors"
-)
+from tests.torch_support import needs_fake_collectives
 
 # hidden 96 and vocabulary 100: first dimensions that 3 and 8 do not divide (padded shards)
 TINY = LlamaConfig(

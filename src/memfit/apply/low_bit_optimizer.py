@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import importlib
+import importlib.metadata
 import types
 import weakref
 from typing import Any
@@ -50,6 +51,8 @@ __all__ = [
 ]
 
 INSTALL = 'pip install "memfit[torchao]"'
+_WITHOUT = "leave low_bit_optimizer and pure_bf16 out of --allow"
+_TORCHAO_TABLE = "https://github.com/pytorch/ao/issues/2919"
 
 TORCHAO_CLASSES = {
     ("8bit", True): "AdamW8bit",
@@ -72,7 +75,8 @@ def torchao_optim(feature: str) -> types.ModuleType:
     """``torchao.optim``, imported on first use (an optional dependency).
 
     Raises:
-        MemfitError: torchao is not installed; names the command that installs it.
+        MemfitError: torchao is not installed, or fails to import beside this torch (as 0.18
+            does beside torch 2.6); names the fix.
     """
     try:  # optional: only low-bit and stochastically rounded plans need it
         with torchao_enum_notices_muted():
@@ -80,9 +84,23 @@ def torchao_optim(feature: str) -> types.ModuleType:
     except ImportError as error:
         raise MemfitError(
             f"{feature} steps through torchao's optimizers, and torchao is not installed "
-            f"({error}); install it with '{INSTALL}', or plan without it (leave "
-            f"low_bit_optimizer and pure_bf16 out of --allow)"
+            f"({error}); install it with '{INSTALL}', or plan without it ({_WITHOUT})"
         ) from None
+    except Exception as error:  # installed, built for another torch: it fails while importing
+        raise MemfitError(
+            f"{feature} steps through torchao's optimizers, and torchao "
+            f"{_installed_version('torchao')} fails to import beside torch {torch.__version__} "
+            f"({type(error).__name__}: {error}); each torchao release is built for one torch "
+            f"release (torchao's compatibility table: {_TORCHAO_TABLE}): install the one for "
+            f"this torch, or plan without it ({_WITHOUT})"
+        ) from error
+
+
+def _installed_version(distribution: str) -> str:
+    try:
+        return importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return "(version unknown)"
 
 
 @register_applier(LowBitOptimizer, check_optimizer=lambda opt: check_adam(opt, "LowBitOptimizer"))

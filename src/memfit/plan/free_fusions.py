@@ -17,7 +17,10 @@ from memfit.structure.layers import fusable_activations
 from memfit.techniques import FusedActivation, FusedOptimizer
 from memfit.trace.estimate import StepTrace
 
-__all__ = ["fuse_first"]
+__all__ = ["fuse_first", "FUSION_LABELS"]
+
+FUSION_LABELS: dict[type, str] = {FusedOptimizer: "fused optimizer", FusedActivation: "fused GELU"}
+"""How the plan's label names each fusion."""
 
 
 def fuse_first(search: Any) -> Plan | None:
@@ -25,11 +28,11 @@ def fuse_first(search: Any) -> Plan | None:
     which calls this); the plan, if that alone fits."""
     fusions: list[tuple[str, Any]] = []
     if "fused_optimizer" in search.allow and _may_fuse(search.step.optimizer):
-        fusions.append(("fused optimizer", FusedOptimizer()))
+        fusions.append((FUSION_LABELS[FusedOptimizer], FusedOptimizer()))
     module = search.base.model.module
     fusable = fusable_activations(module) if "fused_activation" in search.allow else []
     if fusable:
-        fusions.append(("fused GELU", FusedActivation(modules=tuple(fusable))))
+        fusions.append((FUSION_LABELS[FusedActivation], FusedActivation(modules=tuple(fusable))))
     for name, fusion in fusions:
         search.report(f"tracing with the {name.removeprefix('fused ')} fused")
         try:

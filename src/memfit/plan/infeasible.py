@@ -18,6 +18,7 @@ def infeasible_error(
     target: int,
     base: StepTrace,
     traced_points: list[tuple[Candidate, StepTrace]],
+    allow: Sequence[str],
     dropped: Sequence[str] = (),
 ) -> BudgetInfeasibleError:
     """No plan fits: what is missing, what would close the gap, and what was left out (the
@@ -32,11 +33,20 @@ def infeasible_error(
         f"{format_bytes(best)} reserved ({format_bytes(best - target)} missing, with the "
         f"{format_bytes(limit - target)} safety margin); weights, gradients and optimizer "
         f"state alone take {format_bytes(states)}. What would close the gap: "
-        f"{optimizer_hint(traced_points)}offloading optimizer state to the host (allow "
-        f"'offload_optimizer'), low-bit optimizer state (allow 'low_bit_optimizer': it changes "
-        f"the math), sharding across GPUs (FSDP, not planned by memfit yet); or a smaller batch."
-        + "".join(f" ({note})" for note in dropped)
+        f"{optimizer_hint(traced_points)}{_not_allowed(allow)}sharding across GPUs (--gpus N, "
+        f"gpus= in Python); or a smaller batch." + "".join(f" ({note})" for note in dropped)
     )
+
+
+_STATE_HINTS = {
+    "offload_optimizer": "offloading optimizer state to the host (allow 'offload_optimizer')",
+    "low_bit_optimizer": "low-bit optimizer state (allow 'low_bit_optimizer': it changes the math)",
+}
+
+
+def _not_allowed(allow: Sequence[str]) -> str:
+    """The model-state techniques the user left out, each with what it does."""
+    return "".join(f"{hint}, " for name, hint in _STATE_HINTS.items() if name not in allow)
 
 
 def optimizer_hint(traced_points: list[tuple[Candidate, StepTrace]]) -> str:

@@ -60,8 +60,13 @@ _LADDER: tuple[tuple[tuple[str, ...], float], ...] = (
     (("optimizer_in_backward",), 12.0),
     (("low_bit_optimizer", "optimizer_in_backward"), 4 + 2.03),
     (("pure_bf16", "optimizer_in_backward"), 6.0),
+    (("low_bit_optimizer",), 8 + 2.03),
+    (("pure_bf16",), 8.0),
     (("offload_optimizer",), 2.0),
 )
+# rungs that keep the gradients: climbed only where optimizer_in_backward is not allowed (the
+# same rung with it frees them too)
+_KEEPING_GRADIENTS = {("low_bit_optimizer",), ("pure_bf16",)}
 
 
 @dataclass(frozen=True)
@@ -102,6 +107,8 @@ def state_levels(
     levels = []
     for names, per_param in _LADDER:
         if not all(name in allow for name in names):
+            continue
+        if names in _KEEPING_GRADIENTS and "optimizer_in_backward" in allow:
             continue
         try:
             rows = [by_name(name) for name in names]
@@ -219,16 +226,26 @@ def short_of_host(held: int, host: HostSpec) -> str | None:
 
 
 def infeasible_with_state(
-    budget: int, target: int, state_bytes: int, tried: list[tuple[str, str]]
+    budget: int,
+    target: int,
+    state_bytes: int,
+    tried: list[tuple[str, str]],
+    allow: Sequence[str],
 ) -> BudgetInfeasibleError:
     """The error when no level fits: the figures of each level tried, and the fixes."""
     details = "; ".join(f"{label}: {why}" for label, why in tried) or "no level allowed"
+    inexact = [name for name in ("low_bit_optimizer", "pure_bf16") if name not in allow]
     return BudgetInfeasibleError(
         f"budget {format_bytes(budget)} cannot be met (plans must predict at most "
         f"{format_bytes(target)} reserved): weights, gradients and optimizer state take "
         f"{format_bytes(state_bytes)} without model-state techniques; {details}. Fixes: a "
-        f"larger budget, a smaller batch, a host with more memory (--host-memory), or allow "
-        f"techniques that change the math (--allow low_bit_optimizer,pure_bf16)"
+        f"larger budget, a smaller batch, a host with more memory (--host-memory), sharding "
+        f"across GPUs (--gpus N)"
+        + (
+            f", or allow techniques that change the math (--allow {','.join(inexact)})"
+            if inexact
+            else ""
+        )
     )
 
 

@@ -23,7 +23,7 @@ from memfit.plan.candidates import Candidate, screen
 from memfit.plan.choice_notes import choice_notes
 from memfit.plan.dropped import dropped_note
 from memfit.plan.expandable import expandable_already, with_expandable_segments
-from memfit.plan.free_fusions import fuse_first
+from memfit.plan.free_fusions import FUSION_LABELS, fuse_first
 from memfit.plan.frontier import FrontierPoint, plan_frontier
 from memfit.plan.infeasible import infeasible_error
 from memfit.plan.known_misses import recomputes_convolutions
@@ -128,6 +128,7 @@ class Search:
             self.settings.target,
             self.base,
             self.traced_points,
+            self.allow,
             [*self.dropped, *filter(None, [stricter])],
         )
 
@@ -177,8 +178,10 @@ class Search:
                               f"{format_bytes(level.state_bytes)}"))  # fmt: skip
                 continue
             kept = tuple(t for t in first if not level.replaces(t))
+            given_way = {FUSION_LABELS.get(type(t)) for t in first if level.replaces(t)}
+            parts = [part for part in label.split(" + ") if part not in given_way]
             self.first = kept + level.techniques
-            self.first_label = " + ".join(filter(None, (label, level.label)))
+            self.first_label = " + ".join(filter(None, (*parts, level.label)))
             self.allow = tuple(a for a in allow if a not in level.excludes)
             self.report(f"tracing with {level.label}")
             try:
@@ -192,7 +195,7 @@ class Search:
                 return chosen
         self.allow = allow
         raise infeasible_with_state(
-            self.settings.budget, self.settings.target, self.state_bytes, tried
+            self.settings.budget, self.settings.target, self.state_bytes, tried, allow
         )
 
     def fitting_with_state(

@@ -132,6 +132,16 @@ class _Saved:
         return tensor
 
 
+class _Reshaped:
+    """A second pack of a saved storage under another shape: one host copy, two shapes."""
+
+    def __init__(self, saved: _Saved, shape: torch.Size) -> None:
+        self.saved, self.shape = saved, shape
+
+    def get(self) -> torch.Tensor:
+        return self.saved.get().view(self.shape)
+
+
 def _bytes_of(tensor: torch.Tensor) -> torch.Tensor:
     return torch.empty(0, dtype=torch.uint8, device=tensor.device).set_(tensor.untyped_storage())
 
@@ -197,9 +207,15 @@ class ActivationOffloader:
         # until the module returns, so that its storage's address is not reused meanwhile)
         key = tensor.untyped_storage()._cdata
         seen = self._seen.get(key)
-        if seen is not None and seen[0]._version == tensor._version:
+        if (
+            seen is not None
+            and seen[0]._version == tensor._version
+            and seen[0].dtype == tensor.dtype
+        ):
             seen[1].uses += 1
-            return seen[1]
+            # the storage saved again under another shape (both whole and contiguous: a
+            # reshape; PyTorch 2.6's matmul saves a block's input both 3-D and folded to 2-D)
+            return seen[1] if seen[0].shape == tensor.shape else _Reshaped(seen[1], tensor.shape)
         saved = _Saved(self, tensor)
         note("offload_tensor")  # the step-time model's price of moving it (host time)
         self._seen[key] = (tensor, saved)
@@ -220,7 +236,7 @@ class ActivationOffloader:
     # --- backward ------------------------------------------------------------------------
     @staticmethod
     def unpack(packed: Any) -> torch.Tensor:
-        return packed.get() if isinstance(packed, _Saved) else packed
+        return packed.get() if isinstance(packed, (_Saved, _Reshaped)) else packed
 
     def reached(self, index: int) -> None:
         """Backward has reached module ``index``: copy it and the next ``ahead`` back."""

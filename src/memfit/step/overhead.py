@@ -47,12 +47,17 @@ def note(kind: str) -> None:
     counts[kind] += 1
 
 
-@contextlib.contextmanager
-def scope(kind: str) -> Iterator[None]:
+def scope(kind: str) -> contextlib.AbstractContextManager[None]:
     """Every operator run inside takes one note of ``kind`` (nested: one per level)."""
     if torch.compiler.is_compiling() or not _COLLECTING[0]:
-        yield
-        return
+        # a null context, which dynamo traces on every supported torch (2.6's breaks the graph
+        # at a generator's context manager)
+        return contextlib.nullcontext()
+    return _scoped(kind)
+
+
+@contextlib.contextmanager
+def _scoped(kind: str) -> Iterator[None]:
     scopes = getattr(_pending, "scopes", None)
     if scopes is None:
         scopes = _pending.scopes = Counter()
