@@ -3,14 +3,15 @@
 # packed into $OUT/pending.tar.gz after each piece; PENDING_ONLY picks the pieces (their logs'
 # names). Session 11 ran the host phases, calibrate and plans run 9 (call 1 of its header);
 # session 12 adds the planner's measure=N:
-#   pending since session 14 (it had no GPU time), each outside this script:
-#     python bench/measured_plans.py --out $OUT/measured --models qwen2-shaped,transformer-encoder
-#       (the plans with per-module lean hooks: the Qwen2 shape's `lean x7 + chunked loss x8`,
-#       +1.6% predicted at 0.5, is unmeasured);
-#     python bench/lean_scope_probe.py --out $OUT/lean --models hf-gpt2 (one lean block measured
-#       +5.5% on the H200 with the hooks around the whole forward; per-module hooks not yet);
-#     python -m pytest -q -m gpu tests/apply/test_offload_activations.py (a storage saved under
-#       two shapes now comes back under each; the GPU path has not run since).
+#   pending since session 14 (it had no GPU time): one call,
+#     PENDING_ONLY="gpu_tests.txt measured14_log.txt lean_gpt2_log.txt" (about 500 s):
+#     gpu_tests.txt: the GPU tests (a storage offloaded under two shapes comes back under each:
+#       the GPU path has not run since that change);
+#     measured14/measured_plans.json: the Qwen2 shape and the encoder planned with measure=4,
+#       with per-module lean hooks (the Qwen2 shape's `lean x7 + chunked loss x8`, +1.6%
+#       predicted at 0.5, is unmeasured);
+#     lean_gpt2/lean_scope_probe.json: GPT-2's one lean block (+5.5% on the H200 with the
+#       hooks around the whole forward; per-module hooks not yet measured).
 #   session 13 ran, outside this script: bench/lean_scope_probe.py (Qwen2 shape, H100; the encoder
 #     and GPT-2, H200) and bench/measured_plans.py runs 3 and 4 (Qwen2 shape and encoder, H100).
 #   session 12 ran, on an H100: measured/measured_plans.json (bench/measured_plans.py: the
@@ -48,8 +49,17 @@ piece() {
     timeout "$((left < limit ? left : limit))" "$@" > "$out/$log" 2>&1
     echo "exit $?" >> "$out/$log"
 }
-mkdir -p "$dest" "$out/plans" "$out/ladder" "$out/measured"
+mkdir -p "$dest" "$out/plans" "$out/ladder" "$out/measured" "$out/measured14" "$out/lean_gpt2"
 [ -d .whl ] && pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
+PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 120 gpu_tests.txt python -m pytest -q -m gpu \
+    -p no:cacheprovider
+pack
+piece 300 measured14_log.txt python bench/measured_plans.py --out "$out/measured14" \
+    --models qwen2-shaped,transformer-encoder
+pack
+piece 120 lean_gpt2_log.txt python bench/lean_scope_probe.py --out "$out/lean_gpt2" \
+    --models hf-gpt2
+pack
 piece 480 measured_log.txt python bench/measured_plans.py --out "$out/measured"
 pack
 piece 40 calibrate.txt sh -c 'python -m memfit.cli calibrate --dry-run --format json; \
@@ -58,9 +68,6 @@ piece 150 phases_log.txt python bench/host_phases_probe.py --out "$out"
 pack
 piece 600 plans_log.txt python bench/plans.py --out "$out/plans" --parts eager --plans-first \
     --pairs 6 --models transformer-encoder,tv-resnet50,qwen2-shaped,hf-llama-1b
-pack
-PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 120 gpu_tests.txt python -m pytest -q -m gpu \
-    -p no:cacheprovider
 pack
 mkdir -p "$out/reversed"
 piece 150 phases_reversed_log.txt python bench/host_phases_probe.py --out "$out/reversed" \

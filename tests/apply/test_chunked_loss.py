@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -272,8 +274,9 @@ def test_refuses_models_that_change_the_head_output():
     not FP32_OUT_PRODUCT, reason="this torch has no aten::addmm.dtype_out (PyTorch 2.8 added it)"
 )
 def test_traced_where_fake_tensors_lack_the_float32_output_product(monkeypatch):
-    """PyTorch 2.11's fake tensors fail on aten::addmm.dtype_out (the H200 run: no chunked loss
-    was traced, so no plan had one): the trace then adds a bf16 product, one temporary more."""
+    """PyTorch 2.8's and 2.11's fake tensors fail on aten::addmm.dtype_out (the H200 run: no
+    chunked loss was traced, so no plan had one): the trace then adds a bf16 product, one
+    temporary more."""
     import memfit.apply.linear_cross_entropy as lce
     from memfit.trace.estimate import trace_step
     from tests.plan.lm_losses import BATCH, build
@@ -283,15 +286,27 @@ def test_traced_where_fake_tensors_lack_the_float32_output_product(monkeypatch):
         return traced.profile.peak_allocated
 
     exact = peak([ChunkedLoss(chunks=2)])
-    real = lce._ADDMM_FP32
-
-    def fails_on_fakes(*args, **kwargs):
-        if any(isinstance(a, torch.Tensor) and lce.is_fake(a) for a in args):
-            raise TypeError("unsupported operand type(s) for *: 'torch.dtype' and 'FakeTensor'")
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(lce, "_ADDMM_FP32", fails_on_fakes)
-    monkeypatch.setattr(lce, "_FAKE_FP32_OUT", [True])
+    monkeypatch.setattr(lce, "fakes_run_fp32_out", lambda: False)
     fallback = peak([ChunkedLoss(chunks=2)])
-    assert lce._FAKE_FP32_OUT == [False]
     assert exact <= fallback < peak([])
+
+
+@pytest.mark.slow
+def test_the_first_chunked_trace_is_the_next_ones_and_logs_nothing(caplog):
+    """Where fake tensors fail on addmm.dtype_out, trying it inside the first trace logged
+    torch's error, and caplog's records kept the failed attempt's tensors alive: 265.3 MB
+    against 247.7 MB for the same trace next (torch 2.8). It is tried once, outside traces."""
+    import memfit.apply.linear_cross_entropy as lce
+    from memfit.trace.estimate import trace_step
+    from tests.plan.lm_losses import BATCH, build
+
+    lce.fakes_run_fp32_out.cache_clear()
+    caplog.set_level(logging.DEBUG)
+    peaks = [
+        trace_step(
+            build, BATCH, plan=[ChunkedLoss(chunks=2)], precision="bf16-mixed"
+        ).profile.peak_allocated
+        for _ in range(2)
+    ]
+    assert peaks[0] == peaks[1]
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text

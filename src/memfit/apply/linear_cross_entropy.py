@@ -17,12 +17,15 @@ A head tied to the input embedding gets this gradient through autograd, as the u
 
 from __future__ import annotations
 
+import functools
+import logging
 import math
 from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch._subclasses.fake_tensor import is_fake
+from torch._subclasses.fake_tensor import FakeTensorMode, is_fake
+from torch.utils._python_dispatch import _disable_current_modes
 
 from memfit.apply.cross_entropy_kernel import cross_entropy_grad_
 from memfit.errors import InvalidInputError
@@ -181,26 +184,40 @@ class _LinearCrossEntropy(torch.autograd.Function):
         )
 
 
-_FAKE_FP32_OUT = [True]  # whether fake tensors run it (PyTorch 2.11's do not)
 _ADDMM_FP32 = getattr(torch.ops.aten.addmm, "dtype_out", None)
 
 
-def _fp32_out_added(grad: torch.Tensor, chunk: torch.Tensor, grad_weight: torch.Tensor) -> bool:
-    """``grad_weight += grad.T @ chunk`` as one float32-output product; False where the
-    tracer's fake tensors cannot run it: PyTorch 2.11 decomposes ``addmm.dtype_out`` into the
-    plain ``addmm`` with the dtype taken for ``beta`` and fails (the H200 run of bench/plans.py
-    traced no chunked loss because of it). The caller then adds a bf16 product, which predicts
-    one more [vocabulary, hidden] temporary than the GPU uses."""
-    fake = is_fake(grad)
-    if _ADDMM_FP32 is None or (fake and not _FAKE_FP32_OUT[0]):
+@functools.cache
+def fakes_run_fp32_out() -> bool:
+    """Whether the tracer's fake tensors run ``addmm.dtype_out``; tried once, on tiny tensors
+    outside any trace. PyTorch 2.8 and 2.11 decompose it into the plain ``addmm`` with the
+    dtype taken for ``beta`` and fail (the H200 run of bench/plans.py traced no chunked loss
+    because of it). Tried inside a trace, the failure printed torch's error, and a logging
+    handler that keeps records (pytest's) kept the failed attempt's tensors alive in its
+    traceback: 17.6 MB more on the first trace of a small model than on the next (torch 2.8)."""
+    if _ADDMM_FP32 is None:
         return False
+    fake_tensor_log = logging.getLogger("torch._subclasses.fake_tensor")
+    disabled, fake_tensor_log.disabled = fake_tensor_log.disabled, True  # it logs the TypeError
     try:
-        _ADDMM_FP32(grad_weight, grad.t(), chunk, torch.float32, out=grad_weight)
+        with _disable_current_modes(), FakeTensorMode():
+            total = torch.zeros(2, 2)
+            part = torch.ones(2, 2, dtype=torch.bfloat16)
+            _ADDMM_FP32(total, part.t(), part, torch.float32, out=total)
+        return True
     except TypeError:
-        if not fake:
-            raise
-        _FAKE_FP32_OUT[0] = False
         return False
+    finally:
+        fake_tensor_log.disabled = disabled
+
+
+def _fp32_out_added(grad: torch.Tensor, chunk: torch.Tensor, grad_weight: torch.Tensor) -> bool:
+    """``grad_weight += grad.T @ chunk`` as one float32-output product; False where fake
+    tensors cannot run it. The caller then adds a bf16 product, which predicts one more
+    [vocabulary, hidden] temporary than the GPU uses."""
+    if _ADDMM_FP32 is None or (is_fake(grad) and not fakes_run_fp32_out()):
+        return False
+    _ADDMM_FP32(grad_weight, grad.t(), chunk, torch.float32, out=grad_weight)
     return True
 
 

@@ -38,6 +38,13 @@ __all__ = ["cuda_composites"]
 
 _LOCK = threading.Lock()
 aten = torch.ops.aten
+# the CUDA kernel rms_norm calls (PyTorch 2.9+: a list of normalized dimensions, and the rstd
+# it saves); 2.8's operator of that name is MPS's (an int, one output), and its CUDA rms_norm
+# decomposes as on the CPU
+_CUDA_FUSED_RMS_NORM = (
+    hasattr(aten, "_fused_rms_norm")
+    and aten._fused_rms_norm.default._schema.arguments[1].name == "normalized_shape"
+)
 
 
 def _dropout(keyset: Any, input: torch.Tensor, p: float, train: bool) -> torch.Tensor:
@@ -168,7 +175,7 @@ def cuda_composites(device: DeviceSpec, stack: CudaStack) -> Iterator[list[SdpaB
         library = torch.library.Library("aten", "IMPL")
         try:
             library.impl("dropout", _dropout, "AutogradCPU", with_keyset=True)
-            if hasattr(aten, "_fused_rms_norm"):
+            if _CUDA_FUSED_RMS_NORM:
                 library.impl("_fused_rms_norm", _fused_rms_norm_cpu, "CPU")
                 library.impl("rms_norm", _rms_norm, "AutogradCPU", with_keyset=True)
             library.impl(
