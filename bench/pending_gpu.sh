@@ -4,14 +4,18 @@
 # names). Session 11 ran the host phases, calibrate and plans run 9 (call 1 of its header);
 # session 12 adds the planner's measure=N:
 #   pending since session 14 (it had no GPU time): one call,
-#     PENDING_ONLY="gpu_tests.txt measured14_log.txt lean_gpt2_log.txt" (about 500 s):
+#     PENDING_ONLY="gpu_tests.txt measured14_log.txt lean_gpt2_log.txt low_bit_log.txt"
+#     (about 560 s; .whl carried for torchao):
 #     gpu_tests.txt: the GPU tests (a storage offloaded under two shapes comes back under each:
 #       the GPU path has not run since that change);
 #     measured14/measured_plans.json: the Qwen2 shape and the encoder planned with measure=4,
 #       with per-module lean hooks (the Qwen2 shape's `lean x7 + chunked loss x8`, +1.6%
 #       predicted at 0.5, is unmeasured);
 #     lean_gpt2/lean_scope_probe.json: GPT-2's one lean block (+5.5% on the H200 with the
-#       hooks around the whole forward; per-module hooks not yet measured).
+#       hooks around the whole forward; per-module hooks not yet measured);
+#     low_bit/low_bit_step_probe.json: torchao's compiled low-bit step's buffers on the GPU
+#       against memfit's, read from inductor's CPU code (2.95 GiB predicted on Llama-3.2-3B's
+#       tied embedding: it decides whether the low-bit 3B plan fits 24 GiB).
 #   session 13 ran, outside this script: bench/lean_scope_probe.py (Qwen2 shape, H100; the encoder
 #     and GPT-2, H200) and bench/measured_plans.py runs 3 and 4 (Qwen2 shape and encoder, H100).
 #   session 12 ran, on an H100: measured/measured_plans.json (bench/measured_plans.py: the
@@ -49,13 +53,17 @@ piece() {
     timeout "$((left < limit ? left : limit))" "$@" > "$out/$log" 2>&1
     echo "exit $?" >> "$out/$log"
 }
-mkdir -p "$dest" "$out/plans" "$out/ladder" "$out/measured" "$out/measured14" "$out/lean_gpt2"
+mkdir -p "$dest" "$out/plans" "$out/ladder" "$out/measured" "$out/measured14" "$out/lean_gpt2" \
+    "$out/low_bit"
 [ -d .whl ] && pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>/dev/null
 PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 120 gpu_tests.txt python -m pytest -q -m gpu \
     -p no:cacheprovider
 pack
 piece 300 measured14_log.txt python bench/measured_plans.py --out "$out/measured14" \
     --models qwen2-shaped,transformer-encoder
+pack
+PYTHONPATH="${PYTHONPATH:-}:/tmp/site" piece 90 low_bit_log.txt python bench/low_bit_step_probe.py \
+    --out "$out/low_bit"
 pack
 piece 120 lean_gpt2_log.txt python bench/lean_scope_probe.py --out "$out/lean_gpt2" \
     --models hf-gpt2
