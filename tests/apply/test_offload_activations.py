@@ -55,7 +55,7 @@ def test_gradients_are_bit_identical(plan) -> None:
 
 class _TwoShapes(nn.Module):
     """Saves one storage under two shapes: 3-D for the product with ``scale``, 2-D for ``mm``
-    (as PyTorch 2.6's matmul saves a block's input)."""
+    (on PyTorch 2.6 a LLaMA block's backward got the 2-D shape for a batched product)."""
 
     def __init__(self, width: int) -> None:
         super().__init__()

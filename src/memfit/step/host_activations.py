@@ -214,7 +214,7 @@ class ActivationOffloader:
         ):
             seen[1].uses += 1
             # the storage saved again under another shape (both whole and contiguous: a
-            # reshape; PyTorch 2.6's matmul saves a block's input both 3-D and folded to 2-D)
+            # reshape; on PyTorch 2.6 a LLaMA block's backward got a 2-D one for a batched product)
             return seen[1] if seen[0].shape == tensor.shape else _Reshaped(seen[1], tensor.shape)
         saved = _Saved(self, tensor)
         note("offload_tensor")  # the step-time model's price of moving it (host time)
