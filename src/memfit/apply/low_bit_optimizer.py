@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import functools
 import importlib
-import importlib.metadata
 import types
 import weakref
 from typing import Any
@@ -36,6 +35,7 @@ from torch.utils._python_dispatch import is_traceable_wrapper_subclass
 
 from memfit.errors import InvalidInputError, MemfitError
 from memfit.import_notices import torchao_enum_notices_muted
+from memfit.installed import installed_version
 from memfit.step.context import ApplyContext
 from memfit.step.registry import register_applier
 from memfit.step.undo import UndoFn
@@ -87,20 +87,14 @@ def torchao_optim(feature: str) -> types.ModuleType:
             f"({error}); install it with '{INSTALL}', or plan without it ({_WITHOUT})"
         ) from None
     except Exception as error:  # installed, built for another torch: it fails while importing
+        release = installed_version("torchao") or "(version unknown)"
         raise MemfitError(
-            f"{feature} steps through torchao's optimizers, and torchao "
-            f"{_installed_version('torchao')} fails to import beside torch {torch.__version__} "
+            f"{feature} steps through torchao's optimizers, and torchao {release} fails to "
+            f"import beside torch {torch.__version__} "
             f"({type(error).__name__}: {error}); each torchao release is built for one torch "
             f"release (torchao's compatibility table: {_TORCHAO_TABLE}): install the one for "
             f"this torch, or plan without it ({_WITHOUT})"
         ) from error
-
-
-def _installed_version(distribution: str) -> str:
-    try:
-        return importlib.metadata.version(distribution)
-    except importlib.metadata.PackageNotFoundError:
-        return "(version unknown)"
 
 
 @register_applier(LowBitOptimizer, check_optimizer=lambda opt: check_adam(opt, "LowBitOptimizer"))

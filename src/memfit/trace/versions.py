@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import platform
 from collections.abc import Mapping
-from importlib import metadata
 
 import torch
 from torch import nn
 
 from memfit import __version__ as memfit_version
+from memfit.installed import installed_version
 from memfit.trace.cuda.stack import CudaStack, minor_version
 
 __all__ = ["MODEL_LIBRARIES", "gpu_versions", "software_versions", "version_warnings"]
@@ -23,13 +23,6 @@ __all__ = ["MODEL_LIBRARIES", "gpu_versions", "software_versions", "version_warn
 MODEL_LIBRARIES = ("transformers", "timm", "peft", "torchvision")
 """Libraries whose release changes a model's code, recorded when the model uses them
 (transformers 5.25 and 5.17 build T5-small differently: 29% apart in fp32 on an H200)."""
-
-
-def _installed(name: str) -> str | None:
-    try:
-        return metadata.version(name)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def software_versions(module: nn.Module | None = None) -> dict[str, str]:
@@ -42,7 +35,7 @@ def software_versions(module: nn.Module | None = None) -> dict[str, str]:
     if module is not None:
         used = {type(m).__module__.partition(".")[0] for m in module.modules()}
         for library in MODEL_LIBRARIES:
-            version = _installed(library) if library in used else None
+            version = installed_version(library) if library in used else None
             if version is not None:
                 versions[library] = version
     return versions
