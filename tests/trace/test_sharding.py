@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import collections
 import math
+import warnings
 
 import pytest
 import torch.distributed as dist
@@ -18,6 +19,7 @@ from memfit.techniques import Sharding
 from memfit.trace.estimate import trace_step, with_gpus
 from memfit.trace.scaling import peaks_by_gpus, resized_trace
 from memfit.trace.settings import StepSettings
+from memfit.trace.sharded_sizes import fake_process_group
 from memfit.zoo.llama import Llama, LlamaConfig
 from tests.torch_support import needs_fake_collectives
 
@@ -137,7 +139,18 @@ def test_a_torch_whose_fake_collectives_fail_is_named_in_a_clear_error(monkeypat
     def fails(*args, **kwargs):  # as torch 2.6's does on fake tensors
         raise TypeError("Object of type 'FakeTensor' is not an instance of 'sequence'")
 
-    monkeypatch.setattr(dist, "all_gather_into_tensor", fails)
+    for name in ("all_gather_single", "all_gather_into_tensor"):  # torch >= 2.14, older
+        monkeypatch.setattr(dist, name, fails, raising=False)
     with pytest.raises(UnsupportedModelError, match="predict sharded steps with a newer torch"):
         traced(2)
     assert not dist.is_initialized()  # the fake process group is gone again
+
+
+@needs_fake_collectives
+def test_the_collectives_check_uses_names_this_torch_does_not_deprecate():
+    # torch 2.14 renamed all_gather_into_tensor / reduce_scatter_tensor: the old names warned
+    # FutureWarning on every sharded estimate (eight times a `memfit plan --gpus 8`)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        with fake_process_group(2):
+            assert dist.get_world_size() == 2

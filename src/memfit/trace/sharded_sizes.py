@@ -86,11 +86,14 @@ def fake_process_group(world_size: int) -> Iterator[None]:
 def _check_fake_collectives(world_size: int) -> None:
     """FSDP2's two collectives on fake tensors, or an error naming this torch (the fake process
     groups of torch 2.6 and 2.9 take no fake tensors)."""
+    # torch 2.14 renamed them (the old names warn FutureWarning); FSDP2 calls the new ones
+    all_gather = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    reduce_scatter = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
     try:
         with FakeTensorMode():
             shard = torch.empty(4)
-            dist.all_gather_into_tensor(torch.empty(4 * world_size), shard)
-            dist.reduce_scatter_tensor(shard, torch.empty(4 * world_size))
+            all_gather(torch.empty(4 * world_size), shard)
+            reduce_scatter(shard, torch.empty(4 * world_size))
     except (TypeError, RuntimeError) as error:
         raise UnsupportedModelError(
             f"predicting a sharded step runs FSDP2 on a fake process group, and torch "
