@@ -43,7 +43,17 @@ def test_the_note_gives_each_timing_beside_its_prediction() -> None:
     assert note.startswith("timed on this GPU (NVIDIA H200; median of 4 steps each): ")
     assert "plan 0: 31.0 ms (predicted 20.0), 1.00 GiB reserved" in note
     assert "plan 2: did not run (out of memory)" in note
-    assert note.endswith("chose plan 1, the fastest measured within the budget, 16% faster")
+    assert note.endswith(
+        "chose plan 1, the fastest measured within the budget, 16% faster than the predicted choice"
+    )
+    # measured run 4 (H100, the encoder at 0.3): the predicted choice ran over the budget, and
+    # the plan chosen instead took 73% longer; the note had said "-73% faster"
+    over = [_timing("a", 0.0852, peak=3 * GiB), _timing("b", 0.1477)]
+    note = measured_note(options[:2], over, 1, 2 * GiB, "H100")
+    assert note.endswith(
+        "chose plan 1, the fastest measured within the budget (the predicted choice ran over "
+        "it; this plan's step is 73% longer)"
+    )
     none = measured_note(options[:1], [_timing("a", 0.03, 3 * GiB)], None, 2 * GiB, "H200")
     assert "(over the budget)" in none and "the predicted choice stands" in none
 
@@ -93,7 +103,7 @@ def test_a_faster_measured_plan_replaces_the_predicted_choice(monkeypatch, midwa
     assert [p.label for p in plan.frontier if p.chosen] == [winner.label]
     assert sum(p.measured for p in plan.frontier) == 3
     assert plan.notes[-1].endswith(f"chose {labels[2]}, the fastest measured within the budget, "
-                                   f"40% faster")  # fmt: skip
+                                   f"40% faster than the predicted choice")  # fmt: skip
     assert plan.profile is not None and plan.profile.peak_reserved <= midway
     # the options after the chosen one are the next fastest predicted that fit
     assert plan.step_time_s is not None and predicted.step_time_s is not None

@@ -219,9 +219,22 @@ def measured_note(
         )
     if best == 0:
         return head + "; the predicted choice is the fastest measured"
+    return head + f"; chose {options[best].label}, {_against_predicted(timings, best, budget)}"
+
+
+def _against_predicted(timings: Sequence[PlanTiming], best: int, budget: int) -> str:
+    """Why the measured choice replaced the predicted one (``timings[0]``), and by how much."""
     first, chosen_s = timings[0].step_s, timings[best].step_s
-    gain = f", {1 - chosen_s / first:.0%} faster" if first and chosen_s else ""
-    return head + f"; chose {options[best].label}, the fastest measured within the budget{gain}"
+    if first is None or chosen_s is None:
+        return "the fastest measured within the budget (the predicted choice did not run)"
+    change = chosen_s / first - 1
+    if timings[0].peak_reserved > budget:
+        # slower, yet the fastest of those that fit: the predicted choice does not
+        return (
+            f"the fastest measured within the budget (the predicted choice ran over it; this "
+            f"plan's step is {abs(change):.0%} {'longer' if change > 0 else 'shorter'})"
+        )
+    return f"the fastest measured within the budget, {-change:.0%} faster than the predicted choice"
 
 
 def _with_measured(
