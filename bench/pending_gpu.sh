@@ -3,7 +3,7 @@
 # packed into $OUT/pending.tar.gz after each piece; PENDING_ONLY picks the pieces (their logs'
 # names). Session 11 ran the host phases, calibrate and plans run 9 (call 1 of its header);
 # session 12 adds the planner's measure=N:
-#   pending since session 14 (it had no GPU time): one call,
+#   pending since session 14 (it had no GPU time; session 15 found none lent): one call,
 #     PENDING_ONLY="gpu_tests.txt measured14_log.txt lean_gpt2_log.txt low_bit_log.txt"
 #     (about 560 s; .whl carried for torchao):
 #     gpu_tests.txt: the GPU tests (a storage offloaded under two shapes comes back under each:
