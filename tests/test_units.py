@@ -1,7 +1,7 @@
 import pytest
 
 from memfit.errors import InvalidInputError
-from memfit.units import GiB, MiB, format_bytes, parse_bytes
+from memfit.units import GiB, MiB, format_bytes, parse_budget, parse_bytes
 
 
 @pytest.mark.parametrize(
@@ -47,6 +47,17 @@ def test_not_a_finite_number(text):
 def test_fraction_without_reference():
     with pytest.raises(InvalidInputError, match="no reference size"):
         parse_bytes("0.9", what="budget")
+
+
+@pytest.mark.parametrize(
+    ("text", "suggested"),
+    [(16, "'16GiB'"), ("16B", "'16GiB'"), ("1KiB", "'1GiB'"), ("512kB", "'16GiB'")],
+)
+def test_a_budget_under_a_mebibyte_suggests_a_size_that_parses(text, suggested):
+    # the suggestion appended GiB to whatever was given: '1KiBGiB', '16BGiB'
+    with pytest.raises(InvalidInputError, match=f"less than any training step needs.*{suggested}"):
+        parse_budget(text, of=80 * GiB)
+    assert parse_budget(suggested.strip("'"), of=80 * GiB) <= 80 * GiB
 
 
 def test_format():

@@ -106,9 +106,10 @@ def parse_budget(text: str | int | float, *, of: int | None, device: str = "the 
     """
     limit = parse_bytes(text, of=of, what="budget")
     if limit < MiB:
+        example = _meant(text, of)
         raise InvalidInputError(
             f"budget {text!r} is {format_bytes(limit)}, less than any training step needs; "
-            f"give a size with its unit, e.g. '{text}GiB', or a fraction such as '0.8' of "
+            f"give a size with its unit, e.g. '{example}', or a fraction such as '0.8' of "
             f"{device}'s memory"
         )
     if of is not None and limit > of:
@@ -117,6 +118,15 @@ def parse_budget(text: str | int | float, *, of: int | None, device: str = "the 
             f"({format_bytes(of)}); give a smaller budget or another --device"
         )
     return limit
+
+
+def _meant(text: str | int | float, of: int | None) -> str:
+    """The budget a too-small one most likely meant: its number in GiB (``16`` and ``'16B'``
+    give ``'16GiB'``), where that fits ``of``; else ``'16GiB'``."""
+    match = re.match(r"\s*(\d+(?:\.\d+)?)", str(text))
+    if match and (of is None or float(match.group(1)) * GiB <= of):
+        return f"{match.group(1)}GiB"
+    return "16GiB"
 
 
 def format_bytes(num_bytes: int | float, *, precision: int = 2) -> str:

@@ -135,7 +135,7 @@ CASES: list[tuple[str, str, tuple[str, ...]]] = [
         "estimate gpt2 --budget 200GiB",
         ("200.00 GiB", "more than h100-80gb", "smaller budget"),
     ),
-    ("budget-tiny", "estimate gpt2 --budget 16B", ("'16B'", "'16BGiB'", "fraction")),
+    ("budget-tiny", "estimate gpt2 --budget 16B", ("'16B'", "'16GiB'", "fraction")),
     ("budget-words", "estimate gpt2 --budget lots", ("'lots'", "24GiB")),
     ("unknown-option", "estimate gpt2 --batchsize 4", ("--batchsize", "--batch-size")),
     ("unknown-command", "estimat gpt2", ("estimat", "estimate")),
