@@ -264,3 +264,44 @@ def test_a_bad_precision_leaves_the_model_unchanged():
     assert not memfit.apply.applied(model)
     assert snapshot(model) == before
     assert all(m.forward.__func__ is type(m).forward for m in model.modules())
+
+
+class _LogitsOnly(nn.Module):
+    """Returns logits and computes no loss: the step falls back to their mean."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.head = nn.Linear(8, 5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(x)
+
+
+def test_a_step_that_finds_no_loss_warns_once_that_it_minimises_the_mean_output():
+    model = _LogitsOnly()
+    step = memfit.apply([], model, torch.optim.SGD(model.parameters(), lr=0.1))
+    batch = torch.randn(4, 8)
+    with torch.no_grad():
+        expected = model(batch).float().mean()
+    with pytest.warns(UserWarning, match=r"no loss_fn was given.*mean of its first output"):
+        loss = step(batch)
+    assert torch.allclose(loss, expected)  # the loss it minimised is the one it names
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # once per step object
+        step(batch)
+
+
+def test_a_step_with_a_loss_fn_or_a_model_loss_does_not_warn():
+    model = _LogitsOnly()
+    with_fn = memfit.apply([], model, torch.optim.SGD(model.parameters(), lr=0.1),
+                           loss_fn=lambda output, batch: output.square().mean())  # fmt: skip
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with_fn(torch.randn(4, 8))
+    with_fn.undo()
+    gpt2 = tiny_gpt2()
+    own = memfit.apply([], gpt2, torch.optim.SGD(gpt2.parameters(), lr=0.1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)
+        own(token_batch(2))
+    assert own.loss_is_output_mean is False and with_fn.loss_is_output_mean is None

@@ -6,6 +6,7 @@ import torch
 
 import memfit
 from memfit.profile import Category, MemoryProfile
+from memfit.step.loss import MEAN_OUTPUT_LOSS
 from memfit.trace.allocator import round_size
 from tests.models import TINY_GPT2_INPUT, tiny_gpt2, tiny_mlp
 
@@ -117,3 +118,11 @@ def test_the_name_none_means_no_optimizer_step() -> None:
     named = memfit.estimate(tiny_mlp, BATCH, optimizer="None", precision="fp32")
     assert named.optimizer is None and named.by_category == without.by_category
     assert named.by_category.get(Category.OPTIMIZER, 0) == 0
+
+
+def test_a_step_without_a_loss_says_it_predicted_the_mean_output_as_its_loss():
+    # tiny_mlp returns its output; no loss_fn: the prediction's loss is a stand-in, named
+    assert MEAN_OUTPUT_LOSS in memfit.estimate(tiny_mlp(), BATCH).warnings
+    given = memfit.estimate(tiny_mlp(), BATCH, loss_fn=lambda output, batch: output.pow(2).mean())
+    assert MEAN_OUTPUT_LOSS not in given.warnings
+    assert MEAN_OUTPUT_LOSS not in memfit.estimate(tiny_gpt2(), TINY_GPT2_INPUT).warnings

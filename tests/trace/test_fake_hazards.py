@@ -14,6 +14,7 @@ from torch import nn
 import memfit
 from memfit.errors import UnsupportedModelError
 from memfit.profile import Category
+from memfit.step.loss import MEAN_OUTPUT_LOSS
 from memfit.trace.allocator import round_size
 from memfit.trace.estimate import trace_step
 
@@ -265,7 +266,9 @@ def test_small_tensors_computed_from_constants_have_their_real_values(layerdrop)
     all_layers = memfit.estimate(LayerDrop(-1.0), "float32[64,16]", precision="fp32")
     assert profile.peak_allocated == all_layers.peak_allocated
     assert profile.by_category[Category.GRAD] + profile.by_category[Category.OPTIMIZER] > 0
-    assert [w for w in profile.warnings if not w.startswith("traced with torch")] == []
+    # no assumption about a value read (the others: the torch release, the stand-in loss)
+    notes = [w for w in profile.warnings if w != MEAN_OUTPUT_LOSS]
+    assert [w for w in notes if not w.startswith("traced with torch")] == []
 
 
 @pytest.mark.slow

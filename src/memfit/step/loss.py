@@ -14,6 +14,8 @@ from memfit.step.overhead import note as note_overhead
 
 __all__ = [
     "default_loss",
+    "own_loss",
+    "MEAN_OUTPUT_LOSS",
     "compute_loss",
     "optimizer_update",
     "clip_gradients",
@@ -26,11 +28,27 @@ IGNORE_INDEX = -100  # the label cross-entropy skips (PyTorch's and Hugging Face
 LossFn = Callable[[Any, Any], torch.Tensor]
 
 
-def default_loss(output: Any, batch: Any) -> torch.Tensor:
-    """``output.loss`` (or ``output["loss"]``) when the model computes one, else the mean output."""
+MEAN_OUTPUT_LOSS = (
+    "the model's output holds no loss and no loss_fn was given, so the step's loss is the mean "
+    "of its first output tensor (output.float().mean()); pass loss_fn=lambda output, batch: ... "
+    "(--loss-fn FILE.py:FN) for your own: its memory (a cross-entropy's float32 "
+    "log-probabilities, for one) is not in this step"
+)
+"""What a predicted step without ``loss_fn`` says when the model computes no loss of its own."""
+
+
+def own_loss(output: Any) -> torch.Tensor | None:
+    """The loss the model computed: ``output.loss`` or ``output["loss"]``; None without one."""
     loss = getattr(output, "loss", None)
     if loss is None and isinstance(output, Mapping):
         loss = output.get("loss")
+    return loss
+
+
+def default_loss(output: Any, batch: Any) -> torch.Tensor:
+    """``output.loss`` (or ``output["loss"]``) when the model computes one, else the mean output
+    (``MEAN_OUTPUT_LOSS`` says so)."""
+    loss = own_loss(output)
     if loss is not None:
         return loss
     first = output

@@ -24,7 +24,13 @@ from memfit.errors import InvalidInputError
 from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, split_batch
 from memfit.step.causal_lm_loss import hf_causal_lm_loss
 from memfit.step.lean_saving import lean_saving, per_module, warn_if_compiled
-from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update
+from memfit.step.loss import (
+    IGNORE_INDEX,
+    LossFn,
+    compute_loss,
+    optimizer_update,
+    own_loss,
+)
 from memfit.step.overhead import note as note_overhead
 from memfit.step.precision import Precision, check_weights_for
 from memfit.step.undo import applied, undo_all
@@ -128,6 +134,8 @@ class TrainStep:
         self.host_optimizer = host_optimizer
         self._checked_label_shares = False
         self._hf_token_mean: bool | None = None  # the model's loss is HF's causal-LM loss
+        # no loss_fn and no loss in the output: the mean output stands in (None: not yet seen)
+        self.loss_is_output_mean: bool | None = None
         self.mark: Mark = _no_mark
         self.grad_scale: torch.Tensor | None = None  # fp16 scaling emulated on fake tensors
         self.grad_scaler: Any = None
@@ -156,6 +164,8 @@ class TrainStep:
             else:
                 output = call_model(self.model, inputs)
             loss = compute_loss(self.loss_fn, output, batch)
+            if self.loss_fn is None and self.loss_is_output_mean is None:
+                self._note_loss_source(output)
             del output
         self.mark("backward")
         loss_scale /= self.batches_per_update
@@ -169,6 +179,20 @@ class TrainStep:
         if self.host_optimizer is not None:  # its gradients' copies are queued, not held
             self.host_optimizer.check()
         return loss.detach()
+
+    def _note_loss_source(self, output: Any) -> None:
+        """Once: whether the model computed its loss; a real step warns when it did not (the
+        tracer puts it in the profile's warnings instead)."""
+        self.loss_is_output_mean = own_loss(output) is None
+        if self.loss_is_output_mean and self.device_type != "fake":
+            warnings.warn(
+                "memfit: the model's output holds no loss and no loss_fn was given, so the step "
+                "minimises the mean of its first output tensor (output.float().mean()); pass "
+                "loss_fn=lambda output, batch: ... (memfit.apply, memfit.measure) for your own "
+                "loss",
+                UserWarning,
+                stacklevel=6,  # the caller of step(batch)
+            )
 
     def _saving(self) -> contextlib.AbstractContextManager[Any]:
         if not (self.lean_autocast or self.recompute_products):

@@ -25,6 +25,7 @@ from memfit.devices import DeviceSpec
 from memfit.errors import MemfitError, UnsupportedModelError
 from memfit.profile import Category, Phase
 from memfit.step.batch import call_model
+from memfit.step.loss import MEAN_OUTPUT_LOSS
 from memfit.step.overhead import collecting
 from memfit.step.overhead import take as take_overhead
 from memfit.trace.cpu_streams import CpuStreams
@@ -171,7 +172,8 @@ def traced_step(
             except UnsupportedModelError as error:
                 raise _with_assumptions(error, recorder.warnings) from error.__cause__
         recorder.close()
-    book.record.warnings = recorder.warnings
+    loss_note = [MEAN_OUTPUT_LOSS] if getattr(step, "loss_is_output_mean", False) else []
+    book.record.warnings = [*recorder.warnings, *loss_note]
     return book.record
 
 
