@@ -122,11 +122,11 @@ def parse_budget(text: str | int | float, *, of: int | None, device: str = "the 
 
 def _meant(text: str | int | float, of: int | None) -> str:
     """The budget a too-small one most likely meant: its number in GiB (``16`` and ``'16B'``
-    give ``'16GiB'``), where that fits ``of``; else ``'16GiB'``."""
+    give ``'16GiB'``), where that fits ``of``; else 16 GiB, or all of a smaller ``of``."""
     match = re.match(r"\s*(\d+(?:\.\d+)?)", str(text))
     if match and (of is None or float(match.group(1)) * GiB <= of):
         return f"{match.group(1)}GiB"
-    return "16GiB"
+    return "16GiB" if of is None or of >= 16 * GiB else f"{max(1, of // GiB)}GiB"
 
 
 def format_bytes(num_bytes: int | float, *, precision: int = 2) -> str:

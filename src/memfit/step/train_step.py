@@ -24,13 +24,7 @@ from memfit.errors import InvalidInputError
 from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, split_batch
 from memfit.step.causal_lm_loss import hf_causal_lm_loss
 from memfit.step.lean_saving import lean_saving, per_module, warn_if_compiled
-from memfit.step.loss import (
-    IGNORE_INDEX,
-    LossFn,
-    compute_loss,
-    optimizer_update,
-    own_loss,
-)
+from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update, own_loss
 from memfit.step.overhead import note as note_overhead
 from memfit.step.precision import Precision, check_weights_for
 from memfit.step.undo import applied, undo_all
