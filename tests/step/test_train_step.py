@@ -12,6 +12,7 @@ from torch import nn
 import memfit
 from memfit.errors import InvalidInputError
 from memfit.plan.plan import Plan
+from memfit.step.loss import loss_is_stand_in
 from memfit.step.train_step import TrainStep
 from memfit.step.undo import undo_all
 from memfit.techniques import Checkpoint, ChunkedLoss, MicroBatch, MixedPrecision
@@ -305,3 +306,11 @@ def test_a_step_with_a_loss_fn_or_a_model_loss_does_not_warn():
         warnings.simplefilter("error", UserWarning)
         own(token_batch(2))
     assert own.loss_is_output_mean is False and with_fn.loss_is_output_mean is None
+
+
+def test_a_scalar_first_in_a_tuple_is_the_models_loss_not_a_stand_in():
+    # Hugging Face's return_dict=False gives (loss, logits): its mean is the loss itself
+    assert not loss_is_stand_in((torch.tensor(2.0), torch.randn(2, 5)))
+    assert loss_is_stand_in((torch.randn(2, 5), torch.tensor(2.0)))
+    assert loss_is_stand_in({"logits": torch.randn(2, 5)})
+    assert not loss_is_stand_in({"loss": torch.tensor(1.0), "logits": torch.randn(2, 5)})

@@ -15,6 +15,7 @@ from memfit.step.overhead import note as note_overhead
 __all__ = [
     "default_loss",
     "own_loss",
+    "loss_is_stand_in",
     "MEAN_OUTPUT_LOSS",
     "compute_loss",
     "optimizer_update",
@@ -45,18 +46,31 @@ def own_loss(output: Any) -> torch.Tensor | None:
     return loss
 
 
-def default_loss(output: Any, batch: Any) -> torch.Tensor:
-    """``output.loss`` (or ``output["loss"]``) when the model computes one, else the mean output
-    (``MEAN_OUTPUT_LOSS`` says so)."""
-    loss = own_loss(output)
-    if loss is not None:
-        return loss
+def loss_is_stand_in(output: Any) -> bool:
+    """Whether ``default_loss`` of ``output`` is the mean of a tensor that is not a loss: no
+    ``loss`` in it and a first tensor of more than one element (a scalar first, as in Hugging
+    Face's ``return_dict=False`` ``(loss, logits)``, is the model's loss)."""
+    first = _first_tensor(output)
+    return own_loss(output) is None and not (isinstance(first, torch.Tensor) and first.numel() == 1)
+
+
+def _first_tensor(output: Any) -> Any:
+    """The first tensor of ``output`` (its ``logits`` where it has them), or what stands there."""
     first = output
     while isinstance(first, (tuple, list)) and first:
         first = first[0]
     if isinstance(first, Mapping) and first:
         first = next(iter(first.values()))
-    logits = getattr(first, "logits", first)
+    return getattr(first, "logits", first)
+
+
+def default_loss(output: Any, batch: Any) -> torch.Tensor:
+    """``output.loss`` (or ``output["loss"]``) when the model computes one, else the mean of
+    its first output tensor (a stand-in where that is not a loss: ``MEAN_OUTPUT_LOSS``)."""
+    loss = own_loss(output)
+    if loss is not None:
+        return loss
+    logits = _first_tensor(output)
     if not isinstance(logits, torch.Tensor):
         raise UnsupportedModelError(
             f"cannot find a loss in the model's output ({type(output).__name__}); pass "

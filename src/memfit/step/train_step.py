@@ -24,7 +24,7 @@ from memfit.errors import InvalidInputError
 from memfit.step.batch import batch_size_of, call_model, micro_batch_sizes, split_batch
 from memfit.step.causal_lm_loss import hf_causal_lm_loss
 from memfit.step.lean_saving import lean_saving, per_module, warn_if_compiled
-from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, optimizer_update, own_loss
+from memfit.step.loss import IGNORE_INDEX, LossFn, compute_loss, loss_is_stand_in, optimizer_update
 from memfit.step.overhead import note as note_overhead
 from memfit.step.precision import Precision, check_weights_for
 from memfit.step.undo import applied, undo_all
@@ -177,7 +177,7 @@ class TrainStep:
     def _note_loss_source(self, output: Any) -> None:
         """Once: whether the model computed its loss; a real step warns when it did not (the
         tracer puts it in the profile's warnings instead)."""
-        self.loss_is_output_mean = own_loss(output) is None
+        self.loss_is_output_mean = loss_is_stand_in(output)
         if self.loss_is_output_mean and self.device_type != "fake":
             warnings.warn(
                 "memfit: the model's output holds no loss and no loss_fn was given, so the step "
