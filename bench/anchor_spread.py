@@ -31,7 +31,7 @@ from collections import defaultdict
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "results"
-PATTERNS = ("plans_h*.json", "measured_plans_h100_run*.json.gz")
+PATTERNS = ("plans_h*.json*", "measured_plans_h100_run*.json.gz")
 # where the anchor is memfit's own checkpointing, whose code changed between runs
 MEMFIT_CHECKPOINTING = ("transformer-encoder", "tv-resnet50")
 

@@ -1,4 +1,4 @@
-"""ResNet-50's plans of bench/results/plans_h200.json re-predicted without and with the cuDNN
+"""ResNet-50's plans of bench/results/plans_h200.json.gz re-predicted without and with the cuDNN
 convolution workspaces (memfit.trace.cuda.convolution), against what the H200 measured.
 
     python bench/conv_plans.py [--out bench/results]
@@ -24,6 +24,7 @@ import memfit.trace.session as session  # noqa: E402
 from conv_compare import _ORIGINAL_RULES, _without_conv  # noqa: E402
 from memfit.plan.plan import Plan  # noqa: E402
 from models import CALIBRATION, CALIBRATION_LOSS  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 MODEL = "tv-resnet50"
@@ -53,7 +54,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", default=str(RESULTS))
     args = parser.parse_args()
-    rows = json.loads((RESULTS / "plans_h200.json").read_text())["rows"]
+    rows = read_json(RESULTS / "plans_h200.json.gz")["rows"]
     cases: list[tuple[str, Plan | None, dict[str, Any], int | None]] = [
         ("unmodified", None, rows[f"{MODEL} | anchors"]["unmodified"], None)
     ]

@@ -43,6 +43,7 @@ from memfit.devices import get_device  # noqa: E402
 from memfit.trace import session  # noqa: E402
 from memfit.trace.estimate import trace_step  # noqa: E402
 from models import CALIBRATION, CALIBRATION_LOSS  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 TRAIN = ("hf-gpt2", "hf-llama-1b", "hf-bert-base", "tv-resnet50")
 HELD_OUT = ("qwen2-shaped", "mistral-8l", "transformer-encoder")
@@ -73,7 +74,7 @@ HOST_FIELDS = (
 
 
 def trace_all(results: Path, cache: Path, only: set[str] | None) -> None:
-    measured = json.loads(results.read_text())["parts"]["matrix"]
+    measured = read_json(results)["parts"]["matrix"]
     done = pickle.loads(cache.read_bytes()) if cache.is_file() else {}
     for key, row in measured.items():
         name, label = key.split(" | ")
@@ -354,7 +355,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=("trace", "fit"))
     root = Path(__file__).resolve().parent
-    parser.add_argument("--results", type=Path, default=root / "results" / "costs_h200.json")
+    parser.add_argument("--results", type=Path, default=root / "results" / "costs_h200.json.gz")
     parser.add_argument("--cache", type=Path, default=Path("/tmp/memfit_fit_costs.pkl"))
     parser.add_argument("--out", type=Path, default=root / "results" / "fit_costs_h200.json")
     parser.add_argument("--models", help="trace only these")

@@ -11,7 +11,7 @@ ResNet-50, and the steps' CPU (enqueue) time grew with it. Each rung with bounda
 predicted again with ``offload_tensor_s`` (milliseconds per moved tensor, in forward and backward
 together, added to the CPU's time) at every grid value; the value with the least squared error
 in overhead points on the ``--fit`` model is kept, and the other model's rows and LLaMA-1B's two
-plans with boundaries from plans run 8 (bench/results/plans_h100_run8.json) are the check.
+plans with boundaries from plans run 8 (bench/results/plans_h100_run8.json.gz) are the check.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ import memfit  # noqa: E402
 import memfit.trace.step_phases as step_phases  # noqa: E402
 from memfit.cost import Calibration  # noqa: E402
 from plans import MODELS, _settings, spec_of  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _default_calibration = step_phases.load_calibration
@@ -76,7 +77,7 @@ def cases() -> list[dict]:
                     "measured_overhead": row["measured"]["step_s"] / unmodified[row["model"]] - 1,
                 }
             )
-    run8 = json.loads((RESULTS / "plans_h100_run8.json").read_text())["rows"]
+    run8 = read_json(RESULTS / "plans_h100_run8.json.gz")["rows"]
     base = run8["hf-llama-1b | anchors"]["unmodified"]["step_s"]
     for key, row in run8.items():
         if key.startswith("hf-llama-1b |") and "offload_activations" in json.dumps(row.get("plan")):

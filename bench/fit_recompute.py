@@ -38,8 +38,8 @@ from memfit.cost import Calibration  # noqa: E402
 from replan_compare import TRAIN_MODELS, _base_of, choices, overheads, predict  # noqa: E402
 from replan_trace import RESULTS, measured_configurations, trace_key  # noqa: E402
 
-RUNS = ("plans_h200.json", "plans_h200_run2.json", "plans_h200_run3.json",
-        "plans_h200_run5.json", "plans_h200_run9.json")  # fmt: skip
+RUNS = ("plans_h200.json.gz", "plans_h200_run2.json.gz", "plans_h200_run3.json.gz",
+        "plans_h200_run5.json.gz", "plans_h200_run9.json.gz")  # fmt: skip
 FITTED = ("recompute_op_s", "checkpoint_region_s", "checkpoint_op_s")
 KEYS = ("before", "optimizer", "phases", "after")
 OPTIMIZER = ("optimizer_step_s", "host_tensor_s")  # the optimizer phase's constants alone

@@ -6,7 +6,7 @@ a smaller one, both measured in alternation with Hugging Face's full checkpointi
 
 The budget is bench/plans.py's "full checkpointing's" (memfit's prediction for checkpointing
 every block). LLaMA-1B's plan at that budget measured 172.3 ms against Hugging Face's 190.9
-(bench/results/plans_h200_run5.json: 9.8% less time, issue 11 asks 10%), while its reserved
+(bench/results/plans_h200_run5.json.gz: 9.8% less time, issue 11 asks 10%), while its reserved
 peak came to 95% of the budget: the default 2% margin excluded the next plan, predicted at
 98.7%. Each round measures the three configurations in turn (fresh model each, bench/plans.py's
 ``measure``), so the host's drift hits all alike. Writes DIR/margin_probe.json.

@@ -6,9 +6,9 @@ recorded from an empty allocator (``torch.cuda.memory._record_memory_history``, 
 Writes DIR/<model>_<label>_plan_snapshot.pickle.gz (the snapshot, with the run's own peaks under
 "memfit_peaks" and the plan under "memfit_plan") and DIR/plan_snapshots.json. Made for
 ResNet-50's checkpointed plans, measured 7-10% above their predicted reserved memory
-(bench/results/plans_h200_run4.json).
+(bench/results/plans_h200_run4.json.gz).
 
-    python bench/plan_snapshots.py --out DIR [--results bench/results/plans_h200_run4.json]
+    python bench/plan_snapshots.py --out DIR [--results bench/results/plans_h200_run4.json.gz]
     python bench/plan_snapshots.py --out DIR --smoke   # a CPU: the tiny model, no recording
 (not yet run on a GPU: the session that wrote it had no device time left)
 """
@@ -32,12 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 import memfit  # noqa: E402
 from memfit.structure.blocks import find_blocks  # noqa: E402
 from plans import CALIBRATION_LOSS, build  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 STEPS = 4
 
 
 def plan_rows(results: Path, model: str, labels: list[str]) -> list[dict]:
-    rows = json.loads(results.read_text())["rows"]  # "<model> | <label>" -> row
+    rows = read_json(results)["rows"]  # "<model> | <label>" -> row
     found = [rows.get(f"{model} | {label}", {}) for label in labels]
     return [row for row in found if "plan" in row]
 
@@ -87,7 +88,9 @@ def record(model_name: str, row: dict, out: Path, smoke: bool) -> dict[str, Any]
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--results", type=Path, default=Path("bench/results/plans_h200_run4.json"))
+    parser.add_argument(
+        "--results", type=Path, default=Path("bench/results/plans_h200_run4.json.gz")
+    )
     parser.add_argument("--model", default="tv-resnet50")
     parser.add_argument("--labels", default="activations x0.75,activations x0.5")
     parser.add_argument("--smoke", action="store_true")

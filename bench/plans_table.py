@@ -20,6 +20,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 GiB = 1024**3
 
@@ -175,7 +176,7 @@ def main() -> None:
     if args.fit:
         print("\n".join(fit_table(json.loads(args.fit.read_text()))))
     for path in args.results:
-        data = json.loads(path.read_text())
+        data = read_json(path)
         print(f"\n{path.name}: {data['environment'].get('gpu') or 'CPU'}, "
               f"torch {data['environment'].get('torch')}, {data.get('total_s', 0):.0f} s, "
               f"{len(data['errors'])} errors\n")  # fmt: skip

@@ -22,14 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 import memfit  # noqa: E402
 from plans import MODELS, _settings, spec_of  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 # the latest run of each model: run 3 (encoder, LLaMA-1B, Qwen2), run 4 (ResNet-50, BERT-base),
 # run 1 for the others
 RUNS = {
-    "plans_h200_run3.json": None,
-    "plans_h200_run4.json": None,
-    "plans_h200.json": ("hf-gpt2", "hf-gpt2-medium", "mistral-8l"),
+    "plans_h200_run3.json.gz": None,
+    "plans_h200_run4.json.gz": None,
+    "plans_h200.json.gz": ("hf-gpt2", "hf-gpt2-medium", "mistral-8l"),
 }
 
 
@@ -37,7 +38,7 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     with open(sys.argv[1], "w") as out:
         for run, only in RUNS.items():
-            rows = json.loads((RESULTS / run).read_text())["rows"]
+            rows = read_json(RESULTS / run)["rows"]
             for key, row in rows.items():
                 name = key.split(" | ")[0]
                 if "budget" not in row or (only and name not in only) or "compiled" in key:

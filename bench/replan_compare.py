@@ -4,8 +4,8 @@ re-fit of the step-time model's host terms: re-predictions on this CPU, not meas
 python bench/replan_compare.py [--cache C] [--out DIR]     ->  DIR/replan_compare.json and .md
 
 Reads bench/replan_trace.py's cache (every configuration measured on the H200, traced here)
-and the measurements (bench/results/plans_h200.json, plans_h200_run2.json,
-plans_h200_run3.json). Fits, on run 1's configurations of the models the step-time model was
+and the measurements (bench/results/plans_h200.json.gz, plans_h200_run2.json.gz,
+plans_h200_run3.json.gz). Fits, on run 1's configurations of the models the step-time model was
 calibrated on (GPT-2, LLaMA-1B, BERT-base, ResNet-50: the *training set*), the constants of
 what eager PyTorch's host side does per step, micro-batch, operator, recomputed operator and
 checkpointed region (``FITTED``), by least squares on the log of predicted over measured step
@@ -212,8 +212,8 @@ def markdown(configs: list[dict], picks: dict, found: dict, before: Calibration,
         "# Re-predicted overheads of the plans measured on the H200 (bench/replan_compare.py)",
         "",
         "These are predictions made on a CPU for the configurations bench/plans.py measured on "
-        "one H200 (runs plans_h200.json, plans_h200_run2.json and plans_h200_run3.json); the "
-        "measured columns are "
+        "one H200 (runs plans_h200.json.gz, plans_h200_run2.json.gz and "
+        "plans_h200_run3.json.gz); the measured columns are "
         "those runs' figures, nothing was measured anew. *before*: the step-time constants "
         "as they were; *after*: the host constants re-fitted on the training set (run 1, "
         "GPT-2, LLaMA-1B, BERT-base, ResNet-50). Overheads are over the same run's unmodified "

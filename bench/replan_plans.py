@@ -32,6 +32,7 @@ from plans import MODELS, _settings, spec_of  # noqa: E402
 from plans_table import _short_label  # noqa: E402
 from replan_compare import BEFORE  # noqa: E402
 from replan_trace import RESULTS, RUNS  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 # run 1's budgets whose plan was not within 5% of the fastest measured that fits, and two whose
 # plan micro-batched (the 531.6 and 391.6 ms plans)
@@ -86,7 +87,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     use_constants(args.which)
-    run = json.loads((RESULTS / RUNS[0]).read_text())
+    run = read_json(RESULTS / RUNS[0])
     out = args.out or RESULTS / f"replan_plans_{args.which}.json"
     rows = []
     for item in args.budgets.split(","):

@@ -6,7 +6,7 @@ python bench/replan_run8.py --out FILE [--price-ms X]   (one JSON line per budge
 bench/results/replan_run8_{priced,unpriced}.jsonl ran with transformers 5.25 (run 8's machine
 has 5.17; the Hugging Face models' plans may differ by it, not by the price). Predictions, not
 measurements; where run 8 or its ladder probe measured the configuration a
-plan now picks (bench/results/plans_h100_run8.json, ladder_probe_h100.json), compare there.
+plan now picks (bench/results/plans_h100_run8.json.gz, ladder_probe_h100.json), compare there.
 """
 
 from __future__ import annotations
@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
 from fit_offload import offload_priced  # noqa: E402
 from plans import plan_for  # noqa: E402
+from result_files import read_json  # noqa: E402
 
-RUN8 = Path(__file__).resolve().parent / "results" / "plans_h100_run8.json"
+RUN8 = Path(__file__).resolve().parent / "results" / "plans_h100_run8.json.gz"
 
 
 def main() -> None:
@@ -36,7 +37,7 @@ def main() -> None:
     price = (
         contextlib.nullcontext() if args.price_ms is None else offload_priced(args.price_ms / 1e3)
     )
-    rows = json.loads(RUN8.read_text())["rows"]
+    rows = read_json(RUN8)["rows"]
     with price, args.out.open("w") as out:
         for key, row in rows.items():
             if "budget" not in row:

@@ -2,8 +2,8 @@
 
 python bench/replan_trace.py [--runs F,F] [--cache C] [--models a,b] [--smoke]
 
-For each run of bench/plans.py (default: bench/results/plans_h200.json and
-plans_h200_run2.json), every configuration it measured in eager mode: the unmodified step,
+For each run of bench/plans.py (default: bench/results/plans_h200.json.gz and
+plans_h200_run2.json.gz), every configuration it measured in eager mode: the unmodified step,
 full checkpointing of every block (what Hugging Face's ``gradient_checkpointing_enable()``
 does, memfit's ``Checkpoint`` standing in, as plans.py does for models without it), each plan
 it applied, and the chunked loss of its A/B rows. Each is traced with memfit's tracer for an
@@ -38,15 +38,16 @@ from memfit.structure.blocks import find_blocks  # noqa: E402
 from memfit.trace.estimate import trace_step  # noqa: E402
 from plans import MODELS, _settings, spec_of  # noqa: E402
 from plans_table import _short_label  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
-RUNS = ("plans_h200.json", "plans_h200_run2.json", "plans_h200_run3.json")
+RUNS = ("plans_h200.json.gz", "plans_h200_run2.json.gz", "plans_h200_run3.json.gz")
 
 
 def measured_configurations(path: Path) -> list[dict]:
     """Every eager configuration a plans.py run measured: model, label, techniques (as JSON),
     measured step time and reserved peak, and the budget for the plans."""
-    rows = json.loads(path.read_text())["rows"]
+    rows = read_json(path)["rows"]
     found = []
     for key, row in rows.items():
         name, label = key.split(" | ", 1)

@@ -23,6 +23,8 @@ import statistics
 import sys
 from pathlib import Path
 
+from result_files import read_json
+
 
 def first_json(text: str) -> dict:
     """The first JSON object in ``text`` (a log holding several, then an exit line)."""
@@ -39,7 +41,7 @@ def main() -> None:
         help="bench/fit_host_phases.py's result: also predict with its host constants",
     )  # fmt: skip
     args = parser.parse_args()
-    run = json.loads(args.plans.read_text())
+    run = read_json(args.plans)
     os.environ["MEMFIT_BENCH_DEVICE"] = run["planned_for"]
     sys.path.insert(0, str(Path(__file__).resolve().parent))
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))

@@ -14,7 +14,7 @@ events) and host time (the CPU's time to enqueue a step), and their spread over 
 Configurations: the unmodified step, Hugging Face's gradient_checkpointing_enable() (memfit's
 full checkpointing of every block where a model has none), BERT-base micro-batched, and run 3's
 plans
-(bench/results/plans_h200_run3.json) with the variants that separate one technique's cost:
+(bench/results/plans_h200_run3.json.gz) with the variants that separate one technique's cost:
 a plan's checkpointing without its boundary offload, its chunked loss alone. --smoke: the
 tiny models on the CPU, module names clipped to those the tiny model has.
 """
@@ -39,8 +39,9 @@ from cost_harness import Harness, environment  # noqa: E402
 from memfit.structure.blocks import find_blocks  # noqa: E402
 from models import CALIBRATION_LOSS  # noqa: E402
 from plans import build  # noqa: E402
+from result_files import read_json  # noqa: E402
 
-RUN3 = Path(__file__).resolve().parent / "results" / "plans_h200_run3.json"
+RUN3 = Path(__file__).resolve().parent / "results" / "plans_h200_run3.json.gz"
 # model -> configuration label -> (run 3's row whose plan it takes, what to keep of it), or
 # the techniques themselves (as Plan.to_dict writes them)
 CONFIGURATIONS = {
@@ -165,7 +166,7 @@ def main() -> None:
     args = parser.parse_args()
     device = "cpu" if args.smoke or not torch.cuda.is_available() else "cuda"
     harness = Harness(device)
-    rows = json.loads(RUN3.read_text())["rows"]
+    rows = read_json(RUN3)["rows"]
     rounds, warmup = (2, 1) if args.smoke else (args.rounds, 2)
     result: dict = {"environment": environment(), "smoke": args.smoke, "rows": {}, "errors": {}}
     started = time.perf_counter()

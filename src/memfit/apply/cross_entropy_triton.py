@@ -22,7 +22,7 @@ __all__ = ["cross_entropy_grad_triton", "BLOCK", "NUM_WARPS"]
 
 # logits per step of a row's loop (a power of two), and warps per row: the fastest of five
 # settings on an H200 (1024 x 151,936 bf16 logits: 280 us, 3.3 TB/s; 8192 and 16 took 312 us;
-# bench/results/costs_h200.json, "ce kernel")
+# bench/results/costs_h200.json.gz, "ce kernel")
 BLOCK = 4096
 NUM_WARPS = 8
 

@@ -37,7 +37,7 @@ __all__ = ["linear_cross_entropy", "matmul_dtype"]
 # Accumulate the head's gradient on CUDA with one bf16-input, float32-output product per chunk
 # (aten::addmm.dtype_out, PyTorch 2.8+) instead of a bf16 product added to it: no bf16 copy of
 # the head's gradient, one pass less over it. Measured on an H200, head + loss alone, Qwen2
-# shape, 4 chunks: 7.23 ms against 8.82 ms (bench/results/costs_h200.json).
+# shape, 4 chunks: 7.23 ms against 8.82 ms (bench/results/costs_h200.json.gz).
 FP32_OUT_PRODUCT = hasattr(torch.ops.aten.addmm, "dtype_out")
 
 

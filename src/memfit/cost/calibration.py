@@ -1,7 +1,7 @@
 """The step-time model's constants: one set per GPU, fitted per operator class.
 
 The defaults were fitted on one H200 and the CPU of its machine (``python bench/fit_costs.py
-fit`` on bench/results/costs_h200.json, written to bench/results/fit_costs_h200.json), on
+fit`` on bench/results/costs_h200.json.gz, written to bench/results/fit_costs_h200.json), on
 Hugging Face GPT-2, LLaMA-1B, BERT-base and torchvision's ResNet-50 in 12 technique
 configurations each; validated on a Qwen2-shaped and a Mistral-shaped LLM and an
 ``nn.TransformerEncoder`` (the README has the errors). The device side was fitted to the

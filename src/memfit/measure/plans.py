@@ -2,7 +2,7 @@
 
 Step-time predictions are roughest where the CPU bounds the step (a small model's eager step:
 the encoder's and the Qwen2 shape's plans measured 4-72 points from their predicted overheads
-on an H200, bench/results/plans_h200_run9.json). Planning on the GPU the job will run on, the
+on an H200, bench/results/plans_h200_run9.json.gz). Planning on the GPU the job will run on, the
 planner can instead run its few best plans for real and keep the fastest: each plan is applied
 to one copy of the step (``memfit.apply``), run for a few steps, timed with CUDA events, its
 reserved peak read from PyTorch's counters, and undone.

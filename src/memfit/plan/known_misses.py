@@ -1,14 +1,14 @@
 """Notes for plans of a kind whose predictions are known to miss, measured on a GPU.
 
 Checkpointed convolutions: ResNet-50's checkpointed plans measured 7-11% above their predicted
-reserved memory on an H200 (bench/results/plans_h200_run4.json, over their budgets; run 5, held
+reserved memory on an H200 (bench/results/plans_h200_run4.json.gz, over their budgets; run 5, held
 10% below them, 10.6% above and within). Their recordings (bench/results/
 resnet50_plan_snapshots.md) replayed to the byte through the allocator simulation and allocated
 what was predicted (within 0.06%); what differed was cuDNN weight-gradient workspaces (the
 stem's split-K partial sums, strided 1x1s' split-K copies), enough for the stem's to miss a
 cached 298 MiB block and map a new 300 MiB segment. Modelled since, the plans of run 6
-(bench/results/plans_h200_run6_resnet50.json) measured 1.4% and 3.4% above their predictions,
-and with this margin run 7's three (plans_h200_run7_resnet50.json) +1.4%, -2.5% and -7.9%, at
+(bench/results/plans_h200_run6_resnet50.json.gz) measured 1.4% and 3.4% above their predictions,
+and with this margin run 7's three (plans_h200_run7_resnet50.json.gz) +1.4%, -2.5% and -7.9%, at
 most 95.3% of their budgets. Such plans keep
 ``CONVOLUTION_MARGIN`` of the budget free (``PlanSettings.target_for``) and say so.
 """
