@@ -25,10 +25,10 @@ its steps over that run's unmodified anchor. A label names the techniques, not t
 from __future__ import annotations
 
 import argparse
-import gzip
-import json
 from collections import defaultdict
 from pathlib import Path
+
+from result_files import read_json
 
 RESULTS = Path(__file__).resolve().parent / "results"
 PATTERNS = ("plans_h*.json*", "measured_plans_h100_run*.json.gz")
@@ -36,18 +36,12 @@ PATTERNS = ("plans_h*.json*", "measured_plans_h100_run*.json.gz")
 MEMFIT_CHECKPOINTING = ("transformer-encoder", "tv-resnet50")
 
 
-def load(path: Path) -> dict:
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "rt") as handle:
-        return json.load(handle)
-
-
 def anchors() -> dict[tuple[str, str], list[tuple[str, float, float]]]:
     """(model, GPU) -> [(result file, unmodified ms, Hugging Face checkpointing's overhead)]."""
     found: dict = defaultdict(list)
     for pattern in PATTERNS:
         for path in sorted(RESULTS.glob(pattern)):
-            run = load(path)
+            run = read_json(path)
             gpu = run.get("environment", {}).get("gpu", "?")
             for key, row in run.get("rows", {}).items():
                 model, label = key.split(" | ", 1)
@@ -81,7 +75,7 @@ def repeats() -> list[tuple[str, str, str, float, list[float]]]:
     """(result file, model, plan, unmodified ms, [the plan's ms at each budget that timed it])."""
     found = []
     for path in sorted(RESULTS.glob(PATTERNS[1])):
-        rows = load(path)["rows"]
+        rows = read_json(path)["rows"]
         timed: dict = defaultdict(list)
         for key, row in rows.items():
             for plan in row.get("timed") or []:

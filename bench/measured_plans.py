@@ -43,6 +43,7 @@ import memfit.plan.measured as measured  # noqa: E402
 from cost_harness import Harness, environment  # noqa: E402
 from memfit.devices import get_device  # noqa: E402
 from plans import DEVICE, MODELS, _settings, budgets_of, measure, spec_of  # noqa: E402
+from result_files import read_json  # noqa: E402
 
 ORDER = ("transformer-encoder", "qwen2-shaped", "tv-resnet50", "hf-llama-1b")
 
@@ -98,8 +99,7 @@ def summarize(row: dict, anchors: dict) -> dict:
 
 def table(path: Path) -> str:
     """The README's table of a result file, and the counts the issue's targets need."""
-    raw = path.read_bytes()
-    result = json.loads(gzip.decompress(raw) if path.suffix == ".gz" else raw)
+    result = read_json(path)
     env = result["environment"]
     lines = [
         f"{path.name}: {env.get('gpu')}, torch {env.get('torch')}, measure={result['measure']}, "
