@@ -58,7 +58,9 @@ def test_a_budget_under_a_mebibyte_suggests_a_size_that_parses(text, suggested):
     with pytest.raises(InvalidInputError, match=f"less than any training step needs.*{suggested}"):
         parse_budget(text, of=80 * GiB)
     assert parse_budget(suggested.strip("'"), of=80 * GiB) <= 80 * GiB
-    # on a 12 GiB card, '512kB' suggests what that card has, not 16 GiB
+
+
+def test_a_tiny_budget_on_a_small_card_suggests_what_the_card_has():
     with pytest.raises(InvalidInputError, match="e.g. '12GiB'"):
         parse_budget("512kB", of=12 * GiB)
 
