@@ -37,7 +37,7 @@ from torch.func import functional_call
 
 from memfit.step.batch import call_model
 from memfit.step.causal_lm_loss import CausalLMLoss, declared_loss, logits_of
-from memfit.step.loss import IGNORE_INDEX
+from memfit.step.loss import IGNORE_INDEX, own_loss
 from memfit.trace.inputs import make_inputs, parse_input_spec
 
 __all__ = ["chunkable_loss", "probe_loss", "PROBE_POSITIONS", "WIDE_LIMIT"]
@@ -128,9 +128,7 @@ def probe_loss(
 
 
 def _match(output: Any, labels: torch.Tensor) -> CausalLMLoss | str:
-    own = getattr(output, "loss", None)
-    if own is None and isinstance(output, Mapping):
-        own = output.get("loss")
+    own = own_loss(output)
     if not isinstance(own, torch.Tensor) or own.numel() != 1:
         return "the model returns no loss of its own to compare with"
     logits = logits_of(output)
